@@ -1,0 +1,140 @@
+"""The selector protocol: every data-selection method is one :class:`Step`.
+
+A step sees a ``datasets.Dataset`` and a :class:`StepContext` and returns a
+:class:`~datadiet.pipeline.selection.Selection` — it never mutates or filters the dataset itself.
+The runner (:func:`datadiet.pipeline.curate.curate`) applies selections in order, so every step is
+testable alone and composable in any order, and the manifest records each one.
+
+Steps read text in batches (``ctx.iter_texts``) and keep per-row numbers in NumPy arrays (or
+memory-mapped files under ``ctx.work_dir`` for big corpora), so memory stays bounded by the
+batch size plus a few bytes per row.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.selection import Selection
+
+STEP_REGISTRY: dict[str, type[Step]] = {}
+
+
+def register_step(cls: type[Step]) -> type[Step]:
+    """Class decorator: make a step available to specs by its ``name``."""
+    if cls.name in STEP_REGISTRY and STEP_REGISTRY[cls.name] is not cls:
+        raise ValueError(f"step name {cls.name!r} registered twice")
+    STEP_REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class StepContext:
+    """What a step may use besides the dataset: the text column, scratch space, models, ledger.
+
+    Models are created lazily and shared across steps of one run (one LM scorer, one embedder —
+    the rule of the house), so a spec with both ``perplexity`` and another LM step loads the
+    model once.
+    """
+
+    text_field: str = "text"
+    id_field: str = "id"
+    ledger: Ledger = field(default_factory=Ledger)
+    work_dir: Path | None = None
+    seed: int = 0
+    batch_size: int = 1000
+    show_progress: bool = True
+    scorer_model: str | None = None
+    embedder_model: str | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def iter_texts(
+        self, ds: Dataset, desc: str = "", batch_size: int | None = None
+    ) -> Iterator[list[str]]:
+        """Yield the text column in batches, with a progress bar that estimates time left."""
+        bs = batch_size or self.batch_size
+        n = len(ds)
+        column = ds.select_columns([self.text_field])
+        with self.progress(n, desc) as bar:
+            for start in range(0, n, bs):
+                batch = column[start : start + bs][self.text_field]
+                yield batch
+                bar.update(len(batch))
+
+    def progress(self, total: int, desc: str = "") -> tqdm:
+        return tqdm(total=total, desc=desc, unit="doc", disable=not self.show_progress,
+                    leave=False, dynamic_ncols=True)
+
+    def scratch(self, name: str) -> Path:
+        """A scratch folder for on-disk arrays (signatures, scores) of this run."""
+        if self.work_dir is None:
+            import tempfile
+
+            self.work_dir = Path(tempfile.mkdtemp(prefix="datadiet-"))
+        path = self.work_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def lm_scorer(self):  # noqa: ANN201 - import cycle avoided
+        """The run's shared :class:`~datadiet.pipeline.scoring.LMScorer`."""
+        if "scorer" not in self._cache:
+            from datadiet.pipeline.scoring import LMScorer
+
+            self._cache["scorer"] = LMScorer(self.scorer_model, ledger=self.ledger)
+        return self._cache["scorer"]
+
+    def embedder(self):  # noqa: ANN201
+        """The run's shared :class:`~datadiet.pipeline.embedding.Embedder`."""
+        if "embedder" not in self._cache:
+            from datadiet.pipeline.embedding import Embedder
+
+            self._cache["embedder"] = Embedder(self.embedder_model, ledger=self.ledger)
+        return self._cache["embedder"]
+
+
+class Step(ABC):
+    """One data-selection method. Subclasses set ``name`` and take keyword parameters only.
+
+    ``params()`` returns exactly the constructor arguments, so ``type(step)(**step.params())``
+    rebuilds the step — that is what makes a manifest repeatable.
+    """
+
+    name: ClassVar[str]
+
+    def params(self) -> dict[str, Any]:
+        sig = inspect.signature(type(self).__init__)
+        return {
+            p: getattr(self, p)
+            for p in sig.parameters
+            if p != "self" and sig.parameters[p].kind is inspect.Parameter.KEYWORD_ONLY
+        }
+
+    @abstractmethod
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        """Decide which rows of ``ds`` to keep; removed rows need a reason."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+def build_step(name: str, params: dict[str, Any] | None = None) -> Step:
+    """Instantiate a registered step from a spec entry, with a clear error for typos."""
+    import datadiet.selectors  # noqa: F401 - registers the built-in steps
+
+    if name not in STEP_REGISTRY:
+        known = ", ".join(sorted(STEP_REGISTRY))
+        raise ValueError(f"unknown step {name!r}; known steps: {known}")
+    cls = STEP_REGISTRY[name]
+    try:
+        return cls(**(params or {}))
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for step {name!r}: {exc}") from exc
