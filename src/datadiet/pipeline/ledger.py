@@ -37,6 +37,8 @@ class ModelShape:
     d_ff: int
     vocab_size: int
     head_dim: int | None = None
+    mlp_matrices: int = 3  # SwiGLU has gate, up, down; a BERT/GPT-2 MLP has two
+    has_output_projection: bool = True  # a causal LM's lm_head; an embedder has none
 
     @property
     def d_head(self) -> int:
@@ -51,12 +53,13 @@ class ModelShape:
         """Parameters touched by a matmul per token: layers plus the output projection."""
         d, dh = self.d_model, self.d_head
         attn = d * self.n_heads * dh * 2 + d * self.n_kv_heads * dh * 2  # q, o, k, v
-        mlp = 3 * d * self.d_ff  # gate, up, down (SwiGLU)
-        return self.n_layers * (attn + mlp) + d * self.vocab_size
+        mlp = self.mlp_matrices * d * self.d_ff
+        head = d * self.vocab_size if self.has_output_projection else 0
+        return self.n_layers * (attn + mlp) + head
 
     @classmethod
     def from_hf_config(cls, config: Any) -> ModelShape:
-        """Read a transformers config (Llama, Mistral, Qwen, GPT-2-like names)."""
+        """Read a transformers config (Llama, Mistral, Qwen, BERT, GPT-2-like names)."""
         get = lambda *names, default=None: next(  # noqa: E731
             (getattr(config, n) for n in names if getattr(config, n, None) is not None), default
         )
@@ -70,6 +73,9 @@ class ModelShape:
             d_ff=get("intermediate_size", "n_inner", default=4 * d_model),
             vocab_size=get("vocab_size"),
             head_dim=get("head_dim", default=None),
+            mlp_matrices=2 if getattr(config, "hidden_act", "silu") in ("gelu", "gelu_new", "relu") else 3,
+            has_output_projection=not getattr(config, "is_encoder", False)
+            and getattr(config, "model_type", "") not in ("bert", "roberta", "mpnet", "xlm-roberta"),
         )
 
     def flops_per_token(self, context: int, training: bool) -> float:
