@@ -43,8 +43,8 @@ class Embedder:
         ledger: Ledger | None = None,
         stage: str = "embedding",
     ) -> None:
-        from datadiet.pipeline.models import DEFAULT_EMBEDDER, cache_dir as default_cache
-        from datadiet.pipeline.models import load_sentence_embedder
+        from datadiet.pipeline.models import DEFAULT_EMBEDDER, load_sentence_embedder
+        from datadiet.pipeline.models import cache_dir as default_cache
 
         self.model_name = str(model or DEFAULT_EMBEDDER)
         self.model = load_sentence_embedder(model, device)

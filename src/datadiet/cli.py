@@ -1,0 +1,133 @@
+"""`datadiet` sub-commands: thin wrappers over the Python API.
+
+Errors in the user's input (bad data, bad spec, existing output) exit with status 2 and one
+message that names the file, line or field; a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _add_curate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("curate", help="select a smaller, cleaner pre-training corpus",
+                       description="Run the steps of SPEC on INPUT and write OUT/ (Parquet shards, "
+                       "manifest.json, removed/removed.parquet).")
+    p.add_argument("input", help="JSONL(.gz) / Parquet / text file or folder, saved dataset, or hub id")
+    p.add_argument("--spec", required=True, help="YAML list of steps, or a manifest.json to repeat")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--keep-fields", default="", help="comma-separated extra fields to carry along")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="bad rows: stop with file:line (raise) or skip and count them (skip)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--rows-per-shard", type=int, default=100_000)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_curate)
+
+
+def _run_curate(args: argparse.Namespace) -> int:
+    from datadiet.pipeline.curate import curate_path, load_spec, print_report
+
+    steps = load_spec(args.spec)
+    keep = [f for f in args.keep_fields.split(",") if f]
+    result = curate_path(args.input, steps, args.out, text_field=args.text_field,
+                         id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
+                         overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
+                         show_progress=not args.quiet)
+    print_report(result.manifest)
+    print(f"wrote {args.out}/ ({len(result.dataset)} rows); manifest: {args.out}/manifest.json")
+    return 0
+
+
+def _add_why(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("why", help="why was a document removed from a curated output?")
+    p.add_argument("out", help="a folder written by `datadiet curate`")
+    p.add_argument("ids", nargs="+")
+    p.set_defaults(func=_run_why)
+
+
+def _run_why(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(args.out) / "removed" / "removed.parquet").to_pylist()
+    by_id = {row["id"]: row for row in table}
+    for rid in args.ids:
+        row = by_id.get(rid)
+        print(f"{rid}: " + (f"removed by {row['step']} ({row['reason']})" if row else "kept (or unknown id)"))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="curate the built-in sample corpus and print the report")
+    p.add_argument("--out", default=None, help="where to write (default: a temp folder)")
+    p.add_argument("--docs", type=int, default=240, help="base documents before planting")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from datadiet.pipeline.demo import run_demo
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="datadiet-demo-"))
+    return run_demo(out, n_base=args.docs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datadiet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_curate(sub)
+    _add_why(sub)
+    _add_demo(sub)
+    _add_optional(sub)
+    return parser
+
+
+def _add_optional(sub: argparse._SubParsersAction) -> None:
+    """Sub-commands from other rooms of the package, wired when their modules are present."""
+    hooks = [
+        ("datadiet.prompting.compression.cli", ["add_compress_parser"]),
+        ("datadiet.pipeline.train_cli", ["add_train_parser", "add_generate_parser"]),
+    ]
+    import importlib
+
+    for module, names in hooks:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("datadiet"):
+                continue
+            raise
+        for name in names:
+            getattr(mod, name)(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import datasets
+
+    datasets.disable_progress_bars()  # our own bars (with time left) are the ones that matter
+    from datadiet.pipeline.io import DataError
+
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, FileExistsError, ValueError) as exc:
+        if os.environ.get("DATADIET_DEBUG"):
+            raise
+        print(f"datadiet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

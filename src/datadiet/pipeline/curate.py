@@ -1,0 +1,316 @@
+"""The curation runner: steps in order, a manifest that says what was removed and why.
+
+``curate(dataset, steps)`` is the Python API; ``datadiet curate`` is the same call plus reading
+and atomic writing. Each step returns a Selection on the rows still alive; the runner keeps an
+index back to the input so that every removed row is reported against its original id, and the
+manifest carries the whole spec so a run can be repeated from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from datasets import Dataset
+
+from datadiet.pipeline.io import (
+    AtomicOutputDir,
+    LoadedCorpus,
+    OnError,
+    atomic_write_text,
+    load_corpus,
+    write_parquet_shards,
+)
+from datadiet.selectors.base import Step, StepContext, build_step
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class StepReport:
+    """One step's line in the manifest."""
+
+    name: str
+    params: dict[str, Any]
+    rows_in: int
+    rows_out: int
+    removed: dict[str, int]
+    seconds: float
+    tokens_scored: int = 0
+    flops: float = 0.0
+    peak_memory_bytes: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    """Everything needed to audit and repeat a curation run."""
+
+    input: dict[str, Any]
+    spec: list[dict[str, dict[str, Any]]]
+    steps: list[StepReport] = field(default_factory=list)
+    output: dict[str, Any] = field(default_factory=dict)
+    ledger: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    version: int = MANIFEST_VERSION
+    datadiet_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["steps"] = [asdict(s) for s in self.steps]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(_jsonable(self.to_dict()), indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        steps = [StepReport(**s) for s in data.get("steps", [])]
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "steps"}
+        return cls(steps=steps, **fields)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Manifest:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def summary_table(self) -> str:
+        """The short table printed at the end of a run: rows in/out and removals by reason."""
+        lines = [f"{'step':<18}{'rows in':>10}{'rows out':>10}{'seconds':>9}  removed (by reason)"]
+        for s in self.steps:
+            reasons = ", ".join(f"{k}={v}" for k, v in s.removed.items()) or "-"
+            lines.append(f"{s.name:<18}{s.rows_in:>10}{s.rows_out:>10}{s.seconds:>9.2f}  {reasons}")
+        skipped = self.input.get("skipped", {}).get("count", 0)
+        if skipped:
+            lines.append(f"(input: {skipped} bad rows skipped; see manifest input.skipped)")
+        if self.steps:
+            first, last = self.steps[0].rows_in, self.steps[-1].rows_out
+            kept = 100.0 * last / first if first else 0.0
+            lines.append(f"kept {last} of {first} rows ({kept:.1f}%)")
+        return "\n".join(lines)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# -- specs ----------------------------------------------------------------------------------
+
+
+def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any]]]:
+    """Accept the YAML list form ``[{step: {params}}, ...]``, ``{"steps": [...]}``, or a manifest.
+
+    Errors name the entry, so a typo in entry 3 says "entry 3".
+    """
+    if isinstance(spec, dict) and "spec" in spec and "steps" in spec:  # a manifest
+        spec = spec["spec"]
+    elif isinstance(spec, dict) and "steps" in spec:
+        spec = spec["steps"]
+    if not isinstance(spec, list) or not spec:
+        raise ValueError(f"{source}: expected a non-empty list of steps like `- exact_dedup: {{}}`")
+    parsed = []
+    for i, entry in enumerate(spec, start=1):
+        if isinstance(entry, str):
+            parsed.append((entry, {}))
+            continue
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise ValueError(f"{source}: entry {i} must be a mapping with one step name, got {entry!r}")
+        (name, params), = entry.items()
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{source}: entry {i} ({name}): parameters must be a mapping")
+        parsed.append((str(name), dict(params)))
+    return parsed
+
+
+def load_spec(path: str | os.PathLike) -> list[Step]:
+    """Read a YAML/JSON spec file (or a manifest) into step objects."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    steps = []
+    for i, (name, params) in enumerate(parse_spec(data, str(path)), start=1):
+        try:
+            steps.append(build_step(name, params))
+        except ValueError as exc:
+            raise ValueError(f"{path}: entry {i}: {exc}") from exc
+    return steps
+
+
+def spec_of(steps: Sequence[Step]) -> list[dict[str, dict[str, Any]]]:
+    return [{s.name: _jsonable(s.params())} for s in steps]
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+@dataclass
+class CurateResult:
+    dataset: Dataset
+    manifest: Manifest
+    removed: pa.Table  # id, step, reason, for every removed row
+
+    def why(self, record_id: str) -> str | None:
+        """The reason a record was removed, or None if it was kept (or never existed)."""
+        ids = self.removed.column("id").to_pylist()
+        if record_id in ids:
+            i = ids.index(record_id)
+            return f"{self.removed.column('step')[i].as_py()}: {self.removed.column('reason')[i].as_py()}"
+        return None
+
+
+def curate(
+    dataset: Dataset,
+    steps: Sequence[Step | str | dict],
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    ctx: StepContext | None = None,
+    show_progress: bool = False,
+    input_info: dict[str, Any] | None = None,
+) -> CurateResult:
+    """Run ``steps`` in order on ``dataset``; return the kept rows, the manifest and removals.
+
+    ``steps`` may be Step objects, step names, or ``{name: params}`` mappings.
+    """
+    from datadiet import __version__
+
+    built: list[Step] = []
+    for s in steps:
+        if isinstance(s, Step):
+            built.append(s)
+        elif isinstance(s, str):
+            built.append(build_step(s))
+        else:
+            (name, params), = parse_spec([s])
+            built.append(build_step(name, params))
+    if text_field not in dataset.column_names:
+        raise ValueError(f"dataset has no text field {text_field!r} (columns: {dataset.column_names})")
+    if id_field not in dataset.column_names:
+        from datadiet.pipeline.io import content_id
+
+        dataset = dataset.map(lambda b: {id_field: [content_id(t) for t in b[text_field]]},
+                              batched=True)
+    ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
+    ctx.text_field, ctx.id_field = text_field, id_field
+    ledger = ctx.ledger
+    info = dict(input_info or {})
+    info.setdefault("rows", len(dataset))
+    info.setdefault("fingerprint", getattr(dataset, "_fingerprint", ""))
+    manifest = Manifest(input=info, spec=spec_of(built), datadiet_version=__version__)
+
+    origin = np.arange(len(dataset), dtype=np.int64)  # current row -> input row
+    removed_batches: list[pa.Table] = []
+    current = dataset
+    for step in built:
+        before = ledger.total
+        start = time.perf_counter()
+        with ledger.stage(f"step:{step.name}") as rec:
+            selection = step.select(current, ctx)
+        if selection.n_rows != len(current):
+            raise RuntimeError(f"step {step.name} returned {selection.n_rows} rows, saw {len(current)}")
+        after = ledger.total
+        removed_idx = selection.removed_indices
+        if len(removed_idx):
+            ids = current.select(removed_idx)[id_field] if len(removed_idx) < len(current) else current[id_field]
+            removed_batches.append(pa.table({
+                "id": pa.array([str(i) for i in ids], pa.string()),
+                "input_row": pa.array(origin[removed_idx]),
+                "step": pa.array([step.name] * len(removed_idx), pa.string()),
+                "reason": pa.array([selection.reason(int(i)) for i in removed_idx], pa.string()),
+            }))
+        kept = selection.kept_indices
+        manifest.steps.append(StepReport(
+            name=step.name,
+            params=_jsonable(step.params()),
+            rows_in=selection.n_rows,
+            rows_out=len(kept),
+            removed=selection.removed_by_kind(),
+            seconds=round(time.perf_counter() - start, 4),
+            tokens_scored=after.tokens - before.tokens,
+            flops=after.flops - before.flops,
+            peak_memory_bytes=rec.peak_memory_bytes,
+            stats=_jsonable(selection.stats),
+        ))
+        origin = origin[kept]
+        if len(kept) < len(current):
+            current = current.select(kept).flatten_indices() if len(kept) else current.select([])
+    manifest.output = {"rows": len(current)}
+    manifest.ledger = ledger.to_dict()
+    removed = (pa.concat_tables(removed_batches) if removed_batches else
+               pa.table({"id": pa.array([], pa.string()), "input_row": pa.array([], pa.int64()),
+                         "step": pa.array([], pa.string()), "reason": pa.array([], pa.string())}))
+    return CurateResult(current, manifest, removed)
+
+
+def curate_path(
+    source: str | os.PathLike,
+    steps: Sequence[Step],
+    out: str | os.PathLike,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    keep_fields: Sequence[str] = (),
+    on_error: OnError = "raise",
+    overwrite: bool = False,
+    rows_per_shard: int = 100_000,
+    show_progress: bool = True,
+    ctx: StepContext | None = None,
+) -> CurateResult:
+    """Read ``source``, curate, write ``out/`` (Parquet shards, manifest, removals) atomically."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out}: output exists (pass --overwrite to replace it)")
+    loaded: LoadedCorpus = load_corpus(source, text_field=text_field, id_field=id_field,
+                                       keep_fields=keep_fields, on_error=on_error)
+    info = {
+        "source": loaded.source,
+        "fingerprint": loaded.fingerprint,
+        "rows": len(loaded.dataset),
+        "text_field": text_field,
+        "id_field": id_field,
+        "on_error": on_error,
+        "skipped": loaded.skipped_summary(),
+    }
+    ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
+    result = curate(loaded.dataset, steps, text_field=text_field, id_field=id_field, ctx=ctx,
+                    input_info=info)
+    with AtomicOutputDir(out, overwrite=overwrite) as tmp:
+        shards = write_parquet_shards(result.dataset, tmp, rows_per_shard)
+        (tmp / "removed").mkdir()
+        pq.write_table(result.removed, tmp / "removed" / "removed.parquet")
+        result.manifest.output = {
+            "rows": len(result.dataset),
+            "shards": shards,
+            "removed_file": "removed/removed.parquet",
+            "fingerprint": result.dataset._fingerprint,
+        }
+        atomic_write_text(tmp / "manifest.json", result.manifest.to_json())
+    return result
+
+
+def print_report(manifest: Manifest, stream: Any = None) -> None:
+    print(manifest.summary_table(), file=stream or sys.stdout)

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real-data kit, offline settings, isolated Prefect storage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Offline and quiet, before anything imports transformers or Prefect.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+SHARED_DATA = Path(
+    os.environ.get("DATADIET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "lm").is_dir():
+        pytest.fail(f"the real-data kit is missing at {SHARED_DATA} (set DATADIET_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def wiki_paragraphs(shared_data: Path) -> list[str]:
+    from datadiet.pipeline.sample_corpus import wikitext_paragraphs
+
+    return wikitext_paragraphs(shared_data / "lm" / "wikitext2_valid.txt")

@@ -1,0 +1,118 @@
+"""The curation runner and `datadiet curate`, end to end on real text."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, load_dataset
+
+from datadiet.cli import main
+from datadiet.pipeline.curate import Manifest, curate, load_spec
+from datadiet.pipeline.sample_corpus import build_sample_corpus
+from datadiet.selectors.exact import ExactDedup
+from datadiet.selectors.quality import QualityFilter
+
+SPEC = "- exact_dedup: {}\n- minhash_dedup: {threshold: 0.7, num_perm: 64}\n- random: {keep: 0.9, seed: 3}\n"
+
+
+@pytest.fixture()
+def corpus(tmp_path: Path, shared_data: Path) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    build_sample_corpus(path, n_base=80, shared_data=shared_data)
+    return path
+
+
+def test_python_api_composes_steps_and_explains_removals(wiki_paragraphs: list[str]) -> None:
+    docs = wiki_paragraphs[:40]
+    ds = Dataset.from_dict({"id": [f"d{i}" for i in range(43)],
+                            "text": docs + [docs[0], docs[5], "too short"]})
+    result = curate(ds, [ExactDedup(), QualityFilter(), {"random": {"keep": 30, "seed": 1}}])
+    steps = result.manifest.steps
+    assert [s.name for s in steps] == ["exact_dedup", "quality", "random"]
+    assert steps[0].removed == {"exact-duplicate-of": 2}
+    assert steps[0].rows_out == steps[1].rows_in == 41
+    assert len(result.dataset) == 30 == steps[-1].rows_out
+    assert result.why("d40") == "exact_dedup: exact-duplicate-of:d0"
+    assert result.why("d42").startswith("quality: quality:")
+    assert result.removed.num_rows == 43 - 30
+    kept = set(result.dataset["id"])
+    assert kept.isdisjoint(result.removed.column("id").to_pylist())
+
+
+def test_cli_end_to_end_writes_loadable_output_and_manifest(tmp_path: Path, corpus: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    assert main(["curate", str(corpus), "--spec", str(spec), "--out", str(out), "--quiet"]) == 0
+    ds = load_dataset("parquet", data_files=f"{out}/*.parquet", split="train")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["output"]["rows"] == len(ds)
+    assert [list(s)[0] for s in manifest["spec"]] == ["exact_dedup", "minhash_dedup", "random"]
+    step = manifest["steps"][0]
+    assert set(step) >= {"name", "params", "rows_in", "rows_out", "removed", "seconds",
+                         "tokens_scored", "flops"}
+    n_in = manifest["input"]["rows"]
+    removed = sum(sum(s["removed"].values()) for s in manifest["steps"])
+    assert n_in - removed == len(ds)
+    planted_exact = sum(1 for line in corpus.read_text().splitlines()
+                        if json.loads(line)["planted"] == "exact")
+    assert step["removed"]["exact-duplicate-of"] == planted_exact
+    # the manifest repeats the run: same spec, same result
+    out2 = tmp_path / "out2"
+    assert main(["curate", str(corpus), "--spec", str(out / "manifest.json"), "--out", str(out2),
+                 "--quiet"]) == 0
+    ds2 = load_dataset("parquet", data_files=f"{out2}/*.parquet", split="train")
+    assert ds2["id"] == ds["id"]
+    assert Manifest.load(out2 / "manifest.json").input["fingerprint"] == manifest["input"]["fingerprint"]
+
+
+def test_cli_bad_input_fails_with_file_and_line_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a fine document"}\n{"text": oops}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("- exact_dedup: {}\n")
+    out = tmp_path / "out"
+    assert main(["curate", str(bad), "--spec", str(spec), "--out", str(out), "--quiet"]) == 2
+    assert f"{bad}:2: malformed JSON" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["curate", str(bad), "--spec", str(spec), "--out", str(out), "--quiet",
+                 "--on-error", "skip"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["skipped"]["count"] == 1
+    assert manifest["input"]["skipped"]["examples"][0].startswith(f"{bad}:2:")
+
+
+def test_bad_spec_names_the_entry(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("- exact_dedup: {}\n- minhash_dedupe: {}\n")
+    with pytest.raises(ValueError, match=r"entry 2: unknown step 'minhash_dedupe'"):
+        load_spec(spec)
+    spec.write_text("- minhash_dedup: {thresh: 0.5}\n")
+    with pytest.raises(ValueError, match=r"entry 1: bad parameters for step 'minhash_dedup'"):
+        load_spec(spec)
+
+
+def test_interrupted_run_leaves_no_output(tmp_path: Path, corpus: Path) -> None:
+    """Kill the CLI mid-run: OUT must not exist (only a hidden temp folder may remain)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("- exact_dedup: {}\n")
+    out = tmp_path / "out"
+    code = (
+        "import sys, datadiet.pipeline.io as io\n"
+        "from datadiet.cli import main\n"
+        "orig = io.write_parquet_shards\n"
+        "def boom(*a, **k):\n"
+        "    orig(*a, **k)\n"
+        "    raise KeyboardInterrupt\n"
+        "import datadiet.pipeline.curate as c\n"
+        "c.write_parquet_shards = boom\n"
+        f"sys.exit(main(['curate', {str(corpus)!r}, '--spec', {str(spec)!r}, '--out', {str(out)!r}, '--quiet']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    assert not out.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
