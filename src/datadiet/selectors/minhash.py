@@ -1,0 +1,942 @@
+"""Near-duplicate removal with MinHash + LSH, as array programs (compiled with numba if present).
+
+Why near-dedup at all: web-scale corpora repeat the same page with a changed date, a
+boilerplate footer, a truncated tail. Training on those copies spends tokens on text the model
+has already seen (Lee et al. 2022, "Deduplicating Training Data Makes Language Models Better").
+Exact hashing misses them; MinHash (Broder 1997) estimates the Jaccard similarity of two
+documents' word n-gram sets from a short signature, and LSH banding finds the pairs that are
+likely above a threshold without comparing all pairs.
+
+Why this shape: every piece is a pure function of arrays so the same code runs on one machine
+or as a Dask map over shards (see DESIGN.md, "Past one machine"):
+
+* :func:`shingle_hashes` — texts -> one flat ``uint32`` array of shingle hashes + offsets.
+  Per shard.
+* :func:`signatures_from_hashes` / :func:`minhash_signatures` — -> ``(n, num_perm) uint32``
+  signatures. Per shard; deterministic in the parameters, so shards agree.
+* :func:`band_keys` — signatures -> ``(n, bands) uint64`` LSH bucket keys. Per shard.
+* :func:`candidate_pairs_from_keys` / :func:`lsh_candidate_pairs` — keys -> candidate pairs,
+  grouped with a NumPy sort, not a dict of lists. Global, but only ``bands`` numbers per row.
+* :func:`estimated_jaccard` — optional check of candidates against the threshold.
+* :func:`connected_components` — vectorised union-find; the label of a row is the smallest row
+  index of its cluster, which is the row we keep.
+
+Speed comes from never looping in Python per shingle or per permutation:
+
+* Tokenising is a batch-level twin of :func:`datadiet.pipeline.text.words` — the same
+  definition of a word (maximal runs of Python's ``\\w`` in ``text.lower()``), proven equal to
+  it by property tests against :func:`shingle_hashes_reference`, which is built on ``words()``.
+  A batch becomes one flat array (code points for NumPy, UTF-8 bytes for the compiled kernel);
+  word characters come from a lookup table of ``\\w``. A word's hash is a random multilinear
+  hash of its code points; an n-gram's hash mixes its ``n`` word hashes with per-position
+  multipliers. No shingle string is ever built.
+* The permutations are the universal affine family ``pi_k(x) = a_k * x + b_k mod 2**32`` (odd
+  ``a_k``), applied to well-mixed 32-bit shingle hashes. Each ``pi_k`` is a bijection, so with
+  random shingle hashes every slot is an unbiased min-wise sample (the tests check bias and
+  error against MinHash theory); working modulo ``2**32`` instead of a Mersenne prime keeps
+  every operation a single SIMD lane with no division (datasketch's ``affine32`` scheme makes
+  the same choice). In NumPy, a block of shingles times all permutations is one broadcast
+  ``(num_perm, block)`` multiply-add and per-document minima one ``np.minimum.reduceat``; the
+  compiled kernel is the same loop fused, vectorised by LLVM over the permutations.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.text import words
+from datadiet.selectors.base import Step, StepContext, register_step
+from datadiet.selectors.exact import row_ids
+
+__all__ = [
+    "MinHashDedup",
+    "band_keys",
+    "candidate_pairs_from_keys",
+    "connected_components",
+    "estimated_jaccard",
+    "lsh_candidate_pairs",
+    "minhash_signatures",
+    "optimal_bands_rows",
+    "shingle_hashes",
+    "shingle_hashes_reference",
+    "signatures_from_hashes",
+]
+
+_U64 = np.uint64
+_MAX32 = np.uint32(0xFFFFFFFF)
+_MASK64 = (1 << 64) - 1
+# Word hash: sum_j code_point[j] * _CHAR_MULT[j % 64] (+ length tag), then a 64-bit mixer.
+# Independent random multipliers per position, rather than powers of one base, keep the per
+# character work free of a loop-carried multiply: the compiled tokeniser is branch-free and
+# throughput-bound instead of latency-bound.
+_CHAR_MULT = np.random.default_rng(0x5EED_0F_3E11).integers(0, 1 << 63, 64, dtype=np.uint64) * 2 + 1
+# Added times the word length, so that words of different lengths hash apart.
+_LEN_TAG = 0x94D049BB133111EB
+# Added times the band index to a band key (keys of different bands never need to meet, but
+# distinct keys make a shared table or a debug dump unambiguous).
+_BAND_TAG = 0xD6E8FEB86659FD93
+# How many shingles one block of the signature kernel handles: the (num_perm, block) uint32
+# working buffer (128 x 2048 x 4 B = 1 MiB) then stays in a core's L2 cache.
+_BLOCK = 2048
+# Signatures and band keys of a corpus bigger than this go to memory-mapped files.
+IN_MEMORY_BYTES = 256 << 20
+
+
+# ----------------------------------------------------------------------------------------------
+# hashing helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, in place: spreads every input bit over the output."""
+    x ^= x >> _U64(33)
+    x *= _U64(0xFF51AFD7ED558CCD)
+    x ^= x >> _U64(33)
+    x *= _U64(0xC4CEB9FE1A85EC53)
+    x ^= x >> _U64(33)
+    return x
+
+
+@functools.cache
+def _word_char_table() -> np.ndarray:
+    """``table[cp]`` is True where ``chr(cp)`` matches Python's Unicode ``\\w``.
+
+    ``re``'s ``\\w`` is ``isalnum() or '_'`` per code point; a 1.1 MB table makes the test one
+    gather instead of a regex scan. Built once per process (~0.1 s).
+    """
+    table = np.fromiter((chr(c).isalnum() for c in range(0x110000)), dtype=bool, count=0x110000)
+    table[ord("_")] = True
+    return table
+
+
+@functools.cache
+def _ascii_word_table() -> np.ndarray:
+    """For each ASCII byte: its lower-cased value if it is a word character, else 0."""
+    table = np.zeros(128, np.uint8)
+    for b in range(128):
+        low = chr(b).lower()
+        if _word_char_table()[ord(low)]:
+            table[b] = ord(low)
+    return table
+
+
+@functools.cache
+def _lower_table() -> np.ndarray:
+    """``table[cp]`` = ``ord(chr(cp).lower())`` for code points below U+20000 (no cased
+    character lies above), identity where ``lower`` yields two code points (only U+0130)."""
+    size = 0x20000
+    lowered = (chr(c).lower() for c in range(size))
+    table = np.fromiter((ord(x) if len(x) == 1 else -1 for x in lowered), np.int64, size)
+    ident = np.arange(size)
+    return np.where(table < 0, ident, table).astype(np.uint32)
+
+
+# All random constants derive from ``seed`` (one independent stream per use), so two shards or
+# two runs with the same parameters produce identical hashes, signatures and band keys — the
+# property that makes map-over-shards correct.
+
+
+@functools.cache
+def _perm_constants(seed: int, num_perm: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, b)`` of the ``num_perm`` affine permutations; every ``a`` is odd (a bijection)."""
+    rng = np.random.default_rng([seed, 1])
+    a = (rng.integers(0, 1 << 32, num_perm, dtype=np.uint64) | 1).astype(np.uint32)
+    b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64).astype(np.uint32)
+    return a, b
+
+
+@functools.cache
+def _shingle_constants(seed: int, ngram: int) -> tuple[np.ndarray, np.uint64]:
+    """Odd per-position multipliers of an n-gram's word hashes, and a salt."""
+    rng = np.random.default_rng([seed, 2])
+    pos = rng.integers(0, 1 << 63, ngram, dtype=np.uint64) * _U64(2) + _U64(1)
+    return pos, rng.integers(0, 1 << 63, 1, dtype=np.uint64)[0]
+
+
+@functools.cache
+def _band_constants(seed: int, bands: int, rows: int) -> np.ndarray:
+    """Odd ``(bands, rows)`` multipliers of the linear band-key hash."""
+    rng = np.random.default_rng([seed, 3, bands, rows])
+    return rng.integers(0, 1 << 63, (bands, rows), dtype=np.uint64) * _U64(2) + _U64(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# compiled kernels (numba), bit-for-bit equal to the NumPy programs below them
+# ----------------------------------------------------------------------------------------------
+#
+# Why both: the NumPy programs reach ~10k docs/s per core, bounded by memory traffic of the
+# (num_perm x shingles) temporaries; one fused loop per shingle, which LLVM vectorises over the
+# permutations, is 6-10x faster. numba is optional: without it (or with DATADIET_NUMBA=0) the
+# NumPy programs run and produce the same signatures, which the tests check.
+
+try:  # pragma: no cover - exercised whichever way the environment is
+    import numba as _numba
+except ImportError:  # pragma: no cover
+    _numba = None
+
+
+def _use_numba() -> bool:
+    return _numba is not None and os.environ.get("DATADIET_NUMBA", "1") != "0"
+
+
+if _numba is not None:
+    _njit = _numba.njit(cache=True, nogil=True, boundscheck=False)
+
+    @_njit
+    def _nb_fmix64(x):  # noqa: ANN001, ANN202 - numba-typed
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(0xFF51AFD7ED558CCD)
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(0xC4CEB9FE1A85EC53)
+        x ^= x >> np.uint64(33)
+        return x
+
+    @_njit
+    def _nb_shingles(buf, doc_start, table, lower, ascii_word, mult, ngram, pos, salt):  # noqa: ANN001, ANN202
+        """Decode UTF-8, lower-case, split words, hash words and n-grams: one pass.
+
+        ``buf`` holds each text's UTF-8 bytes; texts that need ``str.lower``'s context rules
+        arrive already lower-cased (see :func:`_utf8_batch`), and lower-casing them again with
+        the per-code-point table is a no-op. ``ascii_word[b]`` is the lower-cased byte if it is
+        a word character, else 0. The per-character update is branch-free (masks instead of
+        ifs): word boundaries are data-dependent and would otherwise mispredict twice a word.
+        """
+        n = doc_start.size - 1
+        out = np.empty(buf.size + n, np.uint32)
+        offsets = np.zeros(n + 1, np.int64)
+        longest = 0
+        for d in range(n):
+            longest = max(longest, doc_start[d + 1] - doc_start[d])
+        word_h = np.empty(longest + 2, np.uint64)
+        tag = np.uint64(_LEN_TAG)
+        one = np.uint64(1)
+        low6 = np.uint64(63)
+        cnt = 0
+        for d in range(n):
+            i = doc_start[d]
+            end = doc_start[d + 1]
+            nw = 0
+            h = np.uint64(0)
+            j = np.uint64(0)
+            while i < end:
+                b0 = buf[i]
+                if b0 < 0x80:
+                    c = np.uint64(ascii_word[b0])
+                    i += 1
+                else:
+                    c0 = np.int64(b0)
+                    if c0 < 0xE0:
+                        cp = ((c0 & 0x1F) << 6) | (np.int64(buf[i + 1]) & 0x3F)
+                        i += 2
+                    elif c0 < 0xF0:
+                        cp = ((c0 & 0x0F) << 12) | ((np.int64(buf[i + 1]) & 0x3F) << 6) | (
+                            np.int64(buf[i + 2]) & 0x3F
+                        )
+                        i += 3
+                    else:
+                        cp = (
+                            ((c0 & 0x07) << 18)
+                            | ((np.int64(buf[i + 1]) & 0x3F) << 12)
+                            | ((np.int64(buf[i + 2]) & 0x3F) << 6)
+                            | (np.int64(buf[i + 3]) & 0x3F)
+                        )
+                        i += 4
+                    if cp < lower.size:
+                        cp = np.int64(lower[cp])
+                    c = np.uint64(cp) if table[cp] else np.uint64(0)
+                is_word = np.uint64(c != 0)
+                mask = np.uint64(0) - is_word
+                word_h[nw] = h + j * tag  # kept only if this character ends a word
+                nw += np.int64((j != 0) & (is_word == 0))
+                h = (h + c * mult[j & low6]) & mask
+                j = (j + one) & mask
+            if j != 0:
+                word_h[nw] = h + j * tag
+                nw += 1
+            for k in range(nw):
+                word_h[k] = _nb_fmix64(word_h[k])
+            m = nw - ngram + 1 if nw >= ngram else min(nw, 1)
+            for s in range(m):
+                acc = salt
+                for k in range(min(ngram, nw - s)):
+                    acc += word_h[s + k] * pos[k]
+                out[cnt] = np.uint32(_nb_fmix64(acc) >> np.uint64(32))
+                cnt += 1
+            offsets[d + 1] = cnt
+        return out[:cnt].copy(), offsets
+
+    @_njit
+    def _nb_minhash(hashes, offsets, a, b):  # noqa: ANN001, ANN202
+        """Per text, per shingle: all permutations as one vectorisable loop, min in place."""
+        n = offsets.size - 1
+        num_perm = a.size
+        out = np.full((n, num_perm), np.uint32(0xFFFFFFFF), np.uint32)
+        for d in range(n):
+            row = out[d]
+            for s in range(offsets[d], offsets[d + 1]):
+                x = hashes[s]
+                for k in range(num_perm):
+                    v = np.uint32(a[k] * x + b[k])
+                    if v < row[k]:
+                        row[k] = v
+        return out
+
+    @_njit
+    def _nb_band_keys(sig, mult, band_tag):  # noqa: ANN001, ANN202
+        n = sig.shape[0]
+        bands, rows = mult.shape
+        out = np.empty((n, bands), np.uint64)
+        for i in range(n):
+            for bnd in range(bands):
+                acc = np.uint64(bnd) * band_tag
+                for r in range(rows):
+                    acc += np.uint64(sig[i, bnd * rows + r]) * mult[bnd, r]
+                out[i, bnd] = acc
+        return out
+
+    @_njit
+    def _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket):  # noqa: ANN001, ANN202
+        """Per band, group rows by key in an open-addressing hash table (O(n), no sort), then
+        emit each bucket's pairs: all of them up to ``max_bucket`` members, else a star."""
+        n = rows_idx.size
+        cap = 16
+        while cap < 2 * n:
+            cap *= 2
+        mask = cap - 1
+        slot_key = np.empty(cap, np.uint64)
+        head = np.empty(cap, np.int64)
+        tail = np.empty(cap, np.int64)
+        size = np.empty(cap, np.int64)
+        nxt = np.empty(n, np.int64)
+        used = np.empty(n, np.int64)
+        out = np.empty((max(n, 16), 2), np.int64)
+        m = 0
+        for band in range(keys.shape[1]):
+            head[:] = -1
+            n_used = 0
+            for t in range(n):
+                k = keys[rows_idx[t], band]
+                slot = np.int64((k ^ (k >> np.uint64(31))) & np.uint64(mask))
+                while head[slot] != -1 and slot_key[slot] != k:
+                    slot = (slot + 1) & mask
+                nxt[t] = -1
+                if head[slot] == -1:
+                    slot_key[slot] = k
+                    head[slot] = t
+                    tail[slot] = t
+                    size[slot] = 1
+                    used[n_used] = slot
+                    n_used += 1
+                else:
+                    nxt[tail[slot]] = t
+                    tail[slot] = t
+                    size[slot] += 1
+            need = 0
+            for u in range(n_used):
+                sz = size[used[u]]
+                if sz > 1:
+                    need += sz * (sz - 1) // 2 if all_pairs and sz <= max_bucket else sz - 1
+            if m + need > out.shape[0]:
+                grown = np.empty((max(2 * out.shape[0], m + need), 2), np.int64)
+                grown[:m] = out[:m]
+                out = grown
+            for u in range(n_used):
+                slot = used[u]
+                if size[slot] < 2:
+                    continue
+                a = head[slot]
+                while a != -1:
+                    b = nxt[a]
+                    while b != -1:
+                        out[m, 0] = rows_idx[a]
+                        out[m, 1] = rows_idx[b]
+                        m += 1
+                        b = nxt[b]
+                    if not (all_pairs and size[slot] <= max_bucket):
+                        break  # a star: only the first member pairs with the others
+                    a = nxt[a]
+        return out[:m]
+
+
+def _utf8_batch(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch as one UTF-8 byte array plus text offsets, for the compiled tokeniser.
+
+    Texts are encoded as they are (for ASCII, ``str.isascii`` is O(1) and encoding a memcpy)
+    and lower-cased inside the kernel by a per-code-point table. ``str.lower`` has exactly two
+    rules no such table can express — U+0130 lower-cases to two code points and capital sigma
+    depends on its context (final sigma) — so only texts containing those go through it first.
+    """
+    parts = [
+        (t.lower() if not t.isascii() and ("\u0130" in t or "\u03a3" in t) else t).encode(
+            "utf-8", "surrogatepass"
+        )
+        for t in texts
+    ]
+    doc_start = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)), out=doc_start[1:])
+    return np.frombuffer(b"".join(parts), dtype=np.uint8), doc_start
+
+
+def _codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Lower-case a batch and lay it out as one ``uint32`` code-point array plus text offsets.
+
+    ``str.lower`` runs per text in C (it is Unicode-exact, which a table could not be: some
+    characters lower-case to two); everything after works on the flat array.
+    """
+    lowered = [t.lower() for t in texts]
+    doc_start = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, lowered), np.int64, len(lowered)), out=doc_start[1:])
+    cp = np.frombuffer("".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    return cp, doc_start
+
+
+def _word_hashes_numpy(cp: np.ndarray, doc_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hash every word of a code-point batch; returns (uint64 word hashes, words per text).
+
+    A word is exactly what :func:`datadiet.pipeline.text.words` returns: a maximal run of ``\\w``
+    characters of ``text.lower()``. Word boundaries never cross texts.
+    """
+    n = len(doc_start) - 1
+    total = cp.size
+    if total == 0:
+        return np.empty(0, _U64), np.zeros(n, np.int64)
+    nonempty = np.diff(doc_start) > 0
+    is_word = _word_char_table()[cp]
+    prev = np.empty(total, bool)
+    prev[0] = False
+    prev[1:] = is_word[:-1]
+    prev[doc_start[:-1][nonempty]] = False  # a word cannot continue from the previous text
+    nxt = np.empty(total, bool)
+    nxt[-1] = False
+    nxt[:-1] = is_word[1:]
+    nxt[doc_start[1:][nonempty] - 1] = False
+    starts = np.flatnonzero(is_word & ~prev)
+    ends = np.flatnonzero(is_word & ~nxt) + 1
+    if starts.size == 0:
+        return np.empty(0, _U64), np.zeros(n, np.int64)
+
+    # h(word) = sum_j cp[start+j] * mult[j % 64]: one gather and one segmented sum.
+    chars = np.flatnonzero(is_word)
+    first = np.searchsorted(chars, starts)  # where each word begins among the word chars
+    word_of_char = np.repeat(np.arange(len(starts)), np.diff(np.append(first, len(chars))))
+    j = chars - starts[word_of_char]
+    with np.errstate(over="ignore"):
+        vals = cp[chars].astype(_U64) * _CHAR_MULT[j & 63]
+        h = np.add.reduceat(vals, first)
+        h += (ends - starts).astype(_U64) * _U64(_LEN_TAG)
+        _fmix64(h)
+    counts = np.diff(np.searchsorted(starts, doc_start))
+    return h, counts
+
+
+def _ngram_hashes_numpy(
+    word_h: np.ndarray, counts: np.ndarray, ngram: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Combine word hashes into n-gram shingle hashes; a text with fewer than ``ngram`` words
+    (but at least one) gets a single shingle of all its words."""
+    n = len(counts)
+    pos, salt = _shingle_constants(seed, ngram)
+    n_shingles = np.where(counts >= ngram, counts - ngram + 1, np.minimum(counts, 1))
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(n_shingles, out=offsets[1:])
+    total = int(offsets[-1])
+    if total == 0:
+        return np.empty(0, np.uint32), offsets
+    word_start = np.zeros(n, np.int64)
+    np.cumsum(counts[:-1], out=word_start[1:])
+    doc = np.repeat(np.arange(n), n_shingles)
+    first = word_start[doc] + (np.arange(total) - offsets[doc])  # first word of each shingle
+    end = (word_start + counts)[doc]  # one past the text's last word
+    padded = np.concatenate([word_h, np.zeros(ngram, _U64)])
+    acc = np.full(total, salt, _U64)
+    short = bool((counts < ngram).any())
+    with np.errstate(over="ignore"):
+        for k in range(ngram):
+            idx = first + k
+            term = padded[idx]
+            if short:
+                term[idx >= end] = 0
+            term *= pos[k]
+            acc += term
+        _fmix64(acc)
+    return (acc >> _U64(32)).astype(np.uint32), offsets
+
+
+def _shingle_hashes_numpy(
+    texts: Sequence[str], ngram: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    cp, doc_start = _codepoints(texts)
+    word_h, counts = _word_hashes_numpy(cp, doc_start)
+    return _ngram_hashes_numpy(word_h, counts, ngram, seed)
+
+
+def shingle_hashes(
+    texts: Sequence[str], ngram: int = 5, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hash the word n-gram shingles of a batch of texts.
+
+    Returns ``(hashes, offsets)``: ``hashes[offsets[i]:offsets[i+1]]`` are text ``i``'s shingle
+    hashes (``uint32``). Texts without words have no shingles. Uses the compiled kernel when
+    numba is available and the NumPy array program otherwise; both give identical hashes.
+    """
+    if ngram < 1:
+        raise ValueError(f"ngram must be >= 1, got {ngram}")
+    if not _use_numba():
+        return _shingle_hashes_numpy(texts, ngram, seed)
+    buf, doc_start = _utf8_batch(texts)
+    pos, salt = _shingle_constants(seed, ngram)
+    return _nb_shingles(
+        buf,
+        doc_start,
+        _word_char_table(),
+        _lower_table(),
+        _ascii_word_table(),
+        _CHAR_MULT,
+        ngram,
+        pos,
+        salt,
+    )
+
+
+def shingle_hashes_reference(
+    texts: Sequence[str], ngram: int = 5, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slow, obviously-correct twin of :func:`shingle_hashes`, built on ``words()``.
+
+    It exists so the tests can prove that the vectorised tokeniser agrees with the package's one
+    definition of a word; it is not used on the hot path.
+    """
+    pos, salt = _shingle_constants(seed, ngram)
+    out: list[int] = []
+    offsets = [0]
+    mult = [int(m) for m in _CHAR_MULT]
+    for text in texts:
+        hs = []
+        for w in words(text):
+            h = 0
+            for j, ch in enumerate(w):
+                h = (h + ord(ch) * mult[j % 64]) & _MASK64
+            h = (h + len(w) * _LEN_TAG) & _MASK64
+            hs.append(int(_fmix64(np.array([h], _U64))[0]))
+        starts = range(len(hs) - ngram + 1) if len(hs) >= ngram else range(min(len(hs), 1))
+        for s in starts:
+            acc = int(salt)
+            for k, h in enumerate(hs[s : s + ngram]):
+                acc = (acc + h * int(pos[k])) & _MASK64
+            out.append(int(_fmix64(np.array([acc], _U64))[0]) >> 32)
+        offsets.append(len(out))
+    return np.array(out, np.uint32), np.array(offsets, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# signatures
+# ----------------------------------------------------------------------------------------------
+
+
+def signatures_from_hashes(
+    hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128, seed: int = 42
+) -> np.ndarray:
+    """MinHash signatures ``(n, num_perm) uint32`` from flat shingle hashes and offsets.
+
+    Texts without shingles get the all-``0xFFFFFFFF`` signature (the empty set's). Uses the
+    compiled kernel when numba is available, else the NumPy program; results are identical.
+    """
+    hashes = np.asarray(hashes, np.uint32)
+    offsets = np.asarray(offsets, np.int64)
+    if _use_numba():
+        a, b = _perm_constants(seed, num_perm)
+        return _nb_minhash(hashes, offsets, a, b)
+    return _signatures_numpy(hashes, offsets, num_perm, seed)
+
+
+def _signatures_numpy(
+    hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
+) -> np.ndarray:
+    """The NumPy signature program (used without numba).
+
+    Work is done in blocks of ``_BLOCK`` shingles that may cut through texts; per-block minima
+    are taken over segments (a text's part inside one block) and a second ``reduceat`` folds
+    segments of the same text, so a single very long text needs no special case.
+    """
+    a, b = _perm_constants(seed, num_perm)
+    a = a[:, None]
+    b = b[:, None]
+    n = len(offsets) - 1
+    out = np.full((num_perm, n), _MAX32, np.uint32)
+    counts = np.diff(offsets)
+    has = np.flatnonzero(counts > 0)
+    total = int(offsets[-1])
+    if total == 0:
+        return np.ascontiguousarray(out.T)
+    doc_starts = offsets[:-1][has]
+    block_starts = np.arange(0, total, _BLOCK, dtype=np.int64)
+    seg_starts = np.union1d(doc_starts, block_starts)
+    seg_lo = np.searchsorted(seg_starts, block_starts, side="left")
+    seg_hi = np.append(seg_lo[1:], len(seg_starts))
+    partial = np.empty((num_perm, len(seg_starts)), np.uint32)
+    buf = np.empty((num_perm, _BLOCK), np.uint32)
+    for i, c0 in enumerate(block_starts.tolist()):
+        c1 = min(c0 + _BLOCK, total)
+        view = buf[:, : c1 - c0]
+        np.multiply(a, hashes[c0:c1], out=view)
+        np.add(view, b, out=view)
+        lo, hi = seg_lo[i], seg_hi[i]
+        partial[:, lo:hi] = np.minimum.reduceat(view, seg_starts[lo:hi] - c0, axis=1)
+    if len(seg_starts) == len(has):
+        out[:, has] = partial
+    else:
+        seg_doc = np.searchsorted(doc_starts, seg_starts, side="right") - 1
+        first_seg = np.flatnonzero(np.r_[True, seg_doc[1:] != seg_doc[:-1]])
+        out[:, has] = np.minimum.reduceat(partial, first_seg, axis=1)
+    return np.ascontiguousarray(out.T)
+
+
+def minhash_signatures(
+    texts: Sequence[str], num_perm: int = 128, ngram: int = 5, seed: int = 42
+) -> np.ndarray:
+    """MinHash signatures ``(len(texts), num_perm) uint32`` of word n-gram shingle sets.
+
+    Deterministic in ``(texts, num_perm, ngram, seed)``, so shards computed on different workers
+    are comparable. For best speed pass batches of a few hundred to a few thousand texts.
+    """
+    hashes, offsets = shingle_hashes(texts, ngram=ngram, seed=seed)
+    return signatures_from_hashes(hashes, offsets, num_perm=num_perm, seed=seed)
+
+
+def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Fraction of equal signature slots for each pair: the MinHash estimate of Jaccard."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    est = np.empty(len(pairs), np.float64)
+    for s in range(0, len(pairs), chunk):
+        p = pairs[s : s + chunk]
+        est[s : s + chunk] = (signatures[p[:, 0]] == signatures[p[:, 1]]).mean(axis=1)
+    return est
+
+
+# ----------------------------------------------------------------------------------------------
+# LSH
+# ----------------------------------------------------------------------------------------------
+
+
+def _s_curve_errors(threshold: float, bands: np.ndarray, rows: np.ndarray, grid: int = 512):
+    """Integrated false-positive and false-negative probability of LSH (b, r) banding.
+
+    P(candidate | Jaccard s) = 1 - (1 - s**r)**b. False positives are the area under that curve
+    for s < threshold; false negatives the area above it for s >= threshold.
+    """
+    s_lo = np.linspace(0.0, threshold, grid)[None, :]
+    s_hi = np.linspace(threshold, 1.0, grid)[None, :]
+    b, r = bands[:, None].astype(float), rows[:, None].astype(float)
+    fp = np.trapezoid(1.0 - (1.0 - s_lo**r) ** b, s_lo, axis=1)
+    fn = np.trapezoid((1.0 - s_hi**r) ** b, s_hi, axis=1)
+    return fp, fn
+
+
+@functools.cache
+def optimal_bands_rows(
+    threshold: float,
+    num_perm: int,
+    false_positive_weight: float = 0.5,
+    false_negative_weight: float = 0.5,
+) -> tuple[int, int]:
+    """Bands and rows (``bands * rows <= num_perm``) minimising the weighted LSH error.
+
+    The same objective as datasketch's MinHashLSH (weighted areas of the S-curve on the wrong
+    side of the threshold), evaluated for all (b, r) at once.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    bs, rs = [], []
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            bs.append(b)
+            rs.append(r)
+    bands, rows = np.array(bs), np.array(rs)
+    fp, fn = _s_curve_errors(threshold, bands, rows)
+    best = int(np.argmin(false_positive_weight * fp + false_negative_weight * fn))
+    return int(bands[best]), int(rows[best])
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int, seed: int = 42) -> np.ndarray:
+    """One ``uint64`` bucket key per (text, band): a random linear hash of the band's slots.
+
+    Two bands collide only if their ``rows`` slots are equal (up to a ~2**-64 chance).
+    """
+    n, num_perm = signatures.shape
+    if bands * rows > num_perm:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
+    mult = _band_constants(seed, bands, rows)
+    if _use_numba():
+        return _nb_band_keys(np.asarray(signatures, np.uint32), mult, _U64(_BAND_TAG))
+    sig = np.asarray(signatures[:, : bands * rows]).reshape(n, bands, rows).astype(_U64)
+    with np.errstate(over="ignore"):
+        sig *= mult
+        keys = sig.sum(axis=2, dtype=_U64)
+        keys += np.arange(bands, dtype=_U64) * _U64(_BAND_TAG)
+    return keys
+
+
+def candidate_pairs_from_keys(
+    keys: np.ndarray,
+    valid: np.ndarray | None = None,
+    *,
+    all_pairs: bool = False,
+    max_bucket: int = 256,
+) -> np.ndarray:
+    """Candidate pairs ``(m, 2)`` (``i < j``, unique) of rows sharing a bucket in any band.
+
+    Grouping is a hash table per band in the compiled path and a stable argsort per band in
+    NumPy; both give the same pairs. By default each bucket yields a star — every member
+    paired with the bucket's first (smallest) row — which gives the same connected components
+    as all pairs at linear cost. ``all_pairs=True`` (needed when pairs are verified, since
+    verification may cut a star's edges) yields every pair of buckets up to ``max_bucket``
+    members and a star for larger ones, bounding the quadratic blow-up of degenerate buckets.
+    """
+    keys = np.asarray(keys)
+    n = keys.shape[0]
+    rows_idx = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
+    if len(rows_idx) < 2:
+        return np.empty((0, 2), np.int64)
+    if _use_numba():
+        pairs = _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket)
+        return _unique_pairs(pairs, n)
+    found: list[np.ndarray] = []
+    for j in range(keys.shape[1]):
+        k = np.asarray(keys[rows_idx, j])
+        order = np.argsort(k, kind="stable")
+        ks = k[order]
+        new = np.empty(len(ks), bool)
+        new[0] = True
+        np.not_equal(ks[1:], ks[:-1], out=new[1:])
+        if new.all():
+            continue
+        members = rows_idx[order]
+        gid = np.cumsum(new) - 1
+        starts = np.flatnonzero(new)
+        sizes = np.diff(np.append(starts, len(ks)))
+        if not all_pairs:
+            dup = ~new
+            found.append(np.stack([members[starts][gid[dup]], members[dup]], axis=1))
+            continue
+        big = sizes[gid] > max_bucket
+        if big.any():
+            dup = ~new & big
+            found.append(np.stack([members[starts][gid[dup]], members[dup]], axis=1))
+        small = ~big
+        for d in range(1, int(min(sizes.max(), max_bucket))):
+            same = (gid[:-d] == gid[d:]) & small[:-d]
+            if not same.any():
+                break
+            i = np.flatnonzero(same)
+            found.append(np.stack([members[i], members[i + d]], axis=1))
+    if not found:
+        return np.empty((0, 2), np.int64)
+    return _unique_pairs(np.concatenate(found), n)
+
+
+def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
+    """Sorted, de-duplicated ``(i, j)`` pairs with ``i < j`` (bands repeat the same pairs)."""
+    if len(pairs) == 0:
+        return np.empty((0, 2), np.int64)
+    pairs = np.sort(pairs.astype(np.int64), axis=1)
+    code = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([code // n, code % n], axis=1)
+
+
+def lsh_candidate_pairs(
+    signatures: np.ndarray,
+    bands: int,
+    rows: int,
+    *,
+    seed: int = 42,
+    all_pairs: bool = False,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Candidate pairs ``(m, 2)`` of texts whose signatures agree on all rows of some band.
+
+    ``valid`` (default: texts with a non-empty shingle set) excludes texts that have no words,
+    which would otherwise all collide on the empty set's signature.
+    """
+    if valid is None:
+        valid = ~(signatures == _MAX32).all(axis=1)
+    keys = band_keys(signatures, bands, rows, seed=seed)
+    return candidate_pairs_from_keys(keys, valid, all_pairs=all_pairs)
+
+
+# ----------------------------------------------------------------------------------------------
+# clustering
+# ----------------------------------------------------------------------------------------------
+
+
+def connected_components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find over ``n`` nodes, vectorised: ``labels[i]`` = smallest node of i's component.
+
+    Each round hooks the larger root of every unresolved edge onto the smallest root it touches
+    (``np.minimum.at``), then compresses paths by pointer jumping. Parents only ever point to
+    smaller indices, so there are no cycles and each root is its tree's minimum — exactly the
+    "keep the earliest row" rule of dedup.
+    """
+    parent = np.arange(n, dtype=np.int64)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    u, v = pairs[:, 0], pairs[:, 1]
+    while len(u):
+        while True:  # compress to roots
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+        ru, rv = parent[u], parent[v]
+        open_ = ru != rv
+        if not open_.any():
+            break
+        u, v, ru, rv = u[open_], v[open_], ru[open_], rv[open_]
+        np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
+    return parent
+
+
+# ----------------------------------------------------------------------------------------------
+# the step
+# ----------------------------------------------------------------------------------------------
+
+
+@register_step
+class MinHashDedup(Step):
+    """Remove near-duplicate documents: MinHash signatures, LSH, connected components.
+
+    Every cluster keeps its earliest row; the others are removed with reason
+    ``"minhash-duplicate-of:<id of the kept row>"``. Texts with no words are never clustered
+    (leave those to ``exact_dedup`` and quality filters).
+
+    Clusters are connected components of the "similar" graph, so a chain A~B~C folds C into A
+    even when A and C are further apart than the threshold — the usual behaviour of MinHash
+    dedup at corpus scale, and one reason ``verify`` is on by default: it stops chains from
+    running through LSH false positives.
+
+    Memory: past ``IN_MEMORY_BYTES`` (256 MiB, ~400k rows) the signatures and band keys live
+    in memory-mapped files under ``ctx.scratch("minhash")`` (removed afterwards); in RAM stay a
+    few bytes per row (a flag, the cluster label) besides the returned Selection.
+
+    Parameters:
+        threshold: Jaccard similarity of shingle sets above which two texts are duplicates.
+        num_perm: signature length; the estimate's standard error is ~sqrt(J(1-J)/num_perm).
+        ngram: words per shingle.
+        seed: seeds every hash constant (same seed -> same signatures on every shard).
+        bands, rows: LSH banding; derived from ``threshold`` when left ``None``.
+        verify: drop candidate pairs whose estimated Jaccard (over all ``num_perm`` slots) is
+            below ``threshold`` before clustering. It costs one signature comparison per
+            candidate pair and removes most LSH false positives and chaining through them.
+    """
+
+    name = "minhash_dedup"
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.8,
+        num_perm: int = 128,
+        ngram: int = 5,
+        seed: int = 42,
+        bands: int | None = None,
+        rows: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if num_perm < 1 or ngram < 1:
+            raise ValueError("num_perm and ngram must be positive")
+        if (bands is None) != (rows is None):
+            raise ValueError("give both bands and rows, or neither")
+        if bands is not None and rows is not None and bands * rows > num_perm:
+            raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
+        self.threshold = threshold
+        self.num_perm = num_perm
+        self.ngram = ngram
+        self.seed = seed
+        self.bands = bands
+        self.rows = rows
+        self.verify = verify
+
+    def banding(self) -> tuple[int, int]:
+        """The (bands, rows) in use: given, or optimal for the threshold.
+
+        With ``verify`` on, a false candidate costs one signature comparison and is not
+        merged, while a missed candidate is a duplicate lost for good; so the optimum weighs a
+        miss 19 times a false candidate (for 0.8 and 128 slots: 16 bands of 8 rows, which makes
+        a pair at the threshold a candidate with probability 0.95, at 0.5 with 0.06).
+        Without ``verify`` every candidate is merged, so both errors weigh the same (9 x 13).
+        """
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        weights = (0.05, 0.95) if self.verify else (0.5, 0.5)
+        return optimal_bands_rows(self.threshold, self.num_perm, *weights)
+
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        n = len(ds)
+        bands, rows = self.banding()
+        if n == 0:
+            return Selection.keep_all(0)
+        # A big corpus's signatures and band keys go to disk, not RAM: 4 bytes x num_perm + 8
+        # bytes x bands is ~0.6 KB a row, 6 GB for ten million rows; the page cache keeps what
+        # fits. A small one stays in memory, where writing a fresh file would only cost time.
+        on_disk = n * (4 * self.num_perm + 8 * bands) > IN_MEMORY_BYTES
+        paths: list[Path] = []
+        if on_disk:
+            scratch = ctx.scratch("minhash")
+            tag = uuid.uuid4().hex[:8]
+            paths = [scratch / f"signatures-{tag}.npy", scratch / f"band-keys-{tag}.npy"]
+            sigs = np.lib.format.open_memmap(
+                paths[0], mode="w+", dtype=np.uint32, shape=(n, self.num_perm)
+            )
+            keys = np.lib.format.open_memmap(paths[1], mode="w+", dtype=np.uint64, shape=(n, bands))
+        else:
+            sigs = np.empty((n, self.num_perm), np.uint32)
+            keys = np.empty((n, bands), np.uint64)
+        try:
+            has_words = np.zeros(n, bool)
+            start = 0
+            for batch in ctx.iter_texts(ds, desc="minhash signatures"):
+                hashes, offsets = shingle_hashes(batch, ngram=self.ngram, seed=self.seed)
+                sig = signatures_from_hashes(hashes, offsets, self.num_perm, self.seed)
+                end = start + len(batch)
+                sigs[start:end] = sig
+                keys[start:end] = band_keys(sig, bands, rows, seed=self.seed)
+                has_words[start:end] = np.diff(offsets) > 0
+                start = end
+            pairs = candidate_pairs_from_keys(keys, has_words, all_pairs=self.verify)
+            n_candidates = len(pairs)
+            if self.verify and len(pairs):
+                pairs = pairs[estimated_jaccard(sigs, pairs) >= self.threshold]
+            labels = connected_components(n, pairs)
+        finally:
+            del sigs, keys
+            for path in paths:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+        keep = labels == np.arange(n)
+        detail = np.full(n, "", dtype=object)
+        removed = np.flatnonzero(~keep)
+        if len(removed):
+            reps, inverse = np.unique(labels[removed], return_inverse=True)
+            detail[removed] = row_ids(ds, ctx.id_field, reps)[inverse]
+        n_clusters = int(len(np.unique(labels[removed]))) if len(removed) else 0
+        stats = {
+            "bands": bands,
+            "rows": rows,
+            "candidate_pairs": int(n_candidates),
+            "merged_pairs": int(len(pairs)),
+            "duplicate_clusters": n_clusters,
+            "removed": int(len(removed)),
+            "lsh_threshold": round(float((1.0 / bands) ** (1.0 / rows)), 4),
+        }
+        return Selection.from_mask(keep, "minhash-duplicate-of", detail, stats=stats)
+
