@@ -67,7 +67,7 @@ def _run_why(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="curate the built-in sample corpus and print the report")
     p.add_argument("--out", default=None, help="where to write (default: a temp folder)")
-    p.add_argument("--docs", type=int, default=240, help="base documents before planting")
+    p.add_argument("--docs", type=int, default=160, help="base documents before planting")
     p.set_defaults(func=_run_demo)
 
 
@@ -112,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     import datasets
+    import transformers
 
     datasets.disable_progress_bars()  # our own bars (with time left) are the ones that matter
+    transformers.utils.logging.disable_progress_bar()
     from datadiet.pipeline.io import DataError
 
     try:

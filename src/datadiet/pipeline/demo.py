@@ -13,7 +13,7 @@ from datadiet.pipeline.io import atomic_write_text, iter_jsonl
 from datadiet.pipeline.sample_corpus import DEMO_SPEC, build_sample_corpus
 
 
-def run_demo(out: Path, n_base: int = 240) -> int:
+def run_demo(out: Path, n_base: int = 160) -> int:
     out.mkdir(parents=True, exist_ok=True)
     corpus = out / "sample_corpus.jsonl"
     spec = out / "spec.yaml"
@@ -27,22 +27,53 @@ def run_demo(out: Path, n_base: int = 240) -> int:
     print()
     print_report(result.manifest)
 
-    planted = {r["id"]: r["planted"] for r in iter_jsonl(corpus)}
-    removed = pq.read_table(curated / "removed" / "removed.parquet").to_pylist()
-    caught: dict[str, Counter] = {}
-    for row in removed:
-        kind = planted[row["id"]].split(":")[0]
-        caught.setdefault(kind, Counter())[row["step"]] += 1
-    total = Counter(k.split(":")[0] for k in planted.values())
-    print("\nplanted problems caught (removed / planted, by step):")
-    for kind in ("exact", "near", "junk", "original"):
-        by_step = ", ".join(f"{s}={n}" for s, n in caught.get(kind, Counter()).most_common())
-        n_removed = sum(caught.get(kind, Counter()).values())
-        label = "originals removed" if kind == "original" else kind
-        print(f"  {label:<18} {n_removed:>4} / {total[kind]:<4} {by_step}")
+    records = list(iter_jsonl(corpus))
+    removed = {r["id"]: r["step"] for r in
+               pq.read_table(curated / "removed" / "removed.parquet").to_pylist()}
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        if rec["source_id"]:
+            groups.setdefault(rec["source_id"], []).append(rec)
+    caught = _score_planted(records, groups, removed)
+    print("\nplanted problems (ground truth from the generator):")
+    for label, (hit, total, by_step) in caught.items():
+        steps = ", ".join(f"{k}={v}" for k, v in by_step.most_common()) or "-"
+        print(f"  {label:<44}{hit:>5} / {total:<5} {steps}")
     print(f"\noutput: {curated}/ — load it with "
           f"datasets.load_dataset('parquet', data_files='{curated}/*.parquet')")
     summary = {"rows_in": result.manifest.steps[0].rows_in, "rows_out": len(result.dataset),
-               "caught": {k: sum(v.values()) for k, v in caught.items()}, "planted": dict(total)}
+               **{label.split(" (")[0].replace(" ", "_"): [hit, total]
+                  for label, (hit, total, _) in caught.items()}}
     print(json.dumps(summary))
     return 0
+
+
+def _score_planted(records: list[dict], groups: dict[str, list[dict]],
+                   removed: dict[str, str]) -> dict[str, tuple[int, int, Counter]]:
+    """Score removals against the planted ground truth.
+
+    A duplicate group (an original and its planted copies) is handled right when exactly one
+    member survives — which member is irrelevant: dedup keeps the first one it meets.
+    """
+    out: dict[str, tuple[int, int, Counter]] = {}
+    for kind in ("exact", "near"):
+        sized = [g for g in groups.values() if any(r["planted"] == kind for r in g)]
+        copies = sum(sum(r["planted"] == kind for r in g) for g in sized)
+        hit, by_step = 0, Counter()
+        for g in sized:
+            gone = [removed[r["id"]] for r in g if r["id"] in removed]
+            hit += min(len(gone), sum(r["planted"] == kind for r in g))
+            by_step.update(gone)
+        out[f"{kind} copies removed"] = (hit, copies, by_step)
+    junk = [r for r in records if r["planted"].startswith("junk")]
+    out["junk removed"] = (sum(r["id"] in removed for r in junk), len(junk),
+                           Counter(removed[r["id"]] for r in junk if r["id"] in removed))
+    kept_groups = sum(1 for g in groups.values() if len(g) > 1 and
+                      sum(r["id"] not in removed for r in g) == 1)
+    multi = sum(1 for g in groups.values() if len(g) > 1)
+    out["duplicate groups left with exactly one doc"] = (kept_groups, multi, Counter())
+    solo = [g[0] for g in groups.values() if len(g) == 1]
+    out["unique originals removed (quality/perplexity)"] = (
+        sum(r["id"] in removed for r in solo), len(solo),
+        Counter(removed[r["id"]] for r in solo if r["id"] in removed))
+    return out

@@ -83,11 +83,11 @@ def _near_copy(text: str, rng: random.Random) -> str:
     words = text.split()
     edit = rng.choice(["edit", "insert", "truncate"])
     if edit == "edit":
-        for i in rng.sample(range(len(words)), max(1, len(words) // 30)):
+        for i in rng.sample(range(len(words)), max(1, len(words) // 60)):
             words[i] = rng.choice(["also", "then", "very", "that", "many", "some"])
     elif edit == "insert":
         pos = rng.randrange(len(words))
-        words[pos:pos] = "This sentence was added by a later editor of the page.".split()
+        words[pos:pos] = "as noted later".split()
     else:
         words = words[: max(10, int(len(words) * 0.92))]
     return " ".join(words)
@@ -146,5 +146,5 @@ DEMO_SPEC = """\
 - exact_dedup: {}
 - minhash_dedup: {threshold: 0.7, num_perm: 128, ngram: 5}
 - quality: {}
-- perplexity: {keep: 0.9, max_tokens: 128}
+- perplexity: {keep: 0.9, max_tokens: 96}
 """
