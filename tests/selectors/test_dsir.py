@@ -296,7 +296,7 @@ def test_target_loaders(tmp_path: Path, sst2_dev) -> None:
     assert load_target_texts(str(tmp_path / "q.jsonl"), text_field="question") == texts
     assert load_target_texts(Dataset.from_dict({"text": texts})) == texts
     assert load_target_texts(tuple(texts)) == texts
-    with pytest.raises(ValueError, match="no 'text' field"):
+    with pytest.raises(ValueError, match=r"q\.jsonl:1: missing text field 'text'"):
         load_target_texts(tmp_path / "q.jsonl")
     with pytest.raises(FileNotFoundError):
         load_target_texts(tmp_path / "missing.txt")

@@ -34,6 +34,7 @@ times faster than sha256) and much stronger smoothing (see :func:`fit_ngram_dist
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -421,26 +422,25 @@ def load_target_texts(target: Any, *, text_field: str = "text") -> list[str]:
     """
     if isinstance(target, (str, os.PathLike)):
         path = Path(target)
-        if not path.is_file():
+        if not path.exists():
             raise FileNotFoundError(f"DSIR target file not found: {path}")
-        suffix = path.suffix.lower()
-        if suffix == ".txt":
-            with open(path, encoding="utf-8") as f:
+        name = path.name.lower()
+        if name.endswith((".txt", ".txt.gz")) and path.is_file():
+            # Target samples are usually one short document per line (queries, reviews).
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rt", encoding="utf-8") as f:
                 return [line.strip() for line in f if line.strip()]
-        if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                return [_field(json.loads(line), text_field, path) for line in f if line.strip()]
-        if suffix == ".json":
+        if name.endswith(".json") and path.is_file():
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
-            return [r if isinstance(r, str) else _field(r, text_field, path) for r in data]
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
+            if isinstance(data, list):
+                return [r if isinstance(r, str) else _field(r, text_field, path) for r in data]
+        # JSONL(.gz), Parquet, folders of shards, saved datasets: the package's own reader,
+        # which names the file and line of a bad record.
+        from datadiet.pipeline.io import load_corpus
 
-            return [str(t) for t in pq.read_table(path, columns=[text_field]).column(0).to_pylist()
-                    if t is not None]
-        raise ValueError(f"unsupported target file type {suffix!r} (use .txt, .jsonl, .json, "
-                         ".parquet)")
+        loaded = load_corpus(path, text_field=text_field)
+        return [t for t in loaded.dataset[text_field] if t]
     if isinstance(target, Dataset):
         return [t for t in target[text_field] if t]
     texts = list(target)
