@@ -140,13 +140,17 @@ def _triton_chunk_step(
 def _torch_chunk_step(
     logits: Tensor, targets: Tensor, loss_out: Tensor, scale: float, ignore_index: int
 ) -> None:
-    """PyTorch version of the kernel: same contract, used off-GPU and as a fallback."""
-    lf = logits.float()
+    """PyTorch version of the kernel: same contract, used off-GPU and as a fallback.
+
+    One ``log_softmax`` pass gives both the loss (``-logp[target]``) and, exponentiated in
+    place, the softmax for the gradient — no second full-width temporary, which on CPU halves
+    the time of this step against a logsumexp + exp formulation.
+    """
     valid = targets != ignore_index
     safe_t = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
-    lse = torch.logsumexp(lf, dim=-1)
-    loss_out.copy_(torch.where(valid, lse - lf.gather(1, safe_t).squeeze(1), 0.0))
-    grad = torch.exp(lf - lse.unsqueeze(1))
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    loss_out.copy_(torch.where(valid, -logp.gather(1, safe_t).squeeze(1), 0.0))
+    grad = logp.exp_()
     grad.scatter_add_(1, safe_t, torch.full_like(safe_t, -1.0, dtype=grad.dtype))
     grad.mul_(valid.unsqueeze(1).to(grad.dtype) * scale)
     logits.copy_(grad)
@@ -174,6 +178,12 @@ def default_chunk_size(n_tokens: int, hidden: int, vocab: int) -> int:
     """
     ratio = max(1, math.ceil(vocab / max(hidden, 1)))
     return max(1, min(n_tokens, next_power_of_2(math.ceil(n_tokens / ratio))))
+
+
+#: CPU GEMMs with a few rows run far below peak; below this many rows per chunk the fused loss
+#: is slower than the materialising reference (measured on 2 cores: 8 rows 2.5x slower, 128+
+#: rows as fast). 256 x 49k x 4 B = 50 MB of logits, still far below the full [N, V].
+CPU_MIN_CHUNK = 256
 
 
 def _fused_forward(
@@ -217,6 +227,8 @@ def _fused_forward(
     loss_rows = torch.empty(n_tokens, dtype=torch.float32, device=device)
 
     chunk = chunk_size or default_chunk_size(n_tokens, h_dim, vocab)
+    if chunk_size is None and hidden.device.type == "cpu":
+        chunk = max(chunk, CPU_MIN_CHUNK)
     chunk = max(1, min(chunk, n_tokens)) if n_tokens else 1
     buffer = torch.empty((chunk, vocab), dtype=dtype, device=device)
     w_t = weight.t()
@@ -278,11 +290,18 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("fused_linear_cross_entropy: backward through the same graph twice "
+                               "(retain_graph=True) is not supported; its gradients are scaled "
+                               "in place")
+        ctx.consumed = True
         grad_h, grad_w = ctx.saved_tensors
         has_h, has_w = ctx.has
         go = grad_output.to(torch.float32)
-        out_h = (grad_h * go).to(ctx.dtypes[0]) if has_h else None
-        out_w = (grad_w * go).to(ctx.dtypes[1]) if has_w else None
+        # Scale in place: the saved gradients are ours alone, and a second weight-sized buffer
+        # would cost as much memory as the whole chunked forward saved (113 MB at SmolLM2 size).
+        out_h = grad_h.mul_(go).to(ctx.dtypes[0]) if has_h else None
+        out_w = grad_w.mul_(go).to(ctx.dtypes[1]) if has_w else None
         return out_h, out_w, None, None, None, None, None
 
 

@@ -1,0 +1,201 @@
+"""``datadiet train`` and ``datadiet generate``: argument parsers and run functions.
+
+Kept apart from ``datadiet/cli.py`` so the training stage can also be started on its own, which
+is what ``torchrun`` needs::
+
+    torchrun --nproc_per_node 2 -m datadiet.pipeline.train_cli train --data OUT --config CFG --out RUN
+
+Each ``add_*_parser`` registers a sub-command and sets ``func`` to its run function, which
+returns the process exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "add_generate_parser",
+    "add_train_parser",
+    "main",
+    "run_generate",
+    "run_train",
+]
+
+
+def _parse_value(text: str) -> Any:
+    """``--set`` values are YAML scalars: ``3e-4``, ``true``, ``null``, ``[1, 2]``."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train``: ``--data OUT --config CFG --out RUN``."""
+    p = subparsers.add_parser(
+        "train",
+        help="train (or fine-tune) datadiet's Llama on a corpus and record the compute",
+        description="Tokenize and pack DATA, train per CONFIG (YAML, see TrainConfig), write RUN/ "
+        "(report.json with ledger, loss curve and flops_at_eval_loss; checkpoint.pt; model/). "
+        "An existing RUN/checkpoint.pt is resumed. Under torchrun, trains with DDP.",
+    )
+    p.add_argument("--data", default=None,
+                   help="curated output folder (OUT/*.parquet), or a JSONL/Parquet/text file or folder")
+    p.add_argument("--config", default=None, help="YAML training config (default: built-in tiny run)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--eval-data", default=None,
+                   help="held-out corpus (use the same one for every run you want to compare)")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable), e.g. --set lr=3e-4")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--stop-at-step", type=int, default=None,
+                   help="stop after this step (checkpointed; rerun to continue)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def build_train_config(args: argparse.Namespace) -> Any:
+    """The run's :class:`TrainConfig`: YAML file, then flags, then ``--set`` overrides."""
+    from datadiet.pipeline.training import TrainConfig
+
+    overrides: dict[str, Any] = {
+        "data": args.data, "eval_data": args.eval_data,
+        "max_steps": args.max_steps, "max_tokens": args.max_tokens,
+    }
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value)
+    if args.config:
+        return TrainConfig.from_yaml(args.config, **overrides)
+    return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``datadiet train``; prints a one-line summary (rank 0) and returns 0."""
+    from pydantic import ValidationError
+
+    from datadiet.pipeline.training import train
+
+    try:
+        cfg = build_train_config(args)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        print(f"datadiet train: bad config: {exc}", file=sys.stderr)
+        return 2
+    report = train(cfg, args.out, resume=not args.no_resume, stop_at_step=args.stop_at_step,
+                   verbose=not args.quiet)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        led = report["ledger"]["stages"]
+        train_stage = next((s for s in led if s["name"] == "train"), {})
+        print(json.dumps({
+            "out": str(args.out),
+            "status": report["status"],
+            "steps": report["steps"],
+            "final_eval_loss": report["final_eval_loss"],
+            "train_tokens": train_stage.get("tokens"),
+            "train_flops": train_stage.get("flops"),
+            "tokens_per_second": report["tokens_per_second"],
+        }))
+    return 0
+
+
+def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``generate``: prompts in, completions out (datadiet's Llama, KV cache)."""
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text with datadiet's Llama (SmolLM2 by default, or a trained run)",
+        description="Batched prefill + greedy or top-p decoding with a KV cache. Prompts come "
+        "from --prompt (repeatable), --prompts-file (one per line, or JSONL with 'prompt'), "
+        "or stdin.",
+    )
+    p.add_argument("--model", default=None,
+                   help="HF Llama folder or id, a `datadiet train` run folder (default: SmolLM2)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--cache", choices=["static", "growing"], default="static")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: PyTorch's; 1 is faster on a busy small machine)")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt, then the ledger")
+    p.add_argument("--ledger", default=None, help="also write the ledger JSON to this file")
+    p.set_defaults(func=run_generate)
+    return p
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        for line in Path(args.prompts_file).read_text().splitlines():
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("{"):
+                prompts.append(json.loads(line)["prompt"])
+            else:
+                prompts.append(line)
+    if not prompts and not sys.stdin.isatty():
+        prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    return prompts
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Run ``datadiet generate``; prints completions (or JSON lines) and returns 0."""
+    from datadiet.pipeline.inference import load_generator
+    from datadiet.pipeline.ledger import Ledger
+
+    prompts = _read_prompts(args)
+    if not prompts:
+        print("datadiet generate: no prompts (use --prompt, --prompts-file or stdin)", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    ledger = Ledger(label="generate")
+    gen = load_generator(args.model, device=args.device, cache=args.cache,
+                         batch_size=args.batch_size, ledger=ledger)
+    outs = gen.generate(prompts, args.max_new_tokens, do_sample=args.sample,
+                        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                        seed=args.seed, chat=args.chat)
+    for prompt, o in zip(prompts, outs, strict=True):
+        if args.json:
+            print(json.dumps({"prompt": prompt, "completion": o.text, "tokens": len(o.token_ids),
+                              "finish_reason": o.finish_reason}))
+        else:
+            print(f"### {prompt}\n{o.text}\n")
+    if args.json:
+        print(json.dumps({"ledger": ledger.to_dict()}))
+    if args.ledger:
+        Path(args.ledger).write_text(ledger.to_json())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry (``python -m datadiet.pipeline.train_cli``), e.g. under torchrun."""
+    parser = argparse.ArgumentParser(prog="datadiet-train")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+    add_generate_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,709 @@
+"""Training stage: tokenize and pack a (curated) corpus, train datadiet's Llama, count the compute.
+
+The product question this answers is "how many FLOPs does it take to reach eval loss L on the
+curated data versus the full data?". So every run writes a JSON report with its ledger
+(tokens, analytic FLOPs, seconds, peak memory), its loss curve and ``flops_at_eval_loss``: the
+cumulative training FLOPs at which each periodic eval loss was reached. Two reports then compare
+with :func:`flops_to_reach`.
+
+Reproducibility is designed in rather than bolted on:
+
+* the data order is a pure function of ``(seed, step)`` — sample ``p`` of the global stream is
+  ``perm_epoch[p mod n]`` with a seeded permutation per epoch — so a resumed run sees exactly
+  the batches the uninterrupted one would, with no sampler state to save, and one process with
+  batch ``B·k`` sees the same samples per step as ``k`` DDP ranks with batch ``B``;
+* checkpoints hold model, optimizer, step, curves and ledger, are written to a temporary file
+  and renamed (a crash never leaves half a checkpoint), and the LR schedule is a function of
+  the step, so a resumed run continues the same loss curve.
+
+Scaling: with ``WORLD_SIZE > 1`` (``torchrun``) the model is wrapped in DDP (gloo on CPU, NCCL on
+CUDA); each rank takes its slice of every global batch; rank 0 writes checkpoints and reports.
+On CUDA, ``dtype: auto`` trains under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from datadiet.kernels.model import Llama, LlamaConfig
+from datadiet.pipeline.ledger import Ledger
+
+__all__ = [
+    "ByteTokenizer",
+    "PackedData",
+    "TrainConfig",
+    "flops_to_reach",
+    "load_text_dataset",
+    "load_tokenizer",
+    "lr_at",
+    "pack_dataset",
+    "train",
+]
+
+CHECKPOINT = "checkpoint.pt"
+REPORT = "report.json"
+BYTE_TOKENIZER_FILE = "datadiet_tokenizer.json"
+
+
+# -- tokenizers --------------------------------------------------------------------------------
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text id 256.
+
+    Why: a from-scratch model in a unit test or a smoke run needs no 49k-row embedding matrix,
+    and bytes need no vocabulary file. It mimics the few methods of a Hugging Face tokenizer
+    that datadiet uses (``__call__``, ``encode``, ``decode``, ``save_pretrained``).
+    """
+
+    eos_token_id = 256
+    pad_token_id = 256
+    bos_token_id = None
+    vocab_size = 257
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        del add_special_tokens  # bytes have no BOS; EOS is added by packing, not here
+        return list(text.encode("utf-8"))
+
+    def __call__(self, texts: str | Sequence[str], add_special_tokens: bool = False, **_: Any) -> dict:
+        if isinstance(texts, str):
+            return {"input_ids": self.encode(texts)}
+        return {"input_ids": [self.encode(t) for t in texts]}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        data = bytes(i for i in ids if 0 <= i < 256)
+        return data.decode("utf-8", errors="replace")
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        Path(folder, BYTE_TOKENIZER_FILE).write_text(json.dumps({"type": "bytes"}))
+
+
+def load_tokenizer(spec: str | os.PathLike | None = None) -> Any:
+    """``"bytes"``, a folder (HF tokenizer or a datadiet run's model folder), an id, or ``None``.
+
+    ``None`` is SmolLM2's tokenizer (offline, via the model resolver), the sensible default for
+    anything that will be compared with or fine-tuned from the default LM.
+    """
+    if spec is not None and str(spec).lower() in ("bytes", "byte"):
+        return ByteTokenizer()
+    from datadiet.pipeline.models import _hub_error, _offline, resolve_causal_lm
+
+    path = resolve_causal_lm(None if spec is None else str(spec))
+    if Path(path, BYTE_TOKENIZER_FILE).exists():
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).is_dir())
+    except OSError as exc:
+        raise _hub_error(path, exc) from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def load_text_dataset(data: Any, text_column: str = "text") -> Any:
+    """A ``datasets.Dataset`` with a text column from a Dataset, a curated output folder
+    (``OUT/*.parquet`` written by ``datadiet curate``), or any file/folder ``load_corpus`` reads
+    (JSONL, Parquet, text)."""
+    from datasets import Dataset, load_dataset
+
+    if isinstance(data, Dataset):
+        ds = data
+    else:
+        path = Path(data).expanduser()
+        shards = sorted(path.glob("*.parquet")) if path.is_dir() else []
+        if shards:
+            ds = load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
+        else:
+            from datadiet.pipeline.io import load_corpus
+
+            ds = load_corpus(path, text_field=text_column).dataset
+    if text_column not in ds.column_names:
+        raise ValueError(f"{data}: no {text_column!r} column (columns: {ds.column_names})")
+    return ds
+
+
+@dataclass
+class PackedData:
+    """Token blocks of ``seq_len + 1`` ids (inputs and shifted targets share one block)."""
+
+    blocks: Tensor  # [n_blocks, seq_len + 1], int64
+    n_tokens: int
+    n_documents: int
+
+    def __len__(self) -> int:
+        return int(self.blocks.shape[0])
+
+
+def pack_dataset(
+    ds: Any,
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    text_column: str = "text",
+    eos_id: int | None = None,
+    num_proc: int | None = None,
+) -> PackedData:
+    """Tokenize every row, join them with an end-of-text token, cut into fixed-length blocks.
+
+    Blocks overlap by one token (block ``i`` is ``tokens[i·S : i·S + S + 1]``), so every token
+    is a target exactly once and no document boundary is wasted. The tail shorter than a block is
+    dropped. Tokenizing goes through ``Dataset.map`` so large file-backed corpora are processed
+    in batches (and cached by fingerprint) instead of as one Python list.
+    """
+    import pyarrow as pa
+
+    eos = eos_id if eos_id is not None else getattr(tokenizer, "eos_token_id", None)
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        texts = [t or "" for t in batch[text_column]]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if eos is not None:
+            ids = [[*x, eos] for x in ids]
+        return {"ids": ids}
+
+    tokenized = ds.map(
+        tokenize, batched=True, batch_size=1000, remove_columns=ds.column_names,
+        num_proc=num_proc, desc="tokenizing", load_from_cache_file=True,
+    )
+    column = tokenized.data.column("ids")
+    chunks = [c.flatten() for c in column.chunks] if column.num_chunks else []
+    flat = pa.concat_arrays(chunks).to_numpy() if chunks else np.zeros(0, dtype=np.int64)
+    flat = torch.from_numpy(np.array(flat, dtype=np.int64))  # a writable copy of Arrow's buffer
+    n_blocks = (len(flat) - 1) // seq_len if len(flat) > 1 else 0
+    if n_blocks == 0:
+        raise ValueError(f"corpus has {len(flat)} tokens: too few for one block of {seq_len + 1}")
+    idx = torch.arange(n_blocks)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
+    return PackedData(flat[idx], int(len(flat)), len(ds))
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; readable from YAML (:meth:`from_yaml`).
+
+    The model is a preset (``tiny``, ``small``, ``smollm2-135m``) with ``model_overrides``, or
+    ``init_from`` a Hugging Face Llama checkpoint to fine-tune (``"default"`` = SmolLM2-135M).
+    Budgets: ``max_steps``, or ``max_tokens`` (training tokens, all ranks) which wins if set.
+    For comparing runs on different training data, give both the same ``eval_data``: losses on
+    different held-out sets do not compare.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str | None = None
+    text_column: str = "text"
+    eval_data: str | None = None
+    eval_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    max_eval_blocks: int = Field(64, ge=1)
+    tokenizer: str | None = None
+
+    model: str = "tiny"
+    model_overrides: dict[str, Any] = Field(default_factory=dict)
+    init_from: str | None = None
+
+    seq_len: int = Field(256, ge=2)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(200, ge=1)
+    max_tokens: int | None = Field(None, ge=1)
+
+    lr: float = Field(1e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = Field(1.0, ge=0.0)
+
+    eval_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(100, ge=0)
+    seed: int = 0
+
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    num_threads: int | None = Field(None, ge=1)
+    compile: bool = False
+    save_model: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.init_from is None:
+            LlamaConfig.preset(self.model)  # raises on an unknown preset
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config must be a YAML mapping")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+    def steps_for(self, world_size: int) -> int:
+        """Optimizer steps this run takes (``max_tokens`` converted with the global batch)."""
+        if self.max_tokens is None:
+            return self.max_steps
+        per_step = self.batch_size * self.grad_accum * world_size * self.seq_len
+        return max(1, math.ceil(self.max_tokens / per_step))
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up to ``lr``, then cosine decay to ``lr · min_lr_ratio`` at ``total_steps``."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, total_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialised_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_pref: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    here = False
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        here = True
+    return _Dist(rank, world, local, here)
+
+
+def _pick_device(pref: str, d: _Dist) -> torch.device:
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if pref == "cuda":
+        return torch.device("cuda", d.local_rank)
+    return torch.device(pref)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class _Sampler:
+    """Maps (step, rank, micro-step) to block indices; a pure function of the seed."""
+
+    def __init__(self, n: int, seed: int, batch: int, accum: int, world: int) -> None:
+        self.n, self.seed, self.batch, self.accum, self.world = n, seed, batch, accum, world
+        self._perms: dict[int, Tensor] = {}
+
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._perms:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perms = {epoch: torch.randperm(self.n, generator=g)}  # keep one epoch's perm
+        return self._perms[epoch]
+
+    def indices(self, step: int, rank: int, micro: int) -> Tensor:
+        global_batch = self.batch * self.accum * self.world
+        start = step * global_batch + (rank * self.accum + micro) * self.batch
+        pos = torch.arange(start, start + self.batch)
+        out = torch.empty(self.batch, dtype=torch.long)
+        for epoch in pos.div(self.n, rounding_mode="floor").unique().tolist():
+            sel = pos.div(self.n, rounding_mode="floor") == epoch
+            out[sel] = self._perm(epoch)[pos[sel] % self.n]
+        return out
+
+    def epoch_of(self, step: int) -> float:
+        return step * self.batch * self.accum * self.world / self.n
+
+
+def _split_blocks(blocks: Tensor, cfg: TrainConfig) -> tuple[Tensor, Tensor]:
+    """Hold out a seeded random ``eval_fraction`` of the blocks (capped at ``max_eval_blocks``)."""
+    n = blocks.shape[0]
+    n_eval = min(cfg.max_eval_blocks, int(round(n * cfg.eval_fraction))) if cfg.eval_fraction else 0
+    if n_eval and n - n_eval < 1:
+        raise ValueError(f"only {n} blocks: nothing left to train on after the eval split")
+    g = torch.Generator().manual_seed(cfg.seed + 7919)
+    perm = torch.randperm(n, generator=g)
+    return blocks[perm[n_eval:].sort().values], blocks[perm[:n_eval].sort().values]
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    blocks: Tensor,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    d: _Dist,
+) -> tuple[float, int]:
+    """Mean next-token loss over ``blocks`` (split across ranks), and tokens evaluated."""
+    was_training = model.training
+    model.eval()
+    mine = blocks[d.rank :: d.world]
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i in range(0, mine.shape[0], batch_size):
+        b = mine[i : i + batch_size].to(device)
+        with autocast():
+            loss = _unwrap(model)(b[:, :-1], b[:, 1:]).loss
+        n = b[:, 1:].numel()
+        total[0] += loss.double() * n
+        total[1] += n
+    if d.world > 1:
+        dist.all_reduce(total)
+    model.train(was_training)
+    return (float(total[0] / total[1]) if total[1] else math.nan), int(total[1])
+
+
+def _unwrap(model: torch.nn.Module) -> Llama:
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
+# -- the trainer ---------------------------------------------------------------------------
+
+
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    dataset: Any = None,
+    eval_dataset: Any = None,
+    resume: bool = True,
+    stop_at_step: int | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Train (or fine-tune) and write ``out/report.json``, ``out/checkpoint.pt``, ``out/model/``.
+
+    Args:
+        config: the run's settings; ``config.data`` is used unless ``dataset`` is given.
+        out: run folder. With ``resume`` and an existing checkpoint the run continues from it.
+        stop_at_step: stop (after checkpointing) once this many steps are done, as if
+            interrupted; the schedule still follows the full run, so resuming completes it.
+        verbose: print progress lines on rank 0.
+
+    Returns the report (also written as JSON): config, model, ledger, loss curve, evals and
+    ``flops_at_eval_loss``.
+    """
+    cfg = config
+    out = Path(out)
+    d = _setup_distributed(cfg.device)
+    try:
+        return _train(cfg, out, d, dataset, eval_dataset, resume, stop_at_step, verbose)
+    finally:
+        if d.initialised_here and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    d: _Dist,
+    dataset: Any,
+    eval_dataset: Any,
+    resume: bool,
+    stop_at_step: int | None,
+    verbose: bool,
+) -> dict[str, Any]:
+    device = _pick_device(cfg.device, d)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    elif device.type == "cpu" and d.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", d.world))))
+    say = print if (verbose and d.main) else (lambda *a, **k: None)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(label=out.name)
+
+    # data ------------------------------------------------------------------------------
+    init = None if cfg.init_from in (None, "default") else cfg.init_from
+    tokenizer = load_tokenizer(cfg.tokenizer or init)
+    if dataset is None and cfg.data is None:
+        raise ValueError("no training data: set `data` in the config or pass --data")
+    if d.world > 1 and not d.main:
+        dist.barrier()  # rank 0 tokenizes first and fills the datasets cache; the rest reuse it
+    with ledger.stage("tokenize") as rec:
+        train_ds = load_text_dataset(dataset if dataset is not None else cfg.data, cfg.text_column)
+        packed = pack_dataset(train_ds, tokenizer, cfg.seq_len, text_column=cfg.text_column)
+        if eval_dataset is not None or cfg.eval_data:
+            eval_ds = load_text_dataset(eval_dataset if eval_dataset is not None else cfg.eval_data,
+                                        cfg.text_column)
+            train_blocks = packed.blocks
+            eval_blocks = pack_dataset(eval_ds, tokenizer, cfg.seq_len,
+                                       text_column=cfg.text_column).blocks[: cfg.max_eval_blocks]
+        else:
+            train_blocks, eval_blocks = _split_blocks(packed.blocks, cfg)
+        rec.add(tokens=packed.n_tokens)
+    if d.world > 1 and d.main:
+        dist.barrier()
+    say(f"data: {packed.n_documents} documents, {packed.n_tokens} tokens, "
+        f"{len(train_blocks)} train / {len(eval_blocks)} eval blocks of {cfg.seq_len + 1}")
+
+    # model -------------------------------------------------------------------------------
+    torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        model = Llama.from_pretrained(init, device=device)
+    else:
+        overrides = dict(cfg.model_overrides)
+        overrides.setdefault("vocab_size", 64 * math.ceil(len(tokenizer) / 64))
+        overrides.setdefault("max_seq_len", max(cfg.seq_len, LlamaConfig.preset(cfg.model).max_seq_len))
+        for key, name in (("eos_token_id", "eos_token_id"), ("bos_token_id", "bos_token_id"),
+                          ("pad_token_id", "pad_token_id")):
+            overrides.setdefault(key, getattr(tokenizer, name, None))
+        model = Llama(LlamaConfig.preset(cfg.model, **overrides)).to(device)
+    mcfg = model.config
+    top_id = int(packed.blocks.max())
+    if top_id >= mcfg.vocab_size:
+        raise ValueError(f"token id {top_id} does not fit the model's vocab_size {mcfg.vocab_size}")
+    shape = mcfg.shape()
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        fused=device.type == "cuda",
+    )
+
+    total_steps = cfg.steps_for(d.world)
+    start_step, loss_curve, evals = 0, [], []
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt["model_config"] != mcfg.to_dict():
+            raise ValueError(f"{ckpt_path}: checkpoint is for a different model configuration")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_step, loss_curve, evals = ckpt["step"], ckpt["loss_curve"], ckpt["evals"]
+        ledger = Ledger.from_dict(ckpt["ledger"])
+        say(f"resumed from {ckpt_path} at step {start_step}")
+
+    train_model: torch.nn.Module = model
+    if cfg.compile:
+        train_model = torch.compile(model)
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
+                          broadcast_buffers=False)
+
+    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
+    def autocast() -> contextlib.AbstractContextManager:
+        if use_bf16:
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    sampler = _Sampler(len(train_blocks), cfg.seed, cfg.batch_size, cfg.grad_accum, d.world)
+    tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world * cfg.seq_len
+    flops_per_step = shape.flops(tokens_per_step, cfg.seq_len, training=True)
+    cum_tokens = loss_curve[-1]["tokens"] if loss_curve else 0
+    cum_flops = loss_curve[-1]["flops"] if loss_curve else 0.0
+    end_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
+    status = "completed"
+
+    def run_eval(step: int) -> None:
+        t0 = time.perf_counter()
+        loss, n_tok = evaluate(train_model, eval_blocks, cfg.batch_size, device, autocast, d)
+        dt = time.perf_counter() - t0
+        train_rec.seconds -= dt  # eval time is booked to the "eval" stage, not to training
+        ev = ledger.record("eval")
+        ev.seconds += dt
+        ev.add(tokens=n_tok, flops=shape.flops(n_tok, cfg.seq_len, training=False))
+        evals.append({"step": step, "tokens": cum_tokens, "flops": cum_flops, "eval_loss": loss})
+        say(f"step {step}: eval loss {loss:.4f}")
+
+    def checkpoint(step: int) -> None:
+        t0 = time.perf_counter()
+        if d.main:
+            _atomic_torch_save({
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "loss_curve": loss_curve,
+                "evals": evals,
+                "ledger": ledger.to_dict(),
+                "config": cfg.model_dump(),
+                "model_config": mcfg.to_dict(),
+                "world_size": d.world,
+            }, ckpt_path)
+        if d.world > 1:
+            dist.barrier()
+        train_rec.seconds -= time.perf_counter() - t0
+
+    model.train()
+    t_start = time.perf_counter()
+    with ledger.stage("train") as train_rec:
+        if len(eval_blocks) and not evals:
+            run_eval(0)
+        for step in range(start_step, end_step):
+            lr = lr_at(step, cfg, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), dtype=torch.float64, device=device)
+            for micro in range(cfg.grad_accum):
+                idx = sampler.indices(step, d.rank, micro)
+                batch = train_blocks[idx].to(device, non_blocking=True)
+                sync = micro == cfg.grad_accum - 1 or d.world == 1
+                ctx = contextlib.nullcontext() if sync else train_model.no_sync()
+                with ctx:
+                    with autocast():
+                        loss = train_model(batch[:, :-1], batch[:, 1:]).loss / cfg.grad_accum
+                    loss.backward()
+                step_loss += loss.detach().double()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if d.world > 1:
+                dist.all_reduce(step_loss)
+                step_loss /= d.world
+            cum_tokens += tokens_per_step
+            cum_flops += flops_per_step
+            train_rec.add(tokens=tokens_per_step, flops=flops_per_step)
+            loss_val = float(step_loss)
+            if not math.isfinite(loss_val):
+                raise FloatingPointError(f"loss became {loss_val} at step {step + 1}")
+            loss_curve.append({"step": step + 1, "loss": loss_val, "lr": lr,
+                               "tokens": cum_tokens, "flops": cum_flops})
+            done = step + 1
+            if done % cfg.log_every == 0 or done == end_step:
+                rate = (done - start_step) * tokens_per_step / max(time.perf_counter() - t_start, 1e-9)
+                say(f"step {done}/{total_steps} loss {loss_val:.4f} lr {lr:.2e} "
+                    f"{rate:,.0f} tok/s epoch {sampler.epoch_of(done):.2f}")
+            if len(eval_blocks) and (done % cfg.eval_every == 0 or done == total_steps):
+                run_eval(done)
+            if done == end_step or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                checkpoint(done)
+        if end_step < total_steps:
+            status = "stopped"
+
+    train_stage = ledger.record("train")
+    report: dict[str, Any] = {
+        "status": status,
+        "steps": end_step,
+        "total_steps": total_steps,
+        "config": cfg.model_dump(),
+        "model": mcfg.to_dict(),
+        "n_params": model.num_parameters(),
+        "n_params_non_embedding": model.num_parameters(non_embedding=True),
+        "matmul_params": shape.matmul_params,
+        "world_size": d.world,
+        "tokens_per_step": tokens_per_step,
+        "flops_per_step": flops_per_step,
+        "data": {
+            "documents": packed.n_documents,
+            "tokens": packed.n_tokens,
+            "train_blocks": len(train_blocks),
+            "eval_blocks": len(eval_blocks),
+            "epochs": sampler.epoch_of(end_step),
+        },
+        "tokens_per_second": train_stage.tokens / train_stage.seconds if train_stage.seconds else None,
+        "loss_curve": loss_curve,
+        "evals": evals,
+        "flops_at_eval_loss": [{"eval_loss": e["eval_loss"], "flops": e["flops"],
+                                "tokens": e["tokens"], "step": e["step"]} for e in evals],
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "ledger": ledger.to_dict(),
+    }
+    if d.main:
+        if cfg.save_model and status == "completed":
+            model.save_pretrained(out / "model")
+            tokenizer.save_pretrained(out / "model")
+        _atomic_write_json(report, out / REPORT)
+    if d.world > 1:
+        dist.barrier()
+    return report
+
+
+# -- comparing runs ------------------------------------------------------------------------
+
+
+def _load_report(report: dict | str | os.PathLike) -> dict:
+    if isinstance(report, dict):
+        return report
+    path = Path(report)
+    return json.loads((path / REPORT if path.is_dir() else path).read_text())
+
+
+def flops_to_reach(report: dict | str | os.PathLike, loss: float) -> float | None:
+    """Training FLOPs at the first eval whose loss is at or below ``loss`` (``None``: never).
+
+    This is the comparison the product is about: curated data is worth it if it reaches the same
+    held-out loss for fewer FLOPs.
+    """
+    for ev in _load_report(report)["flops_at_eval_loss"]:
+        if ev["eval_loss"] <= loss:
+            return float(ev["flops"])
+    return None
+
+
+def compare_runs(
+    baseline: dict | str | os.PathLike, candidate: dict | str | os.PathLike, loss: float | None = None
+) -> dict[str, Any]:
+    """FLOPs each run needed to reach ``loss`` (default: the worse of the two final losses)."""
+    a, b = _load_report(baseline), _load_report(candidate)
+    if loss is None:
+        finals = [r["final_eval_loss"] for r in (a, b) if r.get("final_eval_loss") is not None]
+        loss = max(finals) if finals else math.nan
+    fa, fb = flops_to_reach(a, loss), flops_to_reach(b, loss)
+    return {
+        "target_eval_loss": loss,
+        "baseline_flops": fa,
+        "candidate_flops": fb,
+        "flops_saved_x": (fa / fb) if fa and fb else None,
+    }
+
+
+def iter_loss_curve(report: dict | str | os.PathLike) -> Iterator[tuple[int, float]]:
+    for row in _load_report(report)["loss_curve"]:
+        yield row["step"], row["loss"]
