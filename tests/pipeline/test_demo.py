@@ -16,3 +16,4 @@ def test_demo_catches_planted_problems(tmp_path: Path, capsys, shared_data: Path
     assert total > 0 and hit >= 0.9 * total
     assert summary["junk_removed"][0] == summary["junk_removed"][1] > 0
     assert (tmp_path / "curated" / "manifest.json").exists()
+    assert summary["train_flops_ratio"] > 1.0  # curation pays for itself on one epoch

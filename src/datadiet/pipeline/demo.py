@@ -39,11 +39,13 @@ def run_demo(out: Path, n_base: int = 160) -> int:
     for label, (hit, total, by_step) in caught.items():
         steps = ", ".join(f"{k}={v}" for k, v in by_step.most_common()) or "-"
         print(f"  {label:<44}{hit:>5} / {total:<5} {steps}")
+    savings = training_savings(corpus, curated, result.manifest)
     print(f"\noutput: {curated}/ — load it with "
           f"datasets.load_dataset('parquet', data_files='{curated}/*.parquet')")
     summary = {"rows_in": result.manifest.steps[0].rows_in, "rows_out": len(result.dataset),
                **{label.split(" (")[0].replace(" ", "_"): [hit, total]
-                  for label, (hit, total, _) in caught.items()}}
+                  for label, (hit, total, _) in caught.items()},
+               "train_flops_ratio": savings["flops"][2]}
     print(json.dumps(summary))
     return 0
 
@@ -77,3 +79,44 @@ def _score_planted(records: list[dict], groups: dict[str, list[dict]],
         sum(r["id"] in removed for r in solo), len(solo),
         Counter(removed[r["id"]] for r in solo if r["id"] in removed))
     return out
+
+
+def training_savings(corpus: Path, curated: Path, manifest, context: int = 2048) -> dict:
+    """What one training epoch of SmolLM2-135M would cost on the full vs the curated corpus.
+
+    Tokens are counted with SmolLM2's tokenizer, FLOPs with the ledger's analytic formula for
+    the model's shape; the curated side also pays for the curation itself (the tokens and FLOPs
+    its model-based steps spent), so the ratio is the honest net saving.
+    """
+    from datasets import load_dataset
+
+    from datadiet.kernels.model import LlamaConfig
+    from datadiet.pipeline.ledger import Ledger
+    from datadiet.pipeline.training import load_tokenizer
+
+    tokenizer = load_tokenizer(None)
+    shape = LlamaConfig.preset("smollm2-135m").shape()
+
+    def count(texts: list[str]) -> int:
+        return sum(len(ids) + 1 for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    full_tokens = count([r["text"] for r in iter_jsonl(corpus)])
+    kept = load_dataset("parquet", data_files=f"{curated}/*.parquet", split="train")
+    kept_tokens = count(list(kept["text"]))
+    full, small = Ledger("full data"), Ledger("curated")
+    full.add("train 1 epoch", full_tokens, shape.flops(full_tokens, context, training=True))
+    small.add("train 1 epoch", kept_tokens, shape.flops(kept_tokens, context, training=True))
+    curation_tokens = sum(s.tokens_scored for s in manifest.steps)
+    curation_flops = sum(s.flops for s in manifest.steps)
+    small.add("curation", curation_tokens, curation_flops)
+    train_full, train_small = full.stages["train 1 epoch"], small.stages["train 1 epoch"]
+    print(f"\ntraining compute for one epoch of SmolLM2-135M at context {context} "
+          "(analytic FLOPs, datadiet.Ledger):")
+    print(f"  {'':<30}{'full data':>14}{'curated':>14}")
+    print(f"  {'training tokens':<30}{train_full.tokens:>14,}{train_small.tokens:>14,}")
+    print(f"  {'training FLOPs':<30}{train_full.flops:>14.3e}{train_small.flops:>14.3e}")
+    print(f"  {'curation FLOPs (LM scoring)':<30}{0:>14.3e}{curation_flops:>14.3e}")
+    cmp = full.compare(small)
+    print(f"  {'total FLOPs':<30}{cmp['flops'][0]:>14.3e}{cmp['flops'][1]:>14.3e}"
+          f"   net saving x{cmp['flops'][2]:.2f}")
+    return cmp
