@@ -32,9 +32,13 @@ test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q tests
 
+# Quick modes of every benchmark; drop --quick for the figures in benchmarks/RESULTS.md.
 bench: $(STAMP)
 	$(PY) benchmarks/dedup.py --quick
 	$(PY) benchmarks/dsir.py --quick
+	$(PY) benchmarks/kernels_cpu.py --quick
+	$(PY) benchmarks/compression.py --quick
+	$(PY) benchmarks/kernels_gpu.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
