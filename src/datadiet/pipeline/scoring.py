@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -182,3 +183,70 @@ class LMScorer:
                 for s, start in zip(scores, starts, strict=True)
             ]
         )
+
+    def logprobs_with_cache(
+        self,
+        input_ids: Any,
+        *,
+        attention_mask: Any,
+        position_ids: Any,
+        past_key_values: Any = None,
+        score_from: int = 0,
+        last_cols: Any = None,
+    ) -> tuple[Any, Any, Any]:
+        """One forward pass that extends a KV cache (iterative compression, incremental scoring).
+
+        Args:
+            input_ids: ``(B, M)`` new tokens; rows may be padded anywhere (mask them out).
+            attention_mask: ``(B, past + M)`` over cached and new positions; cached padding
+                stays masked, so rows of different lengths share one cache.
+            position_ids: ``(B, M)`` explicit positions (padding-independent RoPE).
+            past_key_values: the cache to extend, or ``None`` to start one.
+            score_from: first column whose next-token prediction is needed.
+            last_cols: per row, a column (>= ``score_from``) whose full next-token distribution
+                is returned; default ``score_from``.
+
+        Returns:
+            ``(logprobs, last, cache)``: ``logprobs[b, j]`` = log p(input[b, score_from+j+1]) for
+            ``j < M - score_from - 1``; ``last[b]`` the full log-softmax ``(V,)`` at column
+            ``last_cols[b]`` (the prediction for whatever text comes next); and the grown
+            cache. Only the logits from ``score_from`` on are materialised.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        if past_key_values is None:
+            past_key_values = DynamicCache()
+        past = int(attention_mask.shape[1] - input_ids.shape[1])
+        keep = int(input_ids.shape[1] - score_from)
+        kwargs = dict(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            position_ids=position_ids.to(self.device),
+            past_key_values=past_key_values,
+            use_cache=True,
+        )
+        with torch.inference_mode():
+            try:
+                out = self.model(**kwargs, logits_to_keep=keep)
+            except TypeError:  # an architecture without logits_to_keep
+                out = self.model(**kwargs)
+            logits = out.logits[:, -keep:].float()
+            targets = input_ids[:, score_from + 1 :].to(logits.device)
+            logprobs = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+            for row in range(logits.shape[0]):  # one row at a time keeps (M, V) small
+                lsm = torch.log_softmax(logits[row, : keep - 1], dim=-1)
+                logprobs[row] = lsm.gather(-1, targets[row, :, None]).squeeze(-1)
+            if last_cols is None:
+                picked = logits[:, 0]
+            else:
+                cols = torch.as_tensor(last_cols, dtype=torch.long, device=logits.device)
+                picked = logits[torch.arange(logits.shape[0], device=logits.device), cols - score_from]
+            last = torch.log_softmax(picked, dim=-1)
+        if self.ledger is not None:
+            n_new = int(attention_mask[:, past:].sum())
+            self.ledger.add(
+                self.stage, tokens=n_new,
+                flops=self.shape.flops(n_new, past + int(input_ids.shape[1]), training=False),
+            )
+        return logprobs.cpu(), last.cpu(), out.past_key_values

