@@ -35,6 +35,13 @@ _EXPORTS = {
     "DSIR": "datadiet.selectors.dsir",
     "KCenterCoreset": "datadiet.selectors.kcenter",
     "RandomSelect": "datadiet.selectors.random_baseline",
+    "compress": "datadiet.prompting.compression",
+    "compress_batch": "datadiet.prompting.compression",
+    "compress_prompt": "datadiet.prompting.compression",
+    "Compression": "datadiet.prompting.compression",
+    "Compressor": "datadiet.prompting.compression",
+    "PromptCompressor": "datadiet.prompting.compression",
+    "BudgetError": "datadiet.prompting.compression",
 }
 
 __all__ = ["__version__", *_EXPORTS]
