@@ -89,22 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_optional(sub: argparse._SubParsersAction) -> None:
-    """Sub-commands from other rooms of the package, wired when their modules are present."""
-    hooks = [
-        ("datadiet.prompting.compression.cli", ["add_compress_parser"]),
-        ("datadiet.pipeline.train_cli", ["add_train_parser", "add_generate_parser"]),
-    ]
-    import importlib
+    """Sub-commands from the other rooms of the package (compression, training, inference)."""
+    from datadiet.pipeline.train_cli import add_generate_parser, add_train_parser
+    from datadiet.prompting.compression.cli import add_compress_parser
 
-    for module, names in hooks:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("datadiet"):
-                continue
-            raise
-        for name in names:
-            getattr(mod, name)(sub)
+    add_compress_parser(sub)
+    add_train_parser(sub)
+    add_generate_parser(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -153,8 +153,7 @@ class _Reader:
     def read_jsonl(self, path: Path) -> None:
         opener = gzip.open if path.name.endswith(".gz") else open
         with opener(path, "rb") as fh:
-            lineno = 0
-            for lineno, raw in enumerate(fh, start=1):  # noqa: B007 - lineno used after loop
+            for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
                     continue
                 try:
@@ -173,7 +172,6 @@ class _Reader:
         """One document per blank-line-separated block; the block's first line is its line."""
         opener = gzip.open if path.name.endswith(".gz") else open
         block: list[str] = []
-        start = 0
         bad_block = False
 
         def emit() -> None:
@@ -188,20 +186,15 @@ class _Reader:
                 except UnicodeDecodeError as exc:
                     self.bad(path, lineno, f"invalid UTF-8 at byte {exc.start}")
                     bad_block = True
-                    if not block:
-                        start = lineno
                     block.append("")
                     continue
                 if line.strip():
-                    if not block:
-                        start = lineno
                     block.append(line)
                 elif block:
                     emit()
                     block, bad_block = [], False
             if block:
                 emit()
-        del start
 
     def read_parquet(self, path: Path) -> None:
         try:
