@@ -168,7 +168,7 @@ def sst2_prompts(n_queries: int, pool_size: int | None, shots: int = 8) -> list[
     """8-shot SST-2 prompts with kNN demonstrations (nearest last, next to the query)."""
     import numpy as np
 
-    from datadiet.pipeline.embedding import Embedder
+    from datadiet.pipeline.models.embedding import Embedder
 
     def read(name: str) -> list[tuple[str, str]]:
         rows = []
@@ -256,7 +256,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from datadiet.pipeline.scoring import LMScorer
+    from datadiet.pipeline.models.scoring import LMScorer
     from datadiet.prompting import Compressor
 
     baseline = None

@@ -57,8 +57,8 @@ from pathlib import Path
 import numpy as np
 
 from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import StepContext
 from datadiet.pipeline.text import words
-from datadiet.selectors.base import StepContext
 from datadiet.selectors.minhash import (
     MinHashDedup,
     _s_curve_errors,

@@ -127,7 +127,7 @@ def run_ours(raw: Path, target: Path, k: int, **params):
     """Our DSIR step from the same files; returns (seconds, selected ids, weights)."""
     from datasets import Dataset
 
-    from datadiet.selectors.base import StepContext
+    from datadiet.pipeline.steps import StepContext
     from datadiet.selectors.dsir import DSIR
 
     start = time.perf_counter()

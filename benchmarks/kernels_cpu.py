@@ -142,8 +142,9 @@ def bench_train(quick: bool) -> dict[str, Any]:
     from transformers import LlamaConfig as HFConfig
     from transformers import LlamaForCausalLM
 
+    from datadiet.kernels.hf_checkpoint import hf_state_dict
     from datadiet.kernels.model import Llama, LlamaConfig
-    from datadiet.pipeline.training import load_tokenizer
+    from datadiet.pipeline.models.tokenizer import load_tokenizer
 
     batch, seq = 4, 256
     tok = load_tokenizer(None)
@@ -158,7 +159,7 @@ def bench_train(quick: bool) -> dict[str, Any]:
     hf_cfg = {k: v for k, v in cfg.to_hf_config().items()
               if k not in ("architectures", "model_type", "dtype")}
     hf = LlamaForCausalLM._from_config(HFConfig(**hf_cfg), attn_implementation="sdpa").train()
-    missing, unexpected = hf.load_state_dict(ours.hf_state_dict(), strict=False)
+    missing, unexpected = hf.load_state_dict(hf_state_dict(ours), strict=False)
     hf.tie_weights()
     if unexpected or [m for m in missing if m != "lm_head.weight"]:
         raise RuntimeError(f"weight transfer failed: {missing} {unexpected}")
@@ -212,15 +213,15 @@ def bench_train(quick: bool) -> dict[str, Any]:
 def bench_generate(quick: bool) -> dict[str, Any]:
     import torch
 
-    from datadiet.kernels.model import Llama
-    from datadiet.pipeline.inference import Generator
-    from datadiet.pipeline.models import load_causal_lm, resolve_causal_lm
+    from datadiet.kernels.hf_checkpoint import load_llama
+    from datadiet.pipeline.models.loading import load_causal_lm, resolve_causal_lm
+    from datadiet.pipeline.stages.inference import Generator
 
     hf, tok = load_causal_lm(None, "cpu")
     folder = resolve_causal_lm(None)
 
     # logits on real text, with the plain (unpacked) model
-    plain = Llama.from_pretrained(folder).eval()
+    plain = load_llama(folder).eval()
     text = (DATA / "lm" / "doyle_adventures.txt").read_text()[20_000:22_000]
     ids = tok(text, return_tensors="pt").input_ids[:, :128]
     with torch.inference_mode():

@@ -72,7 +72,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from datadiet.pipeline.demo import run_demo
+    from datadiet.pipeline.demo.run import run_demo
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="datadiet-demo-"))
     return run_demo(out, n_base=args.docs)
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional(sub: argparse._SubParsersAction) -> None:
     """Sub-commands from the other rooms of the package (compression, training, inference)."""
-    from datadiet.pipeline.train_cli import add_generate_parser, add_train_parser
+    from datadiet.pipeline.stages.cli import add_generate_parser, add_train_parser
     from datadiet.prompting.compression.cli import add_compress_parser
 
     add_compress_parser(sub)

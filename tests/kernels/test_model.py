@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from datadiet.kernels.hf_checkpoint import load_llama, write_llama_files
 from datadiet.kernels.model import KVCache, Llama, LlamaConfig
 
 
@@ -33,10 +34,10 @@ def tiny(**overrides: object) -> Llama:
 
 @pytest.fixture(scope="module")
 def smollm2() -> tuple[Llama, object, object]:
-    from datadiet.pipeline.models import load_causal_lm, resolve_causal_lm
+    from datadiet.pipeline.models.loading import load_causal_lm, resolve_causal_lm
 
     hf, tok = load_causal_lm(None, "cpu")
-    ours = Llama.from_pretrained(resolve_causal_lm(None)).eval()
+    ours = load_llama(resolve_causal_lm(None)).eval()
     return ours, hf, tok
 
 
@@ -132,10 +133,10 @@ def test_save_pretrained_loads_in_transformers(tmp_path: Path) -> None:
     from transformers import LlamaForCausalLM
 
     model = tiny()
-    folder = model.save_pretrained(tmp_path / "m")
+    folder = write_llama_files(model, tmp_path / "m")
     ids = torch.randint(0, 320, (2, 20))
     hf = LlamaForCausalLM.from_pretrained(folder).eval()
-    again = Llama.from_pretrained(folder).eval()
+    again = load_llama(folder).eval()
     with torch.no_grad():
         ref = model(ids).logits
         assert (hf(ids).logits - ref).abs().max().item() < 1e-4

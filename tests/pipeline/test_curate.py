@@ -11,8 +11,9 @@ import pytest
 from datasets import Dataset, load_dataset
 
 from datadiet.cli import main
-from datadiet.pipeline.curate import Manifest, curate, load_spec
-from datadiet.pipeline.sample_corpus import build_sample_corpus
+from datadiet.pipeline.curate import curate, load_spec
+from datadiet.pipeline.demo.corpus import build_sample_corpus
+from datadiet.pipeline.manifest import Manifest
 from datadiet.selectors.exact import ExactDedup
 from datadiet.selectors.quality import QualityFilter
 

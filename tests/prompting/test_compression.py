@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from datadiet.pipeline.models import ModelNotAvailableError
+from datadiet.pipeline.models.loading import ModelNotAvailableError
 from datadiet.prompting import (
     BudgetError,
     Compressor,
@@ -31,7 +31,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def scorer():
-    from datadiet.pipeline.scoring import LMScorer
+    from datadiet.pipeline.models.scoring import LMScorer
 
     try:
         return LMScorer(max_length=1024)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datadiet.selectors.dsir as dsir_module
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.dsir import (
     DSIR,
     NgramHasher,

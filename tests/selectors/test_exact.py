@@ -16,9 +16,10 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.pipeline.text import normalize
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
-from datadiet.selectors.exact import ExactDedup, first_occurrence, row_ids, text_hashes
+from datadiet.selectors.common import row_ids
+from datadiet.selectors.exact import ExactDedup, first_occurrence, text_hashes
 
 HYPO = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -10,8 +10,9 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
-from datadiet.selectors.kcenter import KCenterCoreset, greedy_k_center, resolve_count
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
+from datadiet.selectors.common import resolve_keep as resolve_count
+from datadiet.selectors.kcenter import KCenterCoreset, greedy_k_center
 from datadiet.selectors.semdedup import embed_dataset
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

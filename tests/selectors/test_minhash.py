@@ -19,10 +19,10 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datadiet.pipeline.sample_corpus import gutenberg_paragraphs
+from datadiet.pipeline.demo.corpus import gutenberg_paragraphs
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.pipeline.text import words
 from datadiet.selectors import minhash as mh
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
 from datadiet.selectors.minhash import (
     MinHashDedup,
     band_keys,

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.perplexity import (
     EMPTY,
     TOO_HIGH,

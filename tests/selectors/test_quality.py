@@ -13,7 +13,7 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.quality import GOPHER_STOP_WORDS, QualityFilter, quality_features
 
 CTX = StepContext(show_progress=False)

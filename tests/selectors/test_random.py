@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
-from datadiet.selectors.random_baseline import RandomSelect, resolve_keep
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
+from datadiet.selectors.common import resolve_keep
+from datadiet.selectors.random_baseline import RandomSelect
 
 
 @pytest.fixture(scope="module")

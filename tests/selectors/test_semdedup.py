@@ -18,7 +18,7 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datadiet.selectors.base import STEP_REGISTRY, StepContext
+from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.semdedup import (
     SemanticDedup,
     assign_clusters,
@@ -236,12 +236,12 @@ def test_whole_corpus_path_keeps_nearest_centroid() -> None:
 
 def test_detail_falls_back_to_row_index_without_id_column() -> None:
     """A dataset without ``id``: the detail is the kept row's index (as a string)."""
-    from datadiet.selectors.semdedup import row_ids
+    from datadiet.selectors.common import row_ids
 
     ds = Dataset.from_dict({"text": ["a", "b", "c"]})
-    assert list(row_ids(ds, StepContext(show_progress=False), np.array([2, 0]))) == ["2", "0"]
+    assert list(row_ids(ds, "id", np.array([2, 0]))) == ["2", "0"]
     ds_id = ds.add_column("id", ["x", "y", "z"])
-    assert list(row_ids(ds_id, StepContext(show_progress=False), np.array([2, 0, 2]))) == [
+    assert list(row_ids(ds_id, "id", np.array([2, 0, 2]))) == [
         "z", "x", "z"]
 
 

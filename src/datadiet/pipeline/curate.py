@@ -8,13 +8,11 @@ manifest carries the whole spec so a run can be repeated from it.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,97 +22,18 @@ import pyarrow.parquet as pq
 import yaml
 from datasets import Dataset
 
+from datadiet import __version__
 from datadiet.pipeline.io import (
     AtomicOutputDir,
     LoadedCorpus,
     OnError,
     atomic_write_text,
+    content_id,
     load_corpus,
     write_parquet_shards,
 )
-from datadiet.selectors.base import Step, StepContext, build_step
-
-MANIFEST_VERSION = 1
-
-
-@dataclass
-class StepReport:
-    """One step's line in the manifest."""
-
-    name: str
-    params: dict[str, Any]
-    rows_in: int
-    rows_out: int
-    removed: dict[str, int]
-    seconds: float
-    tokens_scored: int = 0
-    flops: float = 0.0
-    peak_memory_bytes: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Manifest:
-    """Everything needed to audit and repeat a curation run."""
-
-    input: dict[str, Any]
-    spec: list[dict[str, dict[str, Any]]]
-    steps: list[StepReport] = field(default_factory=list)
-    output: dict[str, Any] = field(default_factory=dict)
-    ledger: dict[str, Any] = field(default_factory=dict)
-    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    version: int = MANIFEST_VERSION
-    datadiet_version: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["steps"] = [asdict(s) for s in self.steps]
-        return data
-
-    def to_json(self) -> str:
-        return json.dumps(_jsonable(self.to_dict()), indent=2, ensure_ascii=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Manifest:
-        steps = [StepReport(**s) for s in data.get("steps", [])]
-        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "steps"}
-        return cls(steps=steps, **fields)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Manifest:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-    def summary_table(self) -> str:
-        """The short table printed at the end of a run: rows in/out and removals by reason."""
-        lines = [f"{'step':<18}{'rows in':>10}{'rows out':>10}{'seconds':>9}  removed (by reason)"]
-        for s in self.steps:
-            reasons = ", ".join(f"{k}={v}" for k, v in s.removed.items()) or "-"
-            lines.append(f"{s.name:<18}{s.rows_in:>10}{s.rows_out:>10}{s.seconds:>9.2f}  {reasons}")
-        skipped = self.input.get("skipped", {}).get("count", 0)
-        if skipped:
-            lines.append(f"(input: {skipped} bad rows skipped; see manifest input.skipped)")
-        if self.steps:
-            first, last = self.steps[0].rows_in, self.steps[-1].rows_out
-            kept = 100.0 * last / first if first else 0.0
-            lines.append(f"kept {last} of {first} rows ({kept:.1f}%)")
-        return "\n".join(lines)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-# -- specs ----------------------------------------------------------------------------------
+from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
+from datadiet.pipeline.steps import Step, StepContext, build_step
 
 
 def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any]]]:
@@ -161,7 +80,7 @@ def load_spec(path: str | os.PathLike) -> list[Step]:
 
 
 def spec_of(steps: Sequence[Step]) -> list[dict[str, dict[str, Any]]]:
-    return [{s.name: _jsonable(s.params())} for s in steps]
+    return [{s.name: jsonable(s.params())} for s in steps]
 
 
 # -- running --------------------------------------------------------------------------------
@@ -196,8 +115,6 @@ def curate(
 
     ``steps`` may be Step objects, step names, or ``{name: params}`` mappings.
     """
-    from datadiet import __version__
-
     built: list[Step] = []
     for s in steps:
         if isinstance(s, Step):
@@ -210,8 +127,6 @@ def curate(
     if text_field not in dataset.column_names:
         raise ValueError(f"dataset has no text field {text_field!r} (columns: {dataset.column_names})")
     if id_field not in dataset.column_names:
-        from datadiet.pipeline.io import content_id
-
         dataset = dataset.map(lambda b: {id_field: [content_id(t) for t in b[text_field]]},
                               batched=True)
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
@@ -245,7 +160,7 @@ def curate(
         kept = selection.kept_indices
         manifest.steps.append(StepReport(
             name=step.name,
-            params=_jsonable(step.params()),
+            params=jsonable(step.params()),
             rows_in=selection.n_rows,
             rows_out=len(kept),
             removed=selection.removed_by_kind(),
@@ -253,7 +168,7 @@ def curate(
             tokens_scored=after.tokens - before.tokens,
             flops=after.flops - before.flops,
             peak_memory_bytes=rec.peak_memory_bytes,
-            stats=_jsonable(selection.stats),
+            stats=jsonable(selection.stats),
         ))
         origin = origin[kept]
         if len(kept) < len(current):

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -333,18 +334,67 @@ def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
 # -- writing --------------------------------------------------------------------------------
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file via a temp file in the same folder, then rename (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path, is_dir: bool) -> None:
+    """Give a temp file or folder the mode a plain ``open``/``mkdir`` would have given it.
+
+    ``mkstemp``/``mkdtemp`` create 0600/0700 on purpose; an output that a training job under
+    another user must read has to follow the umask like any other file writer.
+    """
+    base = 0o777 if is_dir else 0o666
+    os.chmod(path, base & ~_umask())
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+    """THE atomic writer: yield a hidden temp path beside ``target``; rename onto it on success.
+
+    Every file or folder datadiet writes goes through here (text, JSON, Parquet shards,
+    checkpoints, converted models), so a crash or a signal never leaves a half-written output:
+    the temp path is removed on any exception (``KeyboardInterrupt`` and the ``SystemExit``
+    that :func:`install_signal_cleanup` raises for SIGTERM included). An existing folder target
+    is swapped out by rename and deleted only after the new one is in place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield tmp
+        follow_umask(tmp, is_dir)
+        if is_dir and target.exists():
+            backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(target, backup)
+            os.replace(tmp, target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str, ensure_ascii=False))
 
 
 def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_000,
@@ -363,37 +413,25 @@ def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_00
 
 
 class AtomicOutputDir:
-    """A temp folder beside ``target``, renamed onto it only when the block succeeds.
+    """An output folder written through :func:`atomic_path`, refusing to replace by accident.
 
-    An interrupted run leaves at most a hidden ``.name.tmp-*`` folder, never a half-written
-    output; an existing output is replaced only with ``overwrite=True``, and swapped out by
-    rename so the old one is intact until the new one is complete.
+    An existing output is replaced only with ``overwrite=True``; the old one stays intact until
+    the new one is complete.
     """
 
     def __init__(self, target: str | os.PathLike, overwrite: bool = False) -> None:
         self.target = Path(target)
         self.overwrite = overwrite
-        self.tmp: Path | None = None
+        self._ctx: Any = None
 
     def __enter__(self) -> Path:
         if self.target.exists() and not self.overwrite:
             raise FileExistsError(f"{self.target}: output exists (pass --overwrite to replace it)")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.tmp-", dir=self.target.parent))
-        return self.tmp
+        self._ctx = atomic_path(self.target, is_dir=True)
+        return self._ctx.__enter__()
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        backup = None
-        if self.target.exists():
-            backup = self.target.with_name(f".{self.target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(self.target, backup)
-        os.replace(self.tmp, self.target)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:

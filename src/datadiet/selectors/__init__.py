@@ -1,5 +1,6 @@
 """Data-selection steps. Importing this package registers every built-in step."""
 
+from datadiet.pipeline.steps import STEP_REGISTRY, Step, StepContext, build_step, register_step
 from datadiet.selectors import (  # noqa: F401 - imported to register their steps
     dsir,
     exact,
@@ -10,6 +11,5 @@ from datadiet.selectors import (  # noqa: F401 - imported to register their step
     random_baseline,
     semdedup,
 )
-from datadiet.selectors.base import STEP_REGISTRY, Step, StepContext, build_step, register_step
 
 __all__ = ["STEP_REGISTRY", "Step", "StepContext", "build_step", "register_step"]

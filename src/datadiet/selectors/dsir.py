@@ -46,10 +46,11 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from datadiet.pipeline.io import load_corpus
 from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
-from datadiet.selectors.base import Step, StepContext, register_step
-from datadiet.selectors.random_baseline import resolve_keep
+from datadiet.selectors.common import resolve_keep, validate_keep
 
 TOKENIZERS = ("words", "wordpunct")
 HASH_FUNCTIONS = ("poly64", "sha256")
@@ -437,8 +438,6 @@ def load_target_texts(target: Any, *, text_field: str = "text") -> list[str]:
                 return [r if isinstance(r, str) else _field(r, text_field, path) for r in data]
         # JSONL(.gz), Parquet, folders of shards, saved datasets: the package's own reader,
         # which names the file and line of a bad record.
-        from datadiet.pipeline.io import load_corpus
-
         loaded = load_corpus(path, text_field=text_field)
         return [t for t in loaded.dataset[text_field] if t]
     if isinstance(target, Dataset):
@@ -542,7 +541,7 @@ class DSIR(Step):
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         if tokenizer not in TOKENIZERS:
             raise ValueError(f"unknown tokenizer {tokenizer!r}; choose one of {TOKENIZERS}")
-        resolve_keep(keep, 0)
+        validate_keep(keep)
         NgramHasher(num_buckets, ngrams, tokenizer, hash_fn)  # validates the feature settings
         if not 0.0 < smoothing <= 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")

@@ -17,32 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import pyarrow as pa
 import xxhash
 from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import normalize as normalize_text
-from datadiet.selectors.base import Step, StepContext, register_step
+from datadiet.selectors.common import row_ids
 
-__all__ = ["ExactDedup", "first_occurrence", "row_ids", "text_hashes"]
-
-
-def row_ids(ds: Dataset, id_field: str, rows: np.ndarray) -> np.ndarray:
-    """The ids of ``rows`` as an object array of strings.
-
-    Takes just those rows from the (memory-mapped) Arrow column, with no Python object per row
-    of the dataset. A dataset without ``id_field`` falls back to the row index as a string, so
-    reasons still point somewhere a user can look up.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.empty(0, dtype=object)
-    if id_field not in ds.column_names:
-        return np.array([str(r) for r in rows.tolist()], dtype=object)
-    column = ds.select_columns([id_field]).with_format("arrow")[id_field]
-    values = column.take(pa.array(rows)).to_pylist()
-    return np.array([str(v) for v in values], dtype=object)
+__all__ = ["ExactDedup", "first_occurrence", "text_hashes"]
 
 
 def text_hashes(texts: Sequence[str], normalize: bool = True) -> np.ndarray:

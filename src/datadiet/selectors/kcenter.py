@@ -22,22 +22,9 @@ import numpy as np
 from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
-from datadiet.selectors.base import Step, StepContext, register_step
+from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.semdedup import embed_dataset
-
-
-def resolve_count(keep: float | int, n_rows: int) -> int:
-    """A float in (0, 1] is a fraction of ``n_rows`` (rounded half up); an int is a count
-    (capped at ``n_rows``). ``1`` means one row, ``1.0`` means every row."""
-    if isinstance(keep, bool):
-        raise ValueError("keep must be a fraction (float) or a count (int), not a bool")
-    if isinstance(keep, float):
-        if not 0.0 < keep <= 1.0:
-            raise ValueError(f"a fractional keep must be in (0, 1], got {keep!r}")
-        return min(n_rows, max(1, math.floor(keep * n_rows + 0.5))) if n_rows else 0
-    if int(keep) < 1:
-        raise ValueError(f"a count keep must be >= 1, got {keep!r}")
-    return min(int(keep), n_rows)
 
 
 def greedy_k_center(
@@ -110,13 +97,15 @@ class KCenterCoreset(Step):
     name = "kcenter"
 
     def __init__(self, *, keep: float | int = 0.1, seed: int = 0) -> None:
-        resolve_count(keep, 1)  # validate early, in the spec, not halfway through a run
+        validate_keep(keep)
+        if keep == 0:
+            raise ValueError("kcenter needs keep > 0: a coreset of no points covers nothing")  # validate early, in the spec, not halfway through a run
         self.keep = keep
         self.seed = int(seed)
 
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
         n = len(ds)
-        k = resolve_count(self.keep, n)
+        k = resolve_keep(self.keep, n)
         if n == 0 or k >= n:
             return Selection.keep_all(n, scores=np.full(n, np.nan))
         emb = embed_dataset(ds, ctx, name="kcenter")

@@ -52,9 +52,9 @@ import numpy as np
 from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
-from datadiet.selectors.base import Step, StepContext, register_step
-from datadiet.selectors.exact import row_ids
+from datadiet.selectors.common import row_ids
 
 __all__ = [
     "MinHashDedup",

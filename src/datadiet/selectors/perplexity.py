@@ -16,7 +16,7 @@ Three ways of choosing the range, each from the literature:
 pass every criterion given). Quantiles are taken over the rows that could be scored, by rank (ties
 broken by row order), so a budget of ``keep=0.3`` keeps exactly ``round(0.3·n)`` rows.
 
-Scoring goes through the run's one :class:`~datadiet.pipeline.scoring.LMScorer`, which records
+Scoring goes through the run's one :class:`~datadiet.pipeline.models.scoring.LMScorer`, which records
 tokens and FLOPs in ``ctx.ledger`` under its stage (``"lm-scoring"``); this step additionally
 times that stage and reports its share of tokens/FLOPs in its stats, so the manifest's
 ``tokens_scored`` / ``flops`` can be read from either.
@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.selection import Selection
-from datadiet.selectors.base import Step, StepContext, register_step
+from datadiet.pipeline.steps import Step, StepContext, register_step
 
 #: Before tokenising, a document is cut to ``max_tokens · CHARS_PER_TOKEN_BOUND`` characters, so a
 #: megabyte-long document does not cost a megabyte of tokenisation to score its head. A BPE token
@@ -178,8 +179,6 @@ class PerplexityFilter(Step):
     def _scorer(self, ctx: StepContext) -> Any:
         if self.model is None or self.model == ctx.scorer_model:
             return ctx.lm_scorer()
-        from datadiet.pipeline.scoring import LMScorer
-
         # Another model than the run's: its own scorer, but the same ledger (and the weights are
         # cached per process by the loader, so a second step with this model loads nothing).
         return LMScorer(self.model, ledger=ctx.ledger)

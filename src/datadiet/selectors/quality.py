@@ -45,8 +45,8 @@ import numpy as np
 from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
-from datadiet.selectors.base import Step, StepContext, register_step
 
 #: Gopher's stop-word rule: a document must contain at least two of these English words.
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})

@@ -8,31 +8,12 @@ possible.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
-from datadiet.selectors.base import Step, StepContext, register_step
-
-
-def resolve_keep(keep: float | int, n_rows: int) -> int:
-    """Turn a ``keep`` budget into a row count.
-
-    A float in ``[0, 1]`` is a fraction of ``n_rows`` (rounded to the nearest row); an int is an
-    absolute count, capped at ``n_rows``. The type decides, so ``1.0`` means "everything" and
-    ``1`` means "one row" — as they read in a YAML spec.
-    """
-    if isinstance(keep, bool) or not isinstance(keep, numbers.Real):
-        raise TypeError(f"keep must be a fraction (float) or a count (int), got {keep!r}")
-    if isinstance(keep, numbers.Integral):
-        if keep < 0:
-            raise ValueError(f"keep count must be >= 0, got {keep}")
-        return min(int(keep), n_rows)
-    if not 0.0 <= float(keep) <= 1.0:
-        raise ValueError(f"keep fraction must be in [0, 1], got {keep}; pass an int for a count")
-    return min(n_rows, int(round(float(keep) * n_rows)))
+from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.selectors.common import resolve_keep, validate_keep
 
 
 @register_step
@@ -46,7 +27,7 @@ class RandomSelect(Step):
     name = "random"
 
     def __init__(self, *, keep: float | int = 0.5, seed: int | None = None) -> None:
-        resolve_keep(keep, 0)  # validate early: a bad spec fails when built, not mid-run
+        validate_keep(keep)  # validate early: a bad spec fails when built, not mid-run
         self.keep = keep
         self.seed = seed
 

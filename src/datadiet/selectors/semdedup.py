@@ -42,7 +42,8 @@ import numpy as np
 from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
-from datadiet.selectors.base import Step, StepContext, register_step
+from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.selectors.common import row_ids
 
 #: Embedding matrices larger than this are written to an ``np.memmap`` under the run's scratch
 #: folder instead of RAM (384-dim float32 embeddings: about 350k documents per 512 MiB).
@@ -296,20 +297,6 @@ def semdedup_embeddings(
 # -- the step ----------------------------------------------------------------------------------
 
 
-def row_ids(ds: Dataset, ctx: StepContext, rows: np.ndarray) -> np.ndarray:
-    """The ids of ``rows`` (``ctx.id_field``), or the row index as a string without one.
-
-    Only the requested rows are read, so pointing a few duplicates at their kept twins does not
-    load a ten-million-row id column.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if ctx.id_field in ds.column_names and len(rows):
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        ids = ds.select_columns([ctx.id_field]).select(uniq.tolist())[ctx.id_field]
-        return np.asarray([str(v) for v in ids], dtype=object)[inverse]
-    return np.asarray([str(r) for r in rows.tolist()], dtype=object)
-
-
 @register_step
 class SemanticDedup(Step):
     """Semantic deduplication (SemDeDup, Abbas et al. 2023); see the module docstring.
@@ -379,7 +366,7 @@ class SemanticDedup(Step):
         keep = result.keep
         detail = np.full(n, "", dtype=object)
         removed = np.flatnonzero(~keep)
-        detail[removed] = row_ids(ds, ctx, result.rep[removed])
+        detail[removed] = row_ids(ds, ctx.id_field, result.rep[removed])
         scores = np.where(np.isfinite(result.max_sim), 1.0 - result.max_sim, np.nan)
         return Selection.from_mask(
             keep, "semantic-duplicate-of", detail=detail, scores=scores, stats=result.stats

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from datadiet.pipeline.models import DEFAULT_CAUSAL_LM
-from datadiet.prompting.compression.base import Job, Plan, assemble, map_spans
+from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM
+from datadiet.pipeline.models.scoring import LMScorer
+from datadiet.prompting.compression.base import Job, Plan, assemble, map_spans, working_text
 from datadiet.prompting.compression.budget import (
     BudgetError,
     TokenCounter,
@@ -27,7 +28,10 @@ from datadiet.prompting.compression.budget import (
     resolve_counter,
     target_from,
 )
+from datadiet.prompting.compression.lingua import LinguaMethod, LinguaOptions
+from datadiet.prompting.compression.llmlingua_adapter import LLMLinguaMethod
 from datadiet.prompting.compression.protect import PatternLike, compile_patterns
+from datadiet.prompting.compression.selective import SelectiveMethod, SelectiveOptions
 
 METHODS = ("lingua", "selective", "llmlingua")
 
@@ -99,8 +103,6 @@ class Compression:
 
 def _scorer(model: Any, ledger: Any = None) -> Any:
     """An :class:`LMScorer` for ``model`` (a name, a folder, ``None``, or a scorer already)."""
-    from datadiet.pipeline.scoring import LMScorer
-
     if isinstance(model, LMScorer):
         return model
     return LMScorer(model, ledger=ledger, stage="compression")
@@ -108,16 +110,10 @@ def _scorer(model: Any, ledger: Any = None) -> Any:
 
 def _method(name: str, scorer: Any, options: dict[str, Any]) -> Any:
     if name == "lingua":
-        from datadiet.prompting.compression.lingua import LinguaMethod, LinguaOptions
-
         return LinguaMethod(scorer, LinguaOptions(**options))
     if name == "selective":
-        from datadiet.prompting.compression.selective import SelectiveMethod, SelectiveOptions
-
         return SelectiveMethod(scorer, SelectiveOptions(**options))
     if name == "llmlingua":
-        from datadiet.prompting.compression.llmlingua_adapter import LLMLinguaMethod
-
         return LLMLinguaMethod(scorer, **options)
     raise ValueError(f"unknown compression method {name!r}; choose one of {', '.join(METHODS)}")
 
@@ -245,8 +241,6 @@ def _check_feasible(job: Job, tokenizer: Any) -> None:
     Only text no method can drop counts: the instruction, the question, and -- when there is a
     single segment, which the segment level cannot drop -- its protected spans.
     """
-    from datadiet.prompting.compression.base import working_text
-
     if len(job.segments) == 1:
         units = working_text(job, [0], tokenizer).units
         need = job.counter(units.render(units.mandatory))
@@ -453,8 +447,6 @@ class PromptCompressor:
 
     def __init__(self, model_name: str | None = None, device_map: str | None = None,
                  model_config: dict | None = None, **_: Any) -> None:
-        from datadiet.pipeline.scoring import LMScorer
-
         device = device_map if device_map in ("cpu", "cuda", "mps") else None
         self.scorer = LMScorer(model_name, device=device, stage="compression")
 

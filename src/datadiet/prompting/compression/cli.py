@@ -14,6 +14,9 @@ import json
 import sys
 from typing import Any
 
+from datadiet.prompting.compression.api import compress
+from datadiet.prompting.compression.budget import BudgetError
+
 
 def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``compress`` sub-command on an ``argparse`` sub-parsers object."""
@@ -46,9 +49,6 @@ def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_compress(args: argparse.Namespace) -> int:
     """Run ``datadiet compress``; returns the process exit code."""
-    from datadiet.prompting.compression.api import compress
-    from datadiet.prompting.compression.budget import BudgetError
-
     if args.input:
         with open(args.input, encoding="utf-8") as fh:
             text = fh.read()

@@ -32,7 +32,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from datadiet.pipeline.models.embedding import Embedder
+from datadiet.pipeline.models.loading import ModelNotAvailableError
 from datadiet.prompting.compression.base import Job, Plan, Working, working_text
+from datadiet.prompting.compression.protect import find_spans
 
 
 @dataclass
@@ -121,9 +124,6 @@ def _embedder() -> object | None:
     No disk cache: a compression call should not write to the user's cache, and segments are
     short enough that embedding them is a small part of the call.
     """
-    from datadiet.pipeline.embedding import Embedder
-    from datadiet.pipeline.models import ModelNotAvailableError
-
     try:
         return Embedder(cache=False)
     except (ModelNotAvailableError, OSError):
@@ -172,8 +172,6 @@ def select_segments(job: Job, order: Sequence[int] | None, slack: float) -> list
 
 
 def _spans(text: str, job: Job) -> list[tuple[int, int]]:
-    from datadiet.prompting.compression.protect import find_spans
-
     return find_spans(text, job.patterns)
 
 

@@ -94,7 +94,7 @@ def llmlingua_transformers_problem() -> str | None:
 
 
 def cache_root() -> Path:
-    """Same rule as :func:`datadiet.pipeline.models.cache_dir`, restated on purpose: this file is
+    """Same rule as :func:`datadiet.pipeline.models.loading.cache_dir`, restated on purpose: this file is
     loaded by path inside the llmlingua baseline venv, where datadiet is not importable."""
     root = os.environ.get("DATADIET_CACHE")
     if root:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from datadiet.pipeline.ledger import Ledger, ModelShape
+from datadiet.pipeline.models.loading import load_causal_lm
 
 
 @dataclass
@@ -62,8 +63,6 @@ class LMScorer:
         ledger: Ledger | None = None,
         stage: str = "lm-scoring",
     ) -> None:
-        from datadiet.pipeline.models import load_causal_lm
-
         self.model_name = model
         self.model, self.tokenizer = load_causal_lm(model, device)
         self.device = next(self.model.parameters()).device

@@ -3,7 +3,7 @@
 Kept apart from ``datadiet/cli.py`` so the training stage can also be started on its own, which
 is what ``torchrun`` needs::
 
-    torchrun --nproc_per_node 2 -m datadiet.pipeline.train_cli train --data OUT --config CFG --out RUN
+    torchrun --nproc_per_node 2 -m datadiet.pipeline.stages.cli train --data OUT --config CFG --out RUN
 
 Each ``add_*_parser`` registers a sub-command and sets ``func`` to its run function, which
 returns the process exit status.
@@ -17,6 +17,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.stages.inference import load_generator
+from datadiet.pipeline.stages.training import TrainConfig, train
 
 __all__ = [
     "add_generate_parser",
@@ -63,8 +67,6 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 def build_train_config(args: argparse.Namespace) -> Any:
     """The run's :class:`TrainConfig`: YAML file, then flags, then ``--set`` overrides."""
-    from datadiet.pipeline.training import TrainConfig
-
     overrides: dict[str, Any] = {
         "data": args.data, "eval_data": args.eval_data,
         "max_steps": args.max_steps, "max_tokens": args.max_tokens,
@@ -82,8 +84,6 @@ def build_train_config(args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     """Run ``datadiet train``; prints a one-line summary (rank 0) and returns 0."""
     from pydantic import ValidationError
-
-    from datadiet.pipeline.training import train
 
     try:
         cfg = build_train_config(args)
@@ -157,9 +157,6 @@ def _read_prompts(args: argparse.Namespace) -> list[str]:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Run ``datadiet generate``; prints completions (or JSON lines) and returns 0."""
-    from datadiet.pipeline.inference import load_generator
-    from datadiet.pipeline.ledger import Ledger
-
     prompts = _read_prompts(args)
     if not prompts:
         print("datadiet generate: no prompts (use --prompt, --prompts-file or stdin)", file=sys.stderr)
@@ -188,7 +185,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m datadiet.pipeline.train_cli``), e.g. under torchrun."""
+    """Stand-alone entry (``python -m datadiet.pipeline.stages.cli``), e.g. under torchrun."""
     parser = argparse.ArgumentParser(prog="datadiet-train")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_parser(sub)

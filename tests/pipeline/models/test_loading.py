@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from datadiet.pipeline.ledger import Ledger
-from datadiet.pipeline.models import ModelNotAvailableError, load_causal_lm, resolve_embedder
+from datadiet.pipeline.models.loading import (
+    ModelNotAvailableError,
+    load_causal_lm,
+    resolve_embedder,
+)
 
 
 def test_unknown_model_offline_names_what_to_do() -> None:
@@ -16,7 +20,7 @@ def test_unknown_model_offline_names_what_to_do() -> None:
 
 def test_default_lm_is_tied_and_sane(wiki_paragraphs: list[str]) -> None:
     """The GGUF conversion must tie lm_head: an untied random head gives perplexity ~50k."""
-    from datadiet.pipeline.scoring import LMScorer
+    from datadiet.pipeline.models.scoring import LMScorer
 
     ledger = Ledger()
     scorer = LMScorer(ledger=ledger, max_length=128)
@@ -29,7 +33,7 @@ def test_default_lm_is_tied_and_sane(wiki_paragraphs: list[str]) -> None:
 
 
 def test_scorer_batching_does_not_change_scores(wiki_paragraphs: list[str]) -> None:
-    from datadiet.pipeline.scoring import LMScorer
+    from datadiet.pipeline.models.scoring import LMScorer
 
     scorer = LMScorer(max_length=96, tokens_per_batch=200)
     texts = [wiki_paragraphs[0], "A short one.", wiki_paragraphs[1][:150]]
@@ -41,7 +45,7 @@ def test_scorer_batching_does_not_change_scores(wiki_paragraphs: list[str]) -> N
 
 
 def test_embedder_cache_hits_and_similarity(tmp_path, wiki_paragraphs: list[str]) -> None:
-    from datadiet.pipeline.embedding import Embedder
+    from datadiet.pipeline.models.embedding import Embedder
 
     ledger = Ledger()
     emb = Embedder(cache_dir=tmp_path, ledger=ledger)

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path, load_spec, print_report
+from datadiet.pipeline.demo.corpus import DEMO_SPEC, build_sample_corpus
 from datadiet.pipeline.io import atomic_write_text, iter_jsonl
-from datadiet.pipeline.sample_corpus import DEMO_SPEC, build_sample_corpus
+from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.models.tokenizer import load_tokenizer
 
 
 def run_demo(out: Path, n_base: int = 160) -> int:
@@ -89,10 +92,6 @@ def training_savings(corpus: Path, curated: Path, manifest, context: int = 2048)
     its model-based steps spent), so the ratio is the honest net saving.
     """
     from datasets import load_dataset
-
-    from datadiet.kernels.model import LlamaConfig
-    from datadiet.pipeline.ledger import Ledger
-    from datadiet.pipeline.training import load_tokenizer
 
     tokenizer = load_tokenizer(None)
     shape = LlamaConfig.preset("smollm2-135m").shape()

@@ -24,6 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from datadiet.kernels.hf_checkpoint import load_llama as load_llama_folder
+
 DEFAULT_CAUSAL_LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -192,3 +194,32 @@ def load_sentence_embedder(name: str | None = None, device: str | None = None) -
         return SentenceTransformer(path, device=device, local_files_only=_offline())
     except OSError as exc:
         raise _hub_error(path, exc) from exc
+
+
+def load_llama(
+    name: str | os.PathLike | None = None,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+) -> Any:
+    """datadiet's own :class:`~datadiet.kernels.model.Llama` for a name, folder or the default.
+
+    ``None`` is the offline SmolLM2-135M-Instruct. A hub id is fetched (config and safetensors
+    only) unless offline, in which case the error says what to install.
+    """
+    import torch
+
+    folder = Path(resolve_causal_lm(name))
+    if not folder.is_dir():
+        folder = Path(_download_snapshot(str(folder)))
+    return load_llama_folder(folder, dtype=dtype or torch.float32, device=device)
+
+
+def _download_snapshot(repo_id: str) -> str:
+    """Fetch a hub repository's config and safetensors (only reached for non-local names)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"])
+    except Exception as exc:  # offline, missing, gated: one clear message
+        raise _hub_error(repo_id, exc) from exc

@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from datadiet.pipeline.training import (
-    ByteTokenizer,
+from datadiet.kernels.hf_checkpoint import load_llama
+from datadiet.pipeline.models.tokenizer import ByteTokenizer
+from datadiet.pipeline.stages.training import (
     TrainConfig,
     compare_runs,
     flops_to_reach,
@@ -175,7 +176,7 @@ def test_ddp_two_processes_match_one(curated_dir: Path, tmp_path: Path) -> None:
     cfg_path.write_text(cfg.to_yaml())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "datadiet.pipeline.train_cli", "train", "--data", str(curated_dir),
+           "-m", "datadiet.pipeline.stages.cli", "train", "--data", str(curated_dir),
            "--config", str(cfg_path), "--out", str(tmp_path / "ddp"), "--quiet"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -191,7 +192,7 @@ def test_ddp_two_processes_match_one(curated_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cli_train_then_generate(curated_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from datadiet.pipeline.train_cli import main
+    from datadiet.pipeline.stages.cli import main
 
     cfg = small_config(max_steps=6, eval_every=3, save_model=True)
     cfg_path = tmp_path / "cfg.yaml"
@@ -220,7 +221,6 @@ def test_cli_train_then_generate(curated_dir: Path, tmp_path: Path, capsys: pyte
 @pytest.mark.slow
 def test_fine_tune_smollm2(corpus: object, tmp_path: Path) -> None:
     """``init_from: default`` fine-tunes SmolLM2 with its own tokenizer and saves a loadable model."""
-    from datadiet.kernels.model import Llama
 
     cfg = small_config(tokenizer=None, init_from="default", seq_len=32, batch_size=1,
                        max_steps=2, eval_every=2, max_eval_blocks=2, lr=1e-5, warmup_steps=0,
@@ -229,6 +229,6 @@ def test_fine_tune_smollm2(corpus: object, tmp_path: Path) -> None:
     assert report["model"]["vocab_size"] == 49152 and report["n_params"] > 100e6
     assert all(math.isfinite(x) for x in curve(report))
     assert report["evals"][0]["eval_loss"] < 6.0  # a pretrained model, not a random one
-    again = Llama.from_pretrained(tmp_path / "ft" / "model")
+    again = load_llama(tmp_path / "ft" / "model")
     assert again.config.n_layers == 30
     assert (tmp_path / "ft" / "model" / "tokenizer.json").exists()

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from datadiet.kernels.model import Llama, LlamaConfig
-from datadiet.pipeline.inference import Generator, sample_next
 from datadiet.pipeline.ledger import Ledger
-from datadiet.pipeline.training import ByteTokenizer
+from datadiet.pipeline.models.tokenizer import ByteTokenizer
+from datadiet.pipeline.stages.inference import Generator, sample_next
 
 PROMPTS = [
     "The capital of France is",
@@ -32,7 +32,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def smollm2() -> tuple[Generator, object, object]:
-    from datadiet.pipeline.models import load_causal_lm
+    from datadiet.pipeline.models.loading import load_causal_lm
 
     hf, tok = load_causal_lm(None, "cpu")
     return Generator(None, batch_size=8), hf, tok

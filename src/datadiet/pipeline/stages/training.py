@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,16 +39,18 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from datadiet.kernels.hf_checkpoint import write_llama_files
 from datadiet.kernels.model import Llama, LlamaConfig
+from datadiet.pipeline.io import atomic_path, atomic_write_json, load_corpus
 from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.models.loading import load_llama
+from datadiet.pipeline.models.tokenizer import load_tokenizer
 
 __all__ = [
-    "ByteTokenizer",
     "PackedData",
     "TrainConfig",
     "flops_to_reach",
     "load_text_dataset",
-    "load_tokenizer",
     "lr_at",
     "pack_dataset",
     "train",
@@ -56,67 +58,6 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 REPORT = "report.json"
-BYTE_TOKENIZER_FILE = "datadiet_tokenizer.json"
-
-
-# -- tokenizers --------------------------------------------------------------------------------
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text id 256.
-
-    Why: a from-scratch model in a unit test or a smoke run needs no 49k-row embedding matrix,
-    and bytes need no vocabulary file. It mimics the few methods of a Hugging Face tokenizer
-    that datadiet uses (``__call__``, ``encode``, ``decode``, ``save_pretrained``).
-    """
-
-    eos_token_id = 256
-    pad_token_id = 256
-    bos_token_id = None
-    vocab_size = 257
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        del add_special_tokens  # bytes have no BOS; EOS is added by packing, not here
-        return list(text.encode("utf-8"))
-
-    def __call__(self, texts: str | Sequence[str], add_special_tokens: bool = False, **_: Any) -> dict:
-        if isinstance(texts, str):
-            return {"input_ids": self.encode(texts)}
-        return {"input_ids": [self.encode(t) for t in texts]}
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        data = bytes(i for i in ids if 0 <= i < 256)
-        return data.decode("utf-8", errors="replace")
-
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        Path(folder, BYTE_TOKENIZER_FILE).write_text(json.dumps({"type": "bytes"}))
-
-
-def load_tokenizer(spec: str | os.PathLike | None = None) -> Any:
-    """``"bytes"``, a folder (HF tokenizer or a datadiet run's model folder), an id, or ``None``.
-
-    ``None`` is SmolLM2's tokenizer (offline, via the model resolver), the sensible default for
-    anything that will be compared with or fine-tuned from the default LM.
-    """
-    if spec is not None and str(spec).lower() in ("bytes", "byte"):
-        return ByteTokenizer()
-    from datadiet.pipeline.models import _hub_error, _offline, resolve_causal_lm
-
-    path = resolve_causal_lm(None if spec is None else str(spec))
-    if Path(path, BYTE_TOKENIZER_FILE).exists():
-        return ByteTokenizer()
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).is_dir())
-    except OSError as exc:
-        raise _hub_error(path, exc) from exc
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -136,8 +77,6 @@ def load_text_dataset(data: Any, text_column: str = "text") -> Any:
         if shards:
             ds = load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
         else:
-            from datadiet.pipeline.io import load_corpus
-
             ds = load_corpus(path, text_field=text_column).dataset
     if text_column not in ds.column_names:
         raise ValueError(f"{data}: no {text_column!r} column (columns: {ds.column_names})")
@@ -328,15 +267,8 @@ def _pick_device(pref: str, d: _Dist) -> torch.device:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class _Sampler:
@@ -491,7 +423,7 @@ def _train(
     # model -------------------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
-        model = Llama.from_pretrained(init, device=device)
+        model = load_llama(init, device=device)
     else:
         overrides = dict(cfg.model_overrides)
         overrides.setdefault("vocab_size", 64 * math.ceil(len(tokenizer) / 64))
@@ -657,9 +589,10 @@ def _train(
     }
     if d.main:
         if cfg.save_model and status == "completed":
-            model.save_pretrained(out / "model")
-            tokenizer.save_pretrained(out / "model")
-        _atomic_write_json(report, out / REPORT)
+            with atomic_path(out / "model", is_dir=True) as folder:
+                write_llama_files(_unwrap(model), folder)
+                tokenizer.save_pretrained(folder)
+        atomic_write_json(out / REPORT, report)
     if d.world > 1:
         dist.barrier()
     return report

@@ -26,6 +26,8 @@ from torch import Tensor
 
 from datadiet.kernels.model import Llama
 from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.models.loading import load_llama, resolve_causal_lm
+from datadiet.pipeline.models.tokenizer import load_tokenizer
 
 __all__ = ["Generation", "Generator", "load_generator", "sample_next"]
 
@@ -70,12 +72,6 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _load_tokenizer_for(folder: str | os.PathLike) -> Any:
-    from datadiet.pipeline.training import load_tokenizer
-
-    return load_tokenizer(str(folder))
-
-
 class Generator:
     """Generate from and score texts with a datadiet :class:`~datadiet.kernels.model.Llama`.
 
@@ -111,12 +107,10 @@ class Generator:
             if tokenizer is None:
                 raise ValueError("pass the tokenizer together with a loaded model")
         else:
-            from datadiet.pipeline.models import resolve_causal_lm
-
             folder = resolve_causal_lm(None if model is None else str(model))
-            self.model = Llama.from_pretrained(folder, dtype=dtype, device=device)
+            self.model = load_llama(folder, dtype=dtype, device=device)
             if tokenizer is None:
-                tokenizer = _load_tokenizer_for(folder)
+                tokenizer = load_tokenizer(str(folder))
         self.model.eval()
         if pack:
             self.model.pack_for_inference()

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from datadiet.pipeline.ledger import Ledger, ModelShape
+from datadiet.pipeline.models.loading import DEFAULT_EMBEDDER, load_sentence_embedder
+from datadiet.pipeline.models.loading import cache_dir as default_cache
 
 
 def text_key(text: str) -> bytes:
@@ -43,9 +45,6 @@ class Embedder:
         ledger: Ledger | None = None,
         stage: str = "embedding",
     ) -> None:
-        from datadiet.pipeline.models import DEFAULT_EMBEDDER, load_sentence_embedder
-        from datadiet.pipeline.models import cache_dir as default_cache
-
         self.model_name = str(model or DEFAULT_EMBEDDER)
         self.model = load_sentence_embedder(model, device)
         self.batch_size = batch_size

@@ -12,7 +12,10 @@ batch size plus a few bytes per row.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import inspect
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,9 +26,12 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.models.embedding import Embedder
+from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.selection import Selection
 
 STEP_REGISTRY: dict[str, type[Step]] = {}
+BUILTIN_STEPS_PACKAGE = "datadiet.selectors"
 
 
 def register_step(cls: type[Step]) -> type[Step]:
@@ -76,26 +82,20 @@ class StepContext:
     def scratch(self, name: str) -> Path:
         """A scratch folder for on-disk arrays (signatures, scores) of this run."""
         if self.work_dir is None:
-            import tempfile
-
             self.work_dir = Path(tempfile.mkdtemp(prefix="datadiet-"))
         path = self.work_dir / name
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def lm_scorer(self):  # noqa: ANN201 - import cycle avoided
-        """The run's shared :class:`~datadiet.pipeline.scoring.LMScorer`."""
+    def lm_scorer(self) -> LMScorer:
+        """The run's shared :class:`~datadiet.pipeline.models.scoring.LMScorer`."""
         if "scorer" not in self._cache:
-            from datadiet.pipeline.scoring import LMScorer
-
             self._cache["scorer"] = LMScorer(self.scorer_model, ledger=self.ledger)
         return self._cache["scorer"]
 
-    def embedder(self):  # noqa: ANN201
-        """The run's shared :class:`~datadiet.pipeline.embedding.Embedder`."""
+    def embedder(self) -> Embedder:
+        """The run's shared :class:`~datadiet.pipeline.models.embedding.Embedder`."""
         if "embedder" not in self._cache:
-            from datadiet.pipeline.embedding import Embedder
-
             self._cache["embedder"] = Embedder(self.embedder_model, ledger=self.ledger)
         return self._cache["embedder"]
 
@@ -126,10 +126,23 @@ class Step(ABC):
         return f"{type(self).__name__}({args})"
 
 
+def load_builtin_steps() -> None:
+    """Register the built-in steps (and any ``datadiet.steps`` entry points) by module name.
+
+    Why by name: the pipeline sits below the selectors in the import graph (selectors import
+    the pipeline, never the reverse), so the registry discovers step modules the way a plugin
+    system does, by importing the package that registers them, not by a static import.
+    """
+    importlib.import_module(BUILTIN_STEPS_PACKAGE)
+    for entry in importlib.metadata.entry_points(group="datadiet.steps"):
+        if entry.name not in STEP_REGISTRY:
+            entry.load()
+
+
 def build_step(name: str, params: dict[str, Any] | None = None) -> Step:
     """Instantiate a registered step from a spec entry, with a clear error for typos."""
-    import datadiet.selectors  # noqa: F401 - registers the built-in steps
-
+    if name not in STEP_REGISTRY:
+        load_builtin_steps()
     if name not in STEP_REGISTRY:
         known = ", ".join(sorted(STEP_REGISTRY))
         raise ValueError(f"unknown step {name!r}; known steps: {known}")

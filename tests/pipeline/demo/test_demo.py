@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from datadiet.pipeline.demo import run_demo
+from datadiet.pipeline.demo.run import run_demo
 
 
 def test_demo_catches_planted_problems(tmp_path: Path, capsys, shared_data: Path) -> None:

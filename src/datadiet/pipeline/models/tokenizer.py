@@ -1,0 +1,77 @@
+"""Tokenizers: SmolLM2's (offline), any Hugging Face one, or raw bytes.
+
+Why one loader: training, inference, generation and the demo must tokenize the same way, and a
+run's model folder records which tokenizer it used (a byte tokenizer leaves a marker file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from datadiet.pipeline.models.loading import _hub_error, _offline, resolve_causal_lm
+
+__all__ = ["BYTE_TOKENIZER_FILE", "ByteTokenizer", "load_tokenizer"]
+
+BYTE_TOKENIZER_FILE = "datadiet_tokenizer.json"
+
+
+# -- tokenizers --------------------------------------------------------------------------------
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens (ids 0..255) plus an end-of-text id 256.
+
+    Why: a from-scratch model in a unit test or a smoke run needs no 49k-row embedding matrix,
+    and bytes need no vocabulary file. It mimics the few methods of a Hugging Face tokenizer
+    that datadiet uses (``__call__``, ``encode``, ``decode``, ``save_pretrained``).
+    """
+
+    eos_token_id = 256
+    pad_token_id = 256
+    bos_token_id = None
+    vocab_size = 257
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        del add_special_tokens  # bytes have no BOS; EOS is added by packing, not here
+        return list(text.encode("utf-8"))
+
+    def __call__(self, texts: str | Sequence[str], add_special_tokens: bool = False, **_: Any) -> dict:
+        if isinstance(texts, str):
+            return {"input_ids": self.encode(texts)}
+        return {"input_ids": [self.encode(t) for t in texts]}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        data = bytes(i for i in ids if 0 <= i < 256)
+        return data.decode("utf-8", errors="replace")
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        Path(folder, BYTE_TOKENIZER_FILE).write_text(json.dumps({"type": "bytes"}))
+
+
+def load_tokenizer(spec: str | os.PathLike | None = None) -> Any:
+    """``"bytes"``, a folder (HF tokenizer or a datadiet run's model folder), an id, or ``None``.
+
+    ``None`` is SmolLM2's tokenizer (offline, via the model resolver), the sensible default for
+    anything that will be compared with or fine-tuned from the default LM.
+    """
+    if spec is not None and str(spec).lower() in ("bytes", "byte"):
+        return ByteTokenizer()
+    path = resolve_causal_lm(None if spec is None else str(spec))
+    if Path(path, BYTE_TOKENIZER_FILE).exists():
+        return ByteTokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).is_dir())
+    except OSError as exc:
+        raise _hub_error(path, exc) from exc
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
