@@ -12,6 +12,7 @@ import random
 
 import numpy as np
 import pytest
+import xxhash
 from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.pipeline.text import normalize
 from datadiet.selectors.common import row_ids
-from datadiet.selectors.exact import ExactDedup, first_occurrence, text_hashes
+from datadiet.selectors.exact import ExactDedup, first_occurrence, normalized_utf8, text_hashes
 
 HYPO = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -200,3 +201,28 @@ def test_property_first_occurrence(values: list[int]) -> None:
     hashes = np.array([[v % 2, v // 2] for v in values], np.uint64).reshape(-1, 2)
     got = first_occurrence(hashes).tolist()
     assert got == [values.index(v) for v in values]
+
+
+TRICKY = (
+    "Straße ΣΑΣ ǅ İstanbul ﬁne ½ ¼ x² ™ … \u00a0nbsp e\u0301 Ⱥ K ｆｕｌｌ ＡＢＣ 한국어 \ud800 _a_ "
+    "١٢٣ \x1c\x1f \u2028 Ǆ ŉ ΐ \u0345 ﬀ"
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=40), st.text(alphabet=TRICKY, max_size=40)),
+                max_size=8))
+def test_property_normalized_bytes_equal_normalize(texts: list[str]) -> None:
+    """The compiled normaliser writes exactly ``normalize(t)``'s UTF-8 for any text."""
+    buf, starts, lengths = normalized_utf8(texts)
+    got = [buf[s : s + k].tobytes() for s, k in zip(starts, lengths, strict=True)]
+    assert got == [normalize(t).encode("utf-8", "surrogatepass") for t in texts]
+
+
+def test_hashes_on_real_text_equal_hashing_normalize(paragraphs: list[str]) -> None:
+    texts = [*paragraphs[:40], TRICKY, TRICKY.upper(), "Ünïcödé " * 50]
+    expected = [xxhash.xxh3_128_digest(normalize(t).encode("utf-8")) for t in texts[:40]]
+    got = text_hashes(texts)
+    assert got[:40].tobytes() == b"".join(expected)
+    raw = text_hashes(texts, normalize=False)
+    assert raw[:40].tobytes() == b"".join(xxhash.xxh3_128_digest(t.encode()) for t in texts[:40])

@@ -30,6 +30,8 @@ from datadiet.selectors.minhash import (
     connected_components,
     estimated_jaccard,
     lsh_candidate_pairs,
+    minhash_clusters,
+    minhash_shard,
     minhash_signatures,
     optimal_bands_rows,
     shingle_hashes,
@@ -453,3 +455,43 @@ def test_connected_components_long_chain() -> None:
 def test_optimal_bands_rows_agrees_with_datasketch(threshold: float) -> None:
     lsh = pytest.importorskip("datasketch.lsh")
     assert optimal_bands_rows(threshold, 128) == lsh._optimal_param(threshold, 128, 0.5, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# map over shards, reduce once
+# ----------------------------------------------------------------------------------------------
+
+
+def test_shard_function_equals_the_separate_pieces(
+    paragraphs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused parallel kernel computes exactly signatures + band keys + has-words."""
+    texts = [*paragraphs[:60], "", "!!", "one", "İstanbul ΣΑΣ straße " * 3, "x" * 5000]
+    shard = minhash_shard(texts, bands=16, rows=8, num_perm=128, ngram=5, seed=7)
+    sig = minhash_signatures(texts, num_perm=128, ngram=5, seed=7)
+    assert np.array_equal(shard.signatures, sig)
+    assert np.array_equal(shard.band_keys, band_keys(sig, 16, 8, seed=7))
+    assert shard.has_words.tolist() == [bool(words(t)) for t in texts]
+    monkeypatch.setenv("DATADIET_NUMBA", "0")
+    slow = minhash_shard(texts, bands=16, rows=8, num_perm=128, ngram=5, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(shard, slow, strict=True))
+
+
+def test_shards_mapped_separately_reduce_to_the_single_process_result(
+    paragraphs: list[str],
+) -> None:
+    """What a Dask map over shards does: per-shard arrays, concatenated, one reduce."""
+    rng = random.Random(11)
+    texts = paragraphs[:50] + [v for p in paragraphs[:8] for v in edits(p, rng).values()]
+    rng.shuffle(texts)
+    step = MinHashDedup()
+    bands, rows = step.banding()
+    shards = [minhash_shard(texts[s : s + 13], bands=bands, rows=rows) for s in range(0, 90, 13)]
+    shards.append(minhash_shard(texts[91:], bands=bands, rows=rows))
+    shards.insert(-1, minhash_shard(texts[90:91], bands=bands, rows=rows))
+    merged = [np.concatenate(parts) for parts in zip(*shards, strict=True)]
+    clusters = minhash_clusters(*merged, threshold=step.threshold)
+    whole = step.select(dataset(texts), ctx())
+    assert (clusters.labels == np.arange(len(texts))).tolist() == whole.keep.tolist()
+    assert clusters.candidate_pairs == whole.stats["candidate_pairs"]
+    assert clusters.merged_pairs == whole.stats["merged_pairs"] > 0

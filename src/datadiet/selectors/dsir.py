@@ -51,6 +51,7 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
 from datadiet.selectors.common import resolve_keep, validate_keep
+from datadiet.selectors.hashing import fmix64
 
 TOKENIZERS = ("words", "wordpunct")
 HASH_FUNCTIONS = ("poly64", "sha256")
@@ -69,9 +70,6 @@ _SPACE, _WORD, _PUNCT = 0, 1, 2
 _P = 0xD6E8FEB86659FD93
 _Q = pow(_P, -1, 2**64)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
-_FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
-_S33 = np.uint64(33)
 
 # Characters hashed per chunk (bounds the per-chunk NumPy arrays to ~40 bytes a character).
 _CHUNK_CHARS = 2_000_000
@@ -104,20 +102,10 @@ def _classifier(name: str) -> Callable[[str], int]:
     return lambda ch: _WORD if word(ch) else (_SPACE if space(ch) else _PUNCT)
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """murmur3's 64-bit finaliser: spreads every input bit over the output (in place)."""
-    x ^= x >> _S33
-    x *= _FMIX1
-    x ^= x >> _S33
-    x *= _FMIX2
-    x ^= x >> _S33
-    return x
-
-
 def _combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Order-sensitive 64-bit hash of two 64-bit hashes (wrapping arithmetic, then fmix64)."""
     with np.errstate(over="ignore"):
-        return _fmix64(a * _GOLDEN + b)
+        return fmix64(a * _GOLDEN + b)
 
 
 def _powers(base: int, n: int) -> np.ndarray:
@@ -212,7 +200,7 @@ class NgramHasher:
             # sum_j (c_j + 1) Q^(j - start): position-free polynomial of the token's characters.
             h = (prefix[ends] - prefix[starts]) * self._ppow[starts]
             h += (ends - starts).astype(np.uint64) * _GOLDEN
-        return starts, ends, _fmix64(h)
+        return starts, ends, fmix64(h)
 
     def features(self, texts: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Hash one batch.

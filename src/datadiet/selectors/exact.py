@@ -14,6 +14,8 @@ shards can compute it and a single reduce can group the hashes.
 
 from __future__ import annotations
 
+import functools
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,15 +26,143 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import normalize as normalize_text
 from datadiet.selectors.common import row_ids
+from datadiet.selectors.hashing import (
+    CASEFOLD_NEEDS_PYTHON,
+    casefold_table,
+    jit,
+    nb_decode,
+    nb_encode,
+    numba_enabled,
+    prange,
+    utf8_layout,
+    word_char_table,
+)
 
-__all__ = ["ExactDedup", "first_occurrence", "text_hashes"]
+__all__ = ["ExactDedup", "first_occurrence", "normalized_utf8", "text_hashes"]
 
 
 def text_hashes(texts: Sequence[str], normalize: bool = True) -> np.ndarray:
-    """XXH3-128 digest of each (optionally normalised) text, as a ``(n, 2) uint64`` array."""
-    prepared = (normalize_text(t) for t in texts) if normalize else texts
-    digests = b"".join(xxhash.xxh3_128_digest(t.encode("utf-8", "surrogatepass")) for t in prepared)
+    """XXH3-128 digest of each (optionally normalised) text, as a ``(n, 2) uint64`` array.
+
+    The per-shard half of exact dedup: a pure function of the texts, so shards hashed on
+    different workers group correctly in :func:`first_occurrence`. The digest is of the UTF-8
+    bytes of :func:`datadiet.pipeline.text.normalize` (or of the raw text), however computed.
+    """
+    if normalize:
+        buf, starts, lengths = normalized_utf8(texts)
+    else:
+        buf, offsets = utf8_layout(texts)
+        starts, lengths = offsets[:-1], np.diff(offsets)
+    view = memoryview(buf)
+    digest = xxhash.xxh3_128_digest
+    digests = b"".join([
+        digest(view[s : s + k]) for s, k in zip(starts.tolist(), lengths.tolist(), strict=True)
+    ])
     return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2).copy()
+
+
+def normalized_utf8(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The UTF-8 bytes of ``normalize(t)`` for every text, without a Python string per text.
+
+    Returns ``(buf, starts, lengths)``: text ``i`` normalises to
+    ``buf[starts[i] : starts[i] + lengths[i]]``. ``normalize`` is NFKC, ``casefold``, every
+    non-word character a separator, words joined by one space. NFKC changes a text only where
+    ``unicodedata.is_normalized`` says so (rare outside compatibility characters), and case
+    folding is one table lookup per code point, so the compiled kernel does the whole thing in
+    one pass over the bytes, documents in parallel; Python only normalises the few texts that
+    need NFKC or a fold the kernel cannot write in place (``ß`` -> ``ss``).
+    """
+    if not numba_enabled():
+        parts = [normalize_text(t).encode("utf-8", "surrogatepass") for t in texts]
+        lengths = np.fromiter(map(len, parts), np.int64, len(parts))
+        starts = np.zeros(len(parts), np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return np.frombuffer(b"".join(parts), np.uint8), starts, lengths
+    texts = list(texts)
+    prefolded = np.zeros(len(texts), bool)
+    for i, t in enumerate(texts):
+        if not t.isascii() and not unicodedata.is_normalized("NFKC", t):
+            texts[i] = unicodedata.normalize("NFKC", t).casefold()
+            prefolded[i] = True
+    buf, offsets = utf8_layout(texts)
+    out, lengths = _nb_normalize(buf, offsets, prefolded, *_normalize_tables())
+    starts = offsets[:-1].copy()
+    redo = np.flatnonzero(lengths < 0)
+    if len(redo):
+        # Texts with a fold the kernel cannot write in place: fold in Python, then the same
+        # kernel (told not to fold again) drops punctuation and collapses white space.
+        folded = [texts[i].casefold() for i in redo.tolist()]
+        fbuf, fstarts = utf8_layout(folded)
+        fout, flengths = _nb_normalize(
+            fbuf, fstarts, np.ones(len(folded), bool), *_normalize_tables()
+        )
+        base = len(out)
+        out = np.concatenate([out, fout])
+        starts[redo] = base + fstarts[:-1]
+        lengths[redo] = flengths
+    return out, starts, lengths
+
+
+@functools.cache
+def _normalize_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(case fold per code point, ``\\w`` per code point, ASCII byte -> folded word byte or 0)."""
+    word = word_char_table()
+    ascii_word = np.array(
+        [ord(chr(b).casefold()) if word[b] else 0 for b in range(128)], dtype=np.uint8
+    )
+    return casefold_table(), word, ascii_word
+
+
+@jit(parallel=True)
+def _nb_normalize(buf, starts, prefolded, fold, word, ascii_word):  # noqa: ANN001, ANN202
+    """``normalize`` of every text of a UTF-8 batch, written over a buffer of the same size.
+
+    A normalised text is never longer than its source (punctuation runs shrink to one space,
+    folds the kernel writes are never longer), so text ``d`` writes inside its own input span
+    and documents run in parallel. A text meeting a fold it cannot write gets length -1.
+    """
+    n = starts.size - 1
+    out = np.empty(buf.size, np.uint8)
+    lengths = np.empty(n, np.int64)
+    for d in prange(n):
+        i = starts[d]
+        end = starts[d + 1]
+        begin = i
+        o = i
+        gap = False
+        ok = True
+        while i < end:
+            b0 = buf[i]
+            if b0 < 0x80:
+                c = ascii_word[b0]
+                i += 1
+                if c != 0:
+                    if gap and o > begin:
+                        out[o] = 32
+                        o += 1
+                    gap = False
+                    out[o] = c
+                    o += 1
+                else:
+                    gap = True
+                continue
+            cp, i = nb_decode(buf, i)
+            if not prefolded[d] and cp < fold.size:
+                folded = fold[cp]
+                if folded == CASEFOLD_NEEDS_PYTHON:
+                    ok = False
+                    break
+                cp = np.int64(folded)
+            if word[cp]:
+                if gap and o > begin:
+                    out[o] = 32
+                    o += 1
+                gap = False
+                o = nb_encode(out, o, cp)
+            else:
+                gap = True
+        lengths[d] = o - begin if ok else -1
+    return out, lengths
 
 
 def first_occurrence(hashes: np.ndarray) -> np.ndarray:

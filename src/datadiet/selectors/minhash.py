@@ -47,6 +47,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from datasets import Dataset
@@ -55,14 +56,28 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
 from datadiet.selectors.common import row_ids
+from datadiet.selectors.hashing import (
+    fmix64,
+    jit,
+    lower_table,
+    nb_decode,
+    nb_fmix64,
+    numba_enabled,
+    prange,
+    word_char_table,
+)
 
 __all__ = [
+    "MinHashClusters",
     "MinHashDedup",
+    "MinHashShard",
     "band_keys",
     "candidate_pairs_from_keys",
     "connected_components",
     "estimated_jaccard",
     "lsh_candidate_pairs",
+    "minhash_clusters",
+    "minhash_shard",
     "minhash_signatures",
     "optimal_bands_rows",
     "shingle_hashes",
@@ -95,48 +110,15 @@ IN_MEMORY_BYTES = 256 << 20
 # ----------------------------------------------------------------------------------------------
 
 
-def _fmix64(x: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser, in place: spreads every input bit over the output."""
-    x ^= x >> _U64(33)
-    x *= _U64(0xFF51AFD7ED558CCD)
-    x ^= x >> _U64(33)
-    x *= _U64(0xC4CEB9FE1A85EC53)
-    x ^= x >> _U64(33)
-    return x
-
-
-@functools.cache
-def _word_char_table() -> np.ndarray:
-    """``table[cp]`` is True where ``chr(cp)`` matches Python's Unicode ``\\w``.
-
-    ``re``'s ``\\w`` is ``isalnum() or '_'`` per code point; a 1.1 MB table makes the test one
-    gather instead of a regex scan. Built once per process (~0.1 s).
-    """
-    table = np.fromiter((chr(c).isalnum() for c in range(0x110000)), dtype=bool, count=0x110000)
-    table[ord("_")] = True
-    return table
-
-
 @functools.cache
 def _ascii_word_table() -> np.ndarray:
     """For each ASCII byte: its lower-cased value if it is a word character, else 0."""
     table = np.zeros(128, np.uint8)
     for b in range(128):
         low = chr(b).lower()
-        if _word_char_table()[ord(low)]:
+        if word_char_table()[ord(low)]:
             table[b] = ord(low)
     return table
-
-
-@functools.cache
-def _lower_table() -> np.ndarray:
-    """``table[cp]`` = ``ord(chr(cp).lower())`` for code points below U+20000 (no cased
-    character lies above), identity where ``lower`` yields two code points (only U+0130)."""
-    size = 0x20000
-    lowered = (chr(c).lower() for c in range(size))
-    table = np.fromiter((ord(x) if len(x) == 1 else -1 for x in lowered), np.int64, size)
-    ident = np.arange(size)
-    return np.where(table < 0, ident, table).astype(np.uint32)
 
 
 # All random constants derive from ``seed`` (one independent stream per use), so two shards or
@@ -175,195 +157,256 @@ def _band_constants(seed: int, bands: int, rows: int) -> np.ndarray:
 # Why both: the NumPy programs reach ~10k docs/s per core, bounded by memory traffic of the
 # (num_perm x shingles) temporaries; one fused loop per shingle, which LLVM vectorises over the
 # permutations, is 6-10x faster. numba is optional: without it (or with DATADIET_NUMBA=0) the
-# NumPy programs run and produce the same signatures, which the tests check.
-
-try:  # pragma: no cover - exercised whichever way the environment is
-    import numba as _numba
-except ImportError:  # pragma: no cover
-    _numba = None
+# NumPy programs run and produce the same signatures, which the tests check. The per-text
+# pieces (:func:`_nb_text_shingles`, :func:`_nb_min_into`, :func:`_nb_band_key_row`) are shared by
+# the sequential kernels behind the public functions and the fused parallel kernel behind
+# :func:`minhash_shard`, so both compute the same thing by construction.
 
 
-def _use_numba() -> bool:
-    return _numba is not None and os.environ.get("DATADIET_NUMBA", "1") != "0"
+@jit()
+def _nb_text_shingles(buf, i, end, table, lower, ascii_word, mult, ngram, pos, salt, word_h, out, cnt):  # noqa: ANN001, ANN202, E501
+    """Decode UTF-8, lower-case, split words, hash words and n-grams of one text: one pass.
+
+    The text is ``buf[i:end]``; its shingle hashes go to ``out[cnt:]`` and the new ``cnt`` is
+    returned. Texts that need ``str.lower``'s context rules arrive already lower-cased (see
+    :func:`_utf8_batch`), and lower-casing them again with the per-code-point table is a no-op.
+    ``ascii_word[b]`` is the lower-cased byte if it is a word character, else 0. The
+    per-character update is branch-free (masks instead of ifs): word boundaries are
+    data-dependent and would otherwise mispredict twice a word.
+    """
+    tag = np.uint64(_LEN_TAG)
+    one = np.uint64(1)
+    low6 = np.uint64(63)
+    nw = 0
+    h = np.uint64(0)
+    j = np.uint64(0)
+    while i < end:
+        b0 = buf[i]
+        if b0 < 0x80:
+            c = np.uint64(ascii_word[b0])
+            i += 1
+        else:
+            cp, i = nb_decode(buf, i)
+            if cp < lower.size:
+                cp = np.int64(lower[cp])
+            c = np.uint64(cp) if table[cp] else np.uint64(0)
+        is_word = np.uint64(c != 0)
+        mask = np.uint64(0) - is_word
+        word_h[nw] = h + j * tag  # kept only if this character ends a word
+        nw += np.int64((j != 0) & (is_word == 0))
+        h = (h + c * mult[j & low6]) & mask
+        j = (j + one) & mask
+    if j != 0:
+        word_h[nw] = h + j * tag
+        nw += 1
+    for k in range(nw):
+        word_h[k] = nb_fmix64(word_h[k])
+    m = nw - ngram + 1 if nw >= ngram else min(nw, 1)
+    for s in range(m):
+        acc = salt
+        for k in range(min(ngram, nw - s)):
+            acc += word_h[s + k] * pos[k]
+        out[cnt] = np.uint32(nb_fmix64(acc) >> np.uint64(32))
+        cnt += 1
+    return cnt
 
 
-if _numba is not None:
-    _njit = _numba.njit(cache=True, nogil=True, boundscheck=False)
+@jit()
+def _nb_shingles(buf, doc_start, table, lower, ascii_word, mult, ngram, pos, salt):  # noqa: ANN001, ANN202
+    """:func:`_nb_text_shingles` over a batch, as one flat array plus offsets."""
+    n = doc_start.size - 1
+    out = np.empty(buf.size + n, np.uint32)
+    offsets = np.zeros(n + 1, np.int64)
+    longest = 0
+    for d in range(n):
+        longest = max(longest, doc_start[d + 1] - doc_start[d])
+    word_h = np.empty(longest + 2, np.uint64)
+    cnt = 0
+    for d in range(n):
+        cnt = _nb_text_shingles(
+            buf, doc_start[d], doc_start[d + 1], table, lower, ascii_word, mult, ngram, pos,
+            salt, word_h, out, cnt,
+        )
+        offsets[d + 1] = cnt
+    return out[:cnt].copy(), offsets
 
-    @_njit
-    def _nb_fmix64(x):  # noqa: ANN001, ANN202 - numba-typed
-        x ^= x >> np.uint64(33)
-        x *= np.uint64(0xFF51AFD7ED558CCD)
-        x ^= x >> np.uint64(33)
-        x *= np.uint64(0xC4CEB9FE1A85EC53)
-        x ^= x >> np.uint64(33)
-        return x
 
-    @_njit
-    def _nb_shingles(buf, doc_start, table, lower, ascii_word, mult, ngram, pos, salt):  # noqa: ANN001, ANN202
-        """Decode UTF-8, lower-case, split words, hash words and n-grams: one pass.
+@jit()
+def _nb_min_into(hashes, lo, hi, a, b, row):  # noqa: ANN001, ANN202
+    """Fold shingles ``hashes[lo:hi]`` into the signature ``row``: per shingle, all
+    permutations as one vectorisable loop, minimum in place."""
+    num_perm = a.size
+    for s in range(lo, hi):
+        x = hashes[s]
+        for k in range(num_perm):
+            v = np.uint32(a[k] * x + b[k])
+            if v < row[k]:
+                row[k] = v
 
-        ``buf`` holds each text's UTF-8 bytes; texts that need ``str.lower``'s context rules
-        arrive already lower-cased (see :func:`_utf8_batch`), and lower-casing them again with
-        the per-code-point table is a no-op. ``ascii_word[b]`` is the lower-cased byte if it is
-        a word character, else 0. The per-character update is branch-free (masks instead of
-        ifs): word boundaries are data-dependent and would otherwise mispredict twice a word.
-        """
-        n = doc_start.size - 1
-        out = np.empty(buf.size + n, np.uint32)
-        offsets = np.zeros(n + 1, np.int64)
+
+@jit()
+def _nb_band_key_row(sig_row, mult, band_tag, out_row):  # noqa: ANN001, ANN202
+    """One text's band keys: per band, a random linear hash of its ``rows`` slots."""
+    bands, rows = mult.shape
+    for bnd in range(bands):
+        acc = np.uint64(bnd) * band_tag
+        for r in range(rows):
+            acc += np.uint64(sig_row[bnd * rows + r]) * mult[bnd, r]
+        out_row[bnd] = acc
+
+
+@jit()
+def _nb_minhash(hashes, offsets, a, b):  # noqa: ANN001, ANN202
+    n = offsets.size - 1
+    out = np.full((n, a.size), np.uint32(0xFFFFFFFF), np.uint32)
+    for d in range(n):
+        _nb_min_into(hashes, offsets[d], offsets[d + 1], a, b, out[d])
+    return out
+
+
+@jit()
+def _nb_band_keys(sig, mult, band_tag):  # noqa: ANN001, ANN202
+    n = sig.shape[0]
+    out = np.empty((n, mult.shape[0]), np.uint64)
+    for i in range(n):
+        _nb_band_key_row(sig[i], mult, band_tag, out[i])
+    return out
+
+
+@jit(parallel=True)
+def _nb_shard(buf, doc_start, table, lower, ascii_word, mult, ngram, pos, salt, a, b, band_mult, band_tag):  # noqa: ANN001, ANN202, E501
+    """Shingles, signature and band keys of every text of a batch, texts in parallel.
+
+    Texts are split into chunks of 64; each chunk (one thread at a time) has its own scratch
+    buffers, so no shingle array of the whole batch is ever materialised.
+    """
+    n = doc_start.size - 1
+    sigs = np.full((n, a.size), np.uint32(0xFFFFFFFF), np.uint32)
+    keys = np.empty((n, band_mult.shape[0]), np.uint64)
+    counts = np.empty(n, np.int64)
+    chunk = 64
+    for c in prange((n + chunk - 1) // chunk):
+        lo = c * chunk
+        hi = min(n, lo + chunk)
         longest = 0
-        for d in range(n):
+        for d in range(lo, hi):
             longest = max(longest, doc_start[d + 1] - doc_start[d])
         word_h = np.empty(longest + 2, np.uint64)
-        tag = np.uint64(_LEN_TAG)
-        one = np.uint64(1)
-        low6 = np.uint64(63)
-        cnt = 0
-        for d in range(n):
-            i = doc_start[d]
-            end = doc_start[d + 1]
-            nw = 0
-            h = np.uint64(0)
-            j = np.uint64(0)
-            while i < end:
-                b0 = buf[i]
-                if b0 < 0x80:
-                    c = np.uint64(ascii_word[b0])
-                    i += 1
-                else:
-                    c0 = np.int64(b0)
-                    if c0 < 0xE0:
-                        cp = ((c0 & 0x1F) << 6) | (np.int64(buf[i + 1]) & 0x3F)
-                        i += 2
-                    elif c0 < 0xF0:
-                        cp = ((c0 & 0x0F) << 12) | ((np.int64(buf[i + 1]) & 0x3F) << 6) | (
-                            np.int64(buf[i + 2]) & 0x3F
-                        )
-                        i += 3
-                    else:
-                        cp = (
-                            ((c0 & 0x07) << 18)
-                            | ((np.int64(buf[i + 1]) & 0x3F) << 12)
-                            | ((np.int64(buf[i + 2]) & 0x3F) << 6)
-                            | (np.int64(buf[i + 3]) & 0x3F)
-                        )
-                        i += 4
-                    if cp < lower.size:
-                        cp = np.int64(lower[cp])
-                    c = np.uint64(cp) if table[cp] else np.uint64(0)
-                is_word = np.uint64(c != 0)
-                mask = np.uint64(0) - is_word
-                word_h[nw] = h + j * tag  # kept only if this character ends a word
-                nw += np.int64((j != 0) & (is_word == 0))
-                h = (h + c * mult[j & low6]) & mask
-                j = (j + one) & mask
-            if j != 0:
-                word_h[nw] = h + j * tag
-                nw += 1
-            for k in range(nw):
-                word_h[k] = _nb_fmix64(word_h[k])
-            m = nw - ngram + 1 if nw >= ngram else min(nw, 1)
-            for s in range(m):
-                acc = salt
-                for k in range(min(ngram, nw - s)):
-                    acc += word_h[s + k] * pos[k]
-                out[cnt] = np.uint32(_nb_fmix64(acc) >> np.uint64(32))
-                cnt += 1
-            offsets[d + 1] = cnt
-        return out[:cnt].copy(), offsets
+        shingles = np.empty(longest + 1, np.uint32)
+        for d in range(lo, hi):
+            cnt = _nb_text_shingles(
+                buf, doc_start[d], doc_start[d + 1], table, lower, ascii_word, mult, ngram, pos,
+                salt, word_h, shingles, 0,
+            )
+            counts[d] = cnt
+            _nb_min_into(shingles, 0, cnt, a, b, sigs[d])
+            _nb_band_key_row(sigs[d], band_mult, band_tag, keys[d])
+    return sigs, keys, counts
 
-    @_njit
-    def _nb_minhash(hashes, offsets, a, b):  # noqa: ANN001, ANN202
-        """Per text, per shingle: all permutations as one vectorisable loop, min in place."""
-        n = offsets.size - 1
-        num_perm = a.size
-        out = np.full((n, num_perm), np.uint32(0xFFFFFFFF), np.uint32)
-        for d in range(n):
-            row = out[d]
-            for s in range(offsets[d], offsets[d + 1]):
-                x = hashes[s]
-                for k in range(num_perm):
-                    v = np.uint32(a[k] * x + b[k])
-                    if v < row[k]:
-                        row[k] = v
-        return out
 
-    @_njit
-    def _nb_band_keys(sig, mult, band_tag):  # noqa: ANN001, ANN202
-        n = sig.shape[0]
-        bands, rows = mult.shape
-        out = np.empty((n, bands), np.uint64)
-        for i in range(n):
-            for bnd in range(bands):
-                acc = np.uint64(bnd) * band_tag
-                for r in range(rows):
-                    acc += np.uint64(sig[i, bnd * rows + r]) * mult[bnd, r]
-                out[i, bnd] = acc
-        return out
+@jit(parallel=True)
+def _nb_pair_jaccard(sig, pairs):  # noqa: ANN001, ANN202
+    m = pairs.shape[0]
+    num_perm = sig.shape[1]
+    out = np.empty(m, np.float64)
+    for p in prange(m):
+        i = pairs[p, 0]
+        j = pairs[p, 1]
+        same = 0
+        for k in range(num_perm):
+            same += sig[i, k] == sig[j, k]
+        out[p] = same / num_perm
+    return out
 
-    @_njit
-    def _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket):  # noqa: ANN001, ANN202
-        """Per band, group rows by key in an open-addressing hash table (O(n), no sort), then
-        emit each bucket's pairs: all of them up to ``max_bucket`` members, else a star."""
-        n = rows_idx.size
-        cap = 16
-        while cap < 2 * n:
-            cap *= 2
-        mask = cap - 1
-        slot_key = np.empty(cap, np.uint64)
-        head = np.empty(cap, np.int64)
-        tail = np.empty(cap, np.int64)
-        size = np.empty(cap, np.int64)
-        nxt = np.empty(n, np.int64)
-        used = np.empty(n, np.int64)
-        out = np.empty((max(n, 16), 2), np.int64)
-        m = 0
-        for band in range(keys.shape[1]):
-            head[:] = -1
-            n_used = 0
-            for t in range(n):
-                k = keys[rows_idx[t], band]
-                slot = np.int64((k ^ (k >> np.uint64(31))) & np.uint64(mask))
-                while head[slot] != -1 and slot_key[slot] != k:
-                    slot = (slot + 1) & mask
-                nxt[t] = -1
-                if head[slot] == -1:
-                    slot_key[slot] = k
-                    head[slot] = t
-                    tail[slot] = t
-                    size[slot] = 1
-                    used[n_used] = slot
-                    n_used += 1
-                else:
-                    nxt[tail[slot]] = t
-                    tail[slot] = t
-                    size[slot] += 1
-            need = 0
-            for u in range(n_used):
-                sz = size[used[u]]
-                if sz > 1:
-                    need += sz * (sz - 1) // 2 if all_pairs and sz <= max_bucket else sz - 1
-            if m + need > out.shape[0]:
-                grown = np.empty((max(2 * out.shape[0], m + need), 2), np.int64)
-                grown[:m] = out[:m]
-                out = grown
-            for u in range(n_used):
-                slot = used[u]
-                if size[slot] < 2:
-                    continue
-                a = head[slot]
-                while a != -1:
-                    b = nxt[a]
-                    while b != -1:
-                        out[m, 0] = rows_idx[a]
-                        out[m, 1] = rows_idx[b]
+
+@jit()
+def _nb_insert_code(table, code):  # noqa: ANN001, ANN202
+    """Insert ``code`` into an open-addressing set (slots hold code + 1; 0 is empty); True if new."""
+    mask = np.uint64(table.size - 1)
+    stored = np.uint64(code) + np.uint64(1)
+    slot = nb_fmix64(stored) & mask
+    while True:
+        held = table[slot]
+        if held == 0:
+            table[slot] = stored
+            return True
+        if held == stored:
+            return False
+        slot = (slot + np.uint64(1)) & mask
+
+
+@jit()
+def _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket, n_total):  # noqa: ANN001, ANN202
+    """Per band, group rows by key in an open-addressing hash table (O(n), no sort), then emit
+    each bucket's pairs: all of them up to ``max_bucket`` members, else a star.
+
+    Bands repeat the same pairs many times over (near copies collide in most bands), so every
+    pair, coded as ``i * n_total + j`` (``i < j``), goes through a hash set and only its first
+    sighting is kept: the set grows with the distinct pairs, not with the emitted ones.
+    """
+    n = rows_idx.size
+    cap = 16
+    while cap < 2 * n:
+        cap *= 2
+    mask = cap - 1
+    slot_key = np.empty(cap, np.uint64)
+    head = np.empty(cap, np.int64)
+    tail = np.empty(cap, np.int64)
+    size = np.empty(cap, np.int64)
+    nxt = np.empty(n, np.int64)
+    used = np.empty(n, np.int64)
+    seen_cap = 16
+    while seen_cap < 4 * n:
+        seen_cap *= 2
+    seen = np.zeros(seen_cap, np.uint64)
+    out = np.empty(max(n, 16), np.int64)
+    m = 0
+    for band in range(keys.shape[1]):
+        head[:] = -1
+        n_used = 0
+        for t in range(n):
+            k = keys[rows_idx[t], band]
+            slot = np.int64((k ^ (k >> np.uint64(31))) & np.uint64(mask))
+            while head[slot] != -1 and slot_key[slot] != k:
+                slot = (slot + 1) & mask
+            nxt[t] = -1
+            if head[slot] == -1:
+                slot_key[slot] = k
+                head[slot] = t
+                tail[slot] = t
+                size[slot] = 1
+                used[n_used] = slot
+                n_used += 1
+            else:
+                nxt[tail[slot]] = t
+                tail[slot] = t
+                size[slot] += 1
+        for u in range(n_used):
+            slot = used[u]
+            if size[slot] < 2:
+                continue
+            a = head[slot]
+            while a != -1:
+                b = nxt[a]
+                while b != -1:
+                    code = rows_idx[a] * n_total + rows_idx[b]
+                    if _nb_insert_code(seen, code):
+                        if m == out.size:
+                            grown = np.empty(2 * out.size, np.int64)
+                            grown[:m] = out[:m]
+                            out = grown
+                        out[m] = code
                         m += 1
-                        b = nxt[b]
-                    if not (all_pairs and size[slot] <= max_bucket):
-                        break  # a star: only the first member pairs with the others
-                    a = nxt[a]
-        return out[:m]
+                        if 2 * m > seen.size:  # keep the set at most half full
+                            bigger = np.zeros(2 * seen.size, np.uint64)
+                            for q in range(m):
+                                _nb_insert_code(bigger, out[q])
+                            seen = bigger
+                    b = nxt[b]
+                if not (all_pairs and size[slot] <= max_bucket):
+                    break  # a star: only the first member pairs with the others
+                a = nxt[a]
+    return out[:m]
 
 
 def _utf8_batch(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -409,7 +452,7 @@ def _word_hashes_numpy(cp: np.ndarray, doc_start: np.ndarray) -> tuple[np.ndarra
     if total == 0:
         return np.empty(0, _U64), np.zeros(n, np.int64)
     nonempty = np.diff(doc_start) > 0
-    is_word = _word_char_table()[cp]
+    is_word = word_char_table()[cp]
     prev = np.empty(total, bool)
     prev[0] = False
     prev[1:] = is_word[:-1]
@@ -432,7 +475,7 @@ def _word_hashes_numpy(cp: np.ndarray, doc_start: np.ndarray) -> tuple[np.ndarra
         vals = cp[chars].astype(_U64) * _CHAR_MULT[j & 63]
         h = np.add.reduceat(vals, first)
         h += (ends - starts).astype(_U64) * _U64(_LEN_TAG)
-        _fmix64(h)
+        fmix64(h)
     counts = np.diff(np.searchsorted(starts, doc_start))
     return h, counts
 
@@ -466,7 +509,7 @@ def _ngram_hashes_numpy(
                 term[idx >= end] = 0
             term *= pos[k]
             acc += term
-        _fmix64(acc)
+        fmix64(acc)
     return (acc >> _U64(32)).astype(np.uint32), offsets
 
 
@@ -489,15 +532,15 @@ def shingle_hashes(
     """
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
-    if not _use_numba():
+    if not numba_enabled():
         return _shingle_hashes_numpy(texts, ngram, seed)
     buf, doc_start = _utf8_batch(texts)
     pos, salt = _shingle_constants(seed, ngram)
     return _nb_shingles(
         buf,
         doc_start,
-        _word_char_table(),
-        _lower_table(),
+        word_char_table(),
+        lower_table(),
         _ascii_word_table(),
         _CHAR_MULT,
         ngram,
@@ -525,13 +568,13 @@ def shingle_hashes_reference(
             for j, ch in enumerate(w):
                 h = (h + ord(ch) * mult[j % 64]) & _MASK64
             h = (h + len(w) * _LEN_TAG) & _MASK64
-            hs.append(int(_fmix64(np.array([h], _U64))[0]))
+            hs.append(int(fmix64(np.array([h], _U64))[0]))
         starts = range(len(hs) - ngram + 1) if len(hs) >= ngram else range(min(len(hs), 1))
         for s in starts:
             acc = int(salt)
             for k, h in enumerate(hs[s : s + ngram]):
                 acc = (acc + h * int(pos[k])) & _MASK64
-            out.append(int(_fmix64(np.array([acc], _U64))[0]) >> 32)
+            out.append(int(fmix64(np.array([acc], _U64))[0]) >> 32)
         offsets.append(len(out))
     return np.array(out, np.uint32), np.array(offsets, np.int64)
 
@@ -551,7 +594,7 @@ def signatures_from_hashes(
     """
     hashes = np.asarray(hashes, np.uint32)
     offsets = np.asarray(offsets, np.int64)
-    if _use_numba():
+    if numba_enabled():
         a, b = _perm_constants(seed, num_perm)
         return _nb_minhash(hashes, offsets, a, b)
     return _signatures_numpy(hashes, offsets, num_perm, seed)
@@ -614,6 +657,8 @@ def minhash_signatures(
 def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Fraction of equal signature slots for each pair: the MinHash estimate of Jaccard."""
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if numba_enabled():
+        return _nb_pair_jaccard(np.asarray(signatures, np.uint32), pairs)
     est = np.empty(len(pairs), np.float64)
     for s in range(0, len(pairs), chunk):
         p = pairs[s : s + chunk]
@@ -674,7 +719,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int, seed: int = 42) -> 
     if bands * rows > num_perm:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
     mult = _band_constants(seed, bands, rows)
-    if _use_numba():
+    if numba_enabled():
         return _nb_band_keys(np.asarray(signatures, np.uint32), mult, _U64(_BAND_TAG))
     sig = np.asarray(signatures[:, : bands * rows]).reshape(n, bands, rows).astype(_U64)
     with np.errstate(over="ignore"):
@@ -705,9 +750,10 @@ def candidate_pairs_from_keys(
     rows_idx = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
     if len(rows_idx) < 2:
         return np.empty((0, 2), np.int64)
-    if _use_numba():
-        pairs = _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket)
-        return _unique_pairs(pairs, n)
+    if numba_enabled():
+        codes = _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket, n)
+        codes.sort()
+        return np.stack([codes // n, codes % n], axis=1)
     found: list[np.ndarray] = []
     for j in range(keys.shape[1]):
         k = np.asarray(keys[rows_idx, j])
@@ -746,8 +792,13 @@ def _unique_pairs(pairs: np.ndarray, n: int) -> np.ndarray:
     """Sorted, de-duplicated ``(i, j)`` pairs with ``i < j`` (bands repeat the same pairs)."""
     if len(pairs) == 0:
         return np.empty((0, 2), np.int64)
-    pairs = np.sort(pairs.astype(np.int64), axis=1)
-    code = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    pairs = pairs.astype(np.int64)
+    code = np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1])
+    code.sort()  # then drop repeats; np.unique is far slower on millions of int64
+    first = np.empty(len(code), bool)
+    first[0] = True
+    np.not_equal(code[1:], code[:-1], out=first[1:])
+    code = code[first]
     return np.stack([code // n, code % n], axis=1)
 
 
@@ -800,6 +851,85 @@ def connected_components(n: int, pairs: np.ndarray) -> np.ndarray:
         u, v, ru, rv = u[open_], v[open_], ru[open_], rv[open_]
         np.minimum.at(parent, np.maximum(ru, rv), np.minimum(ru, rv))
     return parent
+
+
+# ----------------------------------------------------------------------------------------------
+# map over shards, reduce once
+# ----------------------------------------------------------------------------------------------
+
+
+class MinHashShard(NamedTuple):
+    """What the global reduce needs to know about one shard's texts, row for row."""
+
+    signatures: np.ndarray  #: ``(n, num_perm) uint32``
+    band_keys: np.ndarray  #: ``(n, bands) uint64``
+    has_words: np.ndarray  #: ``(n,) bool``: texts without words are never clustered
+
+
+class MinHashClusters(NamedTuple):
+    """The result of the global reduce."""
+
+    labels: np.ndarray  #: ``labels[i]``: the smallest row of i's cluster (the row kept)
+    candidate_pairs: int  #: distinct pairs sharing an LSH bucket
+    merged_pairs: int  #: candidate pairs that passed verification (all of them without it)
+
+
+def minhash_shard(
+    texts: Sequence[str],
+    *,
+    bands: int,
+    rows: int,
+    num_perm: int = 128,
+    ngram: int = 5,
+    seed: int = 42,
+) -> MinHashShard:
+    """The per-shard half of MinHash dedup: signatures, band keys and the has-words flag.
+
+    A pure function of the texts and parameters, so shards computed on different workers and
+    concatenated in row order give exactly the arrays one process computes for the whole corpus.
+    Compiled, it is one parallel pass per batch (UTF-8 bytes -> words -> shingles -> signature
+    -> band keys per text, texts across all numba threads); its results equal
+    :func:`minhash_signatures` + :func:`band_keys` bit for bit.
+    """
+    if ngram < 1 or num_perm < 1:
+        raise ValueError("ngram and num_perm must be positive")
+    if bands * rows > num_perm:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
+    if not numba_enabled():
+        hashes, offsets = shingle_hashes(texts, ngram=ngram, seed=seed)
+        sig = signatures_from_hashes(hashes, offsets, num_perm, seed)
+        return MinHashShard(sig, band_keys(sig, bands, rows, seed=seed), np.diff(offsets) > 0)
+    buf, doc_start = _utf8_batch(texts)
+    pos, salt = _shingle_constants(seed, ngram)
+    a, b = _perm_constants(seed, num_perm)
+    sigs, keys, counts = _nb_shard(
+        buf, doc_start, word_char_table(), lower_table(), _ascii_word_table(), _CHAR_MULT, ngram,
+        pos, salt, a, b, _band_constants(seed, bands, rows), _U64(_BAND_TAG),
+    )
+    return MinHashShard(sigs, keys, counts > 0)
+
+
+def minhash_clusters(
+    signatures: np.ndarray,
+    band_keys: np.ndarray,
+    has_words: np.ndarray,
+    *,
+    threshold: float,
+    verify: bool = True,
+) -> MinHashClusters:
+    """The global reduce of MinHash dedup: band keys -> candidate pairs -> (verified) pairs ->
+    connected components.
+
+    Takes every shard's :class:`MinHashShard` arrays concatenated in row order (the signatures
+    are only read for the verified pairs, so a memory-mapped file is fine). What it holds
+    besides them is a few bytes per row and per distinct candidate pair.
+    """
+    n = len(has_words)
+    pairs = candidate_pairs_from_keys(band_keys, has_words, all_pairs=verify)
+    n_candidates = len(pairs)
+    if verify and len(pairs):
+        pairs = pairs[estimated_jaccard(signatures, pairs) >= threshold]
+    return MinHashClusters(connected_components(n, pairs), n_candidates, len(pairs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -903,18 +1033,19 @@ class MinHashDedup(Step):
             has_words = np.zeros(n, bool)
             start = 0
             for batch in ctx.iter_texts(ds, desc="minhash signatures"):
-                hashes, offsets = shingle_hashes(batch, ngram=self.ngram, seed=self.seed)
-                sig = signatures_from_hashes(hashes, offsets, self.num_perm, self.seed)
+                shard = minhash_shard(
+                    batch, bands=bands, rows=rows, num_perm=self.num_perm, ngram=self.ngram,
+                    seed=self.seed,
+                )
                 end = start + len(batch)
-                sigs[start:end] = sig
-                keys[start:end] = band_keys(sig, bands, rows, seed=self.seed)
-                has_words[start:end] = np.diff(offsets) > 0
+                sigs[start:end] = shard.signatures
+                keys[start:end] = shard.band_keys
+                has_words[start:end] = shard.has_words
                 start = end
-            pairs = candidate_pairs_from_keys(keys, has_words, all_pairs=self.verify)
-            n_candidates = len(pairs)
-            if self.verify and len(pairs):
-                pairs = pairs[estimated_jaccard(sigs, pairs) >= self.threshold]
-            labels = connected_components(n, pairs)
+            clusters = minhash_clusters(
+                sigs, keys, has_words, threshold=self.threshold, verify=self.verify
+            )
+            labels = clusters.labels
         finally:
             del sigs, keys
             for path in paths:
@@ -932,8 +1063,8 @@ class MinHashDedup(Step):
         stats = {
             "bands": bands,
             "rows": rows,
-            "candidate_pairs": int(n_candidates),
-            "merged_pairs": int(len(pairs)),
+            "candidate_pairs": clusters.candidate_pairs,
+            "merged_pairs": clusters.merged_pairs,
             "duplicate_clusters": n_clusters,
             "removed": int(len(removed)),
             "lsh_threshold": round(float((1.0 / bands) ** (1.0 / rows)), 4),

@@ -1,0 +1,206 @@
+"""What the hashing selectors share: the one 64-bit mixer, the compiler switch, the byte layout of
+a batch of texts, and the per-code-point Unicode tables the compiled kernels look characters up in.
+
+Why one module: exact dedup, MinHash, DSIR and the quality features all hash words and texts.
+Two copies of a mixer drift apart; two definitions of "a word character" make two selectors
+disagree on what a word is. Here each exists once.
+
+Why compiled kernels work on UTF-8 bytes: a batch of texts becomes one ``uint8`` array and an
+offsets array (:func:`utf8_layout`), so a kernel walks documents in parallel (``prange``) without
+a Python object per word or per character. What Python's ``str`` methods define (``\\w``,
+``str.isspace``, ``str.lower``, ``str.casefold``) becomes a lookup table indexed by code point,
+built from those same methods, so the kernels agree with the Python definitions by construction
+(and the tests compare them over every code point).
+
+numba is optional: :func:`numba_enabled` is False without it or with ``DATADIET_NUMBA=0``, and
+every caller has a NumPy/Python path that gives the same result. Kernels are compiled once and
+cached on disk (``cache=True``: the first batch of a run does not pay for compilation); parallel
+kernels use all the process's numba threads (``NUMBA_NUM_THREADS``; set it to 1 in a worker that
+already runs one process per core).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+try:  # pragma: no cover - exercised whichever way the environment is
+    import numba
+
+    prange = numba.prange
+except ImportError:  # pragma: no cover
+    numba = None
+    prange = range
+
+__all__ = [
+    "CASEFOLD_NEEDS_PYTHON",
+    "fmix64",
+    "jit",
+    "numba_enabled",
+    "prange",
+    "utf8_layout",
+    "word_char_table",
+    "space_table",
+    "casefold_table",
+    "lower_table",
+]
+
+U64 = np.uint64
+FMIX_MULT_1 = 0xFF51AFD7ED558CCD
+FMIX_MULT_2 = 0xC4CEB9FE1A85EC53
+#: Code points at or above this are their own lower case and case fold (no cased character
+#: lies above U+1E943), so the case tables stop here.
+CASE_TABLE_SIZE = 0x20000
+#: ``casefold_table()[cp]`` for a code point whose case fold is several code points or a longer
+#: UTF-8 sequence: a kernel cannot fold it in place, so the text goes through ``str.casefold``.
+CASEFOLD_NEEDS_PYTHON = np.uint32(0xFFFFFFFF)
+
+
+def numba_enabled() -> bool:
+    """True when the compiled kernels run: numba is installed and ``DATADIET_NUMBA`` is not 0."""
+    return numba is not None and os.environ.get("DATADIET_NUMBA", "1") != "0"
+
+
+def jit(parallel: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """numba's ``njit`` with the package's settings (disk cache, no GIL, no bounds checks).
+
+    Without numba the function is returned as is; callers only call it when
+    :func:`numba_enabled` says so.
+    """
+    if numba is None:  # pragma: no cover
+        return lambda fn: fn
+    return numba.njit(cache=True, nogil=True, boundscheck=False, parallel=parallel)
+
+
+def fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, in place: every input bit flips about half the output.
+
+    The one mixer of the package: word, n-gram and token hashes all end with it.
+    """
+    x ^= x >> U64(33)
+    x *= U64(FMIX_MULT_1)
+    x ^= x >> U64(33)
+    x *= U64(FMIX_MULT_2)
+    x ^= x >> U64(33)
+    return x
+
+
+@jit()
+def nb_fmix64(x):  # noqa: ANN001, ANN202 - numba-typed
+    """:func:`fmix64` of one ``uint64``, for compiled kernels."""
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(FMIX_MULT_1)
+    x ^= x >> np.uint64(33)
+    x *= np.uint64(FMIX_MULT_2)
+    x ^= x >> np.uint64(33)
+    return x
+
+
+@jit()
+def nb_decode(buf, i):  # noqa: ANN001, ANN202 - numba-typed
+    """The code point that starts at ``buf[i]`` (well-formed UTF-8) and the index after it."""
+    c0 = np.int64(buf[i])
+    if c0 < 0x80:
+        return c0, i + 1
+    if c0 < 0xE0:
+        return ((c0 & 0x1F) << 6) | (np.int64(buf[i + 1]) & 0x3F), i + 2
+    if c0 < 0xF0:
+        cp = ((c0 & 0x0F) << 12) | ((np.int64(buf[i + 1]) & 0x3F) << 6)
+        return cp | (np.int64(buf[i + 2]) & 0x3F), i + 3
+    cp = ((c0 & 0x07) << 18) | ((np.int64(buf[i + 1]) & 0x3F) << 12)
+    cp |= (np.int64(buf[i + 2]) & 0x3F) << 6
+    return cp | (np.int64(buf[i + 3]) & 0x3F), i + 4
+
+
+@jit()
+def nb_encode(out, o, cp):  # noqa: ANN001, ANN202 - numba-typed
+    """Write code point ``cp`` as UTF-8 at ``out[o]``; returns the index after it."""
+    if cp < 0x80:
+        out[o] = cp
+        return o + 1
+    if cp < 0x800:
+        out[o] = 0xC0 | (cp >> 6)
+        out[o + 1] = 0x80 | (cp & 0x3F)
+        return o + 2
+    if cp < 0x10000:
+        out[o] = 0xE0 | (cp >> 12)
+        out[o + 1] = 0x80 | ((cp >> 6) & 0x3F)
+        out[o + 2] = 0x80 | (cp & 0x3F)
+        return o + 3
+    out[o] = 0xF0 | (cp >> 18)
+    out[o + 1] = 0x80 | ((cp >> 12) & 0x3F)
+    out[o + 2] = 0x80 | ((cp >> 6) & 0x3F)
+    out[o + 3] = 0x80 | (cp & 0x3F)
+    return o + 4
+
+
+def utf8_layout(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch as one UTF-8 byte array and ``len(texts) + 1`` offsets: text ``i`` is
+    ``buf[offsets[i]:offsets[i + 1]]``.
+
+    Lone surrogates are kept (``surrogatepass``) so that no text is ever refused; they are
+    neither word nor space characters, so every kernel treats them as punctuation.
+    """
+    parts = [t.encode("utf-8", "surrogatepass") for t in texts]
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)), out=offsets[1:])
+    return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+
+
+@functools.cache
+def word_char_table() -> np.ndarray:
+    """``table[cp]`` is True where ``chr(cp)`` matches Python's ``re`` ``\\w``.
+
+    ``re``'s Unicode ``\\w`` is ``str.isalnum() or '_'`` per code point; a 1.1 MB table turns the
+    test into one lookup. Built once per process (~0.1 s).
+    """
+    table = np.fromiter((chr(c).isalnum() for c in range(0x110000)), dtype=bool, count=0x110000)
+    table[ord("_")] = True
+    return table
+
+
+@functools.cache
+def space_table() -> np.ndarray:
+    """``table[cp]`` is True where ``chr(cp).isspace()``: what ``str.split()``/``strip()`` and
+    ``re``'s ``\\s`` treat as white space. Every such code point lies below U+3001."""
+    size = 0x3001
+    table = np.zeros(0x110000, bool)
+    table[:size] = np.fromiter((chr(c).isspace() for c in range(size)), dtype=bool, count=size)
+    return table
+
+
+@functools.cache
+def lower_table() -> np.ndarray:
+    """``table[cp]`` = ``ord(chr(cp).lower())`` for code points below ``CASE_TABLE_SIZE``.
+
+    Identity where ``lower`` yields two code points (only U+0130) or depends on context (final
+    sigma): texts with those go through ``str.lower`` before a kernel sees them.
+    """
+    lowered = (chr(c).lower() for c in range(CASE_TABLE_SIZE))
+    table = np.fromiter((ord(x) if len(x) == 1 else -1 for x in lowered), np.int64, CASE_TABLE_SIZE)
+    ident = np.arange(CASE_TABLE_SIZE)
+    return np.where(table < 0, ident, table).astype(np.uint32)
+
+
+@functools.cache
+def casefold_table() -> np.ndarray:
+    """``table[cp]`` = ``ord(chr(cp).casefold())`` below ``CASE_TABLE_SIZE``, or
+    ``CASEFOLD_NEEDS_PYTHON`` where the fold is several code points (``ß`` -> ``ss``) or needs
+    more UTF-8 bytes than the original (``Ⱥ`` -> ``ⱥ``), which an in-place kernel cannot write.
+
+    ``str.casefold`` has no context rules, so folding code point by code point is exact.
+    """
+    table = np.empty(CASE_TABLE_SIZE, np.uint32)
+    for c in range(CASE_TABLE_SIZE):
+        folded = chr(c).casefold()
+        if len(folded) != 1 or len(folded.encode("utf-8", "surrogatepass")) > len(
+            chr(c).encode("utf-8", "surrogatepass")
+        ):
+            table[c] = CASEFOLD_NEEDS_PYTHON
+        else:
+            table[c] = ord(folded)
+    return table

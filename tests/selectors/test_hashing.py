@@ -1,0 +1,88 @@
+"""The shared Unicode tables and UTF-8 helpers the compiled kernels rely on.
+
+What must hold: every table equals the Python definition it stands for, over every code point
+(``\\w`` of ``re``, ``str.isspace``, ``str.lower``, ``str.casefold``), because a kernel that
+disagreed with ``words()`` or ``normalize()`` on one character would make two selectors (or a
+compiled and a NumPy run) disagree on a document; and the compiled UTF-8 decoder/encoder round
+trips every code point, surrogates included.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from datadiet.selectors.hashing import (
+    CASE_TABLE_SIZE,
+    CASEFOLD_NEEDS_PYTHON,
+    casefold_table,
+    fmix64,
+    lower_table,
+    nb_decode,
+    nb_encode,
+    numba_enabled,
+    space_table,
+    utf8_layout,
+    word_char_table,
+)
+
+ALL = range(0x110000)
+
+
+def test_word_and_space_tables_match_re_over_every_code_point() -> None:
+    word, space = re.compile(r"\w"), re.compile(r"\s")
+    expected_word = np.fromiter((word.match(chr(c)) is not None for c in ALL), bool, 0x110000)
+    expected_space = np.fromiter((space.match(chr(c)) is not None for c in ALL), bool, 0x110000)
+    assert np.array_equal(word_char_table(), expected_word)
+    assert np.array_equal(space_table(), expected_space)
+    assert np.array_equal(space_table(), np.fromiter((chr(c).isspace() for c in ALL), bool))
+
+
+def test_case_tables_match_str_methods_and_nothing_is_cased_above_them() -> None:
+    lower, fold = lower_table(), casefold_table()
+    for c in range(CASE_TABLE_SIZE):
+        ch = chr(c)
+        if len(ch.lower()) == 1:
+            assert lower[c] == ord(ch.lower())
+        if fold[c] != CASEFOLD_NEEDS_PYTHON:
+            assert chr(fold[c]) == ch.casefold()
+            assert len(ch.casefold().encode("utf-8", "surrogatepass")) <= len(
+                ch.encode("utf-8", "surrogatepass")
+            )
+        else:
+            assert len(ch.casefold()) > 1 or len(ch.casefold().encode()) > len(ch.encode())
+    for c in range(CASE_TABLE_SIZE, 0x110000):
+        assert chr(c).lower() == chr(c) and chr(c).casefold() == chr(c)
+    assert fold[ord("ß")] == CASEFOLD_NEEDS_PYTHON and fold[ord("Σ")] == ord("σ")
+
+
+def test_fmix64_is_murmur3s_finaliser() -> None:
+    # Known values of MurmurHash3's fmix64 (computed with Python integers).
+    def reference(x: int) -> int:
+        m = (1 << 64) - 1
+        x ^= x >> 33
+        x = (x * 0xFF51AFD7ED558CCD) & m
+        x ^= x >> 33
+        x = (x * 0xC4CEB9FE1A85EC53) & m
+        return x ^ (x >> 33)
+
+    xs = [0, 1, 2**63, 0xDEADBEEF, (1 << 64) - 1]
+    assert fmix64(np.array(xs, np.uint64)).tolist() == [reference(x) for x in xs]
+
+
+@pytest.mark.skipif(not numba_enabled(), reason="compiled kernels need numba")
+def test_compiled_utf8_round_trips_every_code_point() -> None:
+    text = "".join(chr(c) for c in range(0, 0x110000, 7))
+    buf, offsets = utf8_layout([text])
+    assert offsets.tolist() == [0, len(buf)]
+    out = np.empty(len(buf), np.uint8)
+    i = o = 0
+    decoded = []
+    while i < len(buf):
+        cp, i = nb_decode(buf, i)
+        decoded.append(cp)
+        o = nb_encode(out, o, cp)
+    assert decoded == [ord(ch) for ch in text]
+    assert out[:o].tobytes() == buf.tobytes()
