@@ -15,6 +15,7 @@ import pytest
 from datasets import Dataset
 
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
+from datadiet.selectors.common import resolve_keep
 from datadiet.selectors.perplexity import (
     EMPTY,
     TOO_HIGH,
@@ -149,7 +150,8 @@ def test_parameter_validation_and_round_trip() -> None:
     for bad in (
         {},
         {"keep": 0.5, "band": [0.1, 0.9]},
-        {"keep": 0.0},
+        {"keep": -1},
+        {"keep": True},
         {"keep": 1.5},
         {"band": [0.8, 0.2]},
         {"band": [0.1]},
@@ -162,3 +164,14 @@ def test_parameter_validation_and_round_trip() -> None:
     params = step.params()
     assert params["band"] == [0.1, 0.9] and params["model"] is None
     assert type(step)(**params).params() == params
+
+
+def test_keep_follows_the_one_budget_rule() -> None:
+    """An int is a count, a float a fraction rounded half up: the same rows as every step."""
+    ppl = np.array([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert np.flatnonzero(perplexity_decision(ppl, keep=2) == "").tolist() == [1, 3]
+    half = perplexity_decision(ppl, keep=0.5)
+    assert np.count_nonzero(half == "") == resolve_keep(0.5, 5) == 3
+    assert np.count_nonzero(perplexity_decision(ppl, keep=0) == "") == 0
+    step = PerplexityFilter(keep=2)
+    assert step.params()["keep"] == 2 and type(step)(**step.params()).keep == 2

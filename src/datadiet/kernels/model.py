@@ -253,18 +253,34 @@ class KVCache:
             self.key_mask = mask
         self.capacity = new_cap
 
-    def reserve(self, n_new: int, new_mask: Tensor | None) -> None:
-        """Make room for ``n_new`` positions and record which of them are padding."""
+    def reserve(self, n_new: int, mask: Tensor | None) -> None:
+        """Make room for ``n_new`` positions and record which positions hold real tokens.
+
+        ``mask`` covers either the new tokens (``[B, n_new]``) or every cached and new position
+        (``[B, length + n_new]``, transformers' convention): the wide form rewrites the record
+        of the cached slots too, which is how a caller masks out tokens it has since dropped
+        (iterative prompt compression) while their keys stay in the cache.
+        """
         end = self.length + n_new
         if end > self.capacity:
             self._grow(end)
-        if new_mask is not None and self.key_mask is None and not bool(new_mask.all()):
-            self.key_mask = torch.ones(
-                (self.batch_size, self.capacity), dtype=torch.bool, device=new_mask.device
+        if mask is None:
+            if self.key_mask is not None:
+                self.key_mask[:, self.length : end] = True
+            return
+        width = int(mask.shape[1])
+        if width not in (n_new, end):
+            raise ValueError(
+                f"attention_mask has {width} columns; expected {n_new} (new tokens) or "
+                f"{end} (cached + new)"
             )
-        if self.key_mask is not None:
-            fill = new_mask.bool() if new_mask is not None else True
-            self.key_mask[:, self.length : end] = fill
+        if self.key_mask is None:
+            if bool(mask.all()):
+                return
+            self.key_mask = torch.ones(
+                (self.batch_size, self.capacity), dtype=torch.bool, device=mask.device
+            )
+        self.key_mask[:, end - width : end] = mask.bool()
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write this step's keys/values of ``layer``; return views over all cached positions."""
@@ -286,6 +302,11 @@ class KVCache:
             self.key_mask = self.key_mask.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
         self.batch_size = int(index.numel())
+
+    def batch_select_indices(self, index: Tensor) -> None:
+        """:meth:`reorder` under the name transformers' caches use, so code that shrinks a
+        batch's cache works the same on either scoring backend."""
+        self.reorder(index.to(self.next_pos.device))
 
 
 # -- model -------------------------------------------------------------------------------------
@@ -578,6 +599,77 @@ class Llama(nn.Module):
         mask = mask | (k_pos == q_pos)[None]
         return mask[:, None], False
 
+    def _key_mask(
+        self, attention_mask: Tensor | None, kv_cache: KVCache | None, t: int
+    ) -> Tensor | None:
+        """Which key positions hold real tokens (``None``: all of them), recorded in the cache.
+
+        Runs before the blocks, so the cache has room for this step's keys and values.
+        """
+        if kv_cache is not None:
+            kv_cache.reserve(t, attention_mask)
+            return kv_cache.key_mask
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        if attention_mask.shape[1] != t:
+            raise ValueError(f"attention_mask has {attention_mask.shape[1]} columns for {t} tokens")
+        return attention_mask.bool()
+
+    def _positions(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None,
+        kv_cache: KVCache | None,
+        key_mask: Tensor | None,
+    ) -> Tensor | None:
+        """Per-row RoPE positions, or ``None`` when every row sits at the same positions.
+
+        With padding anywhere, each row continues its own count of real tokens, so a
+        left-padded row starts at position 0 (and a cache remembers where each row stands).
+        """
+        if key_mask is None:
+            return None
+        t = input_ids.shape[1]
+        base = kv_cache.next_pos[:, None] if kv_cache is not None else 0
+        if attention_mask is not None:
+            offsets = (attention_mask[:, -t:].long().cumsum(-1) - 1).clamp_min(0)
+        else:
+            offsets = torch.arange(t, device=input_ids.device)[None]
+        return base + offsets
+
+    def _rope_for(self, position_ids: Tensor | None, past: int, b: int, t: int
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        """cos/sin tables and the ``[B, T]`` positions they stand for.
+
+        Shared positions use one ``[T, D]`` table that broadcasts over the batch.
+        """
+        if position_ids is None:
+            cos, sin = self._rope(None, past, t)
+            positions = torch.arange(past, past + t, device=self.device).expand(b, t)
+            return cos, sin, positions
+        cos, sin = self._rope(position_ids, 0, 0)
+        return cos, sin, position_ids
+
+    def _loss(self, h: Tensor, targets: Tensor, ignore_index: int) -> Tensor:
+        """Mean next-token loss from the fused linear cross-entropy (no ``[N, V]`` logits)."""
+        chunk = self.ce_chunk_size
+        if chunk is None and h.device.type == "cpu":
+            chunk = CPU_CE_CHUNK
+        return ops.fused_linear_cross_entropy(
+            h.reshape(-1, h.shape[-1]), self.lm_head.weight, targets.reshape(-1),
+            ignore_index=ignore_index, chunk_size=chunk,
+        )
+
+    @staticmethod
+    def _keep_positions(h: Tensor, logits_to_keep: int | Tensor) -> Tensor:
+        """The hidden states whose logits were asked for: the last ``k`` positions for an int
+        (``0`` = all), or the sequence positions listed in a 1-D index tensor."""
+        if isinstance(logits_to_keep, Tensor):
+            return h.index_select(1, logits_to_keep.to(h.device))
+        if logits_to_keep:
+            return h[:, -logits_to_keep:]
+        return h
+
     # -- forward -------------------------------------------------------------------------
 
     def forward(
@@ -588,7 +680,7 @@ class Llama(nn.Module):
         kv_cache: KVCache | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
-        logits_to_keep: int = 0,
+        logits_to_keep: int | Tensor = 0,
         ignore_index: int = -100,
         return_hidden: bool = False,
     ) -> LlamaOutput:
@@ -599,39 +691,24 @@ class Llama(nn.Module):
             targets: ``[B, T]`` next-token ids (``ignore_index`` to skip); when given, the loss
                 comes from the fused linear cross-entropy and ``logits`` is ``None``.
             kv_cache: cache to read the prefix from and append this step's keys/values to.
-            attention_mask: ``[B, T]``, 1 for real tokens and 0 for (left) padding of *these*
-                input tokens; the cache remembers earlier ones.
+            attention_mask: 1 for real tokens, 0 for padding: ``[B, T]`` over *these* input
+                tokens (the cache remembers earlier ones), or ``[B, past + T]`` over every cached
+                and new position, which also rewrites the cache's record of the cached ones.
             position_ids: ``[B, T]`` RoPE positions; by default they continue each row's
                 count of real tokens, so left-padded rows start at position 0.
-            logits_to_keep: compute logits for the last ``k`` positions only (``0`` = all);
-                generation needs one, and a 49k vocabulary makes the rest expensive.
-            return_hidden: also return the final normed hidden states (for chunked scoring).
+            logits_to_keep: the positions whose logits (or hidden states) are returned: the
+                last ``k`` for an int (``0`` = all), or a 1-D tensor of sequence positions.
+                Generation needs one and scoring the positions it scores; with a 49k vocabulary
+                the output projection of the rest is most of the cost.
+            return_hidden: return the final normed hidden states instead of logits, so a caller
+                can apply the output projection in chunks.
         """
         b, t = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None
-        if kv_cache is not None:
-            kv_cache.reserve(t, attention_mask)
-        key_mask = kv_cache.key_mask if kv_cache is not None else (
-            attention_mask.bool() if attention_mask is not None else None
-        )
-        shared = attention_mask is None and (kv_cache is None or kv_cache.key_mask is None)
-        if position_ids is None and not shared:
-            # per-row positions: each row continues its own count of real tokens
-            base = kv_cache.next_pos[:, None] if kv_cache is not None else 0
-            if attention_mask is not None:
-                offsets = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-            else:
-                offsets = torch.arange(t, device=input_ids.device)[None]
-            position_ids = base + offsets
+        key_mask = self._key_mask(attention_mask, kv_cache, t)
         if position_ids is None:
-            # every row sits at the same positions: one [T, D] table broadcasts over the batch
-            cos, sin = self._rope(None, past, t)
-            positions = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
-        else:
-            cos, sin = self._rope(position_ids, 0, 0)
-            positions = position_ids
+            position_ids = self._positions(input_ids, attention_mask, kv_cache, key_mask)
+        cos, sin, positions = self._rope_for(position_ids, past, b, t)
         mask, is_causal = self._attention_mask(key_mask, past, t, input_ids.device)
 
         x = self.embed(input_ids)
@@ -643,18 +720,11 @@ class Llama(nn.Module):
             kv_cache.advance(t, positions)
 
         if targets is not None:
-            chunk = self.ce_chunk_size
-            if chunk is None and h.device.type == "cpu":
-                chunk = CPU_CE_CHUNK
-            loss = ops.fused_linear_cross_entropy(
-                h.reshape(-1, h.shape[-1]), self.lm_head.weight, targets.reshape(-1),
-                ignore_index=ignore_index, chunk_size=chunk,
-            )
+            loss = self._loss(h, targets, ignore_index)
             return LlamaOutput(None, loss, h if return_hidden else None)
+        h = self._keep_positions(h, logits_to_keep)
         if return_hidden:
             return LlamaOutput(None, None, h)
-        if logits_to_keep:
-            h = h[:, -logits_to_keep:]
         return LlamaOutput(self.lm_head(h).float(), None, None)
 
     def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:

@@ -2,7 +2,7 @@
 
 Three ways of choosing the range, each from the literature:
 
-* ``keep=f`` — keep the fraction ``f`` with the *lowest* perplexity (CCNet, Wenzek et al. 2020,
+* ``keep=f`` — keep the fraction ``f`` (or, for an int, that many rows) with the *lowest* perplexity (CCNet, Wenzek et al. 2020,
   keeps the "head" of a reference-LM perplexity ranking; Ankner et al. 2024, "Perplexed by
   Perplexity", call this the "low" selection). Good at dropping boilerplate-free junk: shuffled
   words, random characters, broken encodings.
@@ -14,7 +14,9 @@ Three ways of choosing the range, each from the literature:
 
 ``keep`` and ``band`` exclude each other; absolute bounds may be combined with either (a row must
 pass every criterion given). Quantiles are taken over the rows that could be scored, by rank (ties
-broken by row order), so a budget of ``keep=0.3`` keeps exactly ``round(0.3·n)`` rows.
+broken by row order), and ``keep`` follows the project's one budget rule
+(:func:`datadiet.selectors.common.resolve_keep`), so ``keep=0.3`` keeps exactly as many rows as
+``random`` or ``kcenter`` would.
 
 Scoring goes through the run's one :class:`~datadiet.pipeline.models.scoring.LMScorer`, which records
 tokens and FLOPs in ``ctx.ledger`` under its stage (``"lm-scoring"``); this step additionally
@@ -34,6 +36,7 @@ from datasets import Dataset
 from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.selectors.common import resolve_keep, validate_keep
 
 #: Before tokenising, a document is cut to ``max_tokens · CHARS_PER_TOKEN_BOUND`` characters, so a
 #: megabyte-long document does not cost a megabyte of tokenisation to score its head. A BPE token
@@ -90,7 +93,7 @@ def score_perplexity(
 def perplexity_decision(
     ppl: np.ndarray,
     *,
-    keep: float | None = None,
+    keep: float | int | None = None,
     band: Sequence[float] | None = None,
     min_ppl: float | None = None,
     max_ppl: float | None = None,
@@ -110,7 +113,7 @@ def perplexity_decision(
     low = np.zeros(n, dtype=bool)
     high = np.zeros(n, dtype=bool)
     if keep is not None:
-        high[idx] = rank[idx] >= max(1, _round_half_up(keep * m))  # a budget keeps >= 1 row
+        high[idx] = rank[idx] >= resolve_keep(keep, m)
     if band is not None:
         lo, hi = band
         low[idx] |= rank[idx] < _round_half_up(lo * m)
@@ -129,7 +132,8 @@ class PerplexityFilter(Step):
     """Keep documents by their perplexity under a small causal LM; see the module docstring.
 
     Args:
-        keep: fraction of (scorable) rows to keep, lowest perplexity first.
+        keep: how many of the scorable rows to keep, lowest perplexity first: a fraction
+            (float in [0, 1]) or a count (int), by the one budget rule of ``selectors.common``.
         band: ``[lo_q, hi_q]`` quantiles of the perplexity ranking to keep (the middle).
         min_ppl / max_ppl: absolute perplexity bounds.
         model: Hugging Face id or local folder of the causal LM; ``None`` uses the run's shared
@@ -148,7 +152,7 @@ class PerplexityFilter(Step):
     def __init__(
         self,
         *,
-        keep: float | None = None,
+        keep: float | int | None = None,
         band: Sequence[float] | None = None,
         min_ppl: float | None = None,
         max_ppl: float | None = None,
@@ -159,8 +163,8 @@ class PerplexityFilter(Step):
             raise ValueError("give either keep (lowest-perplexity fraction) or band, not both")
         if keep is None and band is None and min_ppl is None and max_ppl is None:
             raise ValueError("perplexity needs keep=<fraction>, band=[lo_q, hi_q], min_ppl or max_ppl")
-        if keep is not None and not 0.0 < float(keep) <= 1.0:
-            raise ValueError(f"keep must be a fraction in (0, 1], got {keep!r}")
+        if keep is not None:
+            validate_keep(keep)
         if band is not None:
             if len(band) != 2 or not 0.0 <= float(band[0]) < float(band[1]) <= 1.0:
                 raise ValueError(f"band must be [lo_q, hi_q] with 0 <= lo_q < hi_q <= 1, got {band!r}")
@@ -169,7 +173,7 @@ class PerplexityFilter(Step):
             raise ValueError(f"min_ppl ({min_ppl}) must be below max_ppl ({max_ppl})")
         if int(max_tokens) < 1:
             raise ValueError(f"max_tokens must be >= 1, got {max_tokens!r}")
-        self.keep = None if keep is None else float(keep)
+        self.keep = keep
         self.band = band
         self.min_ppl = None if min_ppl is None else float(min_ppl)
         self.max_ppl = None if max_ppl is None else float(max_ppl)
@@ -189,7 +193,7 @@ class PerplexityFilter(Step):
             return Selection.keep_all(0)
         scorer = self._scorer(ctx)
         max_tokens = self.max_tokens
-        context = getattr(scorer.model.config, "max_position_embeddings", None)
+        context = scorer.max_context
         if context:
             max_tokens = min(max_tokens, int(context) - 1)  # room for the boundary token
         ppl = np.empty(n, dtype=np.float64)

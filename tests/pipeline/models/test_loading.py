@@ -22,10 +22,11 @@ def test_default_lm_is_tied_and_sane(wiki_paragraphs: list[str]) -> None:
     """The GGUF conversion must tie lm_head: an untied random head gives perplexity ~50k."""
     from datadiet.pipeline.models.scoring import LMScorer
 
+    hf, _ = load_causal_lm(None, "cpu")
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()
     ledger = Ledger()
-    scorer = LMScorer(ledger=ledger, max_length=128)
-    model = scorer.model
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    scorer = LMScorer(ledger=ledger, max_length=128)  # datadiet's Llama on the same folder
+    assert scorer.model.lm_head.weight.data_ptr() == scorer.model.embed.weight.data_ptr()
     ppl = scorer.perplexity(wiki_paragraphs[:4])
     assert np.all(ppl < 200), ppl
     rec = ledger.stages["lm-scoring"]

@@ -16,6 +16,7 @@ Offline defaults:
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -23,8 +24,6 @@ import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-from datadiet.kernels.hf_checkpoint import load_llama as load_llama_folder
 
 DEFAULT_CAUSAL_LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -209,10 +208,31 @@ def load_llama(
     """
     import torch
 
+    # Imported here, not at the top: kernels/ imports torch, and a curate run whose steps load
+    # no model must not pay for importing it (this module is imported by every run).
+    from datadiet.kernels.hf_checkpoint import load_llama as load_llama_folder
+
     folder = Path(resolve_causal_lm(name))
     if not folder.is_dir():
         folder = Path(_download_snapshot(str(folder)))
     return load_llama_folder(folder, dtype=dtype or torch.float32, device=device)
+
+
+def causal_lm_config(name: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ``config.json`` of a causal LM (a name, a folder or the default), as a dict.
+
+    Read before any weights are loaded, so the scorer can pick the backend that fits the
+    architecture without loading the model twice.
+    """
+    path = resolve_causal_lm(name)
+    if Path(path).is_dir():
+        return json.loads((Path(path) / "config.json").read_text())
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=_offline()).to_dict()
+    except OSError as exc:
+        raise _hub_error(path, exc) from exc
 
 
 def _download_snapshot(repo_id: str) -> str:

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from datadiet.kernels.model import Llama
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.loading import load_llama, resolve_causal_lm
+from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.models.tokenizer import load_tokenizer
 
 __all__ = ["Generation", "Generator", "load_generator", "sample_next"]
@@ -126,6 +126,9 @@ class Generator:
             self.model.config.pad_token_id,
             0,
         )
+        # Scoring goes through the project's one scorer, on this very model (no second copy).
+        self.scorer = LMScorer(self.model, tokenizer=tokenizer, max_length=self.model.config.max_seq_len,
+                               ledger=ledger, stage=stage)
         self.default_stop = {
             i
             for i in (getattr(tokenizer, "eos_token_id", None), self.model.config.eos_token_id)
@@ -275,71 +278,35 @@ class Generator:
 
     # -- scoring ----------------------------------------------------------------------------
 
-    def _prefix_id(self) -> int:
-        tok = self.tokenizer
-        for i in (getattr(tok, "eos_token_id", None), getattr(tok, "bos_token_id", None)):
-            if i is not None:
-                return int(i)
-        return int(self.pad_id)
-
     def score_ids(self, sequences: Sequence[Sequence[int]], tokens_per_batch: int = 4096) -> list[np.ndarray]:
         """``log p(token_i | tokens_<i)`` for i >= 1 of each sequence (one array per sequence).
 
-        Logits are formed ``chunk`` positions at a time from the final hidden states, so a batch
-        never holds ``[B, T, V]`` logits at once.
+        The project's one scorer does the work (:class:`~datadiet.pipeline.models.scoring.
+        LMScorer` on this model), timed under this generator's ledger stage.
         """
-        lengths = np.asarray([len(s) for s in sequences])
-        results: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(sequences)
-        order = np.argsort(-lengths, kind="stable")
-        weight = self.model.lm_head.weight
         ctx = self.ledger.stage(self.stage) if self.ledger is not None else _null_stage()
-        with ctx as rec, torch.inference_mode():
-            i = 0
-            while i < len(order):
-                width = int(lengths[order[i]])
-                n = max(1, tokens_per_batch // max(width, 1))
-                batch = order[i : i + n]
-                i += n
-                if width < 2:
-                    continue
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, idx in enumerate(batch):
-                    ids[row, : lengths[idx]] = torch.as_tensor(sequences[idx], dtype=torch.long)
-                    mask[row, : lengths[idx]] = 1
-                ids, mask = ids.to(self.device), mask.to(self.device)
-                h = self.model(ids, attention_mask=mask, return_hidden=True).hidden[:, :-1]
-                tgt = ids[:, 1:]
-                picked = torch.empty(tgt.shape, dtype=torch.float32, device=self.device)
-                step = max(1, 8192 // len(batch))
-                for s in range(0, h.shape[1], step):
-                    lg = F.linear(h[:, s : s + step], weight).float().log_softmax(-1)
-                    picked[:, s : s + step] = lg.gather(-1, tgt[:, s : s + step, None]).squeeze(-1)
-                picked_np = picked.cpu().numpy()
-                for row, idx in enumerate(batch):
-                    m = int(lengths[idx])
-                    results[idx] = picked_np[row, : m - 1].copy()
-                    if rec is not None:
-                        rec.add(tokens=m, flops=self.shape.flops(m, m, training=False))
-        return results
+        with ctx:
+            return self.scorer.score_ids(sequences, tokens_per_batch=tokens_per_batch)
 
     def score(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Per-token log-probs of each text; a boundary token in front lets the first be scored."""
-        prefix = self._prefix_id()
+        prefix = self.scorer.prefix_id
         seqs = [[prefix, *self.tokenizer.encode(t, add_special_tokens=False)] for t in texts]
         return self.score_ids(seqs)
 
     def score_completions(self, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
         """Total log-prob of each completion given its prompt (e.g. ranking answer options)."""
-        prefix = self._prefix_id()
+        prefix = self.scorer.prefix_id
         seqs, starts = [], []
         for p, c in zip(prompts, completions, strict=True):
             pi = self.tokenizer.encode(p, add_special_tokens=False)
             ci = self.tokenizer.encode(c, add_special_tokens=False)
             seqs.append([prefix, *pi, *ci])
             starts.append(len(pi))
-        scores = self.score_ids(seqs)
-        return np.asarray([float(s[st:].sum()) for s, st in zip(scores, starts, strict=True)])
+        ctx = self.ledger.stage(self.stage) if self.ledger is not None else _null_stage()
+        with ctx:
+            scores = self.scorer.score_ids(seqs, starts=starts)
+        return np.asarray([float(s.sum()) for s in scores])
 
 
 class _null_stage:  # noqa: N801 - a context manager standing in for Ledger.stage
