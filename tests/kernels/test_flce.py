@@ -126,3 +126,29 @@ def test_default_chunk_size_tracks_vocab_to_hidden_ratio() -> None:
     assert default_chunk_size(16384, 4096, 128256) == 512
     assert default_chunk_size(37, 33, 301) == 4
     assert default_chunk_size(3, 4096, 100) == 3
+
+
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_flce_under_autocast_projects_in_the_autocast_dtype(kernel_device, impl) -> None:
+    """Under bf16 autocast the projection runs in bf16 (as ``lm_head`` would), the loss stays
+    fp32, and the fp32 master tensors get fp32 gradients that match ``lm_head`` +
+    ``cross_entropy`` under the same autocast."""
+    seen: list[torch.dtype] = []
+    real = flce._triton_chunk_step if impl == "triton" else flce._torch_chunk_step
+
+    def spy(logits, *args):
+        seen.append(logits.dtype)
+        return real(logits, *args)
+
+    def fn(h, w, t):
+        return flce.fused_linear_cross_entropy_chunked(h, w, t, step=spy)
+
+    hidden, weight, targets = _problem(torch.float32, kernel_device)
+    with torch.autocast(kernel_device.type, dtype=torch.bfloat16):
+        got = _loss_and_grads(fn, hidden, weight, targets)
+        want = _loss_and_grads(fused_linear_cross_entropy_reference, hidden, weight, targets)
+    assert seen and set(seen) == {torch.bfloat16}
+    assert got[0].dtype == torch.float32
+    assert got[1].dtype == got[2].dtype == torch.float32
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-2, rtol=5e-2)

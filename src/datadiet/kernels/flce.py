@@ -324,6 +324,17 @@ def fused_linear_cross_entropy_chunked(
         hidden = hidden.reshape(-1, hidden.shape[-1])
         targets = targets.reshape(-1)
     step = step or _triton_chunk_step
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Under autocast ``lm_head`` + ``cross_entropy`` would run the projection in the
+        # autocast dtype; do the same (the ``.to`` casts carry the gradients back to the fp32
+        # master weights), and switch autocast off inside so the ``out=`` matmuls and in-place
+        # accumulations see exactly the dtypes chosen here.
+        cast = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return fused_linear_cross_entropy_chunked(
+                hidden.to(cast), weight.to(cast), targets, ignore_index, reduction, chunk_size, step
+            )
     if not (torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)):
         with torch.no_grad():  # evaluation: same kernel, no gradient matmuls
             loss, _, _ = _fused_forward(
