@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CARRY = ROOT / ".gpu_carry"
 TOKENS = CARRY / "wikitext2_valid_smollm2.npy"
 # Seconds each step may take at most; the overall deadline can cut them shorter.
-LIMITS = {"env": 60, "tests": 180, "flce": 90, "bf16": 90, "train": 120, "generate": 120,
+LIMITS = {"env": 60, "tests": 150, "flce": 90, "bf16": 90, "train": 120, "generate": 120,
           "ops": 180}
 ORDER = ["env", "tests", "flce", "bf16", "train", "generate", "ops"]
 
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny shapes through the Triton interpreter: tests this script only")
     parser.add_argument("--steps", nargs="+", choices=ORDER, default=ORDER)
-    parser.add_argument("--deadline", type=float, default=390.0,
+    parser.add_argument("--deadline", type=float, default=400.0,
                         help="seconds for all steps together")
     parser.add_argument("--tokens", default=str(TOKENS) if TOKENS.exists() else None)
     parser.add_argument("--write-tokens", action="store_true", help=write_tokens.__doc__)

@@ -24,6 +24,7 @@ checked against the eager result so a mis-wired comparison is reported instead o
 
 Usage::
 
+    python benchmarks/kernels_gpu.py                        # every part, one process
     python benchmarks/kernels_gpu.py --part flce            # one part; see --help
     python benchmarks/kernels_gpu.py --part ops --quick     # one size per kernel
     python benchmarks/kernels_gpu.py --part train --smoke   # tiny shapes on CPU: logic only
@@ -425,7 +426,42 @@ def part_flce(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             targets[f"flce {size}: eager_peak/ours_peak >= 4"] = _target(
                 row.get("memory_saving"), 4.0
             )
-    return {"rows": rows, "targets": targets}
+    sweep = _flce_chunk_sweep(bench, dtype, shapes[0])
+    return {"rows": rows, "chunk_sweep": sweep, "targets": targets}
+
+
+def _flce_chunk_sweep(
+    bench: Bench, dtype: torch.dtype, shape: tuple[int, int, int]
+) -> list[dict[str, Any]]:
+    """Time and peak of our fused loss per chunk size, at the first shape and at the ``small``
+    preset's head with the trainer's default batch (256 wide, 2K tokens): the data behind the
+    chunk-size rule (memory rule floored at ``GPU_MIN_CHUNK_BYTES``)."""
+    from datadiet.kernels import flce
+
+    out = []
+    problems = [shape] if bench.smoke else [shape, (2048, 256, 49152)]
+    for n, h, v in problems:
+        rows = [8, 32] if bench.smoke else [16, 64, 256, 1024, 4096]
+        default = flce.chunk_rows(n, h, v, bench.device, torch.tensor([], dtype=dtype).element_size())
+        for chunk in sorted({*rows, default}):
+            if chunk > n:
+                continue
+            hid = torch.randn(n, h, device=bench.device).to(dtype).requires_grad_()
+            w = (torch.randn(v, h, device=bench.device) * h**-0.5).to(dtype).requires_grad_()
+            tgt = torch.randint(0, v, (n,), device=bench.device)
+
+            def step(c: int = chunk, hid: torch.Tensor = hid, w: torch.Tensor = w,
+                     tgt: torch.Tensor = tgt) -> None:
+                hid.grad = w.grad = None
+                flce.fused_linear_cross_entropy_triton(hid, w, tgt, chunk_size=c).backward()
+
+            ms = bench.time_kernel_ms(step)
+            peak = bench.peak_mb(step)
+            out.append({"size": f"N={n} H={h} V={v}", "chunk": chunk, "default": chunk == default,
+                        "ms": ms, "peak_mb": peak})
+            print(f"  chunk sweep N={n} H={h} V={v} chunk={chunk:<5}{' (default)' if chunk == default else '          '}"
+                  f" {ms:8.3f} ms  peak {peak if peak is None else round(peak, 1)} MiB", flush=True)
+    return out
 
 
 # --------------------------------------------------------------------------- model parts
@@ -603,6 +639,7 @@ class _IdsOnlyTokenizer:
 
 
 def part_generate(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
+    from datadiet.kernels import ops
     from datadiet.kernels.model import Llama, LlamaConfig
     from datadiet.pipeline.stages.inference import Generator
 
@@ -653,6 +690,8 @@ def part_generate(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
         t_ours, tok_ours = timed(ours)
         t_hf, tok_hf = timed(theirs)
+        with ops.use_backend("torch"):  # the same loop on the PyTorch references
+            t_ours_torch, _ = timed(ours)
         agree = []
         for a, c in zip(tok_ours, tok_hf, strict=True):
             same = next((i for i, (x, y) in enumerate(zip(a, c, strict=False)) if x != y), len(a))
@@ -663,6 +702,7 @@ def part_generate(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             "ours_s": t_ours, "hf_s": t_hf,
             "ours_tokens_per_s": b * new_tokens / t_ours, "hf_tokens_per_s": b * new_tokens / t_hf,
             "speedup_vs_hf": t_hf / t_ours,
+            "ours_torch_backend_s": t_ours_torch,
             "lengths_ok": all(len(t) == new_tokens for t in tok_ours + tok_hf),
             "greedy_common_prefix_mean": statistics.mean(agree),
         }
@@ -671,11 +711,47 @@ def part_generate(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             f"greedy {preset} {row['dtype']} batch {b}, {prompt_len}+{new_tokens} tokens: ours "
             f"{t_ours:.3f} s ({row['ours_tokens_per_s']:.0f} tok/s), transformers {t_hf:.3f} s "
             f"({row['hf_tokens_per_s']:.0f} tok/s) -> {row['speedup_vs_hf']:.2f}x; same greedy "
-            f"tokens for the first {row['greedy_common_prefix_mean']:.1f} of {new_tokens} on average",
+            f"tokens for the first {row['greedy_common_prefix_mean']:.1f} of {new_tokens} on average;"
+            f" ours on the torch backend {t_ours_torch:.3f} s",
             flush=True,
         )
         targets[f"generate batch {b}: hf_s/ours_s >= 1.5"] = _target(row["speedup_vs_hf"], 1.5)
-    return {"rows": rows, "targets": targets}
+    overheads = _decode_op_overheads(bench, cfg, dtype)
+    return {"rows": rows, "decode_op_us": overheads, "targets": targets}
+
+
+def _decode_op_overheads(bench: Bench, cfg: Any, dtype: torch.dtype) -> dict[str, Any]:
+    """Microseconds per call of each op at one decoding token (batch 1), Triton vs reference:
+    at this size every op is launch-bound, so this is what decides decoding speed."""
+    from datadiet.kernels import ops
+
+    dev, d, hd = bench.device, cfg.d_model, cfg.d_head
+    x = torch.randn(1, 1, d, device=dev, dtype=dtype)
+    r = torch.randn(1, 1, d, device=dev, dtype=dtype)
+    w = torch.ones(d, device=dev, dtype=dtype)
+    g = torch.randn(1, 1, cfg.d_ff, device=dev, dtype=dtype)
+    q = torch.randn(1, cfg.n_heads, 1, hd, device=dev, dtype=dtype)
+    k = torch.randn(1, cfg.n_kv_heads, 1, hd, device=dev, dtype=dtype)
+    cos, sin = torch.randn(1, hd, device=dev), torch.randn(1, hd, device=dev)
+    calls = {
+        "rms_norm": lambda: ops.rms_norm(x, w),
+        "add_rms_norm": lambda: ops.add_rms_norm(x, r, w),
+        "swiglu": lambda: ops.swiglu(g, g),
+        "apply_rope": lambda: ops.apply_rope(q, k, cos, sin),
+    }
+    n = 20 if bench.smoke else 2000
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        for backend in ("triton", "torch"):
+            with ops.use_backend(backend):
+                for name, fn in calls.items():
+                    def many(fn: Callable[[], Any] = fn) -> None:
+                        for _ in range(n):
+                            fn()
+                    out[f"{name} {backend}"] = bench.time_ms(many, warmup=1, iters=3) * 1e3 / n
+    print("per-call microseconds at one decoding token: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in out.items()))
+    return out
 
 
 def part_bf16(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
@@ -747,7 +823,8 @@ def part_bf16(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=PARTS, required=True)
+    parser.add_argument("--part", choices=[*PARTS, "all"], default="all",
+                        help="one part, or all of them in this process (default)")
     parser.add_argument("--quick", action="store_true", help="the first size of each case only")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny shapes on the available device (CPU: Triton interpreter)")
@@ -769,13 +846,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench = Bench(torch.device("cuda" if torch.cuda.is_available() else "cpu"), args.smoke)
     name = torch.cuda.get_device_name() if bench.cuda else "cpu"
     print(f"part {args.part} on {name}{' (smoke: tiny shapes, figures mean nothing)' if args.smoke else ''}")
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    result = {"ops": part_ops, "flce": part_flce, "train": part_train,
-              "generate": part_generate, "bf16": part_bf16}[args.part](bench, args)
-    result = {"part": args.part, "device": name, "smoke": args.smoke,
-              "seconds": round(time.perf_counter() - t0, 1), **result}
-    print(json.dumps(result, default=_json_default))
+    runners = {"ops": part_ops, "flce": part_flce, "train": part_train,
+               "generate": part_generate, "bf16": part_bf16}
+    results = {}
+    for part in PARTS if args.part == "all" else [args.part]:
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        result = runners[part](bench, args)
+        results[part] = {"part": part, "device": name, "smoke": args.smoke,
+                         "seconds": round(time.perf_counter() - t0, 1), **result}
+    if args.part != "all":
+        print(json.dumps(results[args.part], default=_json_default))
+    else:
+        targets = {k: v for r in results.values() for k, v in r["targets"].items()}
+        print(json.dumps({"parts": results, "targets": targets}, default=_json_default))
     return 0
 
 

@@ -128,6 +128,17 @@ def test_default_chunk_size_tracks_vocab_to_hidden_ratio() -> None:
     assert default_chunk_size(3, 4096, 100) == 3
 
 
+def test_chunk_rows_floor_keeps_gpu_chunks_large_enough() -> None:
+    # The memory rule alone gives a 256-wide model with a 49k vocabulary 16-row chunks.
+    assert default_chunk_size(2048, 256, 49152) == 16
+    assert flce.chunk_rows(2048, 256, 49152, torch.device("cpu"), 4) == 256
+    # bf16 on CUDA: at least 64 MiB of logits per chunk, 682 rows -> 1024 (a power of two)
+    assert flce.chunk_rows(2048, 256, 49152, torch.device("cuda"), 2) == 1024
+    assert flce.chunk_rows(300, 256, 49152, torch.device("cuda"), 2) == 300  # never > n_tokens
+    # where the memory rule already asks for more, it stands
+    assert flce.chunk_rows(65536, 4096, 128256, torch.device("cuda"), 2) == 2048
+
+
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_flce_under_autocast_projects_in_the_autocast_dtype(kernel_device, impl) -> None:
     """Under bf16 autocast the projection runs in bf16 (as ``lm_head`` would), the loss stays

@@ -185,6 +185,23 @@ def default_chunk_size(n_tokens: int, hidden: int, vocab: int) -> int:
 #: rows as fast). 256 x 49k x 4 B = 50 MB of logits, still far below the full [N, V].
 CPU_MIN_CHUNK = 256
 
+#: On a GPU a chunk sized only by the memory rule can be tiny (a 256-wide model with a 49k
+#: vocabulary gets 16-row chunks: 128 chunks of four launches each for 2K tokens, launch-bound),
+#: so its logits buffer is given at least this many bytes: 64 MiB is a few percent of the
+#: ``[N, V]`` logits the fused loss avoids at 8K+ tokens, and enough rows to fill the GPU.
+GPU_MIN_CHUNK_BYTES = 64 * 2**20
+
+
+def chunk_rows(n_tokens: int, hidden: int, vocab: int, device: torch.device,
+               element_size: int) -> int:
+    """Rows per chunk when the caller gives none: the memory rule, floored per device."""
+    chunk = default_chunk_size(n_tokens, hidden, vocab)
+    if device.type == "cpu":
+        chunk = max(chunk, CPU_MIN_CHUNK)
+    elif device.type == "cuda":
+        chunk = max(chunk, next_power_of_2(GPU_MIN_CHUNK_BYTES // (vocab * element_size)))
+    return max(1, min(chunk, n_tokens))
+
 
 def _fused_forward(
     hidden: Tensor,
@@ -226,9 +243,7 @@ def _fused_forward(
     grad_w = torch.zeros((vocab, h_dim), dtype=acc_dtype, device=device) if need_grad_w else None
     loss_rows = torch.empty(n_tokens, dtype=torch.float32, device=device)
 
-    chunk = chunk_size or default_chunk_size(n_tokens, h_dim, vocab)
-    if chunk_size is None and hidden.device.type == "cpu":
-        chunk = max(chunk, CPU_MIN_CHUNK)
+    chunk = chunk_size or chunk_rows(n_tokens, h_dim, vocab, device, hidden.element_size())
     chunk = max(1, min(chunk, n_tokens)) if n_tokens else 1
     buffer = torch.empty((chunk, vocab), dtype=dtype, device=device)
     w_t = weight.t()

@@ -316,13 +316,27 @@ class AddRMSNormFunction(torch.autograd.Function):
         return dx, dr, dw, None
 
 
+def _needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd must record this call (else the launcher is called directly: decoding
+    calls these ops thousands of times per second and ``Function.apply`` costs microseconds)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def rms_norm_triton(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     """Triton RMSNorm over the last dimension (autograd-aware)."""
-    return RMSNormFunction.apply(x, weight, eps)
+    if _needs_grad(x, weight):
+        return RMSNormFunction.apply(x, weight, eps)
+    return _forward(x, None, weight, eps)[0]
 
 
 def add_rms_norm_triton(
     x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-6
 ) -> tuple[Tensor, Tensor]:
     """Triton fused residual add + RMSNorm (autograd-aware); returns ``(normed, x + residual)``."""
-    return AddRMSNormFunction.apply(x, residual, weight, eps)
+    if _needs_grad(x, residual, weight):
+        return AddRMSNormFunction.apply(x, residual, weight, eps)
+    if x.shape != residual.shape:
+        raise ValueError(f"x {tuple(x.shape)} and residual {tuple(residual.shape)} differ")
+    y, s, _ = _forward(x, residual, weight, eps)
+    assert s is not None
+    return y, s

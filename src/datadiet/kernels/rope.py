@@ -220,4 +220,8 @@ class RoPEFunction(torch.autograd.Function):
 
 def apply_rope_triton(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
     """Triton RoPE (autograd-aware) with the same contract as :func:`apply_rope_reference`."""
-    return RoPEFunction.apply(q, k, cos, sin)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+        return RoPEFunction.apply(q, k, cos, sin)
+    if q.dtype != k.dtype:
+        raise ValueError(f"q ({q.dtype}) and k ({k.dtype}) must share a dtype")
+    return _launch(q, k, cos, sin, backward=False)  # no graph: skip Function.apply's overhead

@@ -82,26 +82,32 @@ def _block(n_cols: int) -> int:
     return min(1024, next_power_of_2(n_cols))
 
 
+def _forward(gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, gate_rows, up_rows)``: the output and the ``[rows, cols]`` views backward needs."""
+    if gate.shape != up.shape:
+        raise ValueError(f"gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
+    g2, u2 = _rows(gate), _rows(up)
+    n_rows, n_cols = g2.shape
+    out_dtype = torch.promote_types(gate.dtype, up.dtype)
+    y2 = torch.empty((n_rows, n_cols), dtype=out_dtype, device=gate.device)
+    block = _block(n_cols)
+    if y2.numel():
+        _swiglu_fwd_kernel[(n_rows, cdiv(n_cols, block))](
+            g2, u2, y2, g2.stride(0), u2.stride(0), y2.stride(0), n_cols, BLOCK=block
+        )
+    return y2.view(gate.shape), g2, u2
+
+
 class SwiGLUFunction(torch.autograd.Function):
     """Triton ``silu(gate) * up``; saves the two inputs and recomputes the rest."""
 
     @staticmethod
     def forward(ctx: Any, gate: Tensor, up: Tensor) -> Tensor:
-        if gate.shape != up.shape:
-            raise ValueError(f"gate {tuple(gate.shape)} and up {tuple(up.shape)} differ")
-        g2, u2 = _rows(gate), _rows(up)
-        n_rows, n_cols = g2.shape
-        out_dtype = torch.promote_types(gate.dtype, up.dtype)
-        y2 = torch.empty((n_rows, n_cols), dtype=out_dtype, device=gate.device)
-        block = _block(n_cols)
-        if y2.numel():
-            _swiglu_fwd_kernel[(n_rows, cdiv(n_cols, block))](
-                g2, u2, y2, g2.stride(0), u2.stride(0), y2.stride(0), n_cols, BLOCK=block
-            )
+        y, g2, u2 = _forward(gate, up)
         ctx.save_for_backward(g2, u2)
         ctx.shape = gate.shape
         ctx.dtypes = (gate.dtype, up.dtype)
-        return y2.view(gate.shape)
+        return y
 
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,4 +137,6 @@ class SwiGLUFunction(torch.autograd.Function):
 
 def swiglu_triton(gate: Tensor, up: Tensor) -> Tensor:
     """Triton SwiGLU (autograd-aware) with the same contract as :func:`swiglu_reference`."""
-    return SwiGLUFunction.apply(gate, up)
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return SwiGLUFunction.apply(gate, up)
+    return _forward(gate, up)[0]  # no graph to record: skip Function.apply's overhead
