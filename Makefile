@@ -15,6 +15,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
+	# Debian's chromium and its driver: the flow tests open the Prefect UI in a real browser.
+	# Skipped when already there, so a non-root user with them installed needs no apt.
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: the pinned CPU wheel; an unpinned torch would pull a multi-GB CUDA build.

@@ -1,0 +1,28 @@
+"""Prefect flows over the datadiet library: thin wrappers, typed parameters, cached tasks.
+
+``curate`` (spec -> curated dataset + manifest), ``build_prompts`` (demonstrations and
+compression for an evaluation set -> prompts file + token report), ``train_and_measure`` (one
+model, two datasets, one budget -> ledgers + comparison) and ``efficiency`` (the three chained).
+``datadiet serve`` registers them as scheduled deployments (:mod:`datadiet.flows.serve`).
+Importing this package is cheap; each flow module imports Prefect and its library when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "curate": "datadiet.flows.curate",
+    "CurateParams": "datadiet.flows.curate",
+    "ScaleOut": "datadiet.flows.curate",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'datadiet.flows' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -243,6 +243,23 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "state.json").exists()
 
 
+def source_fingerprint(source: str | os.PathLike) -> str:
+    """The fingerprint ``load_corpus`` would record for ``source``, without parsing it.
+
+    Why: a scheduler (the Prefect flows) decides whether a cached run still holds by comparing
+    fingerprints, and that check must cost one pass over the bytes, not a parse into Arrow.
+    A hub id has no local bytes, so its name stands for it.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir() and _is_saved_dataset(path):
+        return fingerprint_files(sorted(p for p in path.rglob("*") if p.is_file()))
+    if path.exists():
+        return fingerprint_files(_list_files(path) if path.is_dir() else [path])
+    if "/" in str(source) and not str(source).startswith((".", "/")):
+        return f"hf://{source}"
+    raise DataError(f"{source}: no such file or folder")
+
+
 def load_corpus(
     source: str | os.PathLike,
     *,

@@ -108,6 +108,10 @@ class Step(ABC):
     """
 
     name: ClassVar[str]
+    #: True when the decision for a row depends on that row alone (a quality rule, a fixed
+    #: threshold). Such a step gives the same answer on any shard of a corpus as on the whole,
+    #: so a sharded runner may decide every shard in parallel, ahead of the steps before it.
+    row_local: ClassVar[bool] = False
 
     def params(self) -> dict[str, Any]:
         sig = inspect.signature(type(self).__init__)

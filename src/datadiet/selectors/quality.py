@@ -301,6 +301,7 @@ class QualityFilter(Step):
     """
 
     name = "quality"
+    row_local = True  # each rule reads one document
 
     def __init__(
         self,

@@ -1,0 +1,134 @@
+"""What every datadiet flow shares: where results persist, how tasks cache and retry.
+
+Why caching is keyed by hand instead of Prefect's default ``INPUTS`` policy: Prefect hashes
+whatever a task receives, and an unhashable or huge input (a Dataset, a tensor) either silently
+disables the cache or costs a pass over the data. datadiet tasks only ever receive small values
+— paths, fingerprints of the bytes behind those paths, step specs — so the key is a hash of
+those values, checked to be plain JSON so that a big object passed by mistake fails loudly.
+
+Results are persisted (Prefect's cache needs them) as JSON under a storage folder the user
+chooses per run (``storage`` parameter, else ``$DATADIET_FLOW_STORAGE``, else
+``~/.cache/datadiet/flows``), next to the work files of sharded runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, task
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from datadiet import __version__
+from datadiet.pipeline.manifest import jsonable
+
+STORAGE_ENV = "DATADIET_FLOW_STORAGE"
+#: I/O errors that retrying cannot fix: the user's input or output path is wrong.
+PERMANENT_IO_ERRORS = (FileExistsError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                       PermissionError)
+
+
+def default_storage() -> str:
+    return os.environ.get(STORAGE_ENV) or str(Path("~/.cache/datadiet/flows").expanduser())
+
+
+class FlowParams(BaseModel):
+    """Base of every flow's parameters: unknown fields are errors, storage is configurable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: str = Field(
+        default_factory=default_storage,
+        description="Folder for persisted task results (the cache) and the work files of "
+        f"sharded runs. Default: ${STORAGE_ENV} or ~/.cache/datadiet/flows.",
+    )
+
+    def storage_path(self) -> Path:
+        return Path(self.storage).expanduser().resolve()
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of ``obj`` (dict order does not matter)."""
+    text = json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _plain_json(value: Any) -> bool:
+    if value is None or isinstance(value, str | int | float | bool):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_json(v) for k, v in value.items())
+    return False
+
+
+def small_inputs_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Cache key: the task's name, datadiet's version and its (small, plain) parameters.
+
+    Passing a Dataset, an array or a model to a cached task is a bug: the flow should pass its
+    path and fingerprint instead. Failing here makes that bug visible the first time.
+    """
+    for name, value in parameters.items():
+        if not _plain_json(value):
+            raise TypeError(f"task {context.task.name}: parameter {name!r} is a "
+                            f"{type(value).__name__}; pass paths and fingerprints between tasks")
+    digest = stable_hash({"task": context.task.name, "version": __version__, "params": parameters})
+    return f"datadiet-{context.task.name}-{digest[:32]}"
+
+
+def retry_transient_io(task_: Task, task_run: TaskRun, state: State) -> bool:
+    """Retry a task only when it failed on an I/O error that may pass (a busy disk, a network
+    file system); bad input, an existing output or a bug fail at once."""
+    try:
+        state.result()
+    except PERMANENT_IO_ERRORS:
+        return False
+    except OSError:
+        return True
+    except BaseException:  # noqa: BLE001 - any other failure is not worth a retry
+        return False
+    return False
+
+
+def cached_task(fn: Callable | None = None, **options: Any) -> Any:
+    """``@task`` with datadiet's defaults: keyed on small inputs, JSON results, I/O retries."""
+    defaults: dict[str, Any] = dict(
+        cache_key_fn=small_inputs_key,
+        persist_result=True,
+        result_serializer="json",
+        retries=2,
+        retry_delay_seconds=1,
+        retry_condition_fn=retry_transient_io,
+    )
+    defaults.update(options)
+    if fn is None:
+        return lambda f: task(f, **defaults)
+    return task(fn, **defaults)
+
+
+def stored(task_: Task, params: FlowParams) -> Task:
+    """The task with its results persisted under the run's storage folder."""
+    return task_.with_options(result_storage=params.storage_path() / "results")
+
+
+def run_checked(task_: Task, still_valid: Callable[[Any], bool], /, **kwargs: Any) -> Any:
+    """Call ``task_``; if a cached result points at files that are gone, run it once more.
+
+    A cache hit only proves the task ran before with these inputs; if the user deleted the
+    output since, the cached paths lie, so the task runs again with the cache refreshed.
+    """
+    result = task_(**kwargs)
+    if still_valid(result):
+        return result
+    return task_.with_options(refresh_cache=True)(**kwargs)
+
+
+def all_exist(paths: Iterable[str | os.PathLike]) -> bool:
+    return all(Path(p).exists() for p in paths)

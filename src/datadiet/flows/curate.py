@@ -1,0 +1,395 @@
+"""The ``curate`` flow: a spec and a corpus in, the curated dataset and its manifest out.
+
+Single process, it is one cached task around :func:`datadiet.pipeline.curate.curate_path`. Scaled
+out, the steps whose decision for a row reads that row alone (``Step.row_local``: the quality
+rules) are decided shard by shard, in parallel on a Dask cluster, ahead of the run; then the
+library's own runner applies the spec in order, with those steps answering from the shard
+decisions. Because the runner, the order and the rows are the same, the kept ids and the reason
+of every removed row are exactly those of the single-process run — by construction, not by
+re-implementing any step here. Global steps (exact and MinHash dedup, top-k selections) run in
+that final pass.
+
+Caching: the input is named by the fingerprint of its bytes, the spec by the hash of its
+normalised form (every parameter filled in), so an unchanged rerun runs no task at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from datasets import Dataset
+from datasets.table import InMemoryTable
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from datadiet.flows.common import (
+    FlowParams,
+    all_exist,
+    cached_task,
+    run_checked,
+    stable_hash,
+    stored,
+)
+from datadiet.flows.report import (
+    bar_plot,
+    before_after_rows,
+    image_section,
+    markdown_table,
+    publish,
+)
+from datadiet.kernels.model import LlamaConfig
+from datadiet.pipeline.curate import curate_path, parse_spec, spec_of
+from datadiet.pipeline.io import load_corpus, source_fingerprint
+from datadiet.pipeline.manifest import Manifest
+from datadiet.pipeline.models.tokenizer import load_tokenizer
+from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.stages.training import load_text_dataset
+from datadiet.pipeline.steps import Step, StepContext, build_step
+
+DEFAULT_SPEC = """\
+- exact_dedup: {}
+- minhash_dedup: {threshold: 0.7, num_perm: 128, ngram: 5}
+- quality: {}
+"""
+
+
+class ScaleOut(BaseModel):
+    """Where the per-shard work runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runner: Literal["local", "dask"] = Field(
+        "local", description="local: threads in the flow's process; dask: a Dask cluster "
+        "(prefect-dask's DaskTaskRunner).")
+    address: str | None = Field(
+        None, description="Dask scheduler address (tcp://host:8786). Empty: start a local "
+        "cluster of `workers` processes on this machine.")
+    workers: int = Field(2, ge=1, le=512, description="Workers of the local cluster (or threads "
+                         "for the local runner).")
+    shards: int = Field(0, ge=0, le=100_000, description="Shards to split the corpus into; 0 = "
+                        "one per worker with dask, no sharding with local.")
+
+    def n_shards(self) -> int:
+        if self.shards:
+            return self.shards
+        return self.workers if self.runner == "dask" else 1
+
+    def task_runner(self) -> Any:
+        if self.runner == "local":
+            return ThreadPoolTaskRunner(max_workers=self.workers)
+        from prefect_dask import DaskTaskRunner
+
+        if self.address:
+            return DaskTaskRunner(address=self.address)
+        # Workers report task states to the flow's API. Without PREFECT_API_URL that is the
+        # flow process's temporary server, which each worker would otherwise replace with one of
+        # its own (recording nothing the user sees), so they are pointed at it.
+        from prefect.client.orchestration import get_client
+
+        api_url = str(get_client(sync_client=True).api_url).rstrip("/")
+        return DaskTaskRunner(cluster_kwargs={
+            "n_workers": self.workers, "threads_per_worker": 1, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": None, "env": {"PREFECT_API_URL": api_url},
+            "silence_logs": logging.ERROR,
+        })
+
+
+def normalised_spec(spec: str) -> list[dict[str, dict[str, Any]]]:
+    """The spec as ``[{step: params}]`` with every parameter filled in; errors name the entry.
+
+    ``spec`` is a path to a YAML spec or a ``manifest.json`` (to repeat a run), or the YAML
+    itself. Building every step here is what validates the whole spec before any task runs.
+    """
+    path = Path(spec).expanduser()
+    source = str(path) if "\n" not in spec and path.is_file() else "spec"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8") if source != "spec" else spec)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{source}: not valid YAML: {exc}") from exc
+    steps = []
+    for i, (name, params) in enumerate(parse_spec(data, source), start=1):
+        try:
+            steps.append(build_step(name, params))
+        except ValueError as exc:
+            raise ValueError(f"{source}: entry {i}: {exc}") from exc
+    return spec_of(steps)
+
+
+class CurateParams(FlowParams):
+    """Parameters of the ``curate`` flow (the Prefect UI renders this as the run form)."""
+
+    source: str = Field(description="The corpus: JSONL(.gz), Parquet or text file or folder, or "
+                        "a saved Hugging Face dataset.")
+    out: str = Field(description="Output folder: Parquet shards, manifest.json, "
+                     "removed/removed.parquet (written atomically).")
+    spec: str = Field(DEFAULT_SPEC, description="The steps: YAML text like `- exact_dedup: {}`, "
+                      "or the path of a spec file or of a manifest.json to repeat.")
+    text_field: str = Field("text", min_length=1)
+    id_field: str = Field("id", min_length=1)
+    keep_fields: list[str] = Field(default_factory=list, description="Extra fields to carry along.")
+    on_error: Literal["raise", "skip"] = Field("raise", description="Bad rows: stop with file:line, "
+                                               "or skip and count them.")
+    overwrite: bool = Field(False, description="Replace an existing output folder.")
+    rows_per_shard: int = Field(100_000, ge=1, description="Rows per output Parquet file.")
+    scale: ScaleOut = Field(default_factory=ScaleOut, description="Where per-shard work runs.")
+    tokenizer: str | None = Field(None, description="Tokenizer counting the report's tokens: a "
+                                  "folder or id; empty = SmolLM2's; `bytes` = UTF-8 bytes.")
+    report_model: str = Field("smollm2-135m", description="Model preset whose training FLOPs "
+                              "(one epoch) the report quotes.")
+    context: int = Field(2048, ge=1, description="Context length for the FLOPs of the report.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_exists(cls, value: str) -> str:
+        source_fingerprint(value)  # raises DataError (a ValueError) naming a missing path
+        return value
+
+    @field_validator("report_model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        LlamaConfig.preset(value)
+        return value
+
+    @model_validator(mode="after")
+    def _spec_builds(self) -> CurateParams:
+        normalised_spec(self.spec)
+        if Path(self.out).expanduser().resolve() == Path(self.source).expanduser().resolve():
+            raise ValueError("out: the output must not replace its own input")
+        return self
+
+
+class PrecomputedStep(Step):
+    """A row-local step whose decisions were made shard by shard; it answers by row id.
+
+    It reports the wrapped step's name and parameters, so the manifest reads as if the step had
+    run in place.
+    """
+
+    name = "precomputed"
+
+    def __init__(self, inner: Step, decisions: dict[str, tuple[str, str]]) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc] - the manifest shows the real step
+        self.decisions = decisions
+
+    def params(self) -> dict[str, Any]:
+        return self.inner.params()
+
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        ids = [str(i) for i in ds[ctx.id_field]]
+        found = [self.decisions.get(i) for i in ids]
+        keep = np.array([f is None for f in found], dtype=bool)
+        kinds = np.array([f[0] if f else "" for f in found], dtype=object)
+        detail = np.array([f[1] if f else "" for f in found], dtype=object)
+        return Selection.from_mask(keep, kinds, detail, stats={"decided_on_shards": True})
+
+
+def _read_decisions(paths: list[str]) -> dict[str, tuple[str, str]]:
+    decisions: dict[str, tuple[str, str]] = {}
+    for path in paths:
+        table = pq.read_table(path).to_pydict()
+        decisions.update(zip(table["id"], zip(table["kind"], table["detail"], strict=True),
+                             strict=True))
+    return decisions
+
+
+@cached_task(task_run_name="split into {n_shards} shards")
+def write_shards(source: str, fingerprint: str, text_field: str, id_field: str, on_error: str,
+                 n_shards: int, folder: str) -> list[str]:
+    """Read the corpus once and write it as ``n_shards`` contiguous Parquet shards (id, text)."""
+    loaded = load_corpus(source, text_field=text_field, id_field=id_field, on_error=on_error)
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(n_shards):
+        shard = loaded.dataset.shard(n_shards, index, contiguous=True)
+        path = root / f"shard-{index:05d}-of-{n_shards:05d}.parquet"
+        shard.select_columns([id_field, text_field]).to_parquet(str(path))
+        paths.append(str(path))
+    return paths
+
+
+@cached_task(task_run_name="{step_name} on {shard_path}")
+def decide_shard(step_name: str, step_params: dict, shard_path: str, fingerprint: str,
+                 text_field: str, id_field: str, out_path: str) -> dict:
+    """Run one row-local step on one shard; write the removed rows' ids and reasons."""
+    step = build_step(step_name, step_params)
+    shard = Dataset(InMemoryTable(pq.read_table(shard_path)))
+    ctx = StepContext(text_field=text_field, id_field=id_field, show_progress=False)
+    selection = step.select(shard, ctx)
+    removed = selection.removed_indices
+    ids = np.asarray(shard[id_field], dtype=object)[removed]
+    kinds = selection.reason_kind[removed]
+    details = (selection.reason_detail[removed] if selection.reason_detail is not None
+               else np.full(len(removed), "", dtype=object))
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": pa.array([str(i) for i in ids], pa.string()),
+                             "kind": pa.array([str(k) for k in kinds], pa.string()),
+                             "detail": pa.array([str(d) for d in details], pa.string())}),
+                   out_path)
+    return {"path": out_path, "rows": len(shard), "removed": len(removed)}
+
+
+@cached_task(task_run_name="curate {source}")
+def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_field: str,
+                  id_field: str, keep_fields: list, on_error: str, overwrite: bool,
+                  rows_per_shard: int, decisions: dict) -> dict:
+    """The library's runner over the whole spec; ``decisions`` answer the sharded steps."""
+    steps: list[Step] = []
+    for index, entry in enumerate(spec):
+        (name, params), = entry.items()
+        step = build_step(name, params)
+        if str(index) in decisions:
+            step = PrecomputedStep(step, _read_decisions(decisions[str(index)]))
+        steps.append(step)
+    result = curate_path(source, steps, out, text_field=text_field, id_field=id_field,
+                         keep_fields=keep_fields, on_error=on_error, overwrite=overwrite,
+                         rows_per_shard=rows_per_shard, show_progress=False)
+    manifest_path = Path(out) / "manifest.json"
+    return {"out": str(out), "manifest": str(manifest_path), "rows_in": result.manifest.input["rows"],
+            "rows_out": len(result.dataset), "output_fingerprint": result.manifest.output["fingerprint"]}
+
+
+@cached_task(task_run_name="count tokens of {data}")
+def count_tokens(data: str, fingerprint: str, text_field: str, tokenizer: str | None) -> dict:
+    """Rows and tokens (each row plus one end-of-text token, as training packs them)."""
+    ds = load_text_dataset(data, text_field)
+    tok = load_tokenizer(tokenizer)
+    tokens = 0
+    for start in range(0, len(ds), 1000):
+        texts = [t or "" for t in ds[start : start + 1000][text_field]]
+        tokens += sum(len(ids) + 1 for ids in tok(texts, add_special_tokens=False)["input_ids"])
+    return {"rows": len(ds), "tokens": tokens}
+
+
+@flow(name="datadiet-curate-shards", log_prints=True)
+def decide_row_local_steps(params: CurateParams, spec: list, fingerprint: str) -> dict:
+    """Split the corpus and decide every row-local step on every shard, in parallel.
+
+    Runs with the task runner the parameters choose (a subflow, so the parent's form can pick
+    it); a progress artifact moves as shards finish.
+    """
+    n_shards = params.scale.n_shards()
+    work = params.storage_path() / "work" / fingerprint[:32] / f"{n_shards}-shards"
+    shards = run_checked(stored(write_shards, params), all_exist, source=params.source,
+                         fingerprint=fingerprint, text_field=params.text_field,
+                         id_field=params.id_field, on_error=params.on_error, n_shards=n_shards,
+                         folder=str(work))
+    local = [(i, entry) for i, entry in enumerate(spec)
+             if build_step(*next(iter(entry.items()))).row_local]
+    total = len(local) * len(shards)
+    progress = create_progress_artifact(0.0, key="datadiet-curate-shards",
+                                        description=f"{total} shard decisions "
+                                        f"({len(shards)} shards x {len(local)} row-local steps)")
+    decide = stored(decide_shard, params)
+    futures = {}
+    for i, entry in local:
+        (name, step_params), = entry.items()
+        step_dir = work / f"step-{i}-{stable_hash(entry)[:16]}"
+        for k, shard in enumerate(shards):
+            kwargs = dict(step_name=name, step_params=step_params, shard_path=shard,
+                          fingerprint=f"{fingerprint}:{k}/{n_shards}",
+                          text_field=params.text_field, id_field=params.id_field,
+                          out_path=str(step_dir / f"decisions-{k:05d}.parquet"))
+            futures[decide.submit(**kwargs)] = (i, k, kwargs)
+    decided: dict[str, list[str]] = {str(i): [""] * len(shards) for i, _ in local}
+    for done, future in enumerate(as_completed(list(futures)), start=1):
+        i, k, kwargs = futures[future]
+        result = future.result()
+        if not Path(result["path"]).exists():  # a cache hit whose file was deleted since
+            result = decide.with_options(refresh_cache=True)(**kwargs)
+        decided[str(i)][k] = result["path"]
+        update_progress_artifact(progress, progress=100.0 * done / total)
+    return decided
+
+
+@flow(name="datadiet-curate", log_prints=True, validate_parameters=True)
+def curate(params: CurateParams) -> dict:
+    """Curate a corpus with a spec of steps; publish the report as artifacts."""
+    spec = normalised_spec(params.spec)
+    fingerprint = source_fingerprint(params.source)
+    decisions: dict = {}
+    if params.scale.n_shards() > 1:
+        runner = params.scale.task_runner()
+        decisions = decide_row_local_steps.with_options(task_runner=runner)(
+            params=params, spec=spec, fingerprint=fingerprint)
+
+    def output_intact(result: dict) -> bool:
+        manifest = Path(result["manifest"])
+        return manifest.exists() and Manifest.load(manifest).output.get(
+            "fingerprint") == result["output_fingerprint"]
+
+    summary = run_checked(
+        stored(curate_corpus, params), output_intact, source=params.source,
+        fingerprint=fingerprint, spec=spec, out=str(params.out), text_field=params.text_field,
+        id_field=params.id_field, keep_fields=list(params.keep_fields), on_error=params.on_error,
+        overwrite=params.overwrite, rows_per_shard=params.rows_per_shard, decisions=decisions)
+    counter = stored(count_tokens, params)
+    before = counter(data=params.source, fingerprint=fingerprint, text_field=params.text_field,
+                     tokenizer=params.tokenizer)
+    after = counter(data=summary["out"], fingerprint=summary["output_fingerprint"],
+                    text_field=params.text_field, tokenizer=params.tokenizer)
+    publish_curate_report(params, summary, before, after)
+    return {**summary, "tokens_in": before["tokens"], "tokens_out": after["tokens"],
+            "shards": params.scale.n_shards()}
+
+
+def training_flops(model: str, tokens: int, context: int) -> float:
+    """Analytic FLOPs of one training epoch over ``tokens`` (the ledger's formula)."""
+    return LlamaConfig.preset(model).shape().flops(tokens, context, training=True)
+
+
+def publish_curate_report(params: CurateParams, summary: dict, before: dict, after: dict) -> dict:
+    """Markdown summary, before/after table and a rows-per-step plot, as artifacts."""
+    manifest = Manifest.load(summary["manifest"])
+    curation_flops = float(sum(s.flops for s in manifest.steps))
+    measures = {
+        "rows": (before["rows"], after["rows"]),
+        "tokens": (before["tokens"], after["tokens"]),
+        f"train FLOPs (1 epoch, {params.report_model})": (
+            training_flops(params.report_model, before["tokens"], params.context),
+            training_flops(params.report_model, after["tokens"], params.context) + curation_flops),
+    }
+    table = before_after_rows(measures)
+    step_rows = [{"step": s.name, "rows in": s.rows_in, "rows out": s.rows_out,
+                  "seconds": s.seconds,
+                  "removed (by reason)": ", ".join(f"{k}={v}" for k, v in s.removed.items()) or "-"}
+                 for s in manifest.steps]
+    plot = bar_plot(["input", *[s.name for s in manifest.steps]],
+                    {"rows": [before["rows"], *[s.rows_out for s in manifest.steps]]},
+                    "Rows left after each step", "rows",
+                    Path(summary["out"]) / "report" / "rows_per_step.png")
+    kept = 100.0 * after["rows"] / before["rows"] if before["rows"] else 0.0
+    sections = [
+        f"**Source** `{params.source}` → **output** `{summary['out']}`  \n"
+        f"Kept **{after['rows']:,} of {before['rows']:,} rows ({kept:.1f}%)**, "
+        f"{after['tokens']:,} of {before['tokens']:,} tokens. "
+        f"Shards: {params.scale.n_shards()} ({params.scale.runner}).",
+        "## Before and after\n\n" + markdown_table(table),
+        "## Steps\n\n" + markdown_table(step_rows),
+        image_section("Rows left after each step", plot),
+    ]
+    publish("datadiet-curate", f"Curation report: {Path(summary['out']).name}", sections, table,
+            "Rows, tokens and training FLOPs before and after curation")
+    return {"table": table}
+
+
+__all__ = ["CurateParams", "ScaleOut", "curate", "normalised_spec", "training_flops"]
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m datadiet.flows.curate PARAMS.json`
+    import json
+    import sys
+
+    print(curate(CurateParams(**json.loads(Path(sys.argv[1]).read_text()))))
+    os._exit(0)
