@@ -119,10 +119,7 @@ def _triton_chunk_step(
     logits: Tensor, targets: Tensor, loss_out: Tensor, scale: float, ignore_index: int
 ) -> None:
     n_rows, n_cols = logits.shape
-    # Looping over the vocabulary in blocks bounds register use independently of V; 4096
-    # fp32 values per block over 8 warps is 16 per thread (32768 in the interpreter, where
-    # block size costs nothing and fewer iterations are faster).
-    block = min(next_power_of_2(n_cols), 4096 if logits.is_cuda else 32768)
+    block, warps = launch_params(n_cols, logits.is_cuda)
     if n_rows:
         _ce_fwd_bwd_kernel[(n_rows,)](
             logits,
@@ -133,8 +130,19 @@ def _triton_chunk_step(
             ignore_index,
             scale,
             BLOCK=block,
-            num_warps=8 if block >= 2048 else 4,
+            num_warps=warps,
         )
+
+
+def launch_params(n_cols: int, on_gpu: bool = True) -> tuple[int, int]:
+    """``(BLOCK, num_warps)`` of the per-row kernel.
+
+    Looping over the vocabulary in blocks bounds register use independently of V; 4096 fp32
+    values per block over 8 warps is 16 per thread (32768 in the interpreter, where block size
+    costs nothing and fewer iterations are faster).
+    """
+    block = min(next_power_of_2(n_cols), 4096 if on_gpu else 32768)
+    return block, 8 if block >= 2048 else 4
 
 
 def _torch_chunk_step(
