@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +141,8 @@ def curate(
     current = dataset
     for step in built:
         before = ledger.total
-        start = time.perf_counter()
         with ledger.stage(f"step:{step.name}") as rec:
+            seconds_before = rec.seconds  # a repeated step name accumulates on one stage
             selection = step.select(current, ctx)
         if selection.n_rows != len(current):
             raise RuntimeError(f"step {step.name} returned {selection.n_rows} rows, saw {len(current)}")
@@ -164,7 +163,7 @@ def curate(
             rows_in=selection.n_rows,
             rows_out=len(kept),
             removed=selection.removed_by_kind(),
-            seconds=round(time.perf_counter() - start, 4),
+            seconds=round(rec.seconds - seconds_before, 4),  # model loading is its own stage
             tokens_scored=after.tokens - before.tokens,
             flops=after.flops - before.flops,
             peak_memory_bytes=rec.peak_memory_bytes,

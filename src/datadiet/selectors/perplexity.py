@@ -198,10 +198,9 @@ class PerplexityFilter(Step):
             max_tokens = min(max_tokens, int(context) - 1)  # room for the boundary token
         ppl = np.empty(n, dtype=np.float64)
         truncated = 0
-        record = ctx.ledger.record(scorer.stage)
-        tokens_before, flops_before = record.tokens, record.flops
         start = 0
-        with ctx.ledger.stage(scorer.stage):
+        with ctx.ledger.stage(scorer.stage) as record:  # inside this step's stage when curating
+            tokens_before, flops_before = record.tokens, record.flops
             for batch in ctx.iter_texts(ds, desc="perplexity"):
                 batch_ppl, _, batch_trunc = score_perplexity(scorer, batch, max_tokens)
                 ppl[start : start + len(batch)] = batch_ppl

@@ -150,6 +150,10 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus: object, tmp_pat
     part = train(cfg, tmp_path / "cut", dataset=corpus, stop_at_step=8)
     assert part["status"] == "stopped" and len(part["loss_curve"]) == 8
     assert (tmp_path / "cut" / "checkpoint.pt").exists()
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["ledger"]
+    part_seconds = {s["name"]: s for s in part["ledger"]["stages"]}["train"]["seconds"]
+    saved_seconds = {s["name"]: s for s in saved["stages"]}["train"]["seconds"]
+    assert 0.5 * part_seconds < saved_seconds <= part_seconds  # written mid-stage, time kept
     resumed = train(cfg, tmp_path / "cut", dataset=corpus)
     assert resumed["status"] == "completed"
     assert curve(resumed) == curve(full)  # bit-for-bit, not approximately
@@ -159,6 +163,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(corpus: object, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
     train_stage = {s["name"]: s for s in resumed["ledger"]["stages"]}["train"]
     assert train_stage["tokens"] == 14 * 4 * 64  # the ledger carries over the resumed part
+    assert train_stage["seconds"] > saved_seconds  # ... and its seconds: tokens/s stays honest
 
 
 def test_gradient_accumulation_matches_a_larger_batch(corpus: object, tmp_path: Path) -> None:

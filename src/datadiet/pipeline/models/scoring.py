@@ -277,7 +277,8 @@ class LMScorer:
         self.ledger = ledger
         self.stage = stage
         loads = ledger is not None and not _is_loaded_model(model)
-        with ledger.stage(MODEL_LOADING_STAGE) if loads else contextlib.nullcontext():  # type: ignore[union-attr]
+        loading = ledger.stage(MODEL_LOADING_STAGE, at_root=True) if loads else None  # type: ignore[union-attr]
+        with loading or contextlib.nullcontext():
             self._runner, self.tokenizer = _runner_for(model, tokenizer, backend, device)
         self.backend: str = self._runner.name
         self.model = self._runner.model
@@ -342,6 +343,12 @@ class LMScorer:
             batches.append(np.asarray(current))
         return batches
 
+    def _timed(self) -> contextlib.AbstractContextManager:
+        """This scorer's ledger stage (a no-op when a caller already opened it)."""
+        if self.ledger is None:
+            return contextlib.nullcontext()
+        return self.ledger.stage(self.stage)
+
     def _record(self, tokens: int, flops: float) -> None:
         if self.ledger is not None:
             self.ledger.add(self.stage, tokens=tokens, flops=flops)
@@ -366,22 +373,21 @@ class LMScorer:
         results = [np.zeros(0, dtype=np.float32)] * len(sequences)
         pad = getattr(self.tokenizer, "pad_token_id", None)
         pad = int(pad if pad is not None else self.prefix_id or 0)
-        total_tokens, flops = 0, 0.0
-        for batch in self._batches(lengths, tokens_per_batch or self.tokens_per_batch):
-            n_scored = lengths[batch] - 1 - first[batch]
-            if n_scored.max() <= 0:
-                continue  # nothing to predict in this batch (empty texts)
-            width = int(lengths[batch].max())
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            for row, idx in enumerate(batch):
-                ids[row, : lengths[idx]] = torch.as_tensor(sequences[idx], dtype=torch.long)
-            with torch.inference_mode():
-                picked = self._score_right_padded(ids, lengths[batch], first[batch])
-            for row, idx in enumerate(batch):
-                results[idx] = picked[row]
-                total_tokens += int(lengths[idx])
-                flops += self.shape.flops(int(lengths[idx]), int(lengths[idx]), training=False)
-        self._record(total_tokens, flops)
+        with self._timed():
+            for batch in self._batches(lengths, tokens_per_batch or self.tokens_per_batch):
+                n_scored = lengths[batch] - 1 - first[batch]
+                if n_scored.max() <= 0:
+                    continue  # nothing to predict in this batch (empty texts)
+                width = int(lengths[batch].max())
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                for row, idx in enumerate(batch):
+                    ids[row, : lengths[idx]] = torch.as_tensor(sequences[idx], dtype=torch.long)
+                with torch.inference_mode():
+                    picked = self._score_right_padded(ids, lengths[batch], first[batch])
+                for row, idx in enumerate(batch):
+                    results[idx] = picked[row]
+                n = lengths[batch]
+                self._record(int(n.sum()), sum(self.shape.flops(int(k), int(k), training=False) for k in n))
         return results
 
     def _score_right_padded(self, ids: Any, lengths: np.ndarray, first: np.ndarray) -> list[np.ndarray]:
@@ -535,7 +541,7 @@ class LMScorer:
         cache = past_key_values if past_key_values is not None else self._runner.new_cache(b)
         ids = input_ids.to(self.device)
         keep = m - score_from
-        with torch.inference_mode():
+        with self._timed(), torch.inference_mode():
             source, head, cache = self._runner.forward(
                 ids, attention_mask=attention_mask.to(self.device),
                 position_ids=position_ids.to(self.device), cache=cache, keep_from=score_from,
@@ -549,6 +555,6 @@ class LMScorer:
                 source.reshape(b * keep, -1), head, torch.arange(b * keep, device=self.device),
                 targets.reshape(-1), chunk_rows=self._chunk_rows, full_rows=full_rows,
             )
-        n_new = int(attention_mask[:, past:].sum())
-        self._record(n_new, self.shape.flops(n_new, past + m, training=False))
+            n_new = int(attention_mask[:, past:].sum())
+            self._record(n_new, self.shape.flops(n_new, past + m, training=False))
         return picked.view(b, keep)[:, : keep - 1].cpu(), last.cpu(), cache
