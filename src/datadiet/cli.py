@@ -33,14 +33,15 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_curate(args: argparse.Namespace) -> int:
-    from datadiet.pipeline.curate import curate_path, load_spec, print_report
+    from datadiet.pipeline.curate import curate_path, load_spec, load_spec_fields, print_report
 
     steps = load_spec(args.spec)
+    fields = load_spec_fields(args.spec)
     keep = [f for f in args.keep_fields.split(",") if f]
     result = curate_path(args.input, steps, args.out, text_field=args.text_field,
                          id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
                          overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
-                         show_progress=not args.quiet)
+                         show_progress=not args.quiet, fields=fields or "auto")
     print_report(result.manifest)
     print(f"wrote {args.out}/ ({len(result.dataset)} rows); manifest: {args.out}/manifest.json")
     return 0

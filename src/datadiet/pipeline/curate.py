@@ -32,6 +32,7 @@ from datadiet.pipeline.io import (
     write_parquet_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
+from datadiet.pipeline.records import RecordFormat, parse_fields, sft_format, with_text
 from datadiet.pipeline.steps import Step, StepContext, build_step
 
 
@@ -78,6 +79,32 @@ def load_spec(path: str | os.PathLike) -> list[Step]:
     return steps
 
 
+def load_spec_fields(path: str | os.PathLike) -> RecordFormat | None:
+    """The spec's ``fields:`` entry (how to read fine-tuning records); ``None`` means detect.
+
+    A manifest given as the spec repeats the format its run read.
+    """
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        return None
+    value = data.get("fields")
+    if value is None and "spec" in data:
+        value = data.get("input", {}).get("record_format")
+    try:
+        return parse_fields(value)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+def score_column(step_name: str, columns: Sequence[str]) -> str:
+    """The output column of a step's scores: ``<step>_score``, numbered if taken."""
+    name, n = f"{step_name}_score", 1
+    while name in columns:
+        n += 1
+        name = f"{step_name}_score_{n}"
+    return name
+
+
 def spec_of(steps: Sequence[Step]) -> list[dict[str, dict[str, Any]]]:
     return [{s.name: jsonable(s.params())} for s in steps]
 
@@ -109,10 +136,14 @@ def curate(
     ctx: StepContext | None = None,
     show_progress: bool = False,
     input_info: dict[str, Any] | None = None,
+    fields: RecordFormat | str | dict | None = None,
 ) -> CurateResult:
     """Run ``steps`` in order on ``dataset``; return the kept rows, the manifest and removals.
 
-    ``steps`` may be Step objects, step names, or ``{name: params}`` mappings.
+    ``steps`` may be Step objects, step names, or ``{name: params}`` mappings. An instruction
+    dataset (``fields``, or detected from its columns) gets the rendered row as its text
+    column. Every step's scores become a column ``<step>_score`` of the output and of the
+    removed table, so later steps (``deita``) and the user can read them.
     """
     built: list[Step] = []
     for s in steps:
@@ -123,13 +154,21 @@ def curate(
         else:
             (name, params), = parse_spec([s])
             built.append(build_step(name, params))
+    fmt = fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
+    if ctx is not None and fmt is None:
+        fmt = ctx.record_format
     if text_field not in dataset.column_names:
-        raise ValueError(f"dataset has no text field {text_field!r} (columns: {dataset.column_names})")
+        try:
+            fmt = sft_format(dataset.column_names, fmt, text_field, step="curate")
+        except ValueError as exc:
+            raise ValueError(f"dataset has no text field {text_field!r} and {exc}") from exc
+        dataset = with_text(dataset, fmt, text_field)
     if id_field not in dataset.column_names:
         dataset = dataset.map(lambda b: {id_field: [content_id(t) for t in b[text_field]]},
                               batched=True)
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
+    ctx.record_format = fmt
     ledger = ctx.ledger
     info = dict(input_info or {})
     info.setdefault("rows", len(dataset))
@@ -138,6 +177,7 @@ def curate(
 
     origin = np.arange(len(dataset), dtype=np.int64)  # current row -> input row
     removed_batches: list[pa.Table] = []
+    score_columns: list[str] = []
     current = dataset
     for step in built:
         before = ledger.total
@@ -148,13 +188,20 @@ def curate(
             raise RuntimeError(f"step {step.name} returned {selection.n_rows} rows, saw {len(current)}")
         after = ledger.total
         removed_idx = selection.removed_indices
+        if selection.scores is not None and not np.isnan(selection.scores).all():
+            column = score_column(step.name, current.column_names)
+            current = current.add_column(column, np.asarray(selection.scores, dtype=np.float64))
+            score_columns.append(column)
         if len(removed_idx):
             ids = current.select(removed_idx)[id_field] if len(removed_idx) < len(current) else current[id_field]
+            scores = (current.select_columns(score_columns).with_format("arrow")[:]
+                      if score_columns else None)
             removed_batches.append(pa.table({
                 "id": pa.array([str(i) for i in ids], pa.string()),
                 "input_row": pa.array(origin[removed_idx]),
                 "step": pa.array([step.name] * len(removed_idx), pa.string()),
                 "reason": pa.array([selection.reason(int(i)) for i in removed_idx], pa.string()),
+                **{c: scores.column(c).take(pa.array(removed_idx)) for c in score_columns},  # type: ignore[union-attr]
             }))
         kept = selection.kept_indices
         manifest.steps.append(StepReport(
@@ -174,7 +221,7 @@ def curate(
             current = current.select(kept).flatten_indices() if len(kept) else current.select([])
     manifest.output = {"rows": len(current)}
     manifest.ledger = ledger.to_dict()
-    removed = (pa.concat_tables(removed_batches) if removed_batches else
+    removed = (pa.concat_tables(removed_batches, promote_options="default") if removed_batches else
                pa.table({"id": pa.array([], pa.string()), "input_row": pa.array([], pa.int64()),
                          "step": pa.array([], pa.string()), "reason": pa.array([], pa.string())}))
     return CurateResult(current, manifest, removed)
@@ -193,13 +240,19 @@ def curate_path(
     rows_per_shard: int = 100_000,
     show_progress: bool = True,
     ctx: StepContext | None = None,
+    fields: RecordFormat | str | dict | None = "auto",
 ) -> CurateResult:
-    """Read ``source``, curate, write ``out/`` (Parquet shards, manifest, removals) atomically."""
+    """Read ``source``, curate, write ``out/`` (Parquet shards, manifest, removals) atomically.
+
+    ``fields`` says how to read records (see :func:`~datadiet.pipeline.io.load_corpus`); for
+    fine-tuning records the output keeps the input's columns, not the rendered text.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out}: output exists (pass --overwrite to replace it)")
     loaded: LoadedCorpus = load_corpus(source, text_field=text_field, id_field=id_field,
-                                       keep_fields=keep_fields, on_error=on_error)
+                                       keep_fields=keep_fields, on_error=on_error, fields=fields)
+    fmt = loaded.record_format
     info = {
         "source": loaded.source,
         "fingerprint": loaded.fingerprint,
@@ -208,12 +261,16 @@ def curate_path(
         "id_field": id_field,
         "on_error": on_error,
         "skipped": loaded.skipped_summary(),
+        "record_format": fmt.describe() if fmt else None,
     }
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     result = curate(loaded.dataset, steps, text_field=text_field, id_field=id_field, ctx=ctx,
-                    input_info=info)
+                    input_info=info, fields=fmt)
+    written = result.dataset
+    if fmt is not None and not fmt.is_text:  # the text column is our rendering, not the input's
+        written = written.remove_columns(text_field)
     with AtomicOutputDir(out, overwrite=overwrite) as tmp:
-        shards = write_parquet_shards(result.dataset, tmp, rows_per_shard)
+        shards = write_parquet_shards(written, tmp, rows_per_shard)
         (tmp / "removed").mkdir()
         pq.write_table(result.removed, tmp / "removed" / "removed.parquet")
         result.manifest.output = {

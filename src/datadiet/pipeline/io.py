@@ -26,6 +26,15 @@ import pyarrow.parquet as pq
 import xxhash
 from datasets import Dataset
 
+from datadiet.pipeline.records import (
+    RecordFormat,
+    detect_format,
+    parse_fields,
+    problem_with,
+    render_text,
+    with_text,
+)
+
 OnError = Literal["raise", "skip"]
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
@@ -56,6 +65,7 @@ class LoadedCorpus:
     fingerprint: str
     skipped: list[SkippedRow] = field(default_factory=list)
     skipped_count: int = 0
+    record_format: RecordFormat | None = None
 
     def skipped_summary(self, limit: int = 20) -> dict[str, Any]:
         return {
@@ -78,14 +88,26 @@ class _RowSink:
         self.id_field = id_field
         self.keep_fields = keep_fields
         self.columns: dict[str, list] = {c: [] for c in self.names}
-        self.schema = pa.schema([(c, pa.string()) for c in self.names])
-        self.writer = pa.ipc.new_stream(str(path), self.schema)
+        self.writer: pa.ipc.RecordBatchStreamWriter | None = None
         self.rows = 0
         self._seen_ids: dict[str, int] = {}
 
     @property
     def names(self) -> list[str]:
         return [self.id_field, self.text_field, *self.keep_fields]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([(c, pa.string()) for c in self.names])
+
+    def carry(self, columns: Iterable[str]) -> None:
+        """Also keep ``columns`` (a fine-tuning format's fields); only before the first row."""
+        if self.rows:
+            raise RuntimeError("columns to carry must be known before the first row")
+        for col in columns:
+            if col not in self.names:
+                self.keep_fields.append(col)
+                self.columns[col] = []
 
     def add(self, record_id: str | None, text: str, extra: dict[str, Any]) -> None:
         if record_id is None:
@@ -107,6 +129,8 @@ class _RowSink:
             self.flush()
 
     def flush(self) -> None:
+        if self.writer is None:
+            self.writer = pa.ipc.new_stream(str(self.path), self.schema)
         if self.columns[self.id_field]:
             self.writer.write_batch(pa.record_batch(
                 [pa.array(self.columns[c], pa.string()) for c in self.names], schema=self.schema
@@ -122,11 +146,27 @@ class _RowSink:
 class _Reader:
     """Validates records of one or more files, raising or skipping with file:line reasons."""
 
-    def __init__(self, sink: _RowSink, on_error: OnError) -> None:
+    def __init__(self, sink: _RowSink, on_error: OnError, fmt: RecordFormat | None = None) -> None:
         self.sink = sink
         self.on_error = on_error
+        self.fmt = fmt  # None: decided by the first record (then every row must fit it)
         self.skipped: list[SkippedRow] = []
         self.skipped_count = 0
+        if fmt is not None:
+            self._use(fmt)
+
+    def _use(self, fmt: RecordFormat) -> None:
+        self.fmt = fmt
+        if not fmt.is_text:
+            self.sink.carry(fmt.data_columns)
+
+    def _resolve(self, file: Path, line: int | str, keys: Iterable[str]) -> RecordFormat:
+        if self.fmt is None:
+            try:
+                self._use(detect_format(keys, self.sink.text_field))
+            except ValueError as exc:
+                raise DataError(f"{file}:{line}: {exc}") from None
+        return self.fmt  # type: ignore[return-value]
 
     def bad(self, file: Path, line: int, reason: str) -> None:
         if self.on_error == "raise":
@@ -140,14 +180,16 @@ class _Reader:
         if not isinstance(record, dict):
             self.bad(file, line, f"expected a JSON object, got {type(record).__name__}")
             return
-        if sink.text_field not in record:
-            keys = ", ".join(list(record)[:8])
-            self.bad(file, line, f"missing text field {sink.text_field!r} (fields: {keys})")
+        fmt = self._resolve(file, line, record)
+        problem = problem_with(record, fmt)
+        if problem:
+            self.bad(file, line, problem)
             return
-        text = record[sink.text_field]
-        if not isinstance(text, str):
-            self.bad(file, line, f"field {sink.text_field!r} is {type(text).__name__}, not a string")
+        if not fmt.is_text and sink.text_field in record:
+            self.bad(file, line, f"field {sink.text_field!r} would be replaced by the rendered "
+                     f"{fmt.kind} record; pass another --text-field")
             return
+        text = render_text(record, fmt)
         rid = record.get(sink.id_field)
         sink.add(None if rid is None else str(rid), text, record)
 
@@ -203,17 +245,23 @@ class _Reader:
         except Exception as exc:  # pyarrow raises several types for a broken file
             raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
         names = pf.schema_arrow.names
-        if self.sink.text_field not in names:
+        if self.fmt is None and self.sink.text_field not in names:
+            try:
+                self._use(detect_format(names, self.sink.text_field, noun="columns"))
+            except ValueError as exc:
+                raise DataError(f"{path}: {exc}") from None
+        fmt = self.fmt or RecordFormat.default("text", self.sink.text_field)
+        if fmt.is_text and self.sink.text_field not in names:
             raise DataError(
                 f"{path}: missing text field {self.sink.text_field!r} (columns: {', '.join(names)})"
             )
-        wanted = [c for c in {self.sink.text_field, self.sink.id_field, *self.sink.keep_fields}
-                  if c in names]
+        wanted = [c for c in dict.fromkeys([*fmt.data_columns, self.sink.id_field,
+                                            *self.sink.keep_fields]) if c in names]
         row = 0
         for batch in pf.iter_batches(batch_size=WRITE_BATCH_ROWS, columns=wanted):
             for record in batch.to_pylist():
                 row += 1
-                if record.get(self.sink.text_field) is None:
+                if fmt.is_text and record.get(self.sink.text_field) is None:
                     self.bad(path, row, f"field {self.sink.text_field!r} is null")
                     continue
                 self.take(path, row, record)
@@ -269,14 +317,20 @@ def load_corpus(
     on_error: OnError = "raise",
     split: str = "train",
     work_dir: str | os.PathLike | None = None,
+    fields: RecordFormat | str | dict | None = "auto",
 ) -> LoadedCorpus:
     """Load JSONL(.gz) / Parquet / text files or folders, a saved dataset, or a hub id.
 
     The result always has an ``id_field`` column (from the data, or a content hash) and the
-    text column, plus any ``keep_fields`` carried as strings.
+    text column, plus any ``keep_fields`` carried as strings. ``fields`` says how to read
+    records (see :mod:`datadiet.pipeline.records`): ``"auto"`` takes the text field if the first
+    record has one, else the fine-tuning format its fields fit; a format name or a mapping
+    fixes it. For fine-tuning records the text column holds the rendered row (what the
+    pre-training steps read), and the format's own columns are carried along.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    fmt = fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
     path = Path(source).expanduser()
     keep = [f for f in keep_fields if f not in (text_field, id_field)]
     if path.is_dir() and _is_saved_dataset(path):
@@ -287,7 +341,7 @@ def load_corpus(
             if split not in ds:
                 raise DataError(f"{path}: no split {split!r} (splits: {', '.join(ds.keys())})")
             ds = ds[split]
-        return _from_dataset(ds, str(path), text_field, id_field, keep)
+        return _from_dataset(ds, str(path), text_field, id_field, keep, fmt)
     if path.exists():
         files = _list_files(path) if path.is_dir() else [path]
         for f in files:
@@ -297,7 +351,7 @@ def load_corpus(
         work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="datadiet-load-"))
         work.mkdir(parents=True, exist_ok=True)
         sink = _RowSink(work / f"corpus-{uuid.uuid4().hex[:8]}.arrow", text_field, id_field, keep)
-        reader = _Reader(sink, on_error)
+        reader = _Reader(sink, on_error, fmt)
         try:
             for f in files:
                 name = f.name
@@ -313,13 +367,14 @@ def load_corpus(
             raise DataError(f"{path}: no records could be read"
                             + (f" ({reader.skipped_count} skipped)" if reader.skipped_count else ""))
         return LoadedCorpus(ds, str(path), fingerprint_files(files), reader.skipped,
-                            reader.skipped_count)
+                            reader.skipped_count, reader.fmt)
     if "/" in str(source) and not str(source).startswith((".", "/")):
-        return _load_hub(str(source), split, text_field, id_field, keep)
+        return _load_hub(str(source), split, text_field, id_field, keep, fmt)
     raise DataError(f"{source}: no such file or folder")
 
 
-def _load_hub(name: str, split: str, text_field: str, id_field: str, keep: list[str]) -> LoadedCorpus:
+def _load_hub(name: str, split: str, text_field: str, id_field: str, keep: list[str],
+              fmt: RecordFormat | None) -> LoadedCorpus:
     """A Hugging Face hub dataset id; offline this fails with a message that says so."""
     from datasets import load_dataset
 
@@ -332,11 +387,22 @@ def _load_hub(name: str, split: str, text_field: str, id_field: str, keep: list[
             f"{name}: not a local path, and loading it from the Hugging Face hub failed{hint}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    return _from_dataset(ds, f"hf://{name}:{split}", text_field, id_field, keep)
+    return _from_dataset(ds, f"hf://{name}:{split}", text_field, id_field, keep, fmt)
 
 
 def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
-                  keep: list[str]) -> LoadedCorpus:
+                  keep: list[str], fmt: RecordFormat | None = None) -> LoadedCorpus:
+    if fmt is None:
+        try:
+            fmt = detect_format(ds.column_names, text_field, noun="columns")
+        except ValueError as exc:
+            raise DataError(f"{source}: {exc}") from None
+    if not fmt.is_text:
+        try:
+            ds = with_text(ds, fmt, text_field)
+        except ValueError as exc:
+            raise DataError(f"{source}: {exc}") from None
+        keep = [*fmt.data_columns, *keep]
     if text_field not in ds.column_names:
         raise DataError(
             f"{source}: missing text field {text_field!r} (columns: {', '.join(ds.column_names)})"
@@ -344,8 +410,9 @@ def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
     if id_field not in ds.column_names:
         ds = ds.map(lambda b: {id_field: [content_id(t or "") for t in b[text_field]]},
                     batched=True, desc="hashing ids")
-    ds = ds.select_columns([id_field, text_field, *[k for k in keep if k in ds.column_names]])
-    return LoadedCorpus(ds, source, ds._fingerprint)
+    keep = [k for k in dict.fromkeys(keep) if k in ds.column_names and k not in (id_field, text_field)]
+    ds = ds.select_columns([id_field, text_field, *keep])
+    return LoadedCorpus(ds, source, ds._fingerprint, record_format=fmt)
 
 
 # -- writing --------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.models.scoring import LMScorer
+from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
 
 STEP_REGISTRY: dict[str, type[Step]] = {}
@@ -60,6 +61,7 @@ class StepContext:
     show_progress: bool = True
     scorer_model: str | None = None
     embedder_model: str | None = None
+    record_format: RecordFormat | None = None  # how rows were read (fine-tuning steps need it)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def iter_texts(

@@ -2,8 +2,10 @@
 
 from datadiet.pipeline.steps import STEP_REGISTRY, Step, StepContext, build_step, register_step
 from datadiet.selectors import (  # noqa: F401 - imported to register their steps
+    deita,
     dsir,
     exact,
+    ifd,
     kcenter,
     minhash,
     perplexity,

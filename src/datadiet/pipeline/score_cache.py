@@ -1,0 +1,172 @@
+"""Per-row model scores cached on disk, so a score is paid for once.
+
+Why: LM scores of instruction data (IFD losses, judge ratings) cost minutes to hours, and users
+re-run selection with another ``keep`` or another step order many times. Scores are a function of
+(what the row says, which model, which method, which window), so that tuple is the key and a
+second run over the same rows makes no model call at all. Each chunk of rows is committed as soon
+as it is scored, so a run that is killed half-way resumes from the last committed chunk.
+
+SQLite for the same reasons as the embedding cache: standard library, safe with concurrent
+readers, atomic per transaction (a kill never leaves a torn entry).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from datadiet.pipeline.models.loading import cache_dir as default_cache_dir
+
+__all__ = ["ScoreCache", "cached_scores", "model_identity"]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+_FOLDER_HASHES: dict[tuple, str] = {}
+
+
+def _folder_hash(folder: Path) -> str:
+    """xxh3-128 of a model folder's config and weight files (memoised per size and mtime)."""
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and (p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)))
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(folder.resolve()), stamp)
+    if key not in _FOLDER_HASHES:
+        h = xxhash.xxh3_128()
+        for path in files:
+            h.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 24), b""):
+                    h.update(chunk)
+        _FOLDER_HASHES[key] = h.hexdigest()
+    return _FOLDER_HASHES[key]
+
+
+def model_identity(model: Any, name: str | None = None) -> dict[str, str | None]:
+    """What the manifest (and the cache key) says about a loaded transformers model.
+
+    ``name`` as the user gave it, the hub ``revision`` (commit) when the model came from the hub,
+    and ``hash``, a content hash of the weights when they are a local folder — so two runs that
+    say "the default model" but loaded different weights never share cached scores.
+    """
+    config = getattr(model, "config", None)
+    path = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
+    revision = getattr(config, "_commit_hash", None)
+    digest = None
+    if path and Path(path).is_dir():
+        digest = _folder_hash(Path(path))
+    return {"name": name or (str(path) if path else None), "path": str(path) if path else None,
+            "revision": revision, "hash": digest}
+
+
+class ScoreCache:
+    """Per-row float vectors keyed by (row content hash, model, method, max_length).
+
+    Args:
+        model: the model key (see :func:`model_identity`; its hash or revision, not its name).
+        method: the scoring method and its version (``"ifd-losses-v1"``); change the version
+            when the computation changes, and old entries are simply never read.
+        max_length: the token window, part of the key because it changes the scores.
+        root: folder of the SQLite file; default ``<datadiet cache>/scores``.
+    """
+
+    def __init__(self, model: str, method: str, max_length: int,
+                 root: str | os.PathLike | None = None) -> None:
+        self.model = model
+        self.method = method
+        self.max_length = int(max_length)
+        folder = Path(root) if root else default_cache_dir() / "scores"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "scores.sqlite"
+        self._db = sqlite3.connect(self.path, timeout=60)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS scores (row BLOB, model TEXT, method TEXT, "
+            "max_length INTEGER, value BLOB, PRIMARY KEY (row, model, method, max_length))"
+        )
+        self._db.commit()
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """The cached vectors of those ``keys`` that have one."""
+        found: dict[bytes, np.ndarray] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT row, value FROM scores WHERE model = ? AND method = ? AND max_length = ? "
+                f"AND row IN ({marks})", [self.model, self.method, self.max_length, *chunk])
+            for key, blob in rows:
+                found[key] = np.frombuffer(blob, dtype=np.float64)
+        return found
+
+    def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:
+        """Store vectors and commit, so they survive a kill right after this call."""
+        with self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
+                [(k, self.model, self.method, self.max_length,
+                  np.asarray(v, dtype=np.float64).tobytes()) for k, v in items],
+            )
+
+    def count(self) -> int:
+        """Entries stored under this cache's model, method and window."""
+        (n,) = self._db.execute(
+            "SELECT COUNT(*) FROM scores WHERE model = ? AND method = ? AND max_length = ?",
+            (self.model, self.method, self.max_length)).fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def cached_scores(
+    keys: Sequence[bytes],
+    compute: Callable[[list[int]], np.ndarray],
+    cache: ScoreCache | None,
+    *,
+    width: int,
+    costs: Sequence[int] | np.ndarray,
+    chunk_cost: int,
+    on_progress: Callable[[int], Any] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Score rows through the cache: look every key up, compute the misses chunk by chunk.
+
+    ``compute(rows)`` returns a ``(len(rows), width)`` array for those row indices. Rows with
+    the same key are computed once. Chunks hold about ``chunk_cost`` (tokens, say, from
+    ``costs``) and each is committed before the next starts: that is the resume point of a
+    killed run. Returns the ``(n, width)`` values and the number of rows actually computed.
+    """
+    n = len(keys)
+    values = np.full((n, width), np.nan, dtype=np.float64)
+    found = cache.get_many(keys) if cache is not None else {}
+    todo: dict[bytes, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key in found:
+            values[i] = found[key]
+        else:
+            todo.setdefault(key, []).append(i)
+    if on_progress is not None:
+        on_progress(n - sum(len(v) for v in todo.values()))
+    pending = list(todo.items())
+    computed = 0
+    start = 0
+    while start < len(pending):
+        stop, total = start, 0
+        while stop < len(pending) and (stop == start or total + costs[pending[stop][1][0]] <= chunk_cost):
+            total += int(costs[pending[stop][1][0]])
+            stop += 1
+        chunk = pending[start:stop]
+        result = np.asarray(compute([rows[0] for _, rows in chunk]), dtype=np.float64)
+        for (_, rows), vec in zip(chunk, result, strict=True):
+            values[rows] = vec
+        if cache is not None:
+            cache.put_many([(key, vec) for (key, _), vec in zip(chunk, result, strict=True)])
+        computed += len(chunk)
+        if on_progress is not None:
+            on_progress(sum(len(rows) for _, rows in chunk))
+        start = stop
+    return values, computed
