@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM, resolve_causal_lm
 from datadiet.pipeline.models.loading import cache_dir as default_cache_dir
 
 __all__ = ["ScoreCache", "cached_scores", "model_identity"]
@@ -31,7 +32,7 @@ _FOLDER_HASHES: dict[tuple, str] = {}
 
 def _folder_hash(folder: Path) -> str:
     """xxh3-128 of a model folder's config and weight files (memoised per size and mtime)."""
-    files = sorted(p for p in folder.iterdir()
+    files = sorted(p for p in folder.resolve().iterdir()
                    if p.is_file() and (p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)))
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     key = (str(folder.resolve()), stamp)
@@ -46,21 +47,25 @@ def _folder_hash(folder: Path) -> str:
     return _FOLDER_HASHES[key]
 
 
-def model_identity(model: Any, name: str | None = None) -> dict[str, str | None]:
-    """What the manifest (and the cache key) says about a loaded transformers model.
+def model_identity(name: str | None) -> dict[str, str | None]:
+    """What the manifest (and the cache key) says about a causal LM, before or after loading.
 
-    ``name`` as the user gave it, the hub ``revision`` (commit) when the model came from the hub,
-    and ``hash``, a content hash of the weights when they are a local folder — so two runs that
-    say "the default model" but loaded different weights never share cached scores.
+    ``name`` as the user gave it (the default model when ``None``), the ``path`` it resolves
+    to, the hub ``revision`` (snapshot commit) when it came from the hub, and ``hash``, a content
+    hash of its config and weights — so two runs that say "the default model" but load
+    different weights never share cached scores.
     """
-    config = getattr(model, "config", None)
-    path = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
-    revision = getattr(config, "_commit_hash", None)
-    digest = None
-    if path and Path(path).is_dir():
-        digest = _folder_hash(Path(path))
-    return {"name": name or (str(path) if path else None), "path": str(path) if path else None,
-            "revision": revision, "hash": digest}
+    path = resolve_causal_lm(name)
+    folder, revision = Path(path), None
+    if not folder.is_dir():  # a hub id: its snapshot in the Hugging Face cache, if there
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, "config.json")
+        if isinstance(found, str):
+            folder = Path(found).parent
+            revision = folder.name
+    return {"name": name or os.environ.get("DATADIET_LM") or DEFAULT_CAUSAL_LM, "path": path,
+            "revision": revision, "hash": _folder_hash(folder) if folder.is_dir() else None}
 
 
 class ScoreCache:

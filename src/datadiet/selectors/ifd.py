@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM
 from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.records import iter_records, sft_format, turns, turns_key
 from datadiet.pipeline.score_cache import ScoreCache, cached_scores, model_identity
@@ -87,15 +86,18 @@ def ifd_losses(
     tok = scorer.tokenizer
     prompts = tok([p for p, _ in flat], add_special_tokens=False)["input_ids"] if flat else []
     responses = tok([r for _, r in flat], add_special_tokens=False)["input_ids"] if flat else []
-    unique: dict[tuple[int, ...], int] = {}
+    # (sequence, first scored position): the conditioned pass needs logits for the response
+    # only, so the scorer forms none for the instruction's positions
+    unique: dict[tuple[tuple[int, ...], int], int] = {}
     plan = []  # per pair: (conditioned seq index, alone seq index, response length, truncated)
     for p_ids, r_ids in zip(prompts, responses, strict=True):
         tail, head, truncated = pair_windows(p_ids, r_ids, max_length)
-        cond = tuple([scorer.prefix_id, *tail, *head])
-        alone = tuple([scorer.prefix_id, *head])
+        cond = (tuple([scorer.prefix_id, *tail, *head]), len(tail))
+        alone = (tuple([scorer.prefix_id, *head]), 0)
         plan.append((unique.setdefault(cond, len(unique)), unique.setdefault(alone, len(unique)),
                      len(head), truncated))
-    logprobs = scorer.score_ids([list(s) for s in unique]) if unique else []
+    logprobs = scorer.score_ids([list(seq) for seq, _ in unique],
+                                starts=[start for _, start in unique]) if unique else []
     out = np.zeros((len(rows), 4), dtype=np.float64)
     pair = 0
     for row, pairs in enumerate(rows):
@@ -139,8 +141,9 @@ def row_scorer(model: str | None, ctx: StepContext) -> LMScorer:
     return ctx._cache[key]
 
 
-def scorer_identity(scorer: LMScorer, model: str | None, ctx: StepContext) -> dict[str, Any]:
-    return model_identity(scorer.model, model or ctx.scorer_model or DEFAULT_CAUSAL_LM)
+def scorer_identity(scorer: LMScorer) -> dict[str, Any]:
+    """The scorer's model as the manifest and the cache key name it (plus the backend)."""
+    return {**model_identity(scorer.model_name), "backend": scorer.backend}
 
 
 def open_cache(cache: bool | str, identity: dict[str, Any], method: str,
@@ -206,10 +209,9 @@ class IFD(Step):
         rows = [turns(r, fmt) for batch in iter_records(ds, fmt, ctx.batch_size) for r in batch]
         scorer = row_scorer(self.model, ctx)
         max_length = self.max_length
-        context = getattr(getattr(scorer.model, "config", None), "max_position_embeddings", None)
-        if context:
-            max_length = min(max_length, int(context))
-        identity = scorer_identity(scorer, self.model, ctx)
+        if scorer.max_context:
+            max_length = min(max_length, int(scorer.max_context))
+        identity = scorer_identity(scorer)
         cache = open_cache(self.cache, identity, IFD_METHOD, max_length)
         # a row costs its two passes: instruction + response, then the response again
         costs = np.asarray([min(sum(len(p) + 2 * len(r) for p, r in pairs) // 4 + 2,
