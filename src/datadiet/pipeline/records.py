@@ -283,3 +283,14 @@ def with_text(ds: Dataset, fmt: RecordFormat, text_field: str = "text") -> Datas
                 raise ValueError(f"row {len(texts)}: {problem}")
             texts.append(render_text(record, fmt))
     return ds.add_column(text_field, texts)
+
+
+def ensure_text(ds: Dataset, given: RecordFormat | None, text_field: str = "text",
+                step: str = "this step") -> Dataset:
+    """``ds`` with its text column, rendered from the instruction columns when it has none.
+
+    The runner renders it once for a whole run; this is for a step called on its own.
+    """
+    if text_field in ds.column_names:
+        return ds
+    return with_text(ds, sft_format(ds.column_names, given, text_field, step), text_field)

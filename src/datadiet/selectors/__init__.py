@@ -2,10 +2,13 @@
 
 from datadiet.pipeline.steps import STEP_REGISTRY, Step, StepContext, build_step, register_step
 from datadiet.selectors import (  # noqa: F401 - imported to register their steps
+    cluster_sample,
+    decontaminate,
     deita,
     dsir,
     exact,
     ifd,
+    judge,
     kcenter,
     minhash,
     perplexity,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from datasets import Dataset
 
-from datadiet.pipeline.records import sft_format, with_text
+from datadiet.pipeline.records import ensure_text
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, row_ids, validate_keep
@@ -129,9 +129,7 @@ class Deita(Step):
         valid = np.flatnonzero(np.isfinite(values))
         key = -values[valid] if self.descending else values[valid]
         order = valid[np.argsort(key, kind="stable")]
-        if ctx.text_field not in ds.column_names:  # an instruction dataset called directly
-            fmt = sft_format(ds.column_names, ctx.record_format, ctx.text_field, step=self.name)
-            ds = with_text(ds, fmt, ctx.text_field)
+        ds = ensure_text(ds, ctx.record_format, ctx.text_field, self.name)
         emb = embed_dataset(ds, ctx, name="deita")
         taken, nearest, similarity, examined = diverse_by_score(emb, order, k, self.threshold)
         kinds = np.full(n, BELOW_BUDGET, dtype=object)

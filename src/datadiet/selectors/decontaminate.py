@@ -1,0 +1,136 @@
+"""Decontamination: drop training rows that share a long word n-gram with an evaluation set.
+
+A fine-tuning set scraped or generated from the web often contains the benchmark it will be
+evaluated on; a model trained on it reports a score it did not earn. The standard check (GPT-3,
+Brown et al. 2020; 13 words, as used since for instruction data) is an exact n-gram overlap after
+normalising case and punctuation: a 13-word run shared with a test question is almost never a
+coincidence. Each row is compared on its whole text (instruction and response together), and the
+removal reason names the evaluation file it overlaps, so the report says which benchmark leaked.
+
+Hashing: words are the package's one word rule (:func:`datadiet.pipeline.text.words`), each word
+hashed once (xxh3-64) and n-grams combined as a polynomial rolling hash in NumPy (wrapping
+uint64 arithmetic); evaluation n-grams are held as one sorted array per file and looked up with
+``np.isin``, so memory is 8 bytes per evaluation n-gram and no Python set of strings is built.
+Rows with fewer than ``n`` words have no n-gram and are never flagged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+from datasets import Dataset
+
+from datadiet.pipeline.io import load_corpus
+from datadiet.pipeline.records import ensure_text, parse_fields
+from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.text import words
+
+__all__ = ["Decontaminate", "ngram_hashes"]
+
+CONTAMINATED = "contaminated-by"
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)  # odd: the rolling hash stays a bijection per step
+
+
+def ngram_hashes(text: str, n: int) -> np.ndarray:
+    """Hashes of every ``n``-word window of ``text`` (empty when it has fewer words)."""
+    ws = words(text)
+    if len(ws) < n:
+        return np.empty(0, dtype=np.uint64)
+    w = np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8", "surrogatepass")) for t in ws), dtype=np.uint64, count=len(ws))
+    m = len(ws) - n + 1
+    h = np.zeros(m, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h = h * _MULTIPLIER + w[j : j + m]
+    return h
+
+
+def _eval_entry(entry: Any) -> dict[str, Any]:
+    """An ``eval_sets`` entry as ``{"path", "fields", "text_field"}``; errors name the entry."""
+    if isinstance(entry, str | os.PathLike):
+        entry = {"path": str(entry)}
+    if not isinstance(entry, Mapping) or "path" not in entry:
+        raise ValueError(f"eval_sets: each entry is a path or {{path: ..., fields: ...}}, got {entry!r}")
+    unknown = set(entry) - {"path", "fields", "text_field"}
+    if unknown:
+        raise ValueError(f"eval_sets: unknown key {sorted(unknown)[0]!r} in {dict(entry)!r}")
+    path = Path(str(entry["path"])).expanduser()
+    if not path.exists():
+        raise ValueError(f"eval_sets: {path}: no such file or folder")
+    text_field = str(entry.get("text_field", "text"))
+    parse_fields(entry.get("fields"), text_field)  # validate now, not mid-run
+    return {"path": str(path), "fields": entry.get("fields", "auto") or "auto",
+            "text_field": text_field}
+
+
+@register_step
+class Decontaminate(Step):
+    """Remove rows that share an ``n``-word sequence with any evaluation set.
+
+    Args:
+        eval_sets: evaluation files or folders in any format the reader takes (JSONL, Parquet,
+            text, instruction formats), each a path or ``{path, fields, text_field}`` for
+            records the reader cannot detect (``fields: {prompt: question, completion:
+            answer}`` for GSM8K).
+        n: words per n-gram (13, the GPT-3 rule).
+
+    Removed rows: ``contaminated-by:<evaluation file>``. Scores: the fraction of the row's
+    n-grams found in the evaluation sets (higher is *more* contaminated; 0 for kept rows).
+    """
+
+    name = "decontaminate"
+
+    def __init__(self, *, eval_sets: Iterable[Any] = (), n: int = 13) -> None:
+        entries = [eval_sets] if isinstance(eval_sets, str | os.PathLike | Mapping) else list(eval_sets)
+        if not entries:
+            raise ValueError("decontaminate needs eval_sets: a list of evaluation files")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
+        self.eval_sets = [_eval_entry(e) for e in entries]
+        self.n = n
+
+    def _eval_ngrams(self, ctx: StepContext) -> list[tuple[str, np.ndarray]]:
+        out = []
+        for entry in self.eval_sets:
+            loaded = load_corpus(entry["path"], text_field=entry["text_field"],
+                                 fields=entry["fields"], work_dir=ctx.scratch("decontaminate"))
+            parts = [ngram_hashes(t, self.n) for batch in ctx.iter_texts(
+                loaded.dataset.rename_column(entry["text_field"], ctx.text_field)
+                if entry["text_field"] != ctx.text_field else loaded.dataset,
+                desc="decontaminate: eval n-grams") for t in batch]
+            hashes = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+            out.append((Path(entry["path"]).name, hashes))
+        return out
+
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        n = len(ds)
+        ds = ensure_text(ds, ctx.record_format, ctx.text_field, self.name)
+        evals = self._eval_ngrams(ctx)
+        hit_file = np.full(n, "", dtype=object)
+        overlap = np.zeros(n, dtype=np.float64)
+        per_file = {name: 0 for name, _ in evals}
+        row = 0
+        for batch in ctx.iter_texts(ds, desc="decontaminate"):
+            for text in batch:
+                grams = ngram_hashes(text or "", self.n)
+                if len(grams):
+                    found = np.zeros(len(grams), dtype=bool)
+                    for name, hashes in evals:
+                        hit = np.isin(grams, hashes, assume_unique=False)
+                        if hit.any() and not hit_file[row]:
+                            hit_file[row] = name
+                            per_file[name] += 1
+                        found |= hit
+                    overlap[row] = found.mean()
+                row += 1
+        keep = hit_file == ""
+        stats = {"n": self.n, "eval_ngrams": {name: int(len(h)) for name, h in evals},
+                 "removed_per_eval_set": per_file}
+        return Selection.from_mask(keep, CONTAMINATED, detail=hit_file, scores=overlap,
+                                   stats=stats)
