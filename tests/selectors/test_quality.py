@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
-from datadiet.selectors.quality import GOPHER_STOP_WORDS, QualityFilter, quality_features
+from datadiet.selectors.quality import (
+    GOPHER_STOP_WORDS,
+    QualityFilter,
+    _char_classes,
+    quality_feature_matrix,
+    quality_feature_names,
+    quality_features,
+)
 
 CTX = StepContext(show_progress=False)
 
@@ -248,3 +255,78 @@ def test_throughput_is_heuristic_cheap(doyle: list[str]) -> None:
     QualityFilter().select(Dataset.from_dict({"text": docs}), CTX)
     rate = len(docs) / (time.perf_counter() - start)
     assert rate > 300, rate  # measured ~3 000 docs/s (of ~150 words) on one shared core
+
+
+# -- the compiled feature matrix equals the Python definitions ---------------------------------
+
+QUALITY_ALPHABET = (
+    "ab AB the of and to \n\n\n  \t\r\x0b\x1c\u00a0\u3000 . ! ? … # { } - * • ► – \" ' ” ’ ) ] "
+    "_ 1 ² ½ ٣ é Σ σ ς İ K ß 한 \ud800 javascript JavaScript lorem ipsum Lorem Ipsum uses cookies "
+    "privacy policy ... .... ?! !) ."
+)
+
+
+def _reference_rows(texts: list[str], **ns: tuple[int, ...]) -> np.ndarray:
+    names = quality_feature_names(**ns) if ns else quality_feature_names()
+    rows = [[quality_features(t, **ns)[k] for k in names] for t in texts]
+    return np.array(rows, np.float64).reshape(len(texts), len(names))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(
+    st.text(alphabet=QUALITY_ALPHABET, max_size=200),
+    st.lists(st.sampled_from(QUALITY_ALPHABET.split(" ")), max_size=80).map(" ".join),
+    st.lists(st.sampled_from(["the cat sat", "on the mat", "\n", "\n\n", " ", "...", "•"]),
+             max_size=40).map("".join),
+    st.text(max_size=60),
+), max_size=6))
+def test_property_feature_matrix_equals_quality_features(texts: list[str]) -> None:
+    assert np.array_equal(quality_feature_matrix(texts), _reference_rows(texts))
+
+
+def test_feature_matrix_on_real_documents(doyle: list[str], wiki: list[str],
+                                          shared_data: Path) -> None:
+    t0 = []
+    for name in ("cnn_dailymail_3_0_0_news_summary", "common_gen_Put_together", "samsum_Summarize_"):
+        with open(shared_data / "sft" / "t0_train" / f"{name}.jsonl", encoding="utf-8") as f:
+            t0 += [(r := json.loads(line))["prompt"] + r["completion"] for line in f][:40]
+    texts = doyle[:150] + wiki[:150] + t0 + ["\n\n".join(doyle[:30]) * 2]
+    assert np.array_equal(quality_feature_matrix(texts), _reference_rows(texts))
+    ns = {"top_ngrams": (3,), "dup_ngrams": (2, 7)}
+    assert np.array_equal(quality_feature_matrix(texts[:50], **ns), _reference_rows(texts[:50], **ns))
+
+
+def test_step_without_numba_gives_the_same_selection(
+    para: str, lines: list[str], wiki: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = _long(wiki)[:30] + [fn(para, lines) for fn in MUTATIONS.values()] + ["", "x"]
+    ds = Dataset.from_dict({"id": [str(i) for i in range(len(texts))], "text": texts})
+    step = QualityFilter(c4_min_sentences=3, c4_javascript=True)
+    fast = step.select(ds, CTX)
+    assert fast.reason_kind.tolist() == [
+        "" if (r := step.check(t)) is None else f"quality:{r[0]}" for t in texts
+    ]
+    monkeypatch.setenv("DATADIET_NUMBA", "0")
+    slow = step.select(ds, CTX)
+    assert fast.reason_kind.tolist() == slow.reason_kind.tolist()
+    assert fast.reason_detail.tolist() == slow.reason_detail.tolist()
+    assert fast.stats == slow.stats
+
+
+def test_character_classes_match_the_rules_regexes() -> None:
+    cls = _char_classes()
+    for bit, pattern in ((1, r"\w"), (2, r"[^\W_]"), (4, r"[^\W\d_]"), (8, r"\s")):
+        rx = re.compile(pattern)
+        expected = np.fromiter((rx.match(chr(c)) is not None for c in range(0x110000)), bool)
+        assert np.array_equal(cls & bit != 0, expected), pattern
+
+
+def test_feature_matrix_without_c4_drops_only_those_columns(para: str, lines: list[str]) -> None:
+    texts = [para, "\n".join(lines), "javascript {lorem ipsum}. Yes!"]
+    full = quality_feature_matrix(texts)
+    names = quality_feature_names()
+    lean = quality_feature_matrix(texts, c4=False)
+    lean_names = quality_feature_names(c4=False)
+    assert lean_names == [n for n in names if n not in {
+        "has_lorem_ipsum", "has_curly_brace", "javascript_lines", "policy_lines", "n_sentences"}]
+    assert np.array_equal(lean, full[:, [names.index(n) for n in lean_names]])
