@@ -91,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_optional(sub: argparse._SubParsersAction) -> None:
     """Sub-commands from the other rooms of the package (compression, training, inference)."""
+    from datadiet.flows.serve import add_serve_parser
     from datadiet.pipeline.stages.cli import add_generate_parser, add_train_parser
     from datadiet.prompting.compression.cli import add_compress_parser
 
+    add_serve_parser(sub)
     add_compress_parser(sub)
     add_train_parser(sub)
     add_generate_parser(sub)

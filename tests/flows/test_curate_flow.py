@@ -4,7 +4,6 @@ typed parameters that fail before any task, and a sharded run on two Dask worker
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import UUID
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 from datadiet.flows.curate import CurateParams, ScaleOut, curate, normalised_spec
 from datadiet.pipeline.curate import curate_path
 from datadiet.pipeline.steps import build_step
+from tests.flows.helpers import artifacts_of, task_run_states
 
 # Quality sits between the two dedups, so the order of steps changes what is kept: a sharded
 # run that decided quality out of order would keep different duplicates.
@@ -21,37 +21,6 @@ SPEC = """\
 - quality: {min_alpha_word_ratio: 0.6}
 - minhash_dedup: {threshold: 0.7, num_perm: 64, ngram: 5}
 """
-
-
-def api_post(path: str, body: dict) -> list[dict]:
-    """POST a filter to the Prefect REST API (what the UI and any client read)."""
-    import httpx
-    from prefect.settings import PREFECT_API_URL
-
-    response = httpx.post(f"{PREFECT_API_URL.value()}{path}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def run_ids(flow_run_id: UUID) -> list[str]:
-    """The flow run and its subflow runs."""
-    children = api_post("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {
-        "any_": [str(flow_run_id)]}}})
-    return [str(flow_run_id), *[c["id"] for c in children]]
-
-
-def task_run_states(flow_run_id: UUID) -> list[str]:
-    """Names of the final states of every task run of a flow run and its subflows."""
-    runs = api_post("/task_runs/filter", {"flow_runs": {"id": {"any_": run_ids(flow_run_id)}}})
-    return [r["state"]["name"] for r in runs if r.get("state")  # a subflow's stand-in is no task
-            and not r["state"]["state_details"].get("child_flow_run_id")]
-
-
-def artifacts_of(flow_run_id: UUID) -> dict[str, dict]:
-    """Artifacts of a flow run and its subflows, by key."""
-    found = api_post("/artifacts/filter", {"artifacts": {"flow_run_id": {
-        "any_": run_ids(flow_run_id)}}})
-    return {a["key"]: a for a in found}
 
 
 def removed_and_kept(out: Path) -> tuple[list[dict], list[str]]:

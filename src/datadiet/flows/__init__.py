@@ -16,6 +16,13 @@ _EXPORTS = {
     "curate": "datadiet.flows.curate",
     "CurateParams": "datadiet.flows.curate",
     "ScaleOut": "datadiet.flows.curate",
+    "build_prompts": "datadiet.flows.prompts",
+    "PromptParams": "datadiet.flows.prompts",
+    "train_and_measure": "datadiet.flows.training",
+    "TrainMeasureParams": "datadiet.flows.training",
+    "TrainBudget": "datadiet.flows.training",
+    "efficiency": "datadiet.flows.efficiency",
+    "EfficiencyParams": "datadiet.flows.efficiency",
 }
 
 __all__ = list(_EXPORTS)

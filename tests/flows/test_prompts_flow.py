@@ -1,0 +1,55 @@
+"""build_prompts: real SST-2 demonstrations, compressed by the offline SmolLM2 scorer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from datadiet.flows.prompts import PromptParams, build_prompts
+from tests.flows.helpers import artifacts_of, task_run_states
+
+
+@pytest.fixture(scope="module")
+def sst2(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sst2")
+    paths = {}
+    for name, source, n in (("pool", "train", 30), ("eval", "test", 3)):
+        lines = (shared_data / "icl" / "sst2" / f"{source}.txt").read_text().splitlines()[:n]
+        rows = [{"id": f"{name}-{i}", "text": line[2:], "label": "positive" if line[0] == "1"
+                 else "negative"} for i, line in enumerate(lines)]
+        paths[name] = root / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return paths
+
+
+def test_prompts_are_compressed_and_reported(prefect_api: str, sst2: dict, tmp_path: Path) -> None:
+    params = PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
+                          k=3, compress_rate=0.5, instruction="Classify the sentiment.",
+                          storage=str(tmp_path / "storage"))
+    state = build_prompts(params, return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    rows = [json.loads(line) for line in Path(result["prompts"]).read_text().splitlines()]
+    queries = [json.loads(line) for line in sst2["eval"].read_text().splitlines()]
+    assert [r["id"] for r in rows] == [q["id"] for q in queries]
+    for row, query in zip(rows, queries, strict=True):
+        assert row["prompt"].startswith("Classify the sentiment.")
+        assert row["prompt"].rstrip().endswith(f"{query['text']}\nAnswer:")  # query verbatim
+        assert len(row["demonstrations"]) == 3
+        assert row["tokens_after"] < row["tokens_before"]
+    assert result["tokens_after"] < result["tokens_before"]
+
+    report = artifacts_of(state.state_details.flow_run_id)["datadiet-prompts-report"]["data"]
+    assert "Tokens per prompt" in report and "data:image/png;base64," in report
+    again = build_prompts(params, return_state=True)
+    assert again.result() == result
+    assert set(task_run_states(again.state_details.flow_run_id)) == {"Cached"}
+
+
+def test_prompt_formats_are_validated(sst2: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="demo_format"):
+        PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
+                     demo_format="{text} => {answer}")
