@@ -56,7 +56,10 @@ def prefect_server() -> Iterator[str]:
     home = _HOME / "server"
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": "", "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
+           "PREFECT_API_URL": "", "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+           # SQLite on two busy cores: give queries time rather than answering 503.
+           "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+           "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30"}
     log = home / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(

@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
 from uuid import UUID
 
 import httpx
 
 
-def api_post(path: str, body: dict) -> list[dict]:
-    """POST a filter to the Prefect REST API of the current settings."""
+def request(method: str, url: str, body: dict | None = None) -> httpx.Response:
+    """One API call, retrying the 503 a SQLite-backed server answers on two busy cores."""
+    for _ in range(15):
+        response = httpx.request(method, url, json=body, timeout=60)
+        if response.status_code != 503:
+            return response
+        time.sleep(2)
+    return response
+
+
+def api_post(path: str, body: dict) -> Any:
+    """POST to the Prefect REST API of the current settings; the decoded answer."""
     from prefect.settings import PREFECT_API_URL
 
-    response = httpx.post(f"{PREFECT_API_URL.value()}{path}", json=body, timeout=30)
+    response = request("POST", f"{PREFECT_API_URL.value()}{path}", body)
     response.raise_for_status()
     return response.json()
 

@@ -18,12 +18,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from datadiet.flows.serve import load_config, plan
-from tests.flows.helpers import api_post, artifacts_of
+from tests.flows.helpers import api_post, artifacts_of, request
 
 RUN_TIMEOUT_S = 240
 CHROMIUM = "/usr/bin/chromium"
@@ -111,16 +110,16 @@ def test_deployment_triggered_through_the_api_completes_with_artifacts(served: d
 
     api = served["api"]
     # A bad parameter is refused by the server before any run exists.
-    bad = httpx.post(f"{api}/deployments/{nightly['id']}/create_flow_run",
-                     json={"parameters": {"params": {"source": 3}}}, timeout=30)
+    bad = request("POST", f"{api}/deployments/{nightly['id']}/create_flow_run",
+                  {"parameters": {"params": {"source": 3}}})
     assert bad.status_code in (409, 422), bad.text
 
-    created = httpx.post(f"{api}/deployments/{nightly['id']}/create_flow_run", json={}, timeout=30)
+    created = request("POST", f"{api}/deployments/{nightly['id']}/create_flow_run", {})
     created.raise_for_status()
     run_id = created.json()["id"]
 
     def finished() -> dict | None:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+        run = request("GET", f"{api}/flow_runs/{run_id}").json()
         return run if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
     run = wait_until(finished, RUN_TIMEOUT_S, "the triggered run", interval=2)

@@ -1,0 +1,106 @@
+"""Benchmark: the ``curate`` flow on two local Dask workers against the same flow in one process.
+
+Claim measured (no target set in advance): how much of a two-core machine the sharded flow
+uses. The spec is ``exact_dedup`` then ``quality`` (Gopher/C4 rules), on T0 prompts+completions
+from ``../shared/data/sft/t0_train``; the quality rules are row-local, so the sharded run decides
+them shard by shard on the workers and the final pass (exact dedup, applying the decisions,
+writing) runs in the flow's process. Both runs start from an empty cache; the Dask run's time
+includes starting its local cluster (the user pays it too). The outputs (kept ids, reasons) are
+compared and must be equal.
+
+Each mode runs ``--repeat`` times, interleaved; the fastest counts (a shared machine only ever
+adds time). Prefect uses its embedded API (the first, untimed warm-up run starts it).
+
+The last line printed is a JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(
+    os.environ.get("DATADIET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+SPEC = "- exact_dedup: {}\n- quality: {}\n"
+
+
+def write_corpus(path: Path, docs: int) -> int:
+    rows = []
+    for name in sorted(glob.glob(str(DATA / "sft" / "t0_train" / "*.jsonl"))):
+        with open(name, encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                rows.append(record["prompt"] + record["completion"].replace("<|endoftext|>", ""))
+                if len(rows) >= docs:
+                    break
+        if len(rows) >= docs:
+            break
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(rows):
+            f.write(json.dumps({"id": f"t0-{i}", "text": text}) + "\n")
+    return len(rows)
+
+
+def run_once(corpus: Path, root: Path, runner: str, workers: int) -> tuple[float, list, list]:
+    import pyarrow.parquet as pq
+
+    from datadiet.flows.curate import CurateParams, ScaleOut, curate
+
+    out = root / f"out-{runner}"
+    storage = root / f"storage-{runner}"
+    for folder in (out, storage):
+        shutil.rmtree(folder, ignore_errors=True)
+    params = CurateParams(source=str(corpus), out=str(out), spec=SPEC, storage=str(storage),
+                          tokenizer="bytes", rows_per_shard=1_000_000,
+                          scale=ScaleOut(runner=runner, workers=workers))
+    start = time.perf_counter()
+    curate(params)
+    seconds = time.perf_counter() - start
+    removed = pq.read_table(out / "removed" / "removed.parquet").to_pylist()
+    kept = [i for s in sorted(out.glob("*.parquet")) for i in pq.read_table(s).column("id").to_pylist()]
+    return seconds, removed, kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="8,000 documents, one repeat")
+    parser.add_argument("--docs", type=int, default=40_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    docs, repeat = (8_000, 1) if args.quick else (args.docs, args.repeat)
+    root = Path(tempfile.mkdtemp(prefix="datadiet-bench-flows-"))
+    try:
+        corpus = root / "t0.jsonl"
+        n = write_corpus(corpus, docs)
+        small = root / "warmup.jsonl"
+        write_corpus(small, 200)
+        run_once(small, root / "warmup", "local", 1)  # starts the embedded API, compiles numba
+        times: dict[str, list[float]] = {"local": [], "dask": []}
+        outputs = {}
+        for _ in range(repeat):
+            for runner in ("local", "dask"):
+                seconds, removed, kept = run_once(corpus, root, runner, args.workers)
+                times[runner].append(seconds)
+                outputs[runner] = (removed, kept)
+                print(f"{runner:>5}: {seconds:7.2f} s  ({len(kept)} of {n} kept)", flush=True)
+        equal = outputs["local"] == outputs["dask"]
+        best = {k: min(v) for k, v in times.items()}
+        print(json.dumps({"docs": n, "workers": args.workers, "cores": os.cpu_count(),
+                          "local_s": round(best["local"], 2), "dask_s": round(best["dask"], 2),
+                          "speedup": round(best["local"] / best["dask"], 3),
+                          "outputs_equal": equal, "load_average": os.getloadavg()[0]}))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":  # Dask's worker processes spawn: this guard is required
+    main()
+    os._exit(0)  # do not wait on Prefect's background services at exit
