@@ -152,7 +152,7 @@ def test_scores_are_distance_to_nearest_neighbour(selection) -> None:
 
 
 @pytest.mark.slow
-def test_real_groups_keep_member_nearest_centroid(corpus, ctx, selection) -> None:
+def test_real_groups_keep_member_farthest_from_centroid(corpus, ctx, selection) -> None:
     ds, groups, _ = corpus
     emb = embed_dataset(ds, ctx)
     result = semdedup_embeddings(emb, epsilon=EPSILON, seed=0)
@@ -161,7 +161,7 @@ def test_real_groups_keep_member_nearest_centroid(corpus, ctx, selection) -> Non
     for group in groups:
         rows = np.asarray([row[d] for d in group])
         closeness = np.einsum("ij,ij->i", emb[rows], result.centroids[result.labels[rows]])
-        assert selection.keep[rows[np.argmax(closeness)]]
+        assert selection.keep[rows[np.argmin(closeness)]]  # the paper's keep_hard rule
 
 
 @pytest.mark.slow
@@ -196,8 +196,8 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def constructed_cluster() -> tuple[np.ndarray, int, int]:
-    """One cluster around e0 with spread members and a duplicate pair; the pair's *farther*
-    member comes first, so row order cannot be what picks the winner."""
+    """One cluster around e0 with spread members and a duplicate pair; the pair's *nearer*
+    member comes first, so row order cannot be what picks the default (farthest) winner."""
     rng = np.random.default_rng(0)
     dim = 16
     base = np.zeros(dim)
@@ -207,28 +207,28 @@ def constructed_cluster() -> tuple[np.ndarray, int, int]:
     twin[1] = 0.5
     far = _unit(twin + 0.05 * np.eye(dim)[2] + 0.05 * np.eye(dim)[1])
     near = _unit(twin + 0.05 * np.eye(dim)[2])
-    emb = np.vstack([spread[:10], far[None], spread[10:20], near[None], spread[20:]])
-    return emb, 10, 21
+    emb = np.vstack([spread[:10], near[None], spread[10:20], far[None], spread[20:]])
+    return emb, 21, 10
 
 
-def test_cluster_duplicates_keeps_nearest_centroid() -> None:
+def test_cluster_duplicates_keeps_farthest_from_centroid() -> None:
     emb, far, near = constructed_cluster()
     centroid = _unit(emb.mean(axis=0))
     assert emb[near] @ centroid > emb[far] @ centroid
     assert emb[near] @ emb[far] > 0.99
     rep, max_sim = cluster_duplicates(emb, centroid, threshold=0.98)
-    assert rep[far] == near and rep[near] == near
+    assert rep[near] == far and rep[far] == far  # the paper's rule is the default
     assert np.count_nonzero(rep != np.arange(len(emb))) == 1
-    assert max_sim[far] == pytest.approx(float(emb[near] @ emb[far]), abs=1e-6)
-    rep_far, _ = cluster_duplicates(emb, centroid, threshold=0.98, keep="farthest")
-    assert rep_far[near] == far and rep_far[far] == far
+    assert max_sim[near] == pytest.approx(float(emb[near] @ emb[far]), abs=1e-6)
+    rep_near, _ = cluster_duplicates(emb, centroid, threshold=0.98, keep="nearest")
+    assert rep_near[far] == near and rep_near[near] == near  # the ablation
 
 
-def test_whole_corpus_path_keeps_nearest_centroid() -> None:
+def test_whole_corpus_path_keeps_farthest_from_centroid() -> None:
     emb, far, near = constructed_cluster()
     result = semdedup_embeddings(emb, n_clusters=1, epsilon=0.02, seed=0)
     assert result.stats["clusters"] == 1
-    assert result.keep[near] and not result.keep[far] and result.rep[far] == near
+    assert result.keep[far] and not result.keep[near] and result.rep[near] == far
     assert result.stats["removed"] == 1 and result.stats["duplicate_groups"] == 1
     labels, cos = assign_clusters(emb, result.centroids)
     assert np.all(labels == 0) and cos[near] > cos[far]
@@ -259,7 +259,8 @@ def test_parameter_validation_and_round_trip() -> None:
         SemanticDedup(n_clusters=0)
     with pytest.raises(ValueError):
         SemanticDedup(keep="middle")
-    step = SemanticDedup(epsilon=0.05, n_clusters=7, sample=1000, keep="farthest")
+    assert SemanticDedup().keep == "farthest"
+    step = SemanticDedup(epsilon=0.05, n_clusters=7, sample=1000, keep="nearest")
     assert type(step)(**step.params()).params() == step.params()
 
 

@@ -34,10 +34,12 @@ import psutil
 
 from datadiet.kernels.flops import ModelShape
 
-__all__ = ["Ledger", "ModelShape", "StageRecord"]
+__all__ = ["MODEL_LOADING", "Ledger", "ModelShape", "StageRecord"]
 
 #: Separates the levels of a stage's path: ``"step:perplexity/lm-scoring"``.
 SEP = "/"
+#: The stage every model load is booked on (opened ``at_root``).
+MODEL_LOADING = "model-loading"
 
 
 @dataclass

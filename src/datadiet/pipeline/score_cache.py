@@ -19,33 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
-from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM, resolve_causal_lm
+from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM, model_folder_hash, resolve_causal_lm
 from datadiet.pipeline.models.loading import cache_dir as default_cache_dir
 
 __all__ = ["ScoreCache", "cached_scores", "model_identity"]
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
-_FOLDER_HASHES: dict[tuple, str] = {}
-
-
-def _folder_hash(folder: Path) -> str:
-    """xxh3-128 of a model folder's config and weight files (memoised per size and mtime)."""
-    files = sorted(p for p in folder.resolve().iterdir()
-                   if p.is_file() and (p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)))
-    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    key = (str(folder.resolve()), stamp)
-    if key not in _FOLDER_HASHES:
-        h = xxhash.xxh3_128()
-        for path in files:
-            h.update(path.name.encode())
-            with open(path, "rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 24), b""):
-                    h.update(chunk)
-        _FOLDER_HASHES[key] = h.hexdigest()
-    return _FOLDER_HASHES[key]
-
 
 def model_identity(name: str | None) -> dict[str, str | None]:
     """What the manifest (and the cache key) says about a causal LM, before or after loading.
@@ -65,7 +43,7 @@ def model_identity(name: str | None) -> dict[str, str | None]:
             folder = Path(found).parent
             revision = folder.name
     return {"name": name or os.environ.get("DATADIET_LM") or DEFAULT_CAUSAL_LM, "path": path,
-            "revision": revision, "hash": _folder_hash(folder) if folder.is_dir() else None}
+            "revision": revision, "hash": model_folder_hash(folder) if folder.is_dir() else None}
 
 
 class ScoreCache:

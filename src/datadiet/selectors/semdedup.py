@@ -11,15 +11,15 @@ and near-duplicates almost always land in the same cluster because they are clos
 space k-means partitions. The price is that a duplicate pair split across two clusters is missed;
 the paper accepts that, and so do we.
 
-Which member is kept: the one **nearest its cluster centroid** (the most "prototypical" one), as
-the issue that asked for this step says and as the paper's text describes. Beware that some
-versions of the paper's reference code sort the other way and effectively keep the member
-*farthest* from the centroid; ``keep="farthest"`` reproduces that variant for ablations, but it
-is not the default.
+Which member is kept: the one **farthest from its cluster centroid**, as the paper and its
+reference code do (the reference's ``keep_hard`` default, which NeMo Curator follows too): the
+least prototypical member of a duplicate group is the one that adds the most to the rest of the
+cluster. ``keep="nearest"`` keeps the most central member instead, as an ablation.
 
 What a "duplicate group" is here: a connected component of the graph whose edges are the pairs
 above the threshold (within one cluster). The reference code instead removes every document that
-has a more central neighbour above the threshold, whether or not that neighbour survives. The
+has a neighbour above the threshold earlier in its keep order, whether or not that neighbour
+survives. The
 component rule is the one that gives every removed row a *kept* document to point to (the
 ``semantic-duplicate-of:<id>`` detail), at the cost of chaining: with a small threshold, a chain
 ``a ~ b ~ c`` folds ``c`` into ``a`` even if ``a`` and ``c`` are not themselves above it. Keep
@@ -49,7 +49,7 @@ from datadiet.selectors.common import row_ids
 #: folder instead of RAM (384-dim float32 embeddings: about 350k documents per 512 MiB).
 IN_MEMORY_BYTES = 512 * 2**20
 
-_KEEP_RULES = ("nearest", "farthest")
+_KEEP_RULES = ("farthest", "nearest")
 
 
 # -- embeddings -----------------------------------------------------------------------------
@@ -170,7 +170,7 @@ def cluster_duplicates(
     emb: np.ndarray,
     centroid: np.ndarray,
     threshold: float,
-    keep: str = "nearest",
+    keep: str = "farthest",
     block_rows: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Find the semantic-duplicate groups of one cluster and the member each group keeps.
@@ -181,8 +181,8 @@ def cluster_duplicates(
             matters, which is the same as ordering by Euclidean or cosine distance).
         threshold: pairs with cosine similarity strictly above it are duplicates
             (``1 - epsilon``).
-        keep: ``"nearest"`` keeps the member nearest the centroid, ``"farthest"`` the one
-            farthest from it; ties go to the lower row.
+        keep: ``"farthest"`` (the paper's rule) keeps the member farthest from the centroid,
+            ``"nearest"`` the one nearest it; ties go to the lower row.
         block_rows: rows of the similarity matrix computed at a time — memory is
             ``block_rows·m`` floats, never ``m·m``.
 
@@ -220,7 +220,7 @@ def cluster_duplicates(
     _, component = connected_components(graph, directed=False)
     closeness = emb @ np.asarray(centroid, dtype=np.float32)
     primary = -closeness if keep == "nearest" else closeness
-    order = np.lexsort((np.arange(m), primary))  # most central first, then lowest row
+    order = np.lexsort((np.arange(m), primary))  # the keep rule's favourite first, then lowest row
     comps_in_order = component[order]
     _, first = np.unique(comps_in_order, return_index=True)
     keeper_of_component = np.empty(component.max() + 1, dtype=np.int64)
@@ -251,7 +251,7 @@ def semdedup_embeddings(
     kmeans_iters: int = 20,
     seed: int = 0,
     sample: int | None = None,
-    keep: str = "nearest",
+    keep: str = "farthest",
     progress: Callable[[int], Any] | None = None,
 ) -> SemDedupResult:
     """SemDeDup on an embedding matrix (in RAM or a memmap): k-means, then per-cluster groups.
@@ -311,8 +311,9 @@ class SemanticDedup(Step):
         seed: seeds k-means initialisation and the fitting sample.
         sample: rows to fit k-means on (``None``: all rows up to ``256·k``); every row is then
             assigned to its nearest centroid.
-        keep: ``"nearest"`` (default, as the issue asks: keep the member nearest its cluster
-            centroid) or ``"farthest"`` (the variant found in some reference-code versions).
+        keep: ``"farthest"`` (default: keep the member farthest from its cluster centroid, as
+            the paper and its reference code do) or ``"nearest"`` (the most central member, an
+            ablation).
 
     Removed rows get kind ``"semantic-duplicate-of"`` with the kept document's id as detail.
     Scores are ``1 - (highest cosine similarity to another member of the row's cluster)``: how
@@ -330,7 +331,7 @@ class SemanticDedup(Step):
         kmeans_iters: int = 20,
         seed: int = 0,
         sample: int | None = None,
-        keep: str = "nearest",
+        keep: str = "farthest",
     ) -> None:
         if not 0.0 <= float(epsilon) < 2.0:
             raise ValueError(f"epsilon must be in [0, 2), got {epsilon!r}")

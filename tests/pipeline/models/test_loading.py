@@ -59,3 +59,48 @@ def test_embedder_cache_hits_and_similarity(tmp_path, wiki_paragraphs: list[str]
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
     assert first[0] @ first[1] > first[0] @ first[2]
     assert resolve_embedder().endswith("model")
+
+
+def test_embedder_cache_is_keyed_by_the_model_loaded(tmp_path, monkeypatch, wiki_paragraphs) -> None:
+    """``$DATADIET_EMBEDDER`` naming another model must not be served MiniLM's cached vectors."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from datadiet.pipeline.models.embedding import Embedder
+
+    texts = [wiki_paragraphs[2][:200], "A recipe for tomato soup."]
+    cache = tmp_path / "cache"
+    minilm = Embedder(cache_dir=cache)
+    first = minilm.encode(texts)
+    other = SentenceTransformer(resolve_embedder(), device="cpu")  # MiniLM with other weights
+    with torch.no_grad():
+        other[0].auto_model.encoder.layer[0].output.dense.weight.mul_(0.5)
+    other.save(str(tmp_path / "other"))
+    monkeypatch.setenv("DATADIET_EMBEDDER", str(tmp_path / "other"))
+    swapped = Embedder(cache_dir=cache)  # asked for "the default", loads the other model
+    assert swapped.model_id != minilm.model_id
+    assert swapped.model_id.startswith(str(tmp_path / "other") + "@")
+    got = swapped.encode(texts)
+    assert swapped.misses == 2 and swapped.hits == 0
+    expected = other.encode(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert np.abs(got - first).max() > 1e-2
+    assert len(list(cache.glob("*.sqlite"))) == 2
+
+
+def test_embedding_flops_count_the_truncated_input(wiki_paragraphs) -> None:
+    from datadiet.pipeline.models.embedding import Embedder
+
+    ledger = Ledger()
+    emb = Embedder(cache=False, ledger=ledger)
+    long_text = " ".join(wiki_paragraphs[:6])
+    limit = emb.model.max_seq_length
+    full = len(emb.model.tokenizer(long_text)["input_ids"])
+    assert full > limit  # the model reads only its first ``limit`` tokens
+    emb.encode([long_text, "short"])
+    rec = ledger.stages["embedding"]
+    short = len(emb.model.tokenizer("short")["input_ids"])
+    assert rec.tokens == limit + short
+    assert rec.flops == pytest.approx(emb.shape.flops(limit, limit, training=False)
+                                      + emb.shape.flops(short, short, training=False))
+    assert ledger.stages["model-loading"].parent is None

@@ -1,13 +1,16 @@
 """The one embedder: sentence embeddings with a content-hash cache on disk.
 
 Semantic dedup, k-center coresets and kNN demonstrations all embed the same texts again and
-again across runs; a cache keyed by (model, hash of the text) makes the second run free. SQLite is
-the store because it is in the standard library, safe for concurrent readers, and atomic per
-transaction — a crashed run never leaves a torn cache.
+again across runs; a cache keyed by (model, hash of the text) makes the second run free. The model
+part of the key is the model actually *loaded* — its name and a hash of its weight files — not the
+name asked for, so ``$DATADIET_EMBEDDER`` or a retrained folder never gets another model's
+vectors. SQLite is the store because it is in the standard library, safe for concurrent readers,
+and atomic per transaction — a crashed run never leaves a torn cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Sequence
@@ -15,9 +18,24 @@ from pathlib import Path
 
 import numpy as np
 
-from datadiet.pipeline.ledger import Ledger, ModelShape
-from datadiet.pipeline.models.loading import DEFAULT_EMBEDDER, load_sentence_embedder
+from datadiet.pipeline.ledger import MODEL_LOADING, Ledger, ModelShape
 from datadiet.pipeline.models.loading import cache_dir as default_cache
+from datadiet.pipeline.models.loading import (
+    embedder_name,
+    load_sentence_embedder,
+    model_folder_hash,
+    resolve_embedder,
+)
+
+
+def _weights_hash(path: str) -> str:
+    """A short hash of a model folder's weights; a hub id is hashed from its cached snapshot."""
+    folder = Path(path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(path, local_files_only=True))
+    return model_folder_hash(folder)[:16]
 
 
 def text_key(text: str) -> bytes:
@@ -28,10 +46,13 @@ class Embedder:
     """L2-normalised float32 sentence embeddings (default: all-MiniLM-L6-v2, offline).
 
     Args:
-        model: a sentence-transformers id or local folder; ``None`` for the default.
-        cache: keep vectors in ``<cache_dir>/embeddings/<model>.sqlite`` keyed by text hash.
+        model: a sentence-transformers id or local folder; ``None`` for ``$DATADIET_EMBEDDER``
+            or the default.
+        cache: keep vectors in ``<cache_dir>/embeddings/<model>-<weights hash>.sqlite`` keyed
+            by text hash.
         ledger / stage: where tokens and FLOPs of the texts actually embedded are recorded
-            (cache hits cost nothing, and the ledger shows it).
+            (cache hits cost nothing, and the ledger shows it); loading the model is recorded
+            under its own stage, ``"model-loading"``.
     """
 
     def __init__(
@@ -45,8 +66,12 @@ class Embedder:
         ledger: Ledger | None = None,
         stage: str = "embedding",
     ) -> None:
-        self.model_name = str(model or DEFAULT_EMBEDDER)
-        self.model = load_sentence_embedder(model, device)
+        self.model_name = embedder_name(model)
+        loading = ledger.stage(MODEL_LOADING, at_root=True) if ledger is not None else None
+        with loading or contextlib.nullcontext():
+            self.model = load_sentence_embedder(model, device)
+            #: What was loaded: the name and a hash of the weights (the cache's model key).
+            self.model_id = f"{self.model_name}@{_weights_hash(resolve_embedder(model))}"
         self.batch_size = batch_size
         self.ledger = ledger
         self.stage = stage
@@ -63,7 +88,7 @@ class Embedder:
         if cache:
             root = Path(cache_dir) if cache_dir else default_cache() / "embeddings"
             root.mkdir(parents=True, exist_ok=True)
-            slug = self.model_name.replace("/", "--").replace(":", "_")
+            slug = self.model_id.replace("/", "--").replace(":", "_").replace("@", "-")
             self._db = sqlite3.connect(root / f"{slug}.sqlite", timeout=60)
             self._db.execute("CREATE TABLE IF NOT EXISTS vec (key BLOB PRIMARY KEY, v BLOB)")
             self._db.commit()
@@ -88,16 +113,27 @@ class Embedder:
             show_progress_bar=False,
         ).astype(np.float32)
         if self.ledger is not None:
-            lengths = [len(ids) for ids in self.model.tokenizer(texts)["input_ids"]]
+            lengths = self.token_counts(texts)
             flops = 0.0
             if self.shape is not None:
                 flops = sum(self.shape.flops(n, n, training=False) for n in lengths)
             self.ledger.add(self.stage, tokens=sum(lengths), flops=flops)
         return vecs
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens the model actually reads of each text: special tokens in, cut at the model's
+        ``max_seq_length`` as ``encode`` cuts them (the FLOPs are spent on those only)."""
+        limit = getattr(self.model, "max_seq_length", None)
+        enc = self.model.tokenizer(list(texts), truncation=limit is not None, max_length=limit)
+        return [len(ids) for ids in enc["input_ids"]]
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embed ``texts`` (shape ``(n, dim)``), computing only what the cache lacks."""
-        texts = list(texts)
+        timed = self.ledger.stage(self.stage) if self.ledger is not None else None
+        with timed or contextlib.nullcontext():
+            return self._encode(list(texts))
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out

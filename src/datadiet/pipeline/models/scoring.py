@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from datadiet.pipeline.ledger import Ledger, ModelShape
+from datadiet.pipeline.ledger import MODEL_LOADING, Ledger, ModelShape
 from datadiet.pipeline.models.loading import (
     DEFAULT_CAUSAL_LM,
     causal_lm_config,
@@ -48,8 +48,6 @@ BACKENDS: tuple[str, ...] = ("auto", "llama", "transformers")
 #: Float32 logits held at once by the log-softmax (64 MB): 341 positions of a 49k vocabulary,
 #: enough rows for the output projection's GEMM to run at full speed on a CPU.
 LOGIT_CHUNK_ELEMENTS = 1 << 24
-
-MODEL_LOADING_STAGE = "model-loading"
 
 
 @dataclass
@@ -277,7 +275,7 @@ class LMScorer:
         self.ledger = ledger
         self.stage = stage
         loads = ledger is not None and not _is_loaded_model(model)
-        loading = ledger.stage(MODEL_LOADING_STAGE, at_root=True) if loads else None  # type: ignore[union-attr]
+        loading = ledger.stage(MODEL_LOADING, at_root=True) if loads else None  # type: ignore[union-attr]
         with loading or contextlib.nullcontext():
             self._runner, self.tokenizer = _runner_for(model, tokenizer, backend, device)
         self.backend: str = self._runner.name
