@@ -79,7 +79,7 @@ def generated_paragraphs(n: int, seed: int = 0) -> list[str]:
     return out
 
 
-def _near_copy(text: str, rng: random.Random) -> str:
+def near_copy(text: str, rng: random.Random) -> str:
     words = text.split()
     edit = rng.choice(["edit", "insert", "truncate"])
     if edit == "edit":
@@ -93,7 +93,7 @@ def _near_copy(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def _junk(kind: str, rng: random.Random, base: str) -> str:
+def junk_text(kind: str, rng: random.Random, base: str) -> str:
     if kind == "symbols":
         return " ".join(rng.choice(["#", "###", "...", "#tag", "…", "##"]) for _ in range(80)) + " " + base[:80]
     if kind == "repeated_lines":
@@ -119,25 +119,45 @@ def build_sample_corpus(out: str | os.PathLike, n_base: int = 240, seed: int = 0
     base = base[:n_base]
     records = [{"id": f"doc-{i:05d}", "text": t, "planted": "original", "source_id": f"doc-{i:05d}"}
                for i, t in enumerate(base)]
-    counts = {"original": len(base), "exact": 0, "near": 0, "junk": 0}
-    n = len(base)
-    for i in rng.sample(range(n), n // 10):
-        text = base[i]
+    counts = plant_problems(records, rng)
+    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return counts
+
+
+JUNK_KINDS = ("symbols", "repeated_lines", "bullets", "stub", "gibberish")
+
+
+def plant_problems(records: list[dict], rng: random.Random, exact_fraction: float = 0.1,
+                   near_fraction: float = 0.125, junk_fraction: float = 0.125) -> dict[str, int]:
+    """Append planted copies and junk to ``records`` (originals with ``id``), then shuffle them.
+
+    Exact copies vary case and whitespace (what normalisation must see through); near copies
+    edit words, insert a phrase or truncate; junk comes in :data:`JUNK_KINDS`, built around an
+    original's words. Each planted record names its original in ``source_id`` (junk: ``""``), so
+    what a step caught can be scored against ground truth. Planted records get ids
+    ``planted-NNNNN`` after the shuffle.
+    """
+    n = len(records)
+    texts = [r["text"] for r in records]
+    counts = {"original": n, "exact": 0, "near": 0, "junk": 0}
+    for i in rng.sample(range(n), int(n * exact_fraction)):
+        text = texts[i]
         variant = rng.choice([text, text.upper(), "  " + text.replace(" ", "  ") + "\n"])
-        records.append({"text": variant, "planted": "exact", "source_id": f"doc-{i:05d}"})
+        records.append({"text": variant, "planted": "exact", "source_id": records[i]["id"]})
         counts["exact"] += 1
-    for i in rng.sample(range(n), n // 8):
-        records.append({"text": _near_copy(base[i], rng), "planted": "near",
-                        "source_id": f"doc-{i:05d}"})
+    for i in rng.sample(range(n), int(n * near_fraction)):
+        records.append({"text": near_copy(texts[i], rng), "planted": "near",
+                        "source_id": records[i]["id"]})
         counts["near"] += 1
-    for j, kind in enumerate(["symbols", "repeated_lines", "bullets", "stub", "gibberish"] * (n // 40 or 1)):
-        records.append({"text": _junk(kind, rng, base[j % n]), "planted": f"junk:{kind}",
+    n_junk = max(len(JUNK_KINDS), int(n * junk_fraction) // len(JUNK_KINDS) * len(JUNK_KINDS))
+    for j in range(n_junk):
+        kind = JUNK_KINDS[j % len(JUNK_KINDS)]
+        records.append({"text": junk_text(kind, rng, texts[j % n]), "planted": f"junk:{kind}",
                         "source_id": ""})
         counts["junk"] += 1
     rng.shuffle(records)
     for k, rec in enumerate(records):
         rec.setdefault("id", f"planted-{k:05d}")
-    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return counts
 
 
