@@ -59,6 +59,7 @@ from datadiet.selectors.hashing import (
     nb_fmix64,
     numba_enabled,
     prange,
+    regex_char_table,
     space_table,
     utf8_layout,
     word_char_table,
@@ -366,15 +367,13 @@ def quality_feature_matrix(
 
 @functools.cache
 def _char_classes() -> np.ndarray:
-    """Per code point, the ``_CLS_*`` bits, from the same ``str`` predicates ``re`` uses."""
-    word = word_char_table()
-    alnum = word.copy()
-    alnum[ord("_")] = False
-    alpha = alnum.copy()
-    idx = np.flatnonzero(alnum)
-    alpha[idx] = ~np.fromiter((chr(c).isdecimal() for c in idx.tolist()), bool, len(idx))
-    return (word * _CLS_WORD | alnum * _CLS_ALNUM | alpha * _CLS_ALPHA
-            | space_table() * _CLS_SPACE).astype(np.uint8)
+    """Per code point, the ``_CLS_*`` bits, from the very classes the Python rules use."""
+    return (
+        word_char_table() * _CLS_WORD
+        | regex_char_table(_HAS_WORD_CHAR.pattern) * _CLS_ALNUM
+        | regex_char_table(_HAS_ALPHA.pattern) * _CLS_ALPHA
+        | space_table() * _CLS_SPACE
+    ).astype(np.uint8)
 
 
 def _code_points(words_: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
