@@ -1,7 +1,9 @@
 """`datadiet` sub-commands: thin wrappers over the Python API.
 
-Errors in the user's input (bad data, bad spec, existing output) exit with status 2 and one
-message that names the file, line or field; a bug still shows its traceback.
+Errors in the user's input (bad data, bad spec, bad argument, an output that must not be
+written) are a ``UserError``: they exit with status 2 and one message that names the file, line
+or field. Anything else is a bug: it keeps its traceback and exits 1. SIGTERM unwinds like
+Ctrl-C, so no temp data or half-written output stays behind.
 """
 
 from __future__ import annotations
@@ -12,6 +14,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts that must be at least 1 (rows per shard, tokens...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +39,12 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-fields", default="", help="comma-separated extra fields to carry along")
     p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                    help="bad rows: stop with file:line (raise) or skip and count them (skip)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.add_argument("--rows-per-shard", type=int, default=100_000)
+    p.add_argument("--on-duplicate-id", choices=["error", "rename"], default="error",
+                   help="a repeated source id: stop naming both rows (error), or suffix the "
+                        "repeats -2, -3 and count them in the manifest (rename)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT (only a folder datadiet wrote: it has a manifest)")
+    p.add_argument("--rows-per-shard", type=positive_int, default=100_000)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_curate)
 
@@ -37,11 +54,12 @@ def _run_curate(args: argparse.Namespace) -> int:
 
     steps = load_spec(args.spec)
     fields = load_spec_fields(args.spec)
-    keep = [f for f in args.keep_fields.split(",") if f]
+    keep = [f.strip() for f in args.keep_fields.split(",") if f.strip()]
     result = curate_path(args.input, steps, args.out, text_field=args.text_field,
                          id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
-                         overwrite=args.overwrite, rows_per_shard=args.rows_per_shard,
-                         show_progress=not args.quiet, fields=fields or "auto")
+                         on_duplicate_id=args.on_duplicate_id, overwrite=args.overwrite,
+                         rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
+                         fields=fields or "auto")
     print_report(result.manifest)
     print(f"wrote {args.out}/ ({len(result.dataset)} rows); manifest: {args.out}/manifest.json")
     return 0
@@ -55,13 +73,10 @@ def _add_why(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_why(args: argparse.Namespace) -> int:
-    import pyarrow.parquet as pq
+    from datadiet.pipeline.manifest import explain
 
-    table = pq.read_table(Path(args.out) / "removed" / "removed.parquet").to_pylist()
-    by_id = {row["id"]: row for row in table}
-    for rid in args.ids:
-        row = by_id.get(rid)
-        print(f"{rid}: " + (f"removed by {row['step']} ({row['reason']})" if row else "kept (or unknown id)"))
+    for line in explain(args.out, args.ids):
+        print(line)
     return 0
 
 
@@ -105,16 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
+    from datadiet.pipeline.io import UserError, install_signal_cleanup
+
+    install_signal_cleanup()  # SIGTERM unwinds like Ctrl-C, so temp data is removed
     import datasets
-    import transformers
 
     datasets.disable_progress_bars()  # our own bars (with time left) are the ones that matter
-    transformers.utils.logging.disable_progress_bar()
-    from datadiet.pipeline.io import DataError
-
     try:
         return int(args.func(args) or 0)
-    except (DataError, FileExistsError, ValueError) as exc:
+    except UserError as exc:
         if os.environ.get("DATADIET_DEBUG"):
             raise
         print(f"datadiet {args.command}: error: {exc}", file=sys.stderr)

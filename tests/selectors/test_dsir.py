@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datadiet.selectors.dsir as dsir_module
+from datadiet.pipeline.io import DataError
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.dsir import (
     DSIR,
@@ -65,13 +66,18 @@ def pool(shared_data: Path) -> tuple[Dataset, np.ndarray]:
     return ds, np.array([label for _, label in rows])
 
 
-def test_registered_and_params_round_trip(sst2_dev: list[str]) -> None:
+def test_registered_and_params_round_trip(sst2_dev: list[str], tmp_path: Path) -> None:
     assert STEP_REGISTRY["dsir"] is DSIR
     step = DSIR(target=sst2_dev[:5], keep=10, mode="sample", seed=1)
     params = step.params()
     assert params["target"] == sst2_dev[:5] and params["keep"] == 10
     assert DSIR(**params).params() == params
-    assert DSIR(target=Path("/x/target.txt")).params()["target"] == "/x/target.txt"
+    target = tmp_path / "target.txt"
+    target.write_text("a target document\n")
+    assert DSIR(target=target).params()["target"] == str(target)
+    # a missing target is named when the step is built, before any step runs
+    with pytest.raises(DataError, match=r"nope\.txt: no such DSIR target file or folder"):
+        DSIR(target=tmp_path / "nope.txt")
 
 
 # -- selection quality -------------------------------------------------------------------------
@@ -285,20 +291,23 @@ def test_fit_ngram_distribution() -> None:
 
 def test_target_loaders(tmp_path: Path, sst2_dev) -> None:
     texts = sst2_dev[:5]
-    (tmp_path / "t.txt").write_text("\n".join(texts[:2]) + "\n\n" + "\n".join(texts[2:]) + "\n")
+    # .txt follows the one rule of every input: a document per blank-line-separated block
+    (tmp_path / "t.txt").write_text("\n\n".join(texts) + "\n")
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"text": t, "y": 1}) + "\n"
                                               for t in texts))
     (tmp_path / "q.jsonl").write_text("".join(json.dumps({"question": t}) + "\n" for t in texts))
     (tmp_path / "t.json").write_text(json.dumps(texts))
     Dataset.from_dict({"text": texts}).to_parquet(str(tmp_path / "t.parquet"))
-    for name in ("t.txt", "t.jsonl", "t.json", "t.parquet"):
+    for name in ("t.txt", "t.jsonl", "t.parquet"):
         assert load_target_texts(tmp_path / name) == texts, name
+    with pytest.raises(DataError, match=r"t\.json:1: a JSON array, not JSON Lines"):
+        load_target_texts(tmp_path / "t.json")
     assert load_target_texts(str(tmp_path / "q.jsonl"), text_field="question") == texts
     assert load_target_texts(Dataset.from_dict({"text": texts})) == texts
     assert load_target_texts(tuple(texts)) == texts
     with pytest.raises(ValueError, match=r"q\.jsonl:1: missing text field 'text'"):
         load_target_texts(tmp_path / "q.jsonl")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match=r"missing\.txt: no such file or folder"):
         load_target_texts(tmp_path / "missing.txt")
     ds = Dataset.from_dict({"text": sst2_dev[:30]})
     by_path = DSIR(target=str(tmp_path / "t.jsonl"), keep=3).select(ds, CTX)

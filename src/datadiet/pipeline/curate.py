@@ -8,9 +8,12 @@ manifest carries the whole spec so a run can be repeated from it.
 
 from __future__ import annotations
 
+import collections.abc
 import os
 import sys
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,17 +26,28 @@ from datasets import Dataset
 
 from datadiet import __version__
 from datadiet.pipeline.io import (
+    MANIFEST_FILE,
     AtomicOutputDir,
     LoadedCorpus,
     OnError,
+    SpecError,
     atomic_write_text,
-    content_id,
+    check_output_dir,
+    corpus_from_records,
     load_corpus,
+    looks_local,
+    scratch_dir,
     write_parquet_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
-from datadiet.pipeline.records import RecordFormat, parse_fields, sft_format, with_text
-from datadiet.pipeline.steps import Step, StepContext, build_step
+from datadiet.pipeline.records import RecordFormat, parse_fields
+from datadiet.pipeline.steps import (
+    STEP_REGISTRY,
+    Step,
+    StepContext,
+    build_step,
+    load_builtin_steps,
+)
 
 
 def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any]]]:
@@ -46,37 +60,52 @@ def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any
     elif isinstance(spec, dict) and "steps" in spec:
         spec = spec["steps"]
     if not isinstance(spec, list) or not spec:
-        raise ValueError(f"{source}: expected a non-empty list of steps like `- exact_dedup: {{}}`")
+        raise SpecError(f"{source}: expected a non-empty list of steps like `- exact_dedup: {{}}`")
     parsed = []
     for i, entry in enumerate(spec, start=1):
         if isinstance(entry, str):
             parsed.append((entry, {}))
             continue
         if not isinstance(entry, dict) or len(entry) != 1:
-            raise ValueError(f"{source}: entry {i} must be a mapping with one step name, got {entry!r}")
+            raise SpecError(f"{source}: entry {i} must be a mapping with one step name, got {entry!r}")
         (name, params), = entry.items()
         if params is None:
             params = {}
         if not isinstance(params, dict):
-            raise ValueError(f"{source}: entry {i} ({name}): parameters must be a mapping")
+            raise SpecError(f"{source}: entry {i} ({name}): parameters must be a mapping")
         parsed.append((str(name), dict(params)))
     return parsed
 
 
-def load_spec(path: str | os.PathLike) -> list[Step]:
-    """Read a YAML/JSON spec file (or a manifest) into step objects."""
+def read_spec(path: str | os.PathLike) -> Any:
+    """The parsed YAML/JSON of a spec file; every way it can be unreadable is a SpecError."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a spec file") from None
+    except PermissionError:
+        raise SpecError(f"{path}: cannot read the spec file (permission denied)") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(f"{path}:{line}: the spec is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-    steps = []
-    for i, (name, params) in enumerate(parse_spec(data, str(path)), start=1):
-        try:
-            steps.append(build_step(name, params))
-        except ValueError as exc:
-            raise ValueError(f"{path}: entry {i}: {exc}") from exc
-    return steps
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise SpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def load_spec(path: str | os.PathLike) -> list[Step]:
+    """Read a YAML/JSON spec file (or a manifest) into step objects, every parameter checked."""
+    data = read_spec(path)
+    return [_build(name, params, f"{path}: entry {i}")
+            for i, (name, params) in enumerate(parse_spec(data, str(path)), start=1)]
 
 
 def load_spec_fields(path: str | os.PathLike) -> RecordFormat | None:
@@ -84,16 +113,16 @@ def load_spec_fields(path: str | os.PathLike) -> RecordFormat | None:
 
     A manifest given as the spec repeats the format its run read.
     """
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    data = read_spec(path)
     if not isinstance(data, dict):
         return None
     value = data.get("fields")
     if value is None and "spec" in data:
-        value = data.get("input", {}).get("record_format")
+        value = (data.get("input") or {}).get("record_format")
     try:
         return parse_fields(value)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+        raise SpecError(f"{path}: {exc}") from None
 
 
 def score_column(step_name: str, columns: Sequence[str]) -> str:
@@ -103,6 +132,93 @@ def score_column(step_name: str, columns: Sequence[str]) -> str:
         n += 1
         name = f"{step_name}_score_{n}"
     return name
+
+
+def _build(name: str, params: dict[str, Any], where: str) -> Step:
+    """One spec entry as a step: unknown names, unknown or mistyped parameters and values the
+    step itself rejects are all a :class:`SpecError` here, before any step runs."""
+    try:
+        if name in STEP_REGISTRY or _registered(name):
+            check_param_types(STEP_REGISTRY[name], params)
+        return build_step(name, params)
+    except SpecError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    except (ValueError, TypeError) as exc:  # a step's constructor validating its parameters
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def _registered(name: str) -> bool:
+    load_builtin_steps()
+    return name in STEP_REGISTRY
+
+
+def check_param_types(cls: type[Step], params: dict[str, Any]) -> None:
+    """Check each parameter against the step constructor's type hints.
+
+    Why here and not in each step: a spec is YAML, so ``seed: abc`` arrives as a string and
+    used to fail in the middle of the run (after the earlier steps' work). The hints are the
+    one place every step already states what it accepts.
+    """
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a hint that cannot be resolved: leave the checking to the step
+        return
+    for key, value in params.items():
+        if key in hints and not _matches(value, hints[key]):
+            raise SpecError(f"parameter {key!r} of step {cls.name!r}: expected "
+                            f"{_describe(hints[key])}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if hint is Any or hint is object:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set, frozenset, Sequence, Iterable, collections.abc.Set):
+        if isinstance(value, str | bytes | dict) or not isinstance(value, list | tuple | set):
+            return False
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            return True  # a fixed-length tuple: the step checks its parts
+        return not args or all(_matches(v, args[0]) for v in value)
+    if origin in (dict, Mapping, collections.abc.MutableMapping):
+        return isinstance(value, dict)
+    return True  # a type the spec cannot express (a path object, a callable): the step checks
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(repr(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def referenced_paths(steps: Sequence[Step]) -> list[Path]:
+    """Local files a spec's parameters name (DSIR targets...): inputs an output must not hit."""
+    paths = []
+    for step in steps:
+        for value in step.params().values():
+            for item in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(item, str | os.PathLike) and looks_local(item) \
+                        and Path(item).expanduser().exists():
+                    paths.append(Path(item))
+    return paths
 
 
 def spec_of(steps: Sequence[Step]) -> list[dict[str, dict[str, Any]]]:
@@ -127,8 +243,24 @@ class CurateResult:
         return None
 
 
+def build_steps(steps: Sequence[Step | str | dict]) -> list[Step]:
+    """Step objects from Step objects, step names or ``{name: params}`` mappings, all checked."""
+    built: list[Step] = []
+    for i, s in enumerate(steps, start=1):
+        if isinstance(s, Step):
+            built.append(s)
+        elif isinstance(s, str):
+            built.append(_build(s, {}, f"steps[{i}]"))
+        else:
+            (name, params), = parse_spec([s], f"steps[{i}]")
+            built.append(_build(name, params, f"steps[{i}]"))
+    if not built:
+        raise SpecError("no steps: give at least one, e.g. ['exact_dedup']")
+    return built
+
+
 def curate(
-    dataset: Dataset,
+    dataset: Dataset | Sequence[Mapping[str, Any]],
     steps: Sequence[Step | str | dict],
     *,
     text_field: str = "text",
@@ -136,78 +268,93 @@ def curate(
     ctx: StepContext | None = None,
     show_progress: bool = False,
     input_info: dict[str, Any] | None = None,
+    on_duplicate_id: str = "error",
     fields: RecordFormat | str | dict | None = None,
 ) -> CurateResult:
     """Run ``steps`` in order on ``dataset``; return the kept rows, the manifest and removals.
 
-    ``steps`` may be Step objects, step names, or ``{name: params}`` mappings. An instruction
-    dataset (``fields``, or detected from its columns) gets the rendered row as its text
-    column. Every step's scores become a column ``<step>_score`` of the output and of the
-    removed table, so later steps (``deita``) and the user can read them.
+    ``dataset`` is a ``datasets.Dataset`` or a list of dicts; either way it gets the reader's
+    checks (a string text column) and its id rule (unique ids, content hashes with ``-2``,
+    ``-3`` for repeats). ``steps`` may be Step objects, step names, or ``{name: params}``.
+    An instruction dataset (``fields``, or detected from its columns) gets the rendered row as
+    its text column. Every step's scores become a column ``<step>_score`` of the output and of
+    the removed table, so later steps (``deita``) and the user can read them.
+
+    The runner keeps the one Arrow copy it was given and a NumPy index of the rows still
+    alive: each step sees a zero-copy view (an indices mapping) of those rows, and its
+    Selection shrinks the index; nothing is rewritten between steps. Counts and seconds in the
+    manifest are the runner's, so every step reports them the same way. Scratch files of the
+    steps live in one temp folder that is removed when the run ends, however it ends.
     """
-    built: list[Step] = []
-    for s in steps:
-        if isinstance(s, Step):
-            built.append(s)
-        elif isinstance(s, str):
-            built.append(build_step(s))
-        else:
-            (name, params), = parse_spec([s])
-            built.append(build_step(name, params))
-    fmt = fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
-    if ctx is not None and fmt is None:
+    built = build_steps(steps)
+    try:
+        fmt = fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    if fmt is None and ctx is not None:
         fmt = ctx.record_format
-    if text_field not in dataset.column_names:
-        try:
-            fmt = sft_format(dataset.column_names, fmt, text_field, step="curate")
-        except ValueError as exc:
-            raise ValueError(f"dataset has no text field {text_field!r} and {exc}") from exc
-        dataset = with_text(dataset, fmt, text_field)
-    if id_field not in dataset.column_names:
-        dataset = dataset.map(lambda b: {id_field: [content_id(t) for t in b[text_field]]},
-                              batched=True)
+    loaded = corpus_from_records(dataset, text_field=text_field, id_field=id_field,
+                                 on_duplicate_id=on_duplicate_id, fields=fmt)
+    info = {"rows": len(loaded.dataset), "fingerprint": loaded.fingerprint,
+            "renamed_ids": loaded.renamed_ids, **(input_info or {})}
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
-    ctx.record_format = fmt
-    ledger = ctx.ledger
-    info = dict(input_info or {})
-    info.setdefault("rows", len(dataset))
-    info.setdefault("fingerprint", getattr(dataset, "_fingerprint", ""))
-    manifest = Manifest(input=info, spec=spec_of(built), datadiet_version=__version__)
+    ctx.record_format = loaded.record_format
+    return _curate(loaded.dataset, built, ctx, info)
 
-    origin = np.arange(len(dataset), dtype=np.int64)  # current row -> input row
+
+def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
+            info: dict[str, Any]) -> CurateResult:
+    """Run checked steps on a checked dataset, in a scratch folder that never outlives the run."""
+    manifest = Manifest(input=info, spec=spec_of(built), datadiet_version=__version__)
+    if ctx.work_dir is not None:
+        return _run_steps(dataset, built, ctx, manifest)
+    with scratch_dir("datadiet-run-") as work:
+        ctx.work_dir = work
+        try:
+            return _run_steps(dataset, built, ctx, manifest)
+        finally:
+            ctx.work_dir = None
+
+
+def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
+               manifest: Manifest) -> CurateResult:
+    ledger = ctx.ledger
+    n = len(dataset)
+    ids = dataset.select_columns([ctx.id_field]).with_format("arrow")[:][ctx.id_field]
+    alive = np.arange(n, dtype=np.int64)  # input rows still kept, in input order
     removed_batches: list[pa.Table] = []
-    score_columns: list[str] = []
-    current = dataset
+    scores: dict[str, np.ndarray] = {}  # score column -> a value per input row (NaN: not scored)
     for step in built:
+        view = dataset if len(alive) == n else dataset.select(alive)
         before = ledger.total
         with ledger.stage(f"step:{step.name}") as rec:
             seconds_before = rec.seconds  # a repeated step name accumulates on one stage
-            selection = step.select(current, ctx)
-        if selection.n_rows != len(current):
-            raise RuntimeError(f"step {step.name} returned {selection.n_rows} rows, saw {len(current)}")
+            selection = step.select(view, ctx)
+        if selection.n_rows != len(view):
+            raise RuntimeError(f"step {step.name} returned {selection.n_rows} rows, saw {len(view)}")
         after = ledger.total
-        removed_idx = selection.removed_indices
         if selection.scores is not None and not np.isnan(selection.scores).all():
-            column = score_column(step.name, current.column_names)
-            current = current.add_column(column, np.asarray(selection.scores, dtype=np.float64))
-            score_columns.append(column)
+            column = score_column(step.name, dataset.column_names)
+            scores[column] = np.full(n, np.nan)
+            scores[column][alive] = np.asarray(selection.scores, dtype=np.float64)
+            # a zero-copy column of the one table, so later steps (deita) can read it
+            dataset = dataset.add_column(column, scores[column])
+        removed_idx = selection.removed_indices
         if len(removed_idx):
-            ids = current.select(removed_idx)[id_field] if len(removed_idx) < len(current) else current[id_field]
-            scores = (current.select_columns(score_columns).with_format("arrow")[:]
-                      if score_columns else None)
+            rows = alive[removed_idx]
             removed_batches.append(pa.table({
-                "id": pa.array([str(i) for i in ids], pa.string()),
-                "input_row": pa.array(origin[removed_idx]),
+                "id": ids.take(pa.array(rows)).cast(pa.string()),
+                "input_row": pa.array(rows, pa.int64()),
                 "step": pa.array([step.name] * len(removed_idx), pa.string()),
                 "reason": pa.array([selection.reason(int(i)) for i in removed_idx], pa.string()),
-                **{c: scores.column(c).take(pa.array(removed_idx)) for c in score_columns},  # type: ignore[union-attr]
+                **{c: pa.array(v[rows]) for c, v in scores.items()},
             }))
         kept = selection.kept_indices
         manifest.steps.append(StepReport(
             name=step.name,
             params=jsonable(step.params()),
-            rows_in=selection.n_rows,
+            rows_in=len(view),
             rows_out=len(kept),
             removed=selection.removed_by_kind(),
             seconds=round(rec.seconds - seconds_before, 4),  # model loading is its own stage
@@ -216,26 +363,28 @@ def curate(
             peak_memory_bytes=rec.peak_memory_bytes,
             stats=jsonable(selection.stats),
         ))
-        origin = origin[kept]
-        if len(kept) < len(current):
-            current = current.select(kept).flatten_indices() if len(kept) else current.select([])
-    manifest.output = {"rows": len(current)}
+        alive = alive[kept]
+    result_ds = dataset if len(alive) == n else dataset.select(alive)
+    manifest.output = {"rows": len(result_ds)}
     manifest.ledger = ledger.to_dict()
-    removed = (pa.concat_tables(removed_batches, promote_options="default") if removed_batches else
-               pa.table({"id": pa.array([], pa.string()), "input_row": pa.array([], pa.int64()),
-                         "step": pa.array([], pa.string()), "reason": pa.array([], pa.string())}))
-    return CurateResult(current, manifest, removed)
+    removed = (pa.concat_tables(removed_batches, promote_options="default") if removed_batches
+               else pa.table({"id": pa.array([], pa.string()),
+                              "input_row": pa.array([], pa.int64()),
+                              "step": pa.array([], pa.string()),
+                              "reason": pa.array([], pa.string())}))
+    return CurateResult(result_ds, manifest, removed)
 
 
 def curate_path(
     source: str | os.PathLike,
-    steps: Sequence[Step],
+    steps: Sequence[Step | str | dict],
     out: str | os.PathLike,
     *,
     text_field: str = "text",
     id_field: str = "id",
     keep_fields: Sequence[str] = (),
     on_error: OnError = "raise",
+    on_duplicate_id: str = "error",
     overwrite: bool = False,
     rows_per_shard: int = 100_000,
     show_progress: bool = True,
@@ -246,12 +395,19 @@ def curate_path(
 
     ``fields`` says how to read records (see :func:`~datadiet.pipeline.io.load_corpus`); for
     fine-tuning records the output keeps the input's columns, not the rendered text.
+
+    Everything that can be checked is checked before reading a row: the steps and their
+    parameters, the files they reference, and the output (not an input, not a folder of the
+    user's, writable). The output is written once, at the end, from the rows still alive.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out}: output exists (pass --overwrite to replace it)")
+    built = build_steps(steps)
+    if isinstance(rows_per_shard, bool) or not isinstance(rows_per_shard, int) or rows_per_shard < 1:
+        raise SpecError(f"--rows-per-shard: must be a whole number of at least 1, "
+                        f"not {rows_per_shard!r}")
+    check_output_dir(out, [source, *referenced_paths(built)], overwrite=overwrite)
     loaded: LoadedCorpus = load_corpus(source, text_field=text_field, id_field=id_field,
-                                       keep_fields=keep_fields, on_error=on_error, fields=fields)
+                                       keep_fields=keep_fields, on_error=on_error,
+                                       on_duplicate_id=on_duplicate_id, fields=fields)
     fmt = loaded.record_format
     info = {
         "source": loaded.source,
@@ -261,11 +417,13 @@ def curate_path(
         "id_field": id_field,
         "on_error": on_error,
         "skipped": loaded.skipped_summary(),
+        "renamed_ids": loaded.renamed_ids,
         "record_format": fmt.describe() if fmt else None,
     }
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
-    result = curate(loaded.dataset, steps, text_field=text_field, id_field=id_field, ctx=ctx,
-                    input_info=info, fields=fmt)
+    ctx.text_field, ctx.id_field = text_field, id_field
+    ctx.record_format = fmt
+    result = _curate(loaded.dataset, built, ctx, info)
     written = result.dataset
     if fmt is not None and not fmt.is_text:  # the text column is our rendering, not the input's
         written = written.remove_columns(text_field)
@@ -279,7 +437,7 @@ def curate_path(
             "removed_file": "removed/removed.parquet",
             "fingerprint": result.dataset._fingerprint,
         }
-        atomic_write_text(tmp / "manifest.json", result.manifest.to_json())
+        atomic_write_text(tmp / MANIFEST_FILE, result.manifest.to_json())
     return result
 
 

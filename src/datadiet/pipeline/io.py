@@ -1,10 +1,22 @@
-"""Reading corpora into Arrow and writing curated outputs atomically.
+"""Reading corpora into Arrow and writing outputs atomically: the one reader, the one writer.
 
 Why not ``datasets.load_dataset("json", ...)`` for local files: on a malformed line it raises an
 error that names neither the file nor the line, it cannot skip-and-count bad rows, and it guesses
-schemas. datadiet validates every record itself — JSON, UTF-8, the text field, its type — and
-streams valid rows into a memory-mapped Arrow file in batches, so a corpus larger than RAM is read
-in bounded memory and every skipped row is reported with its file and line.
+schemas. datadiet reads every input itself, at two speeds:
+
+* well-formed JSONL and Parquet go through pyarrow's C++ readers, a block at a time;
+* a block that fails (or looks odd: a line that is not an object, a null text) goes through the
+  line-by-line validator, whose only jobs are to name the bad line (``file:line``) or, with
+  ``on_error="skip"``, to skip and count it.
+
+Each input byte is read once: the block that is parsed is the block that is fingerprinted.
+Validated rows stream into one Arrow file that is memory-mapped and unlinked at once, so a
+corpus larger than RAM is read in bounded memory and nothing is left in ``$TMPDIR``.
+
+Ids follow one rule on every input path (files, a ``Dataset``, a list of dicts, a
+``save_to_disk`` folder, the hub): a source id, or a content hash with ``-2``, ``-3`` for
+repeats. A repeated source id is an error that names both rows, unless the caller asks for
+``on_duplicate_id="rename"`` (then repeats get the same suffixes and are counted).
 """
 
 from __future__ import annotations
@@ -13,18 +25,26 @@ import gzip
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 import uuid
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 import xxhash
-from datasets import Dataset
+from datasets import Dataset, DatasetInfo, Value
+from datasets.table import InMemoryTable
 
 from datadiet.pipeline.records import (
     RecordFormat,
@@ -36,35 +56,73 @@ from datadiet.pipeline.records import (
 )
 
 OnError = Literal["raise", "skip"]
+OnDuplicateId = Literal["error", "rename"]
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
-TEXT_SUFFIXES = (".txt", ".txt.gz", ".md")
+TEXT_SUFFIXES = (".txt", ".txt.gz")
 PARQUET_SUFFIXES = (".parquet",)
+DATA_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
+# A name ending in one of these is a local path, never a hub id (a typo must say "no such file").
+LOCAL_SUFFIXES = (*DATA_SUFFIXES, ".gz", ".md", ".csv", ".tsv", ".arrow", ".yaml", ".yml",
+                  ".zst", ".bz2", ".xz", ".zip", ".tar", ".gguf", ".safetensors", ".bin", ".pt")
+MANIFEST_FILE = "manifest.json"
 WRITE_BATCH_ROWS = 10_000
+BLOCK_BYTES = 8 << 20
+MAX_SKIPPED_EXAMPLES = 1000
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
-class DataError(ValueError):
+class UserError(Exception):
+    """A mistake in what the user asked for: the CLI prints the message and exits 2.
+
+    Why a base class of its own: only these errors are the user's to fix, so only they lose
+    their traceback. Anything else (a ``ValueError`` from a bug included) keeps its traceback
+    and exits 1, so an internal failure is never dressed up as bad input.
+    """
+
+
+class DataError(UserError, ValueError):
     """Bad input: the message names the file and line (or row) and what is wrong."""
+
+
+class SpecError(UserError, ValueError):
+    """A bad spec or parameter: the message names the spec file, entry and field."""
+
+
+class OutputError(UserError, FileExistsError):
+    """An output that must not be written: it exists, holds an input, or cannot be written."""
 
 
 @dataclass
 class SkippedRow:
+    """One row ``on_error="skip"`` left out, and why: ``file:line`` (or ``file row N``)."""
+
     file: str
     line: int
     reason: str
+    unit: str = "line"
+
+    @property
+    def where(self) -> str:
+        return _where(self.file, self.line, self.unit)
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
+        return f"{self.where}: {self.reason}"
+
+
+def _where(label: str, n: int, unit: str = "line") -> str:
+    return f"{label}:{n}" if unit == "line" else f"{label} row {n}"
 
 
 @dataclass
 class LoadedCorpus:
-    """A corpus as a memory-mapped ``Dataset`` with ``id`` and text columns, plus what was skipped."""
+    """A corpus as a ``Dataset`` with ``id`` and text columns, plus what was skipped or renamed."""
 
     dataset: Dataset
     source: str
     fingerprint: str
     skipped: list[SkippedRow] = field(default_factory=list)
     skipped_count: int = 0
+    renamed_ids: int = 0
     record_format: RecordFormat | None = None
 
     def skipped_summary(self, limit: int = 20) -> dict[str, Any]:
@@ -79,18 +137,108 @@ def content_id(text: str) -> str:
     return xxhash.xxh3_64_hexdigest(text.encode("utf-8", "surrogatepass"))
 
 
-class _RowSink:
-    """Collects rows and streams them to an Arrow IPC file in batches (bounded memory)."""
+def looks_local(source: str | os.PathLike, suffixes: Sequence[str] = LOCAL_SUFFIXES, *,
+                bare_names: bool = True) -> bool:
+    """Whether ``source`` can only mean a local path (so a missing one is "no such file").
 
-    def __init__(self, path: Path, text_field: str, id_field: str, keep_fields: list[str]) -> None:
+    Local: starts with ``.``, ``/`` or ``~``; ends in a file extension from ``suffixes``; names
+    a folder that exists, as in ``data/nope.jsonl``; or (with ``bare_names``, right for data
+    sets, whose hub ids are ``owner/name``) has no ``/`` at all. Only what is left may be sent
+    to the hub.
+    """
+    text = os.fspath(source)
+    if text.startswith((".", "/", "~")) or (bare_names and "/" not in text.replace(os.sep, "/")):
+        return True
+    if text.lower().endswith(tuple(suffixes)):
+        return True
+    parent = Path(text).expanduser().parent
+    return str(parent) not in ("", ".") and parent.exists()
+
+
+def no_such_path(source: str | os.PathLike, what: str = "file or folder") -> DataError:
+    return DataError(f"{os.fspath(source)}: no such {what}")
+
+
+# -- ids ------------------------------------------------------------------------------------
+
+
+def unique_ids(
+    ids: pa.Array | pa.ChunkedArray,
+    from_data: np.ndarray,
+    locate: Callable[[int], str],
+    on_duplicate_id: OnDuplicateId = "error",
+) -> tuple[pa.Array | None, int]:
+    """THE id rule: content-hash repeats get ``-2``, ``-3``; a repeated source id is an error.
+
+    ``from_data[i]`` says whether row ``i``'s id came from the data (else it is a content
+    hash). Returns the new id column (``None`` when every id is already unique) and how many
+    source ids were renamed. Runs in Arrow's hash tables, so the common case (all unique)
+    costs one pass in C++ and a few bytes per row.
+    """
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string())
+    n = len(ids)
+    encoded = pc.dictionary_encode(ids)
+    if len(encoded.dictionary) == n:
+        return None, 0
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    counts = np.bincount(codes)
+    repeated = np.flatnonzero(counts[codes] > 1)
+    order = repeated[np.argsort(codes[repeated], kind="stable")]
+    sorted_codes = codes[order]
+    group_start = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+    first_pos = np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
+    rank = np.arange(len(order)) - first_pos
+    later = rank > 0
+    rows, ranks, firsts = order[later], rank[later], order[first_pos[later]]
+    renamed = 0
+    source_repeats = from_data[rows]
+    if source_repeats.any():
+        if on_duplicate_id != "rename":
+            i = int(np.flatnonzero(source_repeats)[np.argmin(rows[source_repeats])])
+            row, first = int(rows[i]), int(firsts[i])
+            raise DataError(
+                f"{locate(row)}: repeated id {ids[row].as_py()!r}, first at {locate(first)} "
+                "(ids must be unique; pass --on-duplicate-id rename to keep both, suffixed -2, -3)"
+            )
+        renamed = int(source_repeats.sum())
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    old = ids.take(pa.array(rows)).to_pylist()
+    # replace_with_mask fills the masked slots in row order: sort the suffixes the same way.
+    by_row = np.argsort(rows)
+    suffixed = [f"{old[j]}-{int(ranks[j]) + 1}" for j in by_row]
+    new = pc.replace_with_mask(ids, pa.array(mask), pa.array(suffixed, pa.string()))
+    if len(pc.dictionary_encode(new).dictionary) != n:  # a suffix met an id of the data
+        unique_ids(new, np.ones(n, dtype=bool), locate, "error")  # raises, naming both rows
+    return new, renamed
+
+
+# -- the row sink ---------------------------------------------------------------------------
+
+
+class _Rows:
+    """Validated rows of one corpus as Arrow batches, and where each row came from.
+
+    Rows arrive either as whole Arrow columns (the fast readers) or one by one (the
+    validator); both end in the same batches, the same content ids and the same id check.
+    Locations are kept as a source number and a line (or row) number per row, 8 bytes a row,
+    so a repeated id can name both of its lines.
+    """
+
+    def __init__(self, text_field: str, id_field: str, keep_fields: list[str],
+                 path: Path | None = None) -> None:
+        self.text_field, self.id_field = text_field, id_field
+        self.keep_fields = list(keep_fields)
         self.path = path
-        self.text_field = text_field
-        self.id_field = id_field
-        self.keep_fields = keep_fields
-        self.columns: dict[str, list] = {c: [] for c in self.names}
         self.writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self.batches: list[pa.RecordBatch] = []
+        self.sources: list[tuple[str, str]] = []  # (label, "line" or "row")
+        self.where: list[tuple[int, np.ndarray]] = []  # (source, line per row) per batch
+        self.from_data: list[np.ndarray] = []
+        self.keep_present = dict.fromkeys(keep_fields, 0)
         self.rows = 0
-        self._seen_ids: dict[str, int] = {}
+        self._pending: list[tuple[int, int, str | None, str, dict[str, Any]]] = []
 
     @property
     def names(self) -> list[str]:
@@ -102,182 +250,598 @@ class _RowSink:
 
     def carry(self, columns: Iterable[str]) -> None:
         """Also keep ``columns`` (a fine-tuning format's fields); only before the first row."""
-        if self.rows:
+        if self.rows or self._pending:
             raise RuntimeError("columns to carry must be known before the first row")
-        for col in columns:
-            if col not in self.names:
-                self.keep_fields.append(col)
-                self.columns[col] = []
+        for column in columns:
+            if column not in self.names:
+                self.keep_fields.append(column)
 
-    def add(self, record_id: str | None, text: str, extra: dict[str, Any]) -> None:
-        if record_id is None:
-            record_id = content_id(text)
-            # Identical texts share a hash; suffix repeats so ids stay unique per corpus.
-            seen = self._seen_ids.get(record_id, 0)
-            self._seen_ids[record_id] = seen + 1
-            if seen:
-                record_id = f"{record_id}-{seen + 1}"
-        self.columns[self.id_field].append(record_id)
-        self.columns[self.text_field].append(text)
-        for name in self.keep_fields:
-            value = extra.get(name)
-            self.columns[name].append(
-                None if value is None else value if isinstance(value, str) else json.dumps(value)
-            )
-        self.rows += 1
-        if len(self.columns[self.id_field]) >= WRITE_BATCH_ROWS:
+    def source(self, label: str, unit: str = "line") -> int:
+        self.flush()
+        self.sources.append((label, unit))
+        return len(self.sources) - 1
+
+    def locate(self, row: int) -> str:
+        starts = np.cumsum([0] + [len(lines) for _, lines in self.where])
+        chunk = int(np.searchsorted(starts, row, side="right")) - 1
+        src, lines = self.where[chunk]
+        label, unit = self.sources[src]
+        return _where(label, int(lines[row - starts[chunk]]), unit)
+
+    def add_row(self, src: int, line: int, record_id: str | None, text: str,
+                extra: Mapping[str, Any]) -> None:
+        self._pending.append((src, line, record_id, text, extra))
+        if len(self._pending) >= WRITE_BATCH_ROWS:
             self.flush()
 
     def flush(self) -> None:
-        if self.writer is None:
-            self.writer = pa.ipc.new_stream(str(self.path), self.schema)
-        if self.columns[self.id_field]:
-            self.writer.write_batch(pa.record_batch(
-                [pa.array(self.columns[c], pa.string()) for c in self.names], schema=self.schema
-            ))
-            self.columns = {c: [] for c in self.names}
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        src = pending[0][0]
+        extras = {}
+        for name in self.keep_fields:
+            values = [r[4].get(name) for r in pending]
+            extras[name] = pa.array(
+                [None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
+                pa.string())
+        self.add_columns(src, np.array([r[1] for r in pending], dtype=np.uint32),
+                         pa.array([r[2] for r in pending], pa.string()),
+                         pa.array([r[3] for r in pending], pa.string()), extras)
 
-    def close(self) -> Dataset:
+    def add_columns(self, src: int, lines: np.ndarray, ids: pa.Array | None, texts: pa.Array,
+                    extras: Mapping[str, pa.Array]) -> None:
+        """Append rows given as columns; ids that are null become content hashes."""
+        n = len(texts)
+        if n == 0:
+            return
+        if ids is None:
+            ids = pa.nulls(n, pa.string())
+        missing = ids.is_null().to_numpy(zero_copy_only=False)
+        if missing.all():
+            ids = pa.array([content_id(t) for t in texts.to_pylist()], pa.string())
+        elif missing.any():
+            idx = np.flatnonzero(missing)
+            hashes = [content_id(t) for t in texts.take(pa.array(idx)).to_pylist()]
+            ids = pc.replace_with_mask(ids, pa.array(missing), pa.array(hashes, pa.string()))
+        columns = [ids, texts]
+        for name in self.keep_fields:
+            column = extras.get(name)
+            if column is None:
+                column = pa.nulls(n, pa.string())
+            if name in self.keep_present:
+                self.keep_present[name] += n - column.null_count
+            columns.append(column)
+        batch = pa.record_batch(columns, schema=self.schema)
+        if self.path is not None:
+            if self.writer is None:
+                self.writer = pa.ipc.new_stream(str(self.path), self.schema)
+            self.writer.write_batch(batch)
+        else:
+            self.batches.append(batch)
+        self.where.append((src, lines))
+        self.from_data.append(~missing)
+        self.rows += n
+
+    def finish(self, fingerprint: str, on_duplicate_id: OnDuplicateId) -> tuple[Dataset, int]:
+        """The corpus as a ``Dataset`` (ids made unique by the id rule) and the renamed count."""
         self.flush()
-        self.writer.close()
-        return Dataset.from_file(str(self.path))
+        if self.path is not None and self.writer is None:  # no rows at all
+            self.writer = pa.ipc.new_stream(str(self.path), self.schema)
+        if self.writer is not None:
+            self.writer.close()
+            with pa.memory_map(str(self.path)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+        else:
+            table = pa.Table.from_batches(self.batches, schema=self.schema)
+        for name, present in self.keep_present.items():
+            if self.rows and not present:
+                raise DataError(f"--keep-fields: no record has the field {name!r}")
+        from_data = np.concatenate(self.from_data) if self.from_data else np.zeros(0, bool)
+        new_ids, renamed = unique_ids(table.column(self.id_field), from_data, self.locate,
+                                      on_duplicate_id)
+        if new_ids is not None:
+            table = table.set_column(0, self.id_field, new_ids)
+        # Wrapped as in-memory so ``datasets`` never writes cache files beside the mapped file,
+        # which lets the caller delete it at once (the mapping stays valid while in use).
+        return Dataset(InMemoryTable(table), fingerprint=fingerprint), renamed
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# -- reading files --------------------------------------------------------------------------
 
 
 class _Reader:
-    """Validates records of one or more files, raising or skipping with file:line reasons."""
+    """Reads files into a :class:`_Rows`: fast where the input is well formed, else row by row.
 
-    def __init__(self, sink: _RowSink, on_error: OnError, fmt: RecordFormat | None = None) -> None:
-        self.sink = sink
+    ``bad`` is the one place a bad row goes: it raises :class:`DataError` with ``file:line``,
+    or with ``on_error="skip"`` records and counts it.
+    """
+
+    def __init__(self, rows: _Rows, on_error: OnError, fmt: RecordFormat | None = None) -> None:
+        self.rows = rows
         self.on_error = on_error
-        self.fmt = fmt  # None: decided by the first record (then every row must fit it)
+        self.fmt: RecordFormat | None = None  # None: decided by the first record
         self.skipped: list[SkippedRow] = []
         self.skipped_count = 0
+        self.hasher = xxhash.xxh3_128()
         if fmt is not None:
             self._use(fmt)
 
     def _use(self, fmt: RecordFormat) -> None:
         self.fmt = fmt
         if not fmt.is_text:
-            self.sink.carry(fmt.data_columns)
+            self.rows.carry(fmt.data_columns)
 
-    def _resolve(self, file: Path, line: int | str, keys: Iterable[str]) -> RecordFormat:
+    def _resolve(self, where: str, keys: Iterable[str]) -> RecordFormat:
+        """The record format: the one given, or the one the first record's fields fit."""
         if self.fmt is None:
             try:
-                self._use(detect_format(keys, self.sink.text_field))
+                self._use(detect_format(keys, self.rows.text_field))
             except ValueError as exc:
-                raise DataError(f"{file}:{line}: {exc}") from None
+                raise DataError(f"{where}: {exc}") from None
         return self.fmt  # type: ignore[return-value]
 
-    def bad(self, file: Path, line: int, reason: str) -> None:
-        if self.on_error == "raise":
-            raise DataError(f"{file}:{line}: {reason} (use --on-error skip to skip such rows)")
-        self.skipped_count += 1
-        if len(self.skipped) < 1000:
-            self.skipped.append(SkippedRow(str(file), line, reason))
+    def _fast_schemas(self) -> list[pa.Schema]:
+        text, rid = self.rows.text_field, self.rows.id_field
+        keep = [(k, pa.string()) for k in self.rows.keep_fields]
+        return [pa.schema([(rid, pa.string()), (text, pa.string()), *keep]),
+                pa.schema([(rid, pa.int64()), (text, pa.string()), *keep])]
 
-    def take(self, file: Path, line: int, record: Any) -> None:
-        sink = self.sink
+    def bad(self, file: str | Path, line: int, reason: str, unit: str = "line") -> None:
+        row = SkippedRow(str(file), line, reason, unit)
+        if self.on_error == "raise":
+            raise DataError(f"{row} (use --on-error skip to skip such rows)")
+        self.skipped_count += 1
+        if len(self.skipped) < MAX_SKIPPED_EXAMPLES:
+            self.skipped.append(row)
+
+    def take(self, src: int, line: int, record: Any) -> None:
+        """Check one parsed record and add it, or report it as bad."""
+        rows = self.rows
+        label, unit = rows.sources[src]
+
+        def bad(reason: str) -> None:
+            self.bad(label, line, reason, unit)
+
         if not isinstance(record, dict):
-            self.bad(file, line, f"expected a JSON object, got {type(record).__name__}")
+            bad(f"expected a JSON object, got {_json_type(record)}")
             return
-        fmt = self._resolve(file, line, record)
+        fmt = self._resolve(_where(label, line, unit), record)
         problem = problem_with(record, fmt)
         if problem:
-            self.bad(file, line, problem)
+            bad(problem)
             return
-        if not fmt.is_text and sink.text_field in record:
-            self.bad(file, line, f"field {sink.text_field!r} would be replaced by the rendered "
-                     f"{fmt.kind} record; pass another --text-field")
+        if not fmt.is_text and rows.text_field in record:
+            bad(f"field {rows.text_field!r} would be replaced by the rendered {fmt.kind} "
+                "record; pass another --text-field")
             return
+        rid = record.get(rows.id_field)
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, str | int)):
+            bad(f"field {rows.id_field!r} is {_json_type(rid)}, not a string or integer")
+            return
+        for name in (*fmt.data_columns, rows.id_field, *rows.keep_fields):
+            value = record.get(name)
+            if isinstance(value, str) and not _is_utf8(value):
+                bad(f"field {name!r} holds a lone surrogate (an invalid \\u escape)")
+                return
         text = render_text(record, fmt)
-        rid = record.get(sink.id_field)
-        sink.add(None if rid is None else str(rid), text, record)
+        if not _is_utf8(text):  # a surrogate inside chat messages
+            bad(f"the {fmt.kind} record holds a lone surrogate (an invalid \\u escape)")
+            return
+        rows.add_row(src, line, None if rid is None else str(rid), text, record)
+
+    def read_file(self, path: Path) -> None:
+        self.hasher.update(path.name.encode())
+        name = path.name
+        if name.endswith(PARQUET_SUFFIXES):
+            self.read_parquet(path)
+        elif name.endswith(JSONL_SUFFIXES):
+            self.read_jsonl(path)
+        else:  # .txt, or a single file named explicitly, whatever its extension
+            self.read_text(path)
+
+    def _chunks(self, path: Path) -> Iterator[bytes]:
+        """The file's bytes (un-gzipped where named ``.gz``), hashed as they are read."""
+        gz = path.name.endswith(".gz")
+        inflate = zlib.decompressobj(wbits=31) if gz else None
+        started = False
+        with open(path, "rb") as fh:
+            while raw := fh.read(BLOCK_BYTES):
+                self.hasher.update(raw)
+                if inflate is None:
+                    yield raw
+                    continue
+                try:
+                    out = inflate.decompress(raw)
+                    while inflate.eof and inflate.unused_data:  # a multi-member gzip file
+                        rest = inflate.unused_data
+                        inflate = zlib.decompressobj(wbits=31)
+                        out += inflate.decompress(rest)
+                except zlib.error as exc:
+                    if not started:
+                        raise _GzipProblem("not gzip data (the name ends in .gz)") from exc
+                    raise _GzipProblem(f"corrupt gzip data ({exc})") from exc
+                started = True
+                yield out
+        if inflate is not None and not inflate.eof:
+            raise _GzipProblem("the gzip data ends early: the file is truncated")
+
+    def _lines_of(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        """Blocks of whole lines and the number of their first line; the BOM stripped."""
+        carry, line, first = b"", 1, True
+        try:
+            for chunk in self._chunks(path):
+                if first and chunk:
+                    chunk = chunk.removeprefix(UTF8_BOM)
+                    first = False
+                buf = carry + chunk
+                cut = buf.rfind(b"\n") + 1
+                if not cut:
+                    carry = buf
+                    continue
+                block, carry = buf[:cut], buf[cut:]
+                yield line, block
+                line += block.count(b"\n")
+        except _GzipProblem as exc:
+            where = line + carry.count(b"\n")
+            raise DataError(f"{path}:{where}: {exc}") from None
+        if carry:
+            yield line, carry
 
     def read_jsonl(self, path: Path) -> None:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if not raw.strip():
+        src = self.rows.source(str(path))
+        checked_start = False
+        for first_line, block in self._lines_of(path):
+            if not checked_start:
+                stripped = block.lstrip()
+                if not stripped:
                     continue
+                if stripped.startswith(b"["):
+                    line = first_line + block[: len(block) - len(stripped)].count(b"\n")
+                    raise DataError(f"{path}:{line}: a JSON array, not JSON Lines (datadiet reads "
+                                    "one JSON object per line; convert with `jq -c '.[]'`)")
+                checked_start = True
+                if self.fmt is None:
+                    self._detect_from_first_record(path, first_line, block)
+            if not (self.fmt is not None and self.fmt.is_text
+                    and self._fast_jsonl_block(src, first_line, block)):
+                self._slow_jsonl_block(path, src, first_line, block)
+
+    def _detect_from_first_record(self, path: Path, first_line: int, block: bytes) -> None:
+        """Settle the record format on the first line that is a JSON object (else leave it)."""
+        for offset, raw in enumerate(block.split(b"\n")):
+            if raw.strip():
                 try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    self.bad(path, lineno, f"invalid UTF-8 at byte {exc.start}")
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    self.bad(path, lineno, f"malformed JSON: {exc.msg} at column {exc.colno}")
-                    continue
-                self.take(path, lineno, record)
+                    record = json.loads(raw)
+                except (ValueError, RecursionError):
+                    return
+                if isinstance(record, dict):
+                    self._resolve(f"{path}:{first_line + offset}", record)
+                return
+
+    def _fast_jsonl_block(self, src: int, first_line: int, block: bytes) -> bool:
+        """Parse a block with pyarrow; False (nothing added) if anything needs the validator."""
+        table = None
+        for schema in self._fast_schemas():
+            try:
+                table = pa_json.read_json(
+                    pa.BufferReader(block),
+                    parse_options=pa_json.ParseOptions(explicit_schema=schema,
+                                                       unexpected_field_behavior="ignore"),
+                )
+                break
+            except (pa.ArrowInvalid, UnicodeDecodeError, pa.ArrowNotImplementedError):
+                continue
+        if table is None:
+            return False
+        try:
+            table.validate(full=True)  # pyarrow's JSON reader does not check UTF-8 in values
+        except pa.ArrowInvalid:
+            return False
+        rows = self.rows
+        texts = table.column(rows.text_field)
+        if texts.null_count:
+            return False  # a missing or null text: the validator names the line
+        lines = _object_lines(block, first_line, table.num_rows)
+        if lines is None:
+            return False
+        table = table.combine_chunks()
+        ids = table.column(rows.id_field).chunk(0) if table.num_rows else None
+        if ids is not None and ids.type != pa.string():
+            ids = ids.cast(pa.string())
+        extras = {k: table.column(k).chunk(0) for k in rows.keep_fields}
+        rows.add_columns(src, lines, ids, table.column(rows.text_field).chunk(0), extras)
+        return True
+
+    def _slow_jsonl_block(self, path: Path, src: int, first_line: int, block: bytes) -> None:
+        for offset, raw in enumerate(block.split(b"\n")):
+            if not raw.strip():
+                continue
+            line = first_line + offset
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                self.bad(path, line, f"invalid UTF-8 at byte {exc.start}")
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as exc:
+                self.bad(path, line, f"malformed JSON: {exc.msg} at column {exc.colno}")
+                continue
+            except RecursionError:
+                self.bad(path, line, "JSON nested too deeply to read")
+                continue
+            self.take(src, line, record)
 
     def read_text(self, path: Path) -> None:
-        """One document per blank-line-separated block; the block's first line is its line."""
-        opener = gzip.open if path.name.endswith(".gz") else open
+        self.read_text_blocks(str(path), self._lines_of(path))
+
+    def read_text_blocks(self, label: str, blocks: Iterable[tuple[int, bytes]]) -> None:
+        """THE ``.txt`` rule: one document per blank-line-separated block of lines; the block's
+        first line is its line. Files, stdin and prompt files all read text through here."""
+        src = self.rows.source(label)
         block: list[str] = []
-        bad_block = False
+        start, bad_block = 0, False
 
         def emit() -> None:
             text = "\n".join(block).strip()
             if text and not bad_block:
-                self.sink.add(None, text, {})
+                self.rows.add_row(src, start, None, text, {})
 
-        with opener(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
+        for first_line, chunk in blocks:
+            for offset, raw in enumerate(chunk.splitlines()):
+                line = first_line + offset
                 try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
+                    decoded = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    self.bad(path, lineno, f"invalid UTF-8 at byte {exc.start}")
-                    bad_block = True
-                    block.append("")
-                    continue
-                if line.strip():
-                    block.append(line)
+                    self.bad(label, line, f"invalid UTF-8 at byte {exc.start}")
+                    decoded, bad_block = "\x00", True
+                if decoded.strip():
+                    if not block:
+                        start = line
+                    block.append(decoded)
                 elif block:
                     emit()
                     block, bad_block = [], False
-            if block:
-                emit()
+        if block:
+            emit()
 
     def read_parquet(self, path: Path) -> None:
+        rows = self.rows
+        data = path.read_bytes()
+        self.hasher.update(data)
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(pa.BufferReader(data))
         except Exception as exc:  # pyarrow raises several types for a broken file
-            raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-        names = pf.schema_arrow.names
-        if self.fmt is None and self.sink.text_field not in names:
+            raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        schema = pf.schema_arrow
+        if self.fmt is None and rows.text_field not in schema.names:
             try:
-                self._use(detect_format(names, self.sink.text_field, noun="columns"))
+                self._use(detect_format(schema.names, rows.text_field, noun="columns"))
             except ValueError as exc:
                 raise DataError(f"{path}: {exc}") from None
-        fmt = self.fmt or RecordFormat.default("text", self.sink.text_field)
-        if fmt.is_text and self.sink.text_field not in names:
-            raise DataError(
-                f"{path}: missing text field {self.sink.text_field!r} (columns: {', '.join(names)})"
-            )
-        wanted = [c for c in dict.fromkeys([*fmt.data_columns, self.sink.id_field,
-                                            *self.sink.keep_fields]) if c in names]
+        if self.fmt is not None and not self.fmt.is_text:
+            self._parquet_records(path, pf, schema.names)
+            return
+        if self.fmt is None:
+            self._use(RecordFormat.default("text", rows.text_field))
+        if rows.text_field not in schema.names:
+            raise DataError(f"{path}: missing text field {rows.text_field!r} "
+                            f"(columns: {', '.join(schema.names)})")
+        text_type = schema.field(rows.text_field).type
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
+            raise DataError(f"{path}: column {rows.text_field!r} is {text_type}, not a string")
+        src = rows.source(str(path), unit="row")
+        wanted = [c for c in dict.fromkeys([rows.id_field, rows.text_field, *rows.keep_fields])
+                  if c in schema.names]
+        done = 0
+        try:
+            batches = pf.iter_batches(batch_size=WRITE_BATCH_ROWS, columns=wanted)
+            for batch in batches:
+                self._parquet_batch(path, src, done, batch)
+                done += batch.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise DataError(f"{path} row {done + 1}: unreadable Parquet data ({exc})") from None
+
+    def _parquet_records(self, path: Path, pf: pq.ParquetFile, names: list[str]) -> None:
+        """Fine-tuning records in Parquet: checked and rendered row by row, like JSONL."""
+        fmt = self.fmt
+        assert fmt is not None
+        src = self.rows.source(str(path), unit="row")
+        wanted = [c for c in dict.fromkeys([*fmt.data_columns, self.rows.id_field,
+                                            *self.rows.keep_fields]) if c in names]
         row = 0
         for batch in pf.iter_batches(batch_size=WRITE_BATCH_ROWS, columns=wanted):
             for record in batch.to_pylist():
                 row += 1
-                if fmt.is_text and record.get(self.sink.text_field) is None:
-                    self.bad(path, row, f"field {self.sink.text_field!r} is null")
-                    continue
-                self.take(path, row, record)
+                self.take(src, row, record)
+
+    def _parquet_batch(self, path: Path, src: int, done: int, batch: pa.RecordBatch) -> None:
+        rows = self.rows
+        lines = np.arange(done + 1, done + 1 + batch.num_rows, dtype=np.uint32)
+        texts = batch.column(rows.text_field).cast(pa.string())
+        if texts.null_count:
+            null_rows = np.flatnonzero(texts.is_null().to_numpy(zero_copy_only=False))
+            for i in null_rows:
+                self.bad(path, done + 1 + int(i), f"field {rows.text_field!r} is null", "row")
+            keep = pa.array(~texts.is_null().to_numpy(zero_copy_only=False))
+            batch, lines = batch.filter(keep), lines[keep.to_numpy(zero_copy_only=False)]
+            texts = batch.column(rows.text_field).cast(pa.string())
+        ids = None
+        if rows.id_field in batch.schema.names:
+            column = batch.column(rows.id_field)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                    or pa.types.is_integer(column.type)):
+                raise DataError(f"{path}: column {rows.id_field!r} is {column.type}, "
+                                "not a string or integer")
+            ids = column.cast(pa.string())
+        extras = {}
+        for name in rows.keep_fields:
+            if name not in batch.schema.names:
+                continue
+            column = batch.column(name)
+            if pa.types.is_nested(column.type):
+                extras[name] = pa.array([None if v is None else json.dumps(v, default=str)
+                                         for v in column.to_pylist()], pa.string())
+            else:
+                extras[name] = column.cast(pa.string())
+        rows.add_columns(src, lines, ids, texts, extras)
 
 
-def _list_files(root: Path) -> list[Path]:
-    suffixes = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(suffixes)
-                   and "removed" not in p.relative_to(root).parts)
+def text_documents(data: bytes, label: str = "stdin") -> list[str]:
+    """Documents of text given as bytes (stdin, a prompt file), by the one ``.txt`` rule.
+
+    Bad UTF-8 is a :class:`DataError` naming ``label:line``; a leading BOM is dropped.
+    """
+    rows = _Rows("text", "id", [])
+    _Reader(rows, "raise").read_text_blocks(label, [(1, data.removeprefix(UTF8_BOM))])
+    rows.flush()
+    return [t for batch in rows.batches for t in batch.column(1).to_pylist()]
+
+
+def read_stdin_bytes() -> bytes:
+    """All of stdin as bytes (a text stream without a byte buffer, as in tests, is encoded)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    return buffer.read() if buffer is not None else sys.stdin.read().encode("utf-8", "surrogatepass")
+
+
+def decode_utf8(data: bytes, label: str) -> str:
+    """Bytes as text, or a :class:`DataError` naming where the first bad byte is."""
+    try:
+        return data.removeprefix(UTF8_BOM).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(f"{label}:{line}: not UTF-8 text (byte {exc.start})") from None
+
+
+class _GzipProblem(Exception):
+    """Raised inside the chunk reader; turned into a DataError that knows the line."""
+
+
+def _json_type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _object_lines(block: bytes, first_line: int, n_rows: int) -> np.ndarray | None:
+    """The line number of each row of a block pyarrow parsed, or None if they do not line up.
+
+    pyarrow accepts a few things the contract does not (two objects on one line, an indented
+    or whitespace-only line); demanding that every non-empty line starts with ``{`` and that
+    there is one row per such line sends those blocks to the validator instead.
+    """
+    data = np.frombuffer(block, dtype=np.uint8)
+    newlines = np.flatnonzero(data == 10)
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines, [len(data)]))
+    lengths = ends - starts
+    has_cr = (lengths > 0) & (data[np.maximum(ends - 1, 0)] == 13)
+    lengths = lengths - has_cr
+    filled = lengths > 0
+    if int(filled.sum()) != n_rows or (data[starts[filled]] != ord("{")).any():
+        return None
+    return (first_line + np.flatnonzero(filled)).astype(np.uint32)
+
+
+def _curated_shards(folder: Path) -> list[Path] | None:
+    """The data shards of a folder ``datadiet curate`` wrote, or None if it is not one.
+
+    Such a folder has a ``manifest.json`` (a JSON object); its shards are the ones the
+    manifest lists, or, for a manifest without that list, the ``*.parquet`` files beside it.
+    The manifest and ``removed/`` are never read as data.
+    """
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    shards = (data.get("output") or {}).get("shards") if isinstance(data.get("output"), dict) \
+        else None
+    if isinstance(shards, list) and all(isinstance(s, str) for s in shards):
+        paths = [folder / s for s in shards]
+        for p in paths:
+            if not p.is_file():
+                raise DataError(f"{manifest}: lists the shard {p.name}, which is missing")
+        return paths
+    paths = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    if not paths:
+        raise DataError(f"{folder}: has a {MANIFEST_FILE} but no data shards (*.parquet)")
+    return paths
+
+
+def list_data_files(root: Path) -> list[Path]:
+    """The data files of a folder, in a stable order.
+
+    A curated output (a folder with a datadiet manifest) contributes only its data shards, not
+    its manifest or removals. Elsewhere every ``.jsonl/.json/.ndjson(.gz)``, ``.parquet`` and
+    ``.txt(.gz)`` file is read, in any subfolder (``removed/`` included); hidden files and
+    folders (``.OUT.tmp-*`` from an interrupted write) and other files (``.md``) are not.
+    """
+    shards = _curated_shards(root)
+    if shards is not None:
+        return shards
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if here != root and (sub := _curated_shards(here)) is not None:
+            files.extend(sub)
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        files.extend(here / f for f in sorted(filenames)
+                     if not f.startswith(".") and f.endswith(DATA_SUFFIXES))
     if not files:
         raise DataError(f"{root}: no .jsonl, .json(.gz), .parquet or .txt files in this folder")
     return files
 
 
+@contextmanager
+def scratch_dir(prefix: str, parent: str | os.PathLike | None = None) -> Iterator[Path]:
+    """A private temp folder that is removed on success, error, Ctrl-C and (with
+    :func:`install_signal_cleanup`) SIGTERM: nothing of a run stays in ``$TMPDIR``."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def install_signal_cleanup() -> None:
+    """Turn SIGTERM (what SLURM, Kubernetes and ``kill`` send) into ``SystemExit(143)``.
+
+    Python's default for SIGTERM kills the process without unwinding, so no ``finally`` runs
+    and temp folders and half-written ``.OUT.tmp-*`` outputs stay behind. Raised as an
+    exception instead, every :func:`atomic_path` and :func:`scratch_dir` cleans up on the way
+    out. Only the main thread may set handlers; elsewhere this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def fingerprint_files(files: Iterable[Path]) -> str:
-    """xxh3-128 over every input byte (and names), so a manifest pins its exact input."""
+    """xxh3-128 over every input byte (and names), as the reader computes it while reading."""
     h = xxhash.xxh3_128()
     for path in files:
         h.update(path.name.encode())
@@ -302,37 +866,49 @@ def source_fingerprint(source: str | os.PathLike) -> str:
     if path.is_dir() and _is_saved_dataset(path):
         return fingerprint_files(sorted(p for p in path.rglob("*") if p.is_file()))
     if path.exists():
-        return fingerprint_files(_list_files(path) if path.is_dir() else [path])
-    if "/" in str(source) and not str(source).startswith((".", "/")):
-        return f"hf://{source}"
-    raise DataError(f"{source}: no such file or folder")
+        return fingerprint_files(list_data_files(path) if path.is_dir() else [path])
+    if looks_local(source):
+        raise no_such_path(source)
+    return f"hf://{os.fspath(source)}"
 
 
 def load_corpus(
-    source: str | os.PathLike,
+    source: str | os.PathLike | Dataset | Sequence[Mapping[str, Any]],
     *,
     text_field: str = "text",
     id_field: str = "id",
     keep_fields: Iterable[str] = (),
     on_error: OnError = "raise",
+    on_duplicate_id: OnDuplicateId = "error",
     split: str = "train",
     work_dir: str | os.PathLike | None = None,
     fields: RecordFormat | str | dict | None = "auto",
 ) -> LoadedCorpus:
-    """Load JSONL(.gz) / Parquet / text files or folders, a saved dataset, or a hub id.
+    """Load JSONL(.gz) / Parquet / text files or folders, a saved dataset, a hub id, a
+    ``Dataset`` or a list of dicts, with the same checks and the same id rule for each.
 
     The result always has an ``id_field`` column (from the data, or a content hash) and the
-    text column, plus any ``keep_fields`` carried as strings. ``fields`` says how to read
-    records (see :mod:`datadiet.pipeline.records`): ``"auto"`` takes the text field if the first
-    record has one, else the fine-tuning format its fields fit; a format name or a mapping
-    fixes it. For fine-tuning records the text column holds the rendered row (what the
-    pre-training steps read), and the format's own columns are carried along.
+    text column, plus any ``keep_fields`` carried as strings (``Dataset`` and list inputs keep
+    all their columns). ``fields`` says how to read records (see
+    :mod:`datadiet.pipeline.records`): ``"auto"`` takes the text field if the first record has
+    one, else the fine-tuning format its fields fit; a format name or a mapping fixes it. For
+    fine-tuning records the text column holds the rendered row (what the pre-training steps
+    read), and the format's own columns are carried along. Options are keyword-only so formats
+    can add their own.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    fmt = fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
+        raise SpecError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if on_duplicate_id not in ("error", "rename"):
+        raise SpecError(f"on_duplicate_id must be 'error' or 'rename', not {on_duplicate_id!r}")
+    try:
+        fmt = fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
+    keep = [f for f in dict.fromkeys(keep_fields) if f not in (text_field, id_field)]
+    if isinstance(source, Dataset) or not isinstance(source, str | os.PathLike):
+        return corpus_from_records(source, text_field=text_field, id_field=id_field,
+                                   on_duplicate_id=on_duplicate_id, fields=fmt)
     path = Path(source).expanduser()
-    keep = [f for f in keep_fields if f not in (text_field, id_field)]
     if path.is_dir() and _is_saved_dataset(path):
         from datasets import load_from_disk
 
@@ -341,40 +917,79 @@ def load_corpus(
             if split not in ds:
                 raise DataError(f"{path}: no split {split!r} (splits: {', '.join(ds.keys())})")
             ds = ds[split]
-        return _from_dataset(ds, str(path), text_field, id_field, keep, fmt)
+        return _from_dataset(ds, str(path), text_field, id_field, keep, on_duplicate_id, fmt)
     if path.exists():
-        files = _list_files(path) if path.is_dir() else [path]
-        for f in files:
-            if f.stat().st_size == 0:
-                if on_error == "raise":
-                    raise DataError(f"{f}: empty file (no records)")
-        work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="datadiet-load-"))
-        work.mkdir(parents=True, exist_ok=True)
-        sink = _RowSink(work / f"corpus-{uuid.uuid4().hex[:8]}.arrow", text_field, id_field, keep)
-        reader = _Reader(sink, on_error, fmt)
+        return _read_files(path, text_field, id_field, keep, on_error, on_duplicate_id, work_dir,
+                           fmt)
+    if looks_local(source):
+        raise no_such_path(source)
+    return _load_hub(os.fspath(source), split, text_field, id_field, keep, on_duplicate_id, fmt)
+
+
+def _read_files(path: Path, text_field: str, id_field: str, keep: list[str], on_error: OnError,
+                on_duplicate_id: OnDuplicateId, work_dir: str | os.PathLike | None,
+                fmt: RecordFormat | None) -> LoadedCorpus:
+    files = list_data_files(path) if path.is_dir() else [path]
+    for f in files:
+        if f.stat().st_size == 0 and on_error == "raise":
+            raise DataError(f"{f}: empty file (no records)")
+    with scratch_dir("datadiet-load-", work_dir) as work:
+        rows = _Rows(text_field, id_field, keep, work / "corpus.arrow")
+        reader = _Reader(rows, on_error, fmt)
         try:
             for f in files:
-                name = f.name
-                if name.endswith(JSONL_SUFFIXES):
-                    reader.read_jsonl(f)
-                elif name.endswith(PARQUET_SUFFIXES):
-                    reader.read_parquet(f)
-                elif name.endswith(TEXT_SUFFIXES) or path.is_file():
-                    reader.read_text(f)
-        finally:
-            ds = sink.close()
-        if len(ds) == 0:
-            raise DataError(f"{path}: no records could be read"
-                            + (f" ({reader.skipped_count} skipped)" if reader.skipped_count else ""))
-        return LoadedCorpus(ds, str(path), fingerprint_files(files), reader.skipped,
-                            reader.skipped_count, reader.fmt)
-    if "/" in str(source) and not str(source).startswith((".", "/")):
-        return _load_hub(str(source), split, text_field, id_field, keep, fmt)
-    raise DataError(f"{source}: no such file or folder")
+                reader.read_file(f)
+            if rows.rows == 0:
+                rows.flush()
+            if rows.rows == 0:
+                raise DataError(f"{path}: no records could be read"
+                                + (f" ({reader.skipped_count} skipped)" if reader.skipped_count
+                                   else ""))
+            ds, renamed = rows.finish(reader.hasher.hexdigest(), on_duplicate_id)
+        except BaseException:
+            rows.abort()
+            raise
+    return LoadedCorpus(ds, str(path), ds._fingerprint, reader.skipped, reader.skipped_count,
+                        renamed, reader.fmt)
+
+
+def corpus_from_records(
+    records: Dataset | Sequence[Mapping[str, Any]],
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    on_duplicate_id: OnDuplicateId = "error",
+    source: str = "records",
+    fields: RecordFormat | None = None,
+) -> LoadedCorpus:
+    """A ``Dataset`` or a list of dicts, checked like a file and given ids by the id rule.
+
+    All columns are kept (the caller wants their own records back, filtered); rows are named
+    ``records row N`` (1-based) in errors.
+    """
+    if isinstance(records, Dataset):
+        return _from_dataset(records, "dataset", text_field, id_field, None, on_duplicate_id,
+                             fields)
+    if isinstance(records, str | bytes | Mapping) or not isinstance(records, Sequence):
+        raise DataError(f"expected a datasets.Dataset or a list of dicts, got "
+                        f"{type(records).__name__}")
+    rows = _Rows(text_field, id_field, [])
+    reader = _Reader(rows, "raise", fields)
+    src = rows.source(source, unit="row")
+    for i, record in enumerate(records, start=1):
+        reader.take(src, i, record)
+    if not records:
+        raise DataError(f"{source}: no records (an empty list)")
+    rows.flush()
+    try:
+        ds = Dataset.from_list([dict(r) for r in records])
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        raise DataError(f"{source}: the records do not form a table: {exc}") from None
+    return _from_dataset(ds, source, text_field, id_field, None, on_duplicate_id, reader.fmt)
 
 
 def _load_hub(name: str, split: str, text_field: str, id_field: str, keep: list[str],
-              fmt: RecordFormat | None) -> LoadedCorpus:
+              on_duplicate_id: OnDuplicateId, fmt: RecordFormat | None) -> LoadedCorpus:
     """A Hugging Face hub dataset id; offline this fails with a message that says so."""
     from datasets import load_dataset
 
@@ -387,32 +1002,83 @@ def _load_hub(name: str, split: str, text_field: str, id_field: str, keep: list[
             f"{name}: not a local path, and loading it from the Hugging Face hub failed{hint}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    return _from_dataset(ds, f"hf://{name}:{split}", text_field, id_field, keep, fmt)
+    return _from_dataset(ds, f"hf://{name}:{split}", text_field, id_field, keep, on_duplicate_id,
+                         fmt)
 
 
 def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
-                  keep: list[str], fmt: RecordFormat | None = None) -> LoadedCorpus:
+                  keep: list[str] | None, on_duplicate_id: OnDuplicateId,
+                  fmt: RecordFormat | None = None) -> LoadedCorpus:
+    """Check a Dataset's text column (rendering fine-tuning records into it) and give it ids
+    by the id rule.
+
+    ``keep=None`` keeps every column (the Python API); a list keeps id, text, the format's
+    columns and those.
+    """
     if fmt is None:
         try:
-            fmt = detect_format(ds.column_names, text_field, noun="columns")
+            fmt = detect_format([c for c in ds.column_names if c != id_field], text_field,
+                                noun="columns")
         except ValueError as exc:
             raise DataError(f"{source}: {exc}") from None
     if not fmt.is_text:
+        if text_field in ds.column_names:
+            raise DataError(f"{source}: column {text_field!r} would be replaced by the rendered "
+                            f"{fmt.kind} record; pass another text_field")
         try:
             ds = with_text(ds, fmt, text_field)
         except ValueError as exc:
             raise DataError(f"{source}: {exc}") from None
-        keep = [*fmt.data_columns, *keep]
+        if keep is not None:
+            keep = [*fmt.data_columns, *keep]
     if text_field not in ds.column_names:
         raise DataError(
             f"{source}: missing text field {text_field!r} (columns: {', '.join(ds.column_names)})"
         )
-    if id_field not in ds.column_names:
-        ds = ds.map(lambda b: {id_field: [content_id(t or "") for t in b[text_field]]},
-                    batched=True, desc="hashing ids")
-    keep = [k for k in dict.fromkeys(keep) if k in ds.column_names and k not in (id_field, text_field)]
-    ds = ds.select_columns([id_field, text_field, *keep])
-    return LoadedCorpus(ds, source, ds._fingerprint, record_format=fmt)
+    feature = ds.features[text_field]
+    if not (isinstance(feature, Value) and feature.dtype in ("string", "large_string")):
+        raise DataError(f"{source}: column {text_field!r} is {feature}, not a string column")
+    wanted = ds.column_names if keep is None else \
+        [c for c in dict.fromkeys([id_field, text_field, *keep]) if c in ds.column_names]
+    table = ds.select_columns(wanted).with_format("arrow")[:]
+    texts = table.column(text_field)
+    if texts.null_count:
+        row = int(np.flatnonzero(texts.is_null().to_numpy(zero_copy_only=False))[0]) + 1
+        raise DataError(f"{source} row {row}: field {text_field!r} is null")
+    if len(table) == 0:
+        raise DataError(f"{source}: no records (an empty dataset)")
+    if id_field in table.column_names:
+        ids = table.column(id_field)
+        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)
+                or pa.types.is_integer(ids.type)):
+            raise DataError(f"{source}: column {id_field!r} is {ids.type}, not a string or integer")
+        ids = ids.cast(pa.string())
+        missing = ids.is_null().to_numpy(zero_copy_only=False)
+        if missing.any():
+            idx = np.flatnonzero(missing)
+            hashes = [content_id(t) for t in texts.take(pa.array(idx)).to_pylist()]
+            ids = pc.replace_with_mask(ids.combine_chunks(), pa.array(missing),
+                                       pa.array(hashes, pa.string()))
+        from_data = ~missing
+    else:
+        ids = pa.array([content_id(t) for t in texts.to_pylist()], pa.string())
+        from_data = np.zeros(len(table), dtype=bool)
+    new_ids, renamed = unique_ids(ids, from_data, lambda r: f"{source} row {r + 1}",
+                                  on_duplicate_id)
+    ids = new_ids if new_ids is not None else ids
+    if keep is None and new_ids is None and from_data.all() \
+            and ds.features.get(id_field) == Value("string"):
+        return LoadedCorpus(ds, source, ds._fingerprint, renamed_ids=0, record_format=fmt)
+    if id_field in table.column_names:
+        table = table.set_column(table.column_names.index(id_field), id_field, ids)
+    else:
+        table = table.add_column(0, id_field, ids)
+    features = ds.features.copy()
+    features[id_field] = Value("string")
+    info = DatasetInfo(features=type(features)({c: features[c] for c in table.column_names}))
+    fingerprint = xxhash.xxh3_128_hexdigest(f"{ds._fingerprint}:{id_field}:{text_field}".encode())
+    out = Dataset(InMemoryTable(table), info=info, fingerprint=fingerprint)
+    return LoadedCorpus(out, source, fingerprint, renamed_ids=renamed, record_format=fmt)
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -470,6 +1136,60 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
             tmp.unlink(missing_ok=True)
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def refuse_output_over_inputs(out: str | os.PathLike, inputs: Iterable[str | os.PathLike],
+                              *, flag: str = "--out") -> Path:
+    """Refuse an output that is, holds, or sits inside one of its inputs; return it resolved.
+
+    Replacing such a folder deletes the input (``curate inp --out inp --overwrite`` did), and
+    writing inside an input folder makes the next read of that folder take the output for data.
+    """
+    target = Path(out).expanduser().resolve()
+    for source in inputs:
+        src = Path(source).expanduser()
+        if not src.exists():
+            continue
+        src = src.resolve()
+        if target == src or target in src.parents:
+            raise OutputError(f"{flag} {out}: holds the input {source}; writing it would replace "
+                              "the input. Choose another output folder")
+        if src.is_dir() and src in target.parents:
+            raise OutputError(f"{flag} {out}: is inside the input folder {source}; choose an "
+                              "output folder outside it")
+    return target
+
+
+def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = (), *,
+                     overwrite: bool = False, flag: str = "--out") -> Path:
+    """Everything that can be known about an output folder before any work is done.
+
+    It must not be or hold an input; an existing folder is replaced only with ``overwrite``
+    and only if datadiet wrote it (it has a ``manifest.json``), so ``--overwrite`` can never
+    delete a folder of the user's own; and its location must be writable, so a permission
+    problem shows before the work, not after it.
+    """
+    target = refuse_output_over_inputs(out, inputs, flag=flag)
+    if target.exists():
+        if not target.is_dir():
+            raise OutputError(f"{flag} {out}: exists and is not a folder")
+        if not overwrite:
+            raise OutputError(f"{flag} {out}: output exists (pass --overwrite to replace it)")
+        if not (target / MANIFEST_FILE).is_file():
+            raise OutputError(f"{flag} {out}: exists and was not written by datadiet (no "
+                              f"{MANIFEST_FILE}); refusing to replace it even with --overwrite")
+    parent = _nearest_existing(target.parent)
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {out}: cannot write in {parent} (permission denied)")
+    return target
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write a UTF-8 text file atomically (see :func:`atomic_path`)."""
     with atomic_path(path) as tmp:
@@ -483,15 +1203,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_000,
                          prefix: str = "data") -> list[str]:
-    """Write ``ds`` as ``{prefix}-00000-of-0000N.parquet`` shards; returns their names."""
+    """Write ``ds`` as ``{prefix}-00000-of-0000N.parquet`` shards; returns their names.
+
+    Each shard is gathered once from the dataset's Arrow data (through its indices mapping,
+    if it has one), so the rows a curation run kept are copied exactly once, here.
+    """
+    if rows_per_shard < 1:
+        raise SpecError(f"rows per shard must be at least 1, not {rows_per_shard}")
     folder.mkdir(parents=True, exist_ok=True)
     n = len(ds)
     n_shards = max(1, -(-n // rows_per_shard))
+    arrow = ds.with_format("arrow")
     names = []
     for i in range(n_shards):
-        shard = ds.select(range(i * rows_per_shard, min(n, (i + 1) * rows_per_shard)))
+        part = arrow[i * rows_per_shard : min(n, (i + 1) * rows_per_shard)]
         name = f"{prefix}-{i:05d}-of-{n_shards:05d}.parquet"
-        shard.to_parquet(str(folder / name))
+        pq.write_table(part, folder / name)
         names.append(name)
     return names
 
@@ -510,7 +1237,7 @@ class AtomicOutputDir:
 
     def __enter__(self) -> Path:
         if self.target.exists() and not self.overwrite:
-            raise FileExistsError(f"{self.target}: output exists (pass --overwrite to replace it)")
+            raise OutputError(f"{self.target}: output exists (pass --overwrite to replace it)")
         self._ctx = atomic_path(self.target, is_dir=True)
         return self._ctx.__enter__()
 

@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-__all__ = ["MANIFEST_VERSION", "Manifest", "StepReport", "jsonable"]
+from datadiet.pipeline.io import MANIFEST_FILE, DataError
+
+__all__ = ["MANIFEST_VERSION", "Manifest", "StepReport", "explain", "jsonable"]
 
 MANIFEST_VERSION = 1
 
@@ -97,4 +102,40 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+def explain(out: str | os.PathLike, ids: list[str]) -> list[str]:
+    """One line per id: removed by which step and why, kept, or not an id of this run.
 
+    Why read the kept ids too: "not removed" is not "kept" — a mistyped id is in neither, and
+    saying "kept" for it would be a wrong answer, not a missing one.
+    """
+    folder = Path(out)
+    if not folder.is_dir():
+        raise DataError(f"{out}: no such folder")
+    manifest_path = folder / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise DataError(f"{out}: not a folder written by `datadiet curate` (no {MANIFEST_FILE})")
+    try:
+        manifest = Manifest.load(manifest_path)
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{manifest_path}: not a datadiet manifest ({exc})") from None
+    wanted = pa.array(ids, pa.string())
+    removed_path = folder / manifest.output.get("removed_file", "removed/removed.parquet")
+    if not removed_path.is_file():
+        raise DataError(f"{removed_path}: missing (the manifest lists it)")
+    removed = pq.read_table(removed_path, columns=["id", "step", "reason"])
+    removed = removed.filter(pc.is_in(removed.column("id"), value_set=wanted)).to_pylist()
+    by_id = {row["id"]: row for row in removed}
+    kept: set[str] = set()
+    id_field = manifest.input.get("id_field", "id")
+    for shard in manifest.output.get("shards", []):
+        column = pq.read_table(folder / shard, columns=[id_field]).column(id_field)
+        kept.update(column.filter(pc.is_in(column, value_set=wanted)).to_pylist())
+    lines = []
+    for rid in ids:
+        if rid in by_id:
+            lines.append(f"{rid}: removed by {by_id[rid]['step']} ({by_id[rid]['reason']})")
+        elif rid in kept:
+            lines.append(f"{rid}: kept")
+        else:
+            lines.append(f"{rid}: unknown id (not in the input of this run)")
+    return lines

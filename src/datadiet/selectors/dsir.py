@@ -34,9 +34,7 @@ times faster than sha256) and much stronger smoothing (see :func:`fit_ngram_dist
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -46,7 +44,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
-from datadiet.pipeline.io import load_corpus
+from datadiet.pipeline.io import load_corpus, no_such_path
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
@@ -405,28 +403,13 @@ def log_importance_weights(
 def load_target_texts(target: Any, *, text_field: str = "text") -> list[str]:
     """The target sample as a list of strings.
 
-    Accepts a list of strings, a ``datasets.Dataset`` (its ``text_field`` column), or a path:
-    ``.txt`` (one document per non-empty line), ``.jsonl`` (the ``text_field`` of each record),
-    ``.json`` (a list of strings or records) or ``.parquet`` (the ``text_field`` column).
+    Accepts a list of strings, a ``datasets.Dataset`` (its ``text_field`` column), or a path,
+    which the package's one reader reads (``.txt``: one document per blank-line-separated
+    block, as for every input; JSONL; Parquet; folders), so a bad or missing target is a
+    ``DataError`` that names the file and line.
     """
-    if isinstance(target, (str, os.PathLike)):
-        path = Path(target)
-        if not path.exists():
-            raise FileNotFoundError(f"DSIR target file not found: {path}")
-        name = path.name.lower()
-        if name.endswith((".txt", ".txt.gz")) and path.is_file():
-            # Target samples are usually one short document per line (queries, reviews).
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rt", encoding="utf-8") as f:
-                return [line.strip() for line in f if line.strip()]
-        if name.endswith(".json") and path.is_file():
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            if isinstance(data, list):
-                return [r if isinstance(r, str) else _field(r, text_field, path) for r in data]
-        # JSONL(.gz), Parquet, folders of shards, saved datasets: the package's own reader,
-        # which names the file and line of a bad record.
-        loaded = load_corpus(path, text_field=text_field)
+    if isinstance(target, str | os.PathLike):
+        loaded = load_corpus(target, text_field=text_field, on_duplicate_id="rename")
         return [t for t in loaded.dataset[text_field] if t]
     if isinstance(target, Dataset):
         return [t for t in target[text_field] if t]
@@ -434,13 +417,6 @@ def load_target_texts(target: Any, *, text_field: str = "text") -> list[str]:
     if not all(isinstance(t, str) for t in texts):
         raise TypeError("target must be a path or a sequence of strings")
     return texts
-
-
-def _field(record: Any, text_field: str, path: Path) -> str:
-    if not isinstance(record, dict) or text_field not in record:
-        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise ValueError(f"{path}: record has no {text_field!r} field (has {keys})")
-    return str(record[text_field])
 
 
 # -- the step ---------------------------------------------------------------------------------
@@ -535,6 +511,8 @@ class DSIR(Step):
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         if isinstance(target, os.PathLike):
             target = os.fspath(target)
+        if isinstance(target, str) and not Path(target).expanduser().exists():
+            raise no_such_path(target, "DSIR target file or folder")
         elif not isinstance(target, str) and not isinstance(target, Dataset):
             target = list(target)
         self.target = target

@@ -6,7 +6,9 @@ is what ``torchrun`` needs::
     torchrun --nproc_per_node 2 -m datadiet.pipeline.stages.cli train --data OUT --config CFG --out RUN
 
 Each ``add_*_parser`` registers a sub-command and sets ``func`` to its run function, which
-returns the process exit status.
+returns the process exit status. The training and inference modules (and with them torch) are
+imported by the run functions, not here: every ``datadiet`` command builds this parser, and
+``datadiet curate`` or ``why`` should not pay seconds of torch start-up it never uses.
 """
 
 from __future__ import annotations
@@ -18,9 +20,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from datadiet.pipeline.io import (
+    JSONL_SUFFIXES,
+    DataError,
+    UserError,
+    install_signal_cleanup,
+    load_corpus,
+    looks_local,
+    no_such_path,
+    read_stdin_bytes,
+    refuse_output_over_inputs,
+    text_documents,
+)
 from datadiet.pipeline.ledger import Ledger
-from datadiet.pipeline.stages.inference import load_generator
-from datadiet.pipeline.stages.training import TrainConfig, train
+
+MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".json")
 
 __all__ = [
     "add_generate_parser",
@@ -29,6 +43,27 @@ __all__ = [
     "run_generate",
     "run_train",
 ]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts that must be at least 1 (tokens, steps, batch sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
 
 
 def _parse_value(text: str) -> Any:
@@ -53,12 +88,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--eval-data", default=None,
                    help="held-out corpus (use the same one for every run you want to compare)")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--max-steps", type=positive_int, default=None)
+    p.add_argument("--max-tokens", type=positive_int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable), e.g. --set lr=3e-4")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--stop-at-step", type=int, default=None,
+    p.add_argument("--no-resume", action="store_true",
+                   help="start afresh: ignore (and later replace) an existing RUN/checkpoint.pt")
+    p.add_argument("--stop-at-step", type=positive_int, default=None,
                    help="stop after this step (checkpointed; rerun to continue)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run_train)
@@ -73,23 +109,37 @@ def build_train_config(args: argparse.Namespace) -> Any:
     }
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+            raise DataError(f"--set expects KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = _parse_value(value)
+    from datadiet.pipeline.stages.training import TrainConfig  # torch: only for `train`
+
     if args.config:
         return TrainConfig.from_yaml(args.config, **overrides)
     return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _require_local(path: str | None, what: str) -> None:
+    """A path the user named must exist before any work starts (never a hub lookup)."""
+    if path is not None and not Path(path).expanduser().exists():
+        raise no_such_path(path, what)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``datadiet train``; prints a one-line summary (rank 0) and returns 0."""
     from pydantic import ValidationError
 
+    _require_local(args.config, "config file")
     try:
         cfg = build_train_config(args)
-    except (ValidationError, ValueError, FileNotFoundError) as exc:
-        print(f"datadiet train: bad config: {exc}", file=sys.stderr)
-        return 2
+    except (ValidationError, ValueError) as exc:
+        raise DataError(f"bad training config: {exc}") from None
+    for name, value in (("--data", cfg.data), ("--eval-data", cfg.eval_data)):
+        if value is not None and looks_local(value) and not Path(value).expanduser().exists():
+            raise DataError(f"{name} {value}: no such file or folder")
+    refuse_output_over_inputs(args.out, [v for v in (cfg.data, cfg.eval_data) if v])
+    from datadiet.pipeline.stages.training import train  # torch: only for `train`
+
     report = train(cfg, args.out, resume=not args.no_resume, stop_at_step=args.stop_at_step,
                    verbose=not args.quiet)
     import os
@@ -115,24 +165,24 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "generate",
         help="generate text with datadiet's Llama (SmolLM2 by default, or a trained run)",
         description="Batched prefill + greedy or top-p decoding with a KV cache. Prompts come "
-        "from --prompt (repeatable), --prompts-file (one per line, or JSONL with 'prompt'), "
-        "or stdin.",
+        "from --prompt (repeatable), --prompts-file (JSONL with a 'prompt' field, or text: one "
+        "prompt per blank-line-separated block, the rule of every .txt input), or stdin (text).",
     )
     p.add_argument("--model", default=None,
                    help="HF Llama folder or id, a `datadiet train` run folder (default: SmolLM2)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", default=None)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=non_negative_float, default=1.0)
+    p.add_argument("--top-p", type=non_negative_float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--cache", choices=["static", "growing"], default="static")
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads (default: PyTorch's; 1 is faster on a busy small machine)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt, then the ledger")
     p.add_argument("--ledger", default=None, help="also write the ledger JSON to this file")
@@ -141,22 +191,28 @@ def add_generate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
+    """Prompts from the flags, a file or stdin, read by the package's one reader."""
     prompts = list(args.prompt)
     if args.prompts_file:
-        for line in Path(args.prompts_file).read_text().splitlines():
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                prompts.append(json.loads(line)["prompt"])
-            else:
-                prompts.append(line)
+        path = Path(args.prompts_file).expanduser()
+        if not path.exists():
+            raise no_such_path(args.prompts_file, "prompts file")
+        if path.name.endswith(JSONL_SUFFIXES):
+            prompts += load_corpus(path, text_field="prompt").dataset["prompt"]
+        else:
+            prompts += text_documents(path.read_bytes(), str(path))
     if not prompts and not sys.stdin.isatty():
-        prompts = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        prompts = text_documents(read_stdin_bytes(), "stdin")
     return prompts
 
 
 def run_generate(args: argparse.Namespace) -> int:
     """Run ``datadiet generate``; prints completions (or JSON lines) and returns 0."""
+    if args.model is not None and looks_local(args.model, MODEL_SUFFIXES, bare_names=False) \
+            and not Path(args.model).expanduser().exists():
+        raise no_such_path(args.model, "model file or folder")
+    if args.top_p > 1:
+        raise DataError(f"--top-p: must be in [0, 1], got {args.top_p}")
     prompts = _read_prompts(args)
     if not prompts:
         print("datadiet generate: no prompts (use --prompt, --prompts-file or stdin)", file=sys.stderr)
@@ -165,6 +221,8 @@ def run_generate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from datadiet.pipeline.stages.inference import load_generator  # torch: only for `generate`
+
     ledger = Ledger(label="generate")
     gen = load_generator(args.model, device=args.device, cache=args.cache,
                          batch_size=args.batch_size, ledger=ledger)
@@ -191,7 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_train_parser(sub)
     add_generate_parser(sub)
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    install_signal_cleanup()
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"datadiet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

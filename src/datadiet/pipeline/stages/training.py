@@ -41,7 +41,7 @@ from torch import Tensor
 
 from datadiet.kernels.hf_checkpoint import write_llama_files
 from datadiet.kernels.model import Llama, LlamaConfig
-from datadiet.pipeline.io import atomic_path, atomic_write_json, load_corpus
+from datadiet.pipeline.io import UserError, atomic_path, atomic_write_json, load_corpus
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.loading import load_llama
 from datadiet.pipeline.models.tokenizer import load_tokenizer
@@ -65,22 +65,12 @@ REPORT = "report.json"
 
 def load_text_dataset(data: Any, text_column: str = "text") -> Any:
     """A ``datasets.Dataset`` with a text column from a Dataset, a curated output folder
-    (``OUT/*.parquet`` written by ``datadiet curate``), or any file/folder ``load_corpus`` reads
-    (JSONL, Parquet, text)."""
-    from datasets import Dataset, load_dataset
+    (its data shards only), or any file/folder ``load_corpus`` reads (JSONL, Parquet, text).
 
-    if isinstance(data, Dataset):
-        ds = data
-    else:
-        path = Path(data).expanduser()
-        shards = sorted(path.glob("*.parquet")) if path.is_dir() else []
-        if shards:
-            ds = load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
-        else:
-            ds = load_corpus(path, text_field=text_column).dataset
-    if text_column not in ds.column_names:
-        raise ValueError(f"{data}: no {text_column!r} column (columns: {ds.column_names})")
-    return ds
+    Everything goes through the package's one reader, so training data gets the same checks
+    (file:line errors, string texts, "no such file" for a mistyped path) as curation.
+    """
+    return load_corpus(data, text_field=text_column).dataset
 
 
 @dataclass
@@ -266,9 +256,49 @@ def _pick_device(pref: str, d: _Dist) -> torch.device:
     return torch.device(pref)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed: corrupt, foreign, or for another model."""
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "step", "loss_curve", "evals", "ledger", "model_config")
+
+
+def _plain(value: Any) -> Any:
+    """Non-tensor checkpoint state as plain JSON data (dicts, lists, numbers, strings).
+
+    Why: a checkpoint is loaded with ``weights_only=True``, which refuses every pickled
+    object but tensors and plain containers, so a crafted file in a shared run folder cannot
+    run code. Storing nothing else keeps our own checkpoints loadable under that rule.
+    """
+    return json.loads(json.dumps(value, default=str))
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write a checkpoint atomically: tensors as tensors, everything else as plain data."""
+    tensors = {"model", "optimizer"}
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save({k: v if k in tensors else _plain(v) for k, v in state.items()}, tmp)
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``; anything odd is a :class:`CheckpointError`.
+
+    A corrupt, truncated or foreign file (or one holding pickled objects) names the path and
+    says how to start afresh, rather than running its code or failing with a traceback.
+    """
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError (bad zip), EOFError...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: not a checkpoint datadiet can resume (corrupt, or holds more than "
+            f"weights and plain data: {reason[:200]}); move it away or pass --no-resume"
+        ) from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a datadiet checkpoint (missing {', '.join(missing)}); "
+                              "move it away or pass --no-resume")
+    return ckpt
 
 
 class _Sampler:
@@ -451,11 +481,16 @@ def _train(
     start_step, loss_curve, evals = 0, [], []
     ckpt_path = out / CHECKPOINT
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device)
         if ckpt["model_config"] != mcfg.to_dict():
-            raise ValueError(f"{ckpt_path}: checkpoint is for a different model configuration")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+            raise CheckpointError(f"{ckpt_path}: checkpoint is for a different model "
+                                  "configuration; pass --no-resume to start this run afresh")
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{ckpt_path}: its weights do not fit this model ({exc}); "
+                                  "pass --no-resume to start afresh") from None
         start_step, loss_curve, evals = ckpt["step"], ckpt["loss_curve"], ckpt["evals"]
         ledger = Ledger.from_dict(ckpt["ledger"])
         say(f"resumed from {ckpt_path} at step {start_step}")
@@ -497,7 +532,7 @@ def _train(
     def checkpoint(step: int) -> None:
         t0 = time.perf_counter()
         if d.main:
-            _atomic_torch_save({
+            save_checkpoint({
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "step": step,

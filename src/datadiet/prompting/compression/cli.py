@@ -12,10 +12,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from datadiet.pipeline.io import DataError, UserError, decode_utf8, no_such_path, read_stdin_bytes
 from datadiet.prompting.compression.api import compress
 from datadiet.prompting.compression.budget import BudgetError
+from datadiet.prompting.compression.protect import compile_patterns
+
+
+def rate_type(text: str) -> float:
+    """``--rate``: a fraction in (0, 1], checked before anything loads."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def target_tokens_type(text: str) -> int:
+    """``--target-tokens``: a whole number of at least 1 (a 0-token prompt is no prompt)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -26,8 +51,9 @@ def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--rate", type=float, help="keep this fraction of the tokens (0-1]")
-    budget.add_argument("--target-tokens", type=int, help="keep exactly this many tokens")
+    budget.add_argument("--rate", type=rate_type, help="keep this fraction of the tokens (0-1]")
+    budget.add_argument("--target-tokens", type=target_tokens_type,
+                        help="keep exactly this many tokens (at least 1)")
     p.add_argument("--question", help="question appended after the prompt, kept verbatim")
     p.add_argument("--instruction", help="instruction put first, kept verbatim")
     p.add_argument("--method", default="lingua", choices=["lingua", "selective", "llmlingua"])
@@ -47,28 +73,49 @@ def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def run_compress(args: argparse.Namespace) -> int:
-    """Run ``datadiet compress``; returns the process exit code."""
+def _read_prompt_text(args: argparse.Namespace) -> str:
+    """The prompt as text: UTF-8 from ``--input`` or stdin, named in any error."""
     if args.input:
-        with open(args.input, encoding="utf-8") as fh:
-            text = fh.read()
+        path = Path(args.input).expanduser()
+        if not path.is_file():
+            raise no_such_path(args.input, "file")
+        text = decode_utf8(path.read_bytes(), str(path))
+        label = str(path)
     else:
-        text = sys.stdin.read()
+        text = decode_utf8(read_stdin_bytes(), "stdin")
+        label = "stdin"
+    if not text.strip():
+        raise DataError(f"{label}: empty prompt (nothing to compress)")
+    return text
+
+
+def run_compress(args: argparse.Namespace) -> int:
+    """Run ``datadiet compress``; returns the process exit code.
+
+    Every argument and the input are checked before the scoring model loads: a bad budget,
+    a bad ``--protect`` regex, a missing or non-UTF-8 input, or an empty prompt exit 2 at once.
+    """
+    if args.contrastive and args.method != "lingua":
+        raise DataError("--contrastive applies to --method lingua only")
+    if not args.no_protect and args.protect:
+        try:
+            compile_patterns(args.protect)
+        except ValueError as exc:
+            raise DataError(f"--protect: {exc}") from None
+    text = _read_prompt_text(args)
     prompt: str | list[str] = text.split("\n\n") if args.split == "blank-lines" else text
     protect: Any = [] if args.no_protect else args.protect
-    options: dict[str, Any] = {}
-    if args.contrastive:
-        if args.method != "lingua":
-            print("--contrastive applies to --method lingua only", file=sys.stderr)
-            return 2
-        options["contrastive"] = True
+    options: dict[str, Any] = {"contrastive": True} if args.contrastive else {}
     try:
         result = compress(
             prompt, rate=args.rate, target_tokens=args.target_tokens, question=args.question,
             instruction=args.instruction, method=args.method, model=args.model, protect=protect,
             target_tokenizer=args.target_tokenizer, **options,
         )
-    except (BudgetError, ValueError, ImportError, RuntimeError) as exc:
+    except BudgetError as exc:
+        print(f"datadiet compress: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError, RuntimeError) as exc:
         print(f"datadiet compress: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -91,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="datadiet")
     add_compress_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"datadiet compress: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
