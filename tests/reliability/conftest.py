@@ -46,7 +46,10 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(TMPDIR=str(self.tmp), PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1",
-                   HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+                   HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
+                   # torch keeps its compile cache in TMPDIR by default: a cache, not run data
+                   TORCHINDUCTOR_CACHE_DIR=str(self.root / "cache" / "inductor"),
+                   TRITON_CACHE_DIR=str(self.root / "cache" / "triton"))
         env.pop("DATADIET_DEBUG", None)
         return env
 
@@ -81,9 +84,10 @@ class Sandbox:
         return left
 
 
-def assert_modes_follow_umask(folder: Path, umask: int = UMASK) -> None:
-    """Every file and folder under ``folder`` has the mode a plain open/mkdir would give."""
-    for p in [folder, *folder.rglob("*")]:
+def assert_modes_follow_umask(folder: Path, umask: int = UMASK, *, root: bool = True) -> None:
+    """Every file and folder under ``folder`` (and ``folder`` itself, with ``root``) has the
+    mode a plain open/mkdir would give."""
+    for p in [folder, *folder.rglob("*")][0 if root else 1:]:
         mode = stat.S_IMODE(p.stat().st_mode)
         want = (0o777 if p.is_dir() else 0o666) & ~umask
         assert mode == want, f"{p}: mode {oct(mode)}, expected {oct(want)} under umask {oct(umask)}"

@@ -64,7 +64,7 @@ class Row:
     code: int
     message: str = ""  # a regex the stderr must match
     stdin: bytes | None = None
-    output: str = "none"  # "none": no OUT afterwards; "written": OUT written; "kept": OUT as before
+    output: str = "none"  # "none": no OUT; "written": a curated OUT; "kept": OUT as before; "run"
     check: Callable[[Sandbox, str], None] | None = None
     program: Callable[[], str] | None = None  # a python -c wrapper around the CLI
 
@@ -286,6 +286,58 @@ def why_lines(box: Sandbox, stdout: str) -> None:
     assert "typo: unknown id" in stdout
 
 
+TRAIN_CONFIG = """\
+tokenizer: bytes
+model: tiny
+seq_len: 32
+batch_size: 2
+max_steps: 2
+warmup_steps: 0
+eval_fraction: 0.0
+checkpoint_every: 0
+num_threads: 1
+device: cpu
+"""
+
+
+class Planted:
+    """Pickles as a call that creates a file: what a crafted checkpoint would run on load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def train_run(checkpoint: str, *extra: str) -> Callable[[Sandbox], list[str]]:
+    """``train`` into a run folder that already holds a crafted or corrupt checkpoint."""
+    def setup(box: Sandbox) -> list[str]:
+        import torch
+
+        write(box.inp / "a.jsonl", jsonl(records(12)))
+        config = write(box.root / "train.yaml", TRAIN_CONFIG)
+        box.out.mkdir()
+        if checkpoint == "planted":
+            torch.save({"model": {}, "step": Planted(box.root / "PWNED")}, box.out / "checkpoint.pt")
+        else:
+            write(box.out / "checkpoint.pt", b"PK\x03\x04 not really a zip" * 10)
+        return ["train", "--data", str(box.inp / "a.jsonl"), "--config", str(config),
+                "--out", str(box.out), "--quiet", *extra]
+    return setup
+
+
+def nothing_ran(box: Sandbox, _: str) -> None:
+    assert not (box.root / "PWNED").exists(), "the checkpoint's pickled code ran"
+
+
+def fresh_run_written(box: Sandbox, stdout: str) -> None:
+    nothing_ran(box, stdout)
+    assert json.loads(stdout.strip().splitlines()[-1])["status"] == "completed"
+    assert (box.out / "model" / "model.safetensors").is_file()
+    assert_modes_follow_umask(box.out, root=False)  # the run folder itself was the test's
+
+
 def compress(*args: str) -> Callable[[Sandbox], list[str]]:
     return lambda box: ["compress", *args]
 
@@ -394,6 +446,14 @@ ROWS = [
     Row("why-kept-removed-unknown", why_answers, 0, check=why_lines),
     Row("internal-error-keeps-traceback", internal_error, 1,
         r"Traceback .*ValueError: an internal bug", program=lambda: INTERNAL_ERROR),
+    # checkpoints: loaded with weights_only=True; a crafted or corrupt one is a clear error
+    Row("train-crafted-checkpoint", train_run("planted"), 2,
+        r"checkpoint\.pt: not a checkpoint datadiet can resume .*--no-resume", output="kept",
+        check=nothing_ran),
+    Row("train-corrupt-checkpoint", train_run("corrupt"), 2,
+        r"checkpoint\.pt: not a checkpoint datadiet can resume .*--no-resume", output="kept"),
+    Row("train-no-resume-starts-afresh", train_run("planted", "--no-resume"), 0, output="run",
+        check=fresh_run_written),
     # compress and generate: arguments checked before any model loads
     Row("compress-binary-stdin", compress("--rate", "0.5"), 2, r"stdin:1: not UTF-8 text",
         stdin=b"\x89PNG\r\n\x1a\n\x00\xff\xfe"),

@@ -52,6 +52,7 @@ from datadiet.pipeline.records import (
     parse_fields,
     problem_with,
     render_text,
+    sft_format,
     with_text,
 )
 
@@ -1017,8 +1018,11 @@ def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
     """
     if fmt is None:
         try:
-            fmt = detect_format([c for c in ds.column_names if c != id_field], text_field,
-                                noun="columns")
+            if keep is None and text_field not in ds.column_names:  # the Python API
+                fmt = sft_format(ds.column_names, None, text_field, step="curate")
+            else:
+                fmt = detect_format([c for c in ds.column_names if c != id_field], text_field,
+                                    noun="columns")
         except ValueError as exc:
             raise DataError(f"{source}: {exc}") from None
     if not fmt.is_text:
@@ -1122,6 +1126,10 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False) -> Iterator[
     try:
         yield tmp
         follow_umask(tmp, is_dir)
+        if is_dir:  # some writers (safetensors) create 0600 files whatever the umask
+            for inner in tmp.rglob("*"):
+                if not inner.is_symlink():
+                    follow_umask(inner, inner.is_dir())
         if is_dir and target.exists():
             backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(target, backup)
