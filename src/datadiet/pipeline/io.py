@@ -514,15 +514,20 @@ class _Reader:
 
     def _detect_from_first_record(self, path: Path, first_line: int, block: bytes) -> None:
         """Settle the record format on the first line that is a JSON object (else leave it)."""
-        for offset, raw in enumerate(block.split(b"\n")):
+        start, line = 0, first_line
+        while start < len(block):
+            end = block.find(b"\n", start)
+            end = len(block) if end < 0 else end
+            raw = block[start:end]
             if raw.strip():
                 try:
                     record = json.loads(raw)
                 except (ValueError, RecursionError):
                     return
                 if isinstance(record, dict):
-                    self._resolve(f"{path}:{first_line + offset}", record)
+                    self._resolve(f"{path}:{line}", record)
                 return
+            start, line = end + 1, line + 1
 
     def _fast_jsonl_block(self, src: int, first_line: int, block: bytes) -> bool:
         """Parse a block with pyarrow; False (nothing added) if anything needs the validator."""
