@@ -28,6 +28,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from datadiet.pipeline.io import SpecError
+
 FLOW_NAMES = ("curate", "build_prompts", "train_and_measure", "efficiency")
 
 
@@ -60,9 +62,9 @@ class DeploymentSpec(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> DeploymentSpec:
         if self.flow not in FLOW_NAMES:
-            raise ValueError(f"flow {self.flow!r}: expected one of {', '.join(FLOW_NAMES)}")
+            raise SpecError(f"flow {self.flow!r}: expected one of {', '.join(FLOW_NAMES)}")
         if self.cron and self.interval:
-            raise ValueError(f"{self.flow}/{self.name}: give cron or interval, not both")
+            raise SpecError(f"{self.flow}/{self.name}: give cron or interval, not both")
         if self.cron:
             check_cron(self.cron)
         return self
@@ -75,7 +77,7 @@ def check_cron(expression: str) -> None:
     try:
         CronSim(expression, datetime.datetime.now())
     except CronSimError as exc:
-        raise ValueError(f"bad cron expression {expression!r}: {exc}") from exc
+        raise SpecError(f"bad cron expression {expression!r}: {exc}") from exc
 
 
 def load_config(path: str | Path | None) -> list[DeploymentSpec]:
@@ -86,17 +88,17 @@ def load_config(path: str | Path | None) -> list[DeploymentSpec]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read the deployments config: {exc}") from exc
+        raise SpecError(f"{path}: cannot read the deployments config: {exc}") from exc
     entries = data.get("deployments") if isinstance(data, dict) else None
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a mapping with a `deployments:` list")
+        raise SpecError(f"{path}: expected a mapping with a `deployments:` list")
     specs = []
     for i, entry in enumerate(entries, start=1):
         try:
             specs.append(DeploymentSpec(**entry) if isinstance(entry, dict) else
                          DeploymentSpec.model_validate(entry))
         except ValidationError as exc:
-            raise ValueError(f"{path}: deployment {i}: {exc}") from exc
+            raise SpecError(f"{path}: deployment {i}: {exc}") from exc
     return specs
 
 
@@ -106,7 +108,7 @@ def plan(specs: list[DeploymentSpec], cron: str | None = None, interval: float |
     chosen = only or list(FLOW_NAMES)
     unknown = sorted(set(chosen) - set(FLOW_NAMES))
     if unknown:
-        raise ValueError(f"--flow {', '.join(unknown)}: expected one of {', '.join(FLOW_NAMES)}")
+        raise SpecError(f"--flow {', '.join(unknown)}: expected one of {', '.join(FLOW_NAMES)}")
     out = []
     for spec in specs:
         if spec.flow not in chosen:
@@ -115,7 +117,7 @@ def plan(specs: list[DeploymentSpec], cron: str | None = None, interval: float |
             spec = DeploymentSpec(**{**spec.model_dump(), "cron": cron, "interval": interval})
         out.append(spec)
     if (cron or interval) and not out:
-        raise ValueError("--cron/--interval schedule the deployments of --config (a schedule "
+        raise SpecError("--cron/--interval schedule the deployments of --config (a schedule "
                          "needs parameters), and there are none")
     configured = {s.flow for s in out}
     out += [DeploymentSpec(flow=name) for name in chosen if name not in configured]
@@ -135,7 +137,7 @@ def build_deployments(specs: list[DeploymentSpec]) -> list[Any]:
             try:
                 params_model(**spec.parameters)
             except (ValidationError, ValueError) as exc:
-                raise ValueError(f"{label}: scheduled with parameters that do not validate: "
+                raise SpecError(f"{label}: scheduled with parameters that do not validate: "
                                  f"{exc}") from exc
         schedules = []
         if spec.cron:
@@ -176,7 +178,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 def run_serve(args: argparse.Namespace) -> int:
     if args.cron and args.interval:
-        raise ValueError("give --cron or --interval, not both")
+        raise SpecError("give --cron or --interval, not both")
     if args.cron:
         check_cron(args.cron)
     specs = plan(load_config(args.config), args.cron, args.interval, args.flow)
