@@ -12,19 +12,26 @@ import re
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM
 from datadiet.pipeline.models.scoring import LMScorer
-from datadiet.prompting.compression.base import Job, Plan, assemble, map_spans, working_text
+from datadiet.prompting.compression.base import (
+    CompressOptions,
+    Job,
+    Plan,
+    build_job,
+    map_spans,
+    working_text,
+)
 from datadiet.prompting.compression.budget import (
     BudgetError,
     TokenCounter,
     fit_to_budget,
-    lower_bound,
+    protected_error,
     resolve_counter,
     target_from,
 )
@@ -42,9 +49,9 @@ class Compression:
 
     ``origin_tokens``/``compressed_tokens`` are counted by ``tokenizer`` (the scoring model's, or
     the target tokenizer asked for); ``kept_spans`` are character ranges of ``original`` that
-    survive (adjacent kept tokens merged), ``kept_segments`` the indices of the segments of which
-    anything survives the segment level; ``seconds`` is compression time (model loading excluded;
-    in a batch, the batch time divided evenly).
+    survive (adjacent kept tokens merged), ``kept_segments`` the indices of the segments (list
+    items; for a string, its paragraphs) of which anything survives; ``seconds`` is compression
+    time (model loading excluded; in a batch, the batch time divided evenly).
     """
 
     text: str
@@ -118,13 +125,14 @@ def _method(name: str, scorer: Any, options: dict[str, Any]) -> Any:
     raise ValueError(f"unknown compression method {name!r}; choose one of {', '.join(METHODS)}")
 
 
-def _segments(prompt: str | Sequence[str]) -> list[str]:
-    if isinstance(prompt, str):
-        return [prompt]
-    segments = list(prompt)
-    if not all(isinstance(s, str) for s in segments):
-        raise TypeError("prompt must be a string or a list of strings (segments)")
-    return segments
+def _per_prompt(value: Any, n: int, name: str, scalar: tuple[type, ...]) -> list[Any]:
+    """A per-prompt list from one value for all prompts, or a list of ``n`` values."""
+    if value is None or isinstance(value, scalar):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} prompts")
+    return values
 
 
 class Compressor:
@@ -132,126 +140,120 @@ class Compressor:
 
     ``compress`` and ``compress_batch`` build one of these per call; keep your own to avoid
     re-resolving the model, e.g. ``Compressor(method="selective").compress_batch(prompts, rate=.5)``.
+    ``method_options`` are the method's knobs (:class:`LinguaOptions`, :class:`SelectiveOptions`).
     """
 
     def __init__(self, method: str = "lingua", model: Any = None, *, ledger: Any = None,
-                 **options: Any) -> None:
+                 **method_options: Any) -> None:
         self.method_name = method
-        if method == "llmlingua":
-            # the reference implementation brings its own model; no datadiet scorer needed
-            self.scorer = None
-        else:
-            self.scorer = _scorer(model, ledger)
+        # the reference implementation brings its own model; no datadiet scorer needed
+        self.scorer = None if method == "llmlingua" else _scorer(model, ledger)
         self.model = model
-        self.method = _method(method, self.scorer if self.scorer is not None else model, options)
+        self.method = _method(method, self.scorer if self.scorer is not None else model,
+                              method_options)
 
     @property
     def tokenizer(self) -> Any:
         return self.method.tokenizer if self.scorer is None else self.scorer.tokenizer
 
-    def compress(self, prompt: str | Sequence[str], **kwargs: Any) -> Compression:
-        question = kwargs.pop("question", None)
-        return self.compress_batch([prompt], questions=[question], **kwargs)[0]
+    def compress(self, prompt: str | Sequence[str], *, question: str | None = None,
+                 instruction: str | None = None, target_tokens: int | None = None,
+                 **options: Any) -> Compression:
+        """Compress one prompt (``options``: :class:`CompressOptions` fields)."""
+        return self.compress_batch([prompt], questions=[question], instruction=[instruction],
+                                   target_tokens=[target_tokens], **options)[0]
 
     def compress_batch(
         self,
         prompts: Sequence[str | Sequence[str]],
         *,
-        rate: float | None = None,
-        target_tokens: int | Sequence[int] | None = None,
         questions: Sequence[str | None] | str | None = None,
-        instruction: str | Sequence[str] | None = None,
-        protect: Iterable[PatternLike] | PatternLike | None = None,
-        target_tokenizer: Any = None,
-        separator: str = "\n\n",
-        keep_question: bool = True,
-        keep_separators: bool = True,
-        keep_segments: Iterable[int] | None = None,
+        instruction: Sequence[str | None] | str | None = None,
+        target_tokens: Sequence[int | None] | int | None = None,
+        **options: Any,
     ) -> list[Compression]:
-        """Compress many prompts; the model calls of all of them are batched together."""
+        """Compress many prompts; the model calls of all of them are batched together.
+
+        ``questions``, ``instruction`` and ``target_tokens`` are one value for every prompt or
+        one per prompt; ``options`` are :class:`CompressOptions` fields (``rate``, ``protect``...).
+        """
+        opts, unknown = CompressOptions.split_kwargs(options)
+        if unknown:
+            raise TypeError(f"unknown compression options: {', '.join(sorted(unknown))} "
+                            "(method options go to Compressor(...))")
         start = time.perf_counter()
         n = len(prompts)
-        if isinstance(questions, str) or questions is None:
-            questions = [questions] * n
-        if isinstance(instruction, str) or instruction is None:
-            instruction = [instruction] * n
-        if target_tokens is None or isinstance(target_tokens, int | np.integer):
-            targets: list[int | None] = [target_tokens] * n  # type: ignore[list-item]
-        else:
-            targets = list(target_tokens)
-        if not (len(questions) == len(instruction) == len(targets) == n):
-            raise ValueError("questions, instruction and target_tokens must match prompts in length")
-        counter: TokenCounter = resolve_counter(target_tokenizer, self.tokenizer)
-        if target_tokenizer is None and self.scorer is not None:
+        per_question = _per_prompt(questions, n, "questions", (str,))
+        per_instruction = _per_prompt(instruction, n, "instruction", (str,))
+        per_target = _per_prompt(target_tokens, n, "target_tokens", (int, np.integer))
+        counter = resolve_counter(opts.target_tokenizer, self.tokenizer)
+        if opts.target_tokenizer is None and self.scorer is not None:
             counter = TokenCounter(str(self.scorer.model_name or DEFAULT_CAUSAL_LM), counter.count)
-        patterns = compile_patterns(protect)
-        jobs: list[Job] = []
-        for prompt, q, ins, t in zip(prompts, questions, instruction, targets, strict=True):
-            job = Job(
-                segments=_segments(prompt), instruction=ins or "", question=q or "",
-                separator=separator, patterns=patterns, keep_question=keep_question,
-                keep_separators=keep_separators, keep_segments=frozenset(keep_segments or ()),
-                counter=counter,
-            )
-            assemble(job)
+        patterns = compile_patterns(opts.protect)
+        jobs = []
+        for prompt, q, ins, t in zip(prompts, per_question, per_instruction, per_target,
+                                     strict=True):
+            job = build_job(prompt, question=q, instruction=ins, options=opts,
+                            patterns=patterns, counter=counter)
             job.origin_tokens = counter(job.original)
-            job.target = target_from(job.origin_tokens, rate, t)
+            job.target = target_from(job.origin_tokens, opts.rate, t)
             jobs.append(job)
         # prompts already within budget are returned as they are
         todo = [i for i, job in enumerate(jobs) if job.origin_tokens > job.target]
         for i in todo:
-            _check_feasible(jobs[i], self.tokenizer)
+            self._check_feasible(jobs[i])
         plans: dict[int, Plan] = {}
         if todo:
-            for i, plan in zip(todo, self.method.plan([jobs[i] for i in todo]), strict=True):
-                plans[i] = plan
-        results: list[Compression] = []
-        for i, job in enumerate(jobs):
-            if i not in plans:
-                results.append(Compression(
-                    job.original, job.origin_tokens, job.origin_tokens, job.target,
-                    list(range(len(job.segments))), [(0, len(job.original))] if job.original else [],
-                    job.original, 0.0, self.method_name, counter.name,
-                    info={"note": "already within the budget"}))
-                continue
-            plan = plans[i]
-            keep, count = fit_to_budget(plan.units, plan.keep, plan.priority, counter, job.target)
-            text = plan.units.render(keep)
-            spans = map_spans(plan.units.kept_spans(keep), plan.pieces)
-            kept_segments = sorted({
-                idx for kind, idx, s, e in job.parts if kind == "segment"
-                and any(a < e and b > s for a, b in spans)
-            })
-            info = dict(plan.info)
-            info["segments_after_filter"] = plan.kept_segments
-            if count < lower_bound(job.target):
-                info["note"] = "budget not reachable from below (too little text left)"
-            results.append(Compression(
-                text, job.origin_tokens, count, job.target, kept_segments, spans, job.original,
-                0.0, self.method_name, counter.name, info=info))
+            plans = dict(zip(todo, self.method.plan([jobs[i] for i in todo]), strict=True))
+        results = [self._result(job, plans.get(i), counter.name) for i, job in enumerate(jobs)]
         seconds = (time.perf_counter() - start) / max(1, n)
         for r in results:
             r.seconds = seconds
         return results
 
+    def _check_feasible(self, job: Job) -> None:
+        """Fail before any model work if what must survive cannot fit the target.
 
-def _check_feasible(job: Job, tokenizer: Any) -> None:
-    """Fail before any model work if what must survive cannot fit the target.
-
-    Only text no method can drop counts: the instruction, the question, and -- when there is a
-    single segment, which the segment level cannot drop -- its protected spans.
-    """
-    if len(job.segments) == 1:
-        units = working_text(job, [0], tokenizer).units
+        What must survive: the instruction, the question, and every protected span -- with the
+        gaps that separate them -- in the passages no method may drop (protected and pinned
+        ones; all of them for a method without a coarse level), counted as one text.
+        """
+        drops_passages = getattr(self.method, "drops_passages", False) and len(job.passages) > 1
+        kept = job.forced if drops_passages else range(len(job.passages))
+        units = working_text(job, kept, self.tokenizer).units
         need = job.counter(units.render(units.mandatory))
-    else:
-        fixed = [p for p in (job.instruction, job.question if job.keep_question else "") if p]
-        need = job.counter(job.separator.join(fixed)) if fixed else 0
-    if need > job.target:
-        raise BudgetError(
-            f"protected text alone needs {need} tokens, more than the target {job.target}: "
-            "protect less (protect=[]), keep_question=False, or raise the budget"
-        )
+        if need > job.target:
+            raise protected_error(need, job.target)
+
+    def _result(self, job: Job, plan: Plan | None, tokenizer_name: str) -> Compression:
+        if plan is None:
+            return Compression(
+                job.original, job.origin_tokens, job.origin_tokens, job.target,
+                list(range(len(job.segments))), [(0, len(job.original))] if job.original else [],
+                job.original, 0.0, self.method_name, tokenizer_name,
+                info={"note": "already within the budget"})
+        keep, count = fit_to_budget(plan.units, plan.keep, plan.priority, job.counter, job.target)
+        spans = map_spans(plan.units.kept_spans(keep), plan.pieces)
+        info = dict(plan.info)
+        info["passages"] = len(job.passages)
+        info["passages_kept"] = plan.kept_passages
+        return Compression(
+            plan.units.render(keep), job.origin_tokens, count, job.target,
+            _segments_touched(job, spans), spans, job.original, 0.0, self.method_name,
+            tokenizer_name, info=info)
+
+
+def _segments_touched(job: Job, spans: Sequence[tuple[int, int]]) -> list[int]:
+    """The user segments (list items; paragraphs of a string) of which anything survives."""
+    if not spans:
+        return []
+    ends = np.asarray([e for _, e in spans])
+    out = set()
+    for p in job.passages:
+        k = int(np.searchsorted(ends, p.start, side="right"))
+        if k < len(spans) and spans[k][0] < p.end:
+            out.add(p.segment)
+    return sorted(out)
 
 
 def compress(
@@ -260,67 +262,53 @@ def compress(
     rate: float | None = None,
     target_tokens: int | None = None,
     question: str | None = None,
+    instruction: str | None = None,
     method: str = "lingua",
     model: Any = None,
-    protect: Iterable[PatternLike] | PatternLike | None = None,
-    instruction: str | None = None,
-    target_tokenizer: Any = None,
-    separator: str = "\n\n",
-    keep_question: bool = True,
-    keep_separators: bool = True,
-    keep_segments: Iterable[int] | None = None,
     ledger: Any = None,
     **options: Any,
 ) -> Compression:
     """Compress one prompt to a token budget.
 
     Args:
-        prompt: a string, or a list of segments (demonstrations, documents) joined by
-            ``separator``; segments can be dropped whole before tokens are.
+        prompt: a string -- cut into blank-line paragraphs, and long paragraphs into sentences,
+            for the coarse level -- or a list of segments (demonstrations, documents) joined by
+            ``separator``; passages can be dropped whole before tokens are.
         rate / target_tokens: the budget, as a fraction of the original or an absolute count
             (``target_tokens`` wins). The result has at most that many tokens and at least 99%
-            of it, counted by ``target_tokenizer`` (default: the scoring model's tokenizer; a
-            tiktoken name such as ``"cl100k_base"`` or ``"gpt-4"``, a HF tokenizer, or a callable).
+            of it, counted by ``target_tokenizer`` (default: the scoring model's tokenizer), or
+            the call raises :class:`BudgetError` saying why not.
         question: appended after the context and kept verbatim (``keep_question``); methods use
             it for question-aware ranking.
+        instruction: put first and kept verbatim.
         method: ``"lingua"`` (LLMLingua family), ``"selective"`` (Selective Context) or
             ``"llmlingua"`` (the reference package, if installed and runnable).
         model: scoring model: a HF id, a local folder, an ``LMScorer``, or ``None`` for the
             offline default SmolLM2-135M-Instruct.
-        protect: regexes or presets (``numbers``, ``json_keys``, ``code``, ``urls``) whose
-            matches survive verbatim; ``None`` protects numbers, ``[]`` nothing.
-        instruction: put first and kept verbatim.
-        keep_segments: segment indices the segment level must not drop.
         ledger: a :class:`~datadiet.pipeline.ledger.Ledger` to record tokens and FLOPs spent.
-        options: method options (``LinguaOptions``/``SelectiveOptions`` fields).
+        options: :class:`CompressOptions` fields (``protect``, ``target_tokenizer``, ``split``,
+            ``keep_segments``...) and the method's options (``LinguaOptions`` /
+            ``SelectiveOptions`` fields, e.g. ``rank="lm"``).
 
     Raises:
-        BudgetError: if the protected text alone needs more tokens than the target.
+        BudgetError: before any model work, if the protected text alone needs more tokens than
+            the target (the message says how many); after it, if the budget cannot be met
+            within 1%.
     """
-    compressor = Compressor(method, model, ledger=ledger, **options)
-    return compressor.compress_batch(
-        [prompt], rate=rate, target_tokens=target_tokens, questions=[question],
-        instruction=instruction, protect=protect, target_tokenizer=target_tokenizer,
-        separator=separator, keep_question=keep_question, keep_separators=keep_separators,
-        keep_segments=keep_segments,
-    )[0]
+    return compress_batch([prompt], rate=rate, target_tokens=[target_tokens],
+                          questions=[question], instruction=[instruction], method=method,
+                          model=model, ledger=ledger, **options)[0]
 
 
 def compress_batch(
     prompts: Sequence[str | Sequence[str]],
     *,
     rate: float | None = None,
-    target_tokens: int | Sequence[int] | None = None,
+    target_tokens: int | Sequence[int | None] | None = None,
     questions: Sequence[str | None] | str | None = None,
+    instruction: str | Sequence[str | None] | None = None,
     method: str = "lingua",
     model: Any = None,
-    protect: Iterable[PatternLike] | PatternLike | None = None,
-    instruction: str | Sequence[str] | None = None,
-    target_tokenizer: Any = None,
-    separator: str = "\n\n",
-    keep_question: bool = True,
-    keep_separators: bool = True,
-    keep_segments: Iterable[int] | None = None,
     ledger: Any = None,
     batch_size: int = 16,
     **options: Any,
@@ -331,22 +319,20 @@ def compress_batch(
     ``target_tokens`` and ``instruction``); results come back in input order and equal what
     :func:`compress` returns for each prompt alone.
     """
-    compressor = Compressor(method, model, ledger=ledger, **options)
+    call, method_options = CompressOptions.split_kwargs(options)
+    call_options = {f.name: getattr(call, f.name) for f in fields(call)}
+    compressor = Compressor(method, model, ledger=ledger, **method_options)
     n = len(prompts)
-    if isinstance(questions, str) or questions is None:
-        questions = [questions] * n
-    if isinstance(instruction, str) or instruction is None:
-        instruction = [instruction] * n
-    if target_tokens is None or isinstance(target_tokens, int | np.integer):
-        target_tokens = [target_tokens] * n  # type: ignore[list-item]
+    per_question = _per_prompt(questions, n, "questions", (str,))
+    per_instruction = _per_prompt(instruction, n, "instruction", (str,))
+    per_target = _per_prompt(target_tokens, n, "target_tokens", (int, np.integer))
+    step = max(1, batch_size)
     out: list[Compression] = []
-    for a in range(0, n, max(1, batch_size)):
-        b = min(n, a + max(1, batch_size))
+    for a in range(0, n, step):
         out += compressor.compress_batch(
-            prompts[a:b], rate=rate, target_tokens=list(target_tokens[a:b]),  # type: ignore[index]
-            questions=list(questions[a:b]), instruction=list(instruction[a:b]), protect=protect,
-            target_tokenizer=target_tokenizer, separator=separator, keep_question=keep_question,
-            keep_separators=keep_separators, keep_segments=keep_segments,
+            prompts[a : a + step], questions=per_question[a : a + step],
+            instruction=per_instruction[a : a + step], target_tokens=per_target[a : a + step],
+            **{**call_options, "rate": rate},
         )
     return out
 
@@ -420,7 +406,7 @@ def compress_prompt(
         fixed = [p for p in (instruction, question) if p]
         target_tokens = int(target_token) + sum(counter(p) for p in fixed) + counter("\n\n") * len(fixed)
     result = compressor.compress_batch(
-        [_segments(context) if not isinstance(context, str) else [context]],
+        [context if isinstance(context, str) else list(context)],
         rate=None if target_tokens is not None else rate, target_tokens=target_tokens,
         questions=[question or None], instruction=instruction or None,
         target_tokenizer=counter, **call,
@@ -460,6 +446,6 @@ class PromptCompressor:
 
 
 __all__ = [
-    "BudgetError", "Compression", "Compressor", "PromptCompressor", "compress",
+    "BudgetError", "CompressOptions", "Compression", "Compressor", "PromptCompressor", "compress",
     "compress_batch", "compress_prompt",
 ]

@@ -117,6 +117,15 @@ def lower_bound(target: int, tolerance: float = 0.01) -> int:
     return max(0, math.ceil(target * (1.0 - tolerance) - 1e-9))
 
 
+def protected_error(need: int, target: int) -> BudgetError:
+    """The error for a target smaller than what must survive, naming both counts."""
+    return BudgetError(
+        f"the protected text (instruction, question, separators and protected spans) needs "
+        f"{need} tokens, more than the target {target}: protect less (protect=[]), "
+        "keep_question=False, or raise the budget"
+    )
+
+
 def fit_to_budget(
     units: Units,
     keep: np.ndarray,
@@ -125,21 +134,30 @@ def fit_to_budget(
     target: int,
     *,
     tolerance: float = 0.01,
-    max_checks: int = 600,
+    max_checks: int = 400,
 ) -> tuple[np.ndarray, int]:
     """Adjust ``keep`` so that ``lower_bound(target) <= counter(output) <= target``.
 
     Units leave in order of lowest ``priority`` and come back in order of highest; mandatory
-    units never leave. Coarse moves (as many units as the token gap) come first, then single-unit
-    moves, each checked by re-counting the real output -- so the final count is exact, not an
-    estimate. Raises :class:`BudgetError` if the mandatory units alone exceed the target.
+    units never leave. Every move is checked by re-counting the real output, so the final count
+    is exact, not an estimate: first moves about as many units as the token gap (a handful of
+    re-counts, whatever the prompt's length), then single units, then swaps (one unit in, a
+    lower-priority one out) for the last token or two. Raises :class:`BudgetError` if the
+    mandatory units alone exceed the target, or if no combination tried lands within the
+    tolerance (e.g. every unit left is larger than 1% of the target) -- never a silent miss.
     """
     keep = keep.copy() | units.mandatory
     free = ~units.mandatory
     prio = np.where(np.isfinite(priority), priority, -np.inf)
+    size = np.maximum(units.n_tokens, 1)
     lower = lower_bound(target, tolerance)
     count = counter(units.render(keep))
     checks = 1
+
+    def recount() -> int:
+        nonlocal checks
+        checks += 1
+        return counter(units.render(keep))
 
     def drop_order() -> np.ndarray:
         idx = np.flatnonzero(keep & free)
@@ -149,52 +167,55 @@ def fit_to_budget(
         idx = np.flatnonzero(~keep)
         return idx[np.argsort(-prio[idx], kind="stable")]
 
-    # Coarse phase: move about as many units as the gap, a few times.
-    for _ in range(6):
+    for _ in range(30):  # proportional moves: converge in a few re-counts
+        if lower <= count <= target:
+            return keep, count
         if count > target:
             order = drop_order()
             if not len(order):
-                break
-            cum = np.cumsum(np.maximum(units.n_tokens[order], 1))
-            k = int(np.searchsorted(cum, count - target, side="left")) + 1
+                raise protected_error(count, target)
+            k = int(np.searchsorted(np.cumsum(size[order]), count - target, side="left")) + 1
             keep[order[:k]] = False
-        elif count < lower:
+        else:
             order = add_order()
             if not len(order):
                 break
-            cum = np.cumsum(np.maximum(units.n_tokens[order], 1))
-            k = int(np.searchsorted(cum, target - count, side="right"))
-            if k == 0:
-                break
+            k = max(1, int(np.searchsorted(np.cumsum(size[order]), target - count, side="right")))
             keep[order[:k]] = True
-        else:
-            break
-        count = counter(units.render(keep))
-        checks += 1
-
-    # Fine phase 1: never over the target.
-    while count > target:
+        count = recount()
+    while count > target:  # still over after the proportional moves: one unit at a time
         order = drop_order()
         if not len(order):
-            raise BudgetError(
-                f"protected text alone needs {count} tokens, more than the target {target}: "
-                "protect less (protect=[]), keep_question=False, or raise the budget"
-            )
-        step = max(1, (count - target) // 3)
-        keep[order[:step]] = False
-        count = counter(units.render(keep))
-        checks += 1
-
-    # Fine phase 2: restore the best dropped units that still fit, until within tolerance.
+            raise protected_error(count, target)
+        keep[order[0]] = False
+        count = recount()
+    if count >= lower:
+        return keep, count
+    for k in add_order():  # under: the best single units that still fit
+        if count >= lower or checks >= max_checks:
+            break
+        keep[k] = True
+        new = recount()
+        if new <= target:
+            count = new
+            continue
+        # overshoots: try swapping out the least important kept unit for it
+        for j in drop_order()[:3]:
+            if j == k:
+                continue
+            keep[j] = False
+            swapped = recount()
+            if lower <= swapped <= target:
+                return keep, swapped
+            keep[j] = True
+        keep[k] = False
     if count < lower:
-        for k in add_order():
-            if checks >= max_checks or count >= lower:
-                break
-            keep[k] = True
-            new = counter(units.render(keep))
-            checks += 1
-            if new <= target:
-                count = new
-            else:
-                keep[k] = False
+        left = size[~keep]
+        raise BudgetError(
+            f"cannot land within {tolerance:.0%} of the target {target} tokens: the closest "
+            f"under it is {count}"
+            + (f" and every unit left costs at least {int(left.min())} tokens once re-tokenised"
+               if len(left) else " and nothing is left to add")
+            + "; raise the budget or compress a longer prompt"
+        )
     return keep, count

@@ -64,7 +64,8 @@ def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-protect", action="store_true", help="protect nothing")
     p.add_argument("--target-tokenizer", help="count tokens with this tokenizer, e.g. cl100k_base")
     p.add_argument("--split", default="blank-lines", choices=["blank-lines", "none"],
-                   help="segments: blocks separated by blank lines (default), or one segment")
+                   help="passages: blank-line paragraphs, long ones cut into sentences "
+                        "(default), or the whole prompt as one")
     p.add_argument("--input", "-i", help="read the prompt from this file instead of stdin")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--contrastive", action="store_true",
@@ -103,12 +104,12 @@ def run_compress(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise DataError(f"--protect: {exc}") from None
     text = _read_prompt_text(args)
-    prompt: str | list[str] = text.split("\n\n") if args.split == "blank-lines" else text
     protect: Any = [] if args.no_protect else args.protect
     options: dict[str, Any] = {"contrastive": True} if args.contrastive else {}
     try:
         result = compress(
-            prompt, rate=args.rate, target_tokens=args.target_tokens, question=args.question,
+            text, split="auto" if args.split == "blank-lines" else "none", rate=args.rate,
+            target_tokens=args.target_tokens, question=args.question,
             instruction=args.instruction, method=args.method, model=args.model, protect=protect,
             target_tokenizer=args.target_tokenizer, **options,
         )

@@ -2,12 +2,12 @@
 
 Coarse to fine, as in the papers, written for this project's one LM scorer:
 
-1. **Budget controller.** With several segments (demonstrations, documents), rank them -- by
-   embedding similarity to the question (the default with a question: the project's MiniLM
-   embedder costs a fraction of an LM pass), by how well each segment predicts the question
-   (``rank="lm"``, LongLLMLingua's question-aware ranking: the NLL of the question after the
-   segment), or without a question by the segment's own perplexity (LLMLingua's demonstration
-   level) -- and keep whole segments, best first, until the budget is covered.
+1. **Budget controller (coarse level).** The context's passages (list segments; for a string,
+   its paragraphs and the sentences of long paragraphs, see ``segments.py``) are ranked -- by
+   MiniLM similarity to the question or by LongLLMLingua's ``log p(question | passage)``
+   (``ranking.py``), or without a question by their own perplexity -- and whole passages are
+   kept, best first, until the budget is covered. A passage that carries a protected span is
+   never dropped here: if it is not ranked in, it keeps only its protected spans.
 2. **Iterative token-level compression.** The kept text is cut into windows. Each window is
    scored in *one* forward pass conditioned, through the KV cache, on what was *kept* of the
    windows before it (not on the original text): a token is judged by its surprisal given the
@@ -15,10 +15,16 @@ Coarse to fine, as in the papers, written for this project's one LM scorer:
    surprising tokens within its share of the budget, and its dropped tokens are masked out of
    the cache. Unlike llmlingua, kept tokens are not re-encoded on the compressed prefix: their
    cache entries from their own window are reused, so the token level costs one pass over the
-   kept segments instead of about two.
+   kept passages instead of about two. The cache never grows past ``context`` positions: when
+   the next window would not fit, it is rebuilt from the last ``window`` kept tokens, so the
+   cost is linear in the prompt's length and memory is bounded, whatever the length.
    Optionally the score is *contrastive* (LongLLMLingua): surprisal without the question minus
-   surprisal with it, i.e. how much the question makes a token expected -- computed as a second
+   surprisal after it, i.e. how much the question makes a token expected -- computed as a second
    row of the same batched pass.
+
+Where this departs from the papers: the coarse level keeps whole passages up to the budget
+(plus ``segment_slack``) instead of LongLLMLingua's rank-dependent compression ratio per
+document; reused cache entries (above); and the exact budget fit that follows every method.
 
 Prompts of a batch are compressed together: their windows share forward passes, padded rows
 share one KV cache (explicit positions and a per-row mask keep them independent).
@@ -26,164 +32,164 @@ share one KV cache (explicit positions and a per-row mask keep them independent)
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from datadiet.pipeline.models.embedding import Embedder
-from datadiet.pipeline.models.loading import ModelNotAvailableError
 from datadiet.prompting.compression.base import Job, Plan, Working, working_text
-from datadiet.prompting.compression.protect import find_spans
+from datadiet.prompting.compression.ranking import embedder, rank_passages
+
+# prompts with more scored tokens than this show a progress bar unless asked not to
+PROGRESS_FROM_TOKENS = 8192
 
 
 @dataclass
 class LinguaOptions:
-    """Knobs of the lingua method (defaults chosen on SST-2/GSM8K training prompts).
+    """Knobs of the lingua method (defaults chosen on the needle test and SST-2 prompts).
 
     window: tokens per iterative window; smaller windows condition more on the compressed
-        prefix (closer to the paper), larger ones are faster (fewer passes to recompute).
+        prefix (closer to the paper), larger ones are faster (fewer passes).
+    context: the most positions the KV cache holds (kept and masked tokens); past it, the cache
+        is rebuilt from the last ``window`` kept tokens. Must not exceed the model's context.
     contrastive: question-conditioned contrastive surprisal for the token level.
-    segment_filter: drop whole segments first (only when there are several).
-    rank: "auto" (embedding with a question, ppl without), "lm", "embedding", "ppl", or "order"
-        (keep the last segments first -- e.g. kNN demonstrations sorted nearest-last).
-    segment_slack: after the segment that crosses the budget, keep further segments only
+    segment_filter: drop whole passages first (only when there are several).
+    rank: "auto" (the default question ranker with a question, ppl without), "lm", "embedding",
+        "ppl", or "order" (keep the last passages first -- e.g. kNN demonstrations sorted
+        nearest-last).
+    segment_slack: after the passage that crosses the budget, keep further passages only
         within ``(1 + slack)·budget`` tokens (more choice for the token level, more work).
     """
 
     window: int = 256
+    context: int = 2048
     contrastive: bool = False
     segment_filter: bool = True
     rank: str = "auto"
     segment_slack: float = 0.1
 
 
-def rank_segments(jobs: Sequence[Job], rank: str, scorer: object) -> list[list[int] | None]:
-    """Order each job's segments best first (``None`` where there is nothing to rank)."""
-    orders: list[list[int] | None] = [None] * len(jobs)
-    lm_items: list[tuple[int, int, str, str]] = []
-    ppl_items: list[tuple[int, int, str]] = []
-    emb_jobs: list[int] = []
-    for j, job in enumerate(jobs):
-        if len(job.segments) < 2:
-            continue
-        how = rank
-        if how == "auto":
-            how = "embedding" if job.question else "ppl"
-        if how in ("lm", "embedding") and not job.question:
-            how = "ppl"
-        if how == "order":
-            orders[j] = list(range(len(job.segments)))[::-1]
-        elif how == "lm":
-            lm_items += [(j, i, s, job.separator + job.question) for i, s in enumerate(job.segments)]
-        elif how == "ppl":
-            ppl_items += [(j, i, s) for i, s in enumerate(job.segments)]
-        elif how == "embedding":
-            emb_jobs.append(j)
-        else:
-            raise ValueError(f"unknown segment ranking {rank!r}: lm, embedding, ppl, order, auto")
-    scores: dict[tuple[int, int], float] = {}
-    if ppl_items:
-        # higher perplexity = more information (LLMLingua's demonstration level): sort by -ppl
-        nll = scorer.nll([s for _, _, s in ppl_items])  # type: ignore[attr-defined]
-        scores.update({(j, i): -float(v) for (j, i, _), v in zip(ppl_items, nll, strict=True)})
-    if emb_jobs:
-        embedder = _embedder()
-        if embedder is None:  # no embedding model offline: rank with the LM instead
-            for j in emb_jobs:
-                job = jobs[j]
-                lm_items += [(j, i, s, job.separator + job.question)
-                             for i, s in enumerate(job.segments)]
-            emb_jobs = []
-    if lm_items:
-        # lower NLL of the question after the segment = the segment explains the question
-        nll = scorer.conditional_nll([s for _, _, s, _ in lm_items],  # type: ignore[attr-defined]
-                                     [q for _, _, _, q in lm_items])
-        scores.update({(j, i): float(v) for (j, i, _, _), v in zip(lm_items, nll, strict=True)})
-    if emb_jobs:
-        texts = [t for j in emb_jobs for t in [*jobs[j].segments, jobs[j].question]]
-        vecs = embedder.encode(texts)
-        pos = 0
-        for j in emb_jobs:
-            n = len(jobs[j].segments)
-            sims = vecs[pos : pos + n] @ vecs[pos + n]
-            scores.update({(j, i): -float(s) for i, s in enumerate(sims)})
-            pos += n + 1
-    for j, job in enumerate(jobs):
-        if orders[j] is None and len(job.segments) >= 2:
-            vals = np.asarray([scores[(j, i)] for i in range(len(job.segments))])
-            orders[j] = [int(i) for i in np.argsort(vals, kind="stable")]
-    return orders
+@dataclass
+class Selection:
+    """The coarse level's decision for one job."""
+
+    kept: list[int]  # passages in the working text
+    ranked_in: list[int]  # of those, the ones kept for their content (the rest: protection only)
+    order: list[int] | None = None
 
 
-@lru_cache(maxsize=1)
-def _embedder() -> object | None:
-    """The project's embedder, or ``None`` if its model is not available offline.
+def select_passages(job: Job, order: Sequence[int] | None, slack: float) -> Selection:
+    """Keep whole passages, best first, until the context budget is covered.
 
-    No disk cache: a compression call should not write to the user's cache, and segments are
-    short enough that embedding them is a small part of the call.
+    Pinned passages (``keep_segments``) come first. A passage carrying a protected span is
+    always kept, but only its protected text counts against the budget unless it is also ranked
+    in. The passage that crosses the budget is kept (so the token level can meet it from below,
+    with a small margin for re-tokenisation at the seams); later ones only while the total
+    stays within ``(1 + slack)`` times the budget. A small slack keeps the token level's work --
+    one forward pass over the kept text -- close to the budget itself.
     """
-    try:
-        return Embedder(cache=False)
-    except (ModelNotAvailableError, OSError):
-        return None
-
-
-def select_segments(job: Job, order: Sequence[int] | None, slack: float) -> list[int]:
-    """Keep whole segments, best first, until the context budget is covered.
-
-    The segment that crosses the budget is kept (so the token level can meet the budget from
-    below); later ones only while the total stays within ``(1 + slack)`` times the budget. A
-    small slack keeps the token level's work -- one forward pass over the kept text -- close to
-    the budget itself, which is where the speed comes from; whole demonstrations are also what
-    in-context learning degrades least without.
-
-    Budget feasibility comes first: a segment is skipped if its protected text would push the
-    protected total over the target, so the token level can always meet the budget.
-    """
-    n = len(job.segments)
+    n = len(job.passages)
     if order is None or n < 2:
-        return list(range(n))
+        return Selection(list(range(n)), list(range(n)), None)
     counter = job.counter
-    sep_cost = counter(job.separator) if job.separator else 0
-    fixed = sum(counter(p) for p in job.fixed_parts) + sep_cost * len(job.fixed_parts)
+    gap_cost = counter(job.options.separator) if job.options.separator else 0
+    fixed = sum(counter(p) for p in job.fixed_parts) + gap_cost * len(job.fixed_parts)
     budget = max(0, job.target - fixed)
-    goal = budget * (1.0 + slack)
-    kept: list[int] = []
-    covered = 0
-    protected = 0
-    forced = [i for i in order if i in job.keep_segments]
-    for i in forced + [i for i in order if i not in job.keep_segments]:
-        if i in kept:
+    pinned = [i for i in order if job.passages[i].segment in job.options.keep_segments]
+    protected_cost = {
+        i: gap_cost + sum(counter(job.original[a:b]) for a, b in job.protected
+                          if a < job.passages[i].end and b > job.passages[i].start)
+        for i in job.forced if i not in pinned
+    }
+    ranked_in = list(pinned)
+    covered = sum(counter(job.passage_text(i)) + gap_cost for i in pinned)
+    covered += sum(protected_cost.values())
+    enough = budget * 1.02 + 2
+    for i in order:
+        if i in ranked_in:
             continue
-        seg = job.segments[i]
-        cost = counter(seg) + sep_cost
-        # once the budget is covered, a further segment must fit within the slack
-        if i not in job.keep_segments and covered >= budget and covered + cost > goal:
+        cost = counter(job.passage_text(i)) + gap_cost
+        if covered >= enough and covered + cost - protected_cost.get(i, 0) > budget * (1 + slack):
             break
-        need = sum(counter(seg[a:b]) for a, b in _spans(seg, job)) if job.patterns else 0
-        if i not in job.keep_segments and protected + need > budget and kept:
-            continue
-        kept.append(i)
-        covered += cost
-        protected += need
-    return sorted(kept)
+        ranked_in.append(i)
+        covered += cost - protected_cost.get(i, 0)
+    return Selection(sorted(set(ranked_in) | job.forced), sorted(ranked_in), list(order))
 
 
-def _spans(text: str, job: Job) -> list[tuple[int, int]]:
-    return find_spans(text, job.patterns)
+@dataclass
+class _JobTokens:
+    """Token-level bookkeeping of one job: windows, quotas, scores and decisions."""
+
+    work: Working
+    windows: list[tuple[int, int]]  # unit ranges of the scored (non-tail) units
+    quotas: list[int]  # free scoring tokens each window may keep
+    first_token: np.ndarray  # per unit (and one past the end): index of its first token
+    eligible: np.ndarray  # per unit: may be kept for its score (not protection-only)
+    surprisal: np.ndarray  # per token, -log p given the kept prefix
+    conditioned: np.ndarray | None  # per token, the same after the question (contrastive)
+    keep: np.ndarray = field(init=False)  # per unit
+    token_keep: np.ndarray = field(init=False)  # per token
+
+    def __post_init__(self) -> None:
+        self.keep = self.work.units.mandatory.copy()
+        self.token_keep = np.zeros(len(self.work.units.token_ids), dtype=bool)
+
+    def token_span(self, step: int) -> tuple[int, int]:
+        lo, hi = self.windows[step]
+        return int(self.first_token[lo]), int(self.first_token[hi])
+
+    def token_scores(self, a: int, b: int) -> np.ndarray:
+        if self.conditioned is None:
+            return self.surprisal[a:b]
+        return self.surprisal[a:b] - self.conditioned[a:b]
+
+    def decide(self, step: int) -> None:
+        """Keep the window's highest-scoring eligible units within its quota and mark their
+        tokens kept (the rest get masked out of the cache). Touches this window only."""
+        u = self.work.units
+        lo, hi = self.windows[step]
+        a, b = self.token_span(step)
+        local = u.token_unit[a:b] - lo
+        tok = self.token_scores(a, b)
+        ok = np.isfinite(tok)
+        total = np.bincount(local[ok], weights=tok[ok], minlength=hi - lo)
+        count = np.bincount(local[ok], minlength=hi - lo)
+        score = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+        free = self.eligible[lo:hi] & ~u.mandatory[lo:hi]
+        quota, spent = self.quotas[step], 0
+        for k in np.argsort(-np.where(free, score, -np.inf), kind="stable"):
+            if spent >= quota or not free[k]:
+                break
+            n = int(u.n_tokens[lo + k])
+            if spent + n <= quota:
+                self.keep[lo + k] = True
+                spent += n
+        kept_units = np.flatnonzero(self.keep[lo:hi]) + lo
+        for k in kept_units:
+            self.token_keep[self.first_token[k] : self.first_token[k + 1]] = True
+
+    def priority(self) -> np.ndarray:
+        """Per unit, for the budget fit: its score; mandatory first, protection-only last."""
+        u = self.work.units
+        tok = self.token_scores(0, len(u.token_ids))
+        s = u.unit_scores(tok, fill=-np.inf)
+        s[~self.eligible] = -np.inf
+        s[u.mandatory] = np.inf
+        return s
 
 
 @dataclass
 class _Row:
-    """One sequence of the batched iterative pass (a job's plain or question-conditioned view)."""
+    """One sequence of the batched pass: a job's plain or question-conditioned view."""
 
-    job: int
-    stream: np.ndarray  # token ids of the scored context (no prefix)
-    pending: list[int]  # prefix tokens still to enter the cache (only before the first window)
-    valid: int = 0  # positions used so far (the next position id)
-    carry: object = None  # log-softmax predicting the next window's first token
+    job: _JobTokens
+    conditioned: bool
+    head: list[int]  # tokens before the context: the boundary token (and the question)
+    pending: list[int]  # tokens to enter the cache before the next window
+    next_pos: int = 0  # the next position id
+    carry: Any = None  # log-softmax predicting the next window's first token
 
 
 class LinguaMethod:
@@ -195,37 +201,57 @@ class LinguaMethod:
         self.scorer = scorer
         self.options = options or LinguaOptions()
         if self.options.segment_filter and self.options.rank in ("auto", "embedding"):
-            _embedder()  # load it now, so a call's ``seconds`` do not include model loading
+            embedder()  # load it now, so a call's ``seconds`` do not include model loading
+
+    @property
+    def drops_passages(self) -> bool:
+        """Whether the coarse level may drop passages (what the feasibility check assumes)."""
+        return self.options.segment_filter
 
     def plan(self, jobs: Sequence[Job]) -> list[Plan]:
         opt = self.options
         tokenizer = self.scorer.tokenizer  # type: ignore[attr-defined]
-        orders = rank_segments(jobs, opt.rank, self.scorer) if opt.segment_filter else [None] * len(jobs)
-        works: list[Working] = []
-        kept_segments: list[list[int]] = []
-        for job, order in zip(jobs, orders, strict=True):
-            kept = select_segments(job, order, opt.segment_slack)
-            kept_segments.append(kept)
-            works.append(working_text(job, kept, tokenizer))
-        scores, keeps = self._token_level(jobs, works)
-        plans = []
-        for j, work in enumerate(works):
-            plans.append(Plan(kept_segments[j], work.units, keeps[j], scores[j], work.pieces,
-                              info={"segment_order": orders[j]}))
-        return plans
+        orders = (rank_passages(jobs, opt.rank, self.scorer) if opt.segment_filter
+                  else [None] * len(jobs))
+        selections = [select_passages(job, order, opt.segment_slack)
+                      for job, order in zip(jobs, orders, strict=True)]
+        works = [working_text(job, sel.kept, tokenizer)
+                 for job, sel in zip(jobs, selections, strict=True)]
+        states = [self._prepare(job, work, sel)
+                  for job, work, sel in zip(jobs, works, selections, strict=True)]
+        self._score_windows(jobs, states)
+        return [
+            Plan(sel.kept, st.work.units, st.keep, st.priority(), st.work.pieces,
+                 info={"passage_order": sel.order, "passages_ranked_in": sel.ranked_in})
+            for sel, st in zip(selections, states, strict=True)
+        ]
 
-    # -- token level -------------------------------------------------------------------------
+    def _prepare(self, job: Job, work: Working, selection: Selection) -> _JobTokens:
+        u = work.units
+        protection_only = sorted(set(selection.kept) - set(selection.ranked_in))
+        eligible = ~np.isin(work.unit_passage, protection_only)
+        windows = self._windows(work)
+        first_token = np.concatenate([[0], np.cumsum(u.n_tokens)]).astype(np.int64)
+        contrastive = self.options.contrastive and bool(job.question)
+        n_tok = len(u.token_ids)
+        return _JobTokens(
+            work=work, windows=windows, quotas=self._quotas(job, work, windows, eligible),
+            first_token=first_token, eligible=eligible,
+            surprisal=np.full(n_tok, np.nan),
+            conditioned=np.full(n_tok, np.nan) if contrastive else None,
+        )
 
-    def _quotas(self, job: Job, work: Working, windows: list[tuple[int, int]]) -> list[int]:
+    def _quotas(self, job: Job, work: Working, windows: list[tuple[int, int]],
+                eligible: np.ndarray) -> list[int]:
         """Free tokens each window may keep, summing to the (scoring-token) free budget."""
         u = work.units
         total_scoring = int(u.n_tokens.sum())
         total_count = max(1, job.counter(u.text))
         target_scoring = job.target * total_scoring / total_count
         free_budget = max(0.0, target_scoring - float(u.n_tokens[u.mandatory].sum()))
-        free_tokens = [int(u.n_tokens[lo:hi][~u.mandatory[lo:hi]].sum()) for lo, hi in windows]
-        total_free = max(1, sum(free_tokens))
-        frac = min(1.0, free_budget / total_free)
+        free = eligible & ~u.mandatory
+        free_tokens = [int(u.n_tokens[lo:hi][free[lo:hi]].sum()) for lo, hi in windows]
+        frac = min(1.0, free_budget / max(1, sum(free_tokens)))
         quotas, carry = [], 0.0
         for f in free_tokens:
             want = frac * f + carry
@@ -247,141 +273,115 @@ class LinguaMethod:
             out.append((lo, work.tail_unit))
         return out
 
-    def _token_level(self, jobs: Sequence[Job], works: Sequence[Working]
-                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _rows(self, jobs: Sequence[Job], states: Sequence[_JobTokens]) -> list[_Row]:
+        scorer = self.scorer
+        prefix = int(scorer.prefix_id)  # type: ignore[attr-defined]
+        rows = []
+        for job, st in zip(jobs, states, strict=True):
+            if not st.windows:
+                continue
+            rows.append(_Row(st, False, [prefix], [prefix]))
+            if st.conditioned is not None:
+                q = scorer.tokenizer(job.question + job.options.separator,  # type: ignore[attr-defined]
+                                     add_special_tokens=False)["input_ids"]
+                head = [prefix, *q[: self.options.context // 4]]
+                rows.append(_Row(st, True, head, list(head)))
+        return rows
+
+    def _score_windows(self, jobs: Sequence[Job], states: Sequence[_JobTokens]) -> None:
         """Score and decide window by window: one forward pass per window for all rows.
 
         The cache keeps every window's keys and values, but after the decision the dropped
         tokens are masked out, so later windows attend to the kept tokens only. The kept
         tokens' entries are reused as computed in their own window instead of being recomputed
         on the compressed prefix (llmlingua's way): that makes the whole token level one pass
-        over the kept segments, which is where most of the speed comes from. Positions keep the
-        original numbering so rotary distances stay consistent with the cached keys.
+        over the kept passages. When the next window would take the cache past ``context``
+        positions (or a row leaves a cache that cannot drop rows), every row starts a fresh
+        cache from its head and its last ``window`` kept tokens, positions from 0.
         """
         import torch
+        from tqdm.auto import tqdm
 
         scorer = self.scorer
-        prefix = int(scorer.prefix_id)  # type: ignore[attr-defined]
         pad = int(scorer.tokenizer.pad_token_id)  # type: ignore[attr-defined]
-        windows = [self._windows(w) for w in works]
-        quotas = [self._quotas(job, w, win) for job, w, win in zip(jobs, works, windows, strict=True)]
-        plain = [np.full(len(w.units.token_ids), np.nan) for w in works]
-        cond = [np.full(len(w.units.token_ids), np.nan) for w in works]
-        keeps = [w.units.mandatory.copy() for w in works]
-        tok_lo = [np.concatenate([[0], np.cumsum(w.units.n_tokens)])[:-1] for w in works]
-        token_keep = [np.zeros(len(w.units.token_ids), dtype=bool) for w in works]
-
-        rows: list[_Row] = []
-        row_kind: list[str] = []
-        for j, (job, w) in enumerate(zip(jobs, works, strict=True)):
-            if not windows[j]:
-                continue
-            rows.append(_Row(j, w.units.token_ids, [prefix]))
-            row_kind.append("plain")
-            if self.options.contrastive and job.question:
-                q_ids = scorer.tokenizer(job.question + job.separator,  # type: ignore[attr-defined]
-                                         add_special_tokens=False)["input_ids"]
-                rows.append(_Row(j, w.units.token_ids, [prefix, *q_ids]))
-                row_kind.append("cond")
-        cache = None
+        rows = self._rows(jobs, states)
+        total = sum(len(r.job.work.units.token_ids) for r in rows if not r.conditioned)
+        show = jobs[0].options.progress if jobs else False
+        bar = tqdm(total=total, unit="tok", desc="compressing", file=sys.stderr,
+                   disable=not (show if show is not None else total > PROGRESS_FROM_TOKENS))
+        cache: Any = None
         cache_mask = torch.zeros((len(rows), 0), dtype=torch.long)
+        restart = False
         step = 0
         while rows:
-            spans = []
-            for r in rows:
-                lo_u, hi_u = windows[r.job][step]
-                a = int(tok_lo[r.job][lo_u])
-                b = int(tok_lo[r.job][hi_u - 1] + works[r.job].units.n_tokens[hi_u - 1])
-                spans.append((a, b))
-            P = max(len(r.pending) for r in rows)
-            Wm = max(b - a for a, b in spans)
-            B = len(rows)
-            ids = torch.full((B, P + Wm), pad, dtype=torch.long)
-            mask = torch.zeros((B, P + Wm), dtype=torch.long)
-            pos = torch.zeros((B, P + Wm), dtype=torch.long)
+            spans = [r.job.token_span(step) for r in rows]
+            width = max(b - a for a, b in spans)
+            longest_pending = max(len(r.pending) for r in rows)
+            if restart or (cache is not None and
+                           cache_mask.shape[1] + longest_pending + width > self.options.context):
+                for r, (a, _) in zip(rows, spans, strict=True):
+                    kept = r.job.work.units.token_ids[:a][r.job.token_keep[:a]]
+                    r.pending = [*r.head, *map(int, kept[-self.options.window:])]
+                    r.next_pos = 0
+                cache, restart = None, False
+                cache_mask = torch.zeros((len(rows), 0), dtype=torch.long)
+            n_pending = max(len(r.pending) for r in rows)
+            ids = torch.full((len(rows), n_pending + width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            pos = torch.zeros_like(ids)
             last_cols = []
             for i, (r, (a, b)) in enumerate(zip(rows, spans, strict=True)):
                 n_p, n_w = len(r.pending), b - a
                 if n_p:
-                    ids[i, P - n_p : P] = torch.as_tensor(r.pending)
-                    mask[i, P - n_p : P] = 1
-                    pos[i, P - n_p : P] = torch.arange(r.valid, r.valid + n_p)
-                ids[i, P : P + n_w] = torch.as_tensor(r.stream[a:b])
-                mask[i, P : P + n_w] = 1
-                pos[i, P : P + n_w] = torch.arange(r.valid + n_p, r.valid + n_p + n_w)
-                last_cols.append(P + n_w - 1)
-            score_from = max(P - 1, 0)
+                    ids[i, n_pending - n_p : n_pending] = torch.as_tensor(r.pending)
+                    mask[i, n_pending - n_p : n_pending] = 1
+                    pos[i, n_pending - n_p : n_pending] = torch.arange(r.next_pos, r.next_pos + n_p)
+                ids[i, n_pending : n_pending + n_w] = torch.as_tensor(r.job.work.units.token_ids[a:b])
+                mask[i, n_pending : n_pending + n_w] = 1
+                pos[i, n_pending : n_pending + n_w] = torch.arange(r.next_pos + n_p,
+                                                                   r.next_pos + n_p + n_w)
+                last_cols.append(n_pending + n_w - 1)
             logprobs, last, cache = scorer.logprobs_with_cache(  # type: ignore[attr-defined]
                 ids, attention_mask=torch.cat([cache_mask, mask], dim=1), position_ids=pos,
-                past_key_values=cache, score_from=score_from, last_cols=last_cols,
+                past_key_values=cache, score_from=max(n_pending - 1, 0), last_cols=last_cols,
             )
             for i, (r, (a, b)) in enumerate(zip(rows, spans, strict=True)):
-                n_w = b - a
-                if n_w == 0:  # a window of token-less units (nothing to score)
-                    if P:
-                        r.carry = last[i]
-                    r.valid += len(r.pending)
-                    continue
-                if P:  # logprobs[j] scores window token j (predicted from column P - 1 + j)
-                    lp = logprobs[i, :n_w].numpy().astype(np.float64)
-                else:  # logprobs[j] scores window token j + 1; the first comes from the carry
-                    lp = np.empty(n_w, dtype=np.float64)
-                    lp[1:] = logprobs[i, : n_w - 1].numpy()
-                    lp[0] = float(r.carry[int(r.stream[a])])  # type: ignore[index]
-                (plain if row_kind[i] == "plain" else cond)[r.job][a:b] = -lp
-                r.carry = last[i]
-                r.valid += len(r.pending) + n_w
-            decided = set()
-            for r in rows:
-                if r.job not in decided:
-                    decided.add(r.job)
-                    self._decide(r.job, step, works, windows, quotas, plain, cond, keeps, tok_lo,
-                                 token_keep, contrastive=self.options.contrastive
-                                 and bool(jobs[r.job].question))
-            # dropped tokens stay in the cache but are masked out from now on
+                self._record(r, i, a, b, n_pending, logprobs, last)
+            for st in {id(r.job): r.job for r in rows}.values():
+                st.decide(step)
             for i, (r, (a, b)) in enumerate(zip(rows, spans, strict=True)):
-                mask[i, P : P + (b - a)] = torch.as_tensor(token_keep[r.job][a:b], dtype=torch.long)
+                # dropped tokens stay in the cache but are masked out from now on
+                mask[i, n_pending : n_pending + (b - a)] = torch.as_tensor(
+                    r.job.token_keep[a:b], dtype=torch.long)
                 r.pending = []
             cache_mask = torch.cat([cache_mask, mask], dim=1)
+            bar.update(sum(b - a for r, (a, b) in zip(rows, spans, strict=True)
+                           if not r.conditioned))
             step += 1
-            alive = [i for i, r in enumerate(rows) if step < len(windows[r.job])]
+            alive = [i for i, r in enumerate(rows) if step < len(r.job.windows)]
             if len(alive) < len(rows):
                 rows = [rows[i] for i in alive]
-                row_kind = [row_kind[i] for i in alive]
-                if not rows:
-                    break
-                cache.batch_select_indices(torch.as_tensor(alive))  # type: ignore[union-attr]
-                cache_mask = cache_mask[alive]
-        scores = []
-        for j, w in enumerate(works):
-            tok = plain[j] - cond[j] if self.options.contrastive and jobs[j].question else plain[j]
-            s = w.units.unit_scores(tok, fill=-np.inf)
-            s[w.units.mandatory] = np.inf
-            scores.append(s)
-        return scores, keeps
+                drop_rows = getattr(cache, "batch_select_indices", None)
+                if rows and drop_rows is not None:
+                    drop_rows(torch.as_tensor(alive))
+                    cache_mask = cache_mask[alive]
+                else:
+                    restart = True
+        bar.close()
 
-    def _decide(self, j: int, step: int, works: Sequence[Working], windows: list, quotas: list,
-                plain: list, cond: list, keeps: list, tok_lo: list, token_keep: list,
-                contrastive: bool) -> None:
-        """Keep the window's mandatory units and its highest-scoring free units within quota,
-        and mark their tokens as kept (the rest get masked out of the cache)."""
-        u = works[j].units
-        lo_u, hi_u = windows[j][step]
-        tok = plain[j] - cond[j] if contrastive else plain[j]
-        unit_score = u.unit_scores(tok, fill=-np.inf)[lo_u:hi_u]
-        free = ~u.mandatory[lo_u:hi_u]
-        order = np.argsort(-np.where(free, unit_score, -np.inf), kind="stable")
-        quota = quotas[j][step]
-        spent = 0
-        for k in order:
-            if spent >= quota or not free[k]:
-                break
-            n = int(u.n_tokens[lo_u + k])
-            if spent + n > quota:
-                continue
-            keeps[j][lo_u + k] = True
-            spent += n
-        for k in range(lo_u, hi_u):
-            if keeps[j][k]:
-                a = int(tok_lo[j][k])
-                token_keep[j][a : a + int(u.n_tokens[k])] = True
+    @staticmethod
+    def _record(r: _Row, i: int, a: int, b: int, n_pending: int, logprobs: Any, last: Any) -> None:
+        """Store row ``i``'s surprisal of window tokens ``a:b`` and its carry for the next."""
+        n_w = b - a
+        if n_w:
+            if n_pending:  # logprobs[j] scores window token j (predicted from column P - 1 + j)
+                lp = logprobs[i, :n_w].numpy().astype(np.float64)
+            else:  # logprobs[j] scores window token j + 1; the first comes from the carry
+                lp = np.empty(n_w, dtype=np.float64)
+                lp[1:] = logprobs[i, : n_w - 1].numpy()
+                lp[0] = float(r.carry[int(r.job.work.units.token_ids[a])])
+            target = r.job.conditioned if r.conditioned else r.job.surprisal
+            target[a:b] = -lp  # type: ignore[index]
+        if n_pending or n_w:
+            r.carry = last[i]
+        r.next_pos += len(r.pending) + n_w

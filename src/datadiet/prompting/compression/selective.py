@@ -106,7 +106,7 @@ class SelectiveMethod:
 
     def plan(self, jobs: Sequence[Job]) -> list[Plan]:
         tokenizer = self.scorer.tokenizer  # type: ignore[attr-defined]
-        works = [working_text(job, range(len(job.segments)), tokenizer) for job in jobs]
+        works = [working_text(job, range(len(job.passages)), tokenizer) for job in jobs]
         surprisal = self._surprisal(works)
         plans = []
         for job, work, s in zip(jobs, works, surprisal, strict=True):
@@ -127,7 +127,7 @@ class SelectiveMethod:
             priority = density[lex] + 1e-3 * own
             priority[u.mandatory] = np.inf
             keep = self._initial(job, work, density, lex)
-            plans.append(Plan(list(range(len(job.segments))), u, keep, priority, work.pieces,
+            plans.append(Plan(list(range(len(job.passages))), u, keep, priority, work.pieces,
                               info={"granularity": self.options.granularity}))
         return plans
 
