@@ -215,6 +215,74 @@ def gsm8k_prompts(n_queries: int, shots: int = 8) -> list[dict]:
     return prompts
 
 
+# Invented facts for the needle test: (fact, question, answer word). None of the answers occurs
+# in WikiText-2's validation text, so finding one in a compressed prompt means the fact survived.
+NEEDLES = [
+    ("The lighthouse keeper's cat is called Biscuit.", "What is the lighthouse keeper's cat called?", "Biscuit"),
+    ("The secret password of the Aldermoor chess club is marmalade.", "What is the secret password of the Aldermoor chess club?", "marmalade"),
+    ("Professor Quill keeps her spare keys inside a blue teapot.", "Where does Professor Quill keep her spare keys?", "teapot"),
+    ("The winning horse at the Brambleton fair was named Thunderpaw.", "What was the name of the winning horse at the Brambleton fair?", "Thunderpaw"),
+    ("Captain Oduya's ship carries a cargo of cinnamon.", "What cargo does Captain Oduya's ship carry?", "cinnamon"),
+    ("The village of Little Harrowby celebrates its founding with a festival of lanterns.", "What does the village of Little Harrowby celebrate its founding with?", "lanterns"),
+    ("Mira Castellane's favourite instrument is the bassoon.", "What is Mira Castellane's favourite instrument?", "bassoon"),
+    ("The Kessler family's dog is a greyhound named Pickles.", "What is the name of the Kessler family's dog?", "Pickles"),
+    ("The stolen painting of the Ostrava museum was hidden inside a harpsichord.", "Where was the stolen painting of the Ostrava museum hidden?", "harpsichord"),
+    ("The code to the Greyfield vault is engraved on a tortoise shell.", "What is the code to the Greyfield vault engraved on?", "tortoise"),
+    ("The baker of Elmstead puts saffron in every loaf.", "What does the baker of Elmstead put in every loaf?", "saffron"),
+    ("Doctor Halvorsen's experimental rocket is fuelled by kerosene.", "What fuels Doctor Halvorsen's experimental rocket?", "kerosene"),
+    ("The conductor Mr. Abernathy always wears a scarf knitted from alpaca wool.", "What is the scarf of the conductor Mr. Abernathy knitted from?", "alpaca"),
+    ("The treasure of Port Calloway is buried beneath the old windmill.", "Where is the treasure of Port Calloway buried?", "windmill"),
+    ("The mayor of Dunmore rides a unicycle to work every morning.", "What does the mayor of Dunmore ride to work?", "unicycle"),
+    ("Granny Weatherby's prize-winning jam is made from gooseberries.", "What is Granny Weatherby's prize-winning jam made from?", "gooseberries"),
+    ("The astronomer Lena Vos named her comet Ophelia.", "What did the astronomer Lena Vos name her comet?", "Ophelia"),
+    ("The pirate Redbeard's parrot only speaks Esperanto.", "Which language does the pirate Redbeard's parrot speak?", "Esperanto"),
+    ("The Thornbury library keeps its rarest book in a walnut cabinet.", "What kind of cabinet does the Thornbury library keep its rarest book in?", "walnut"),
+    ("The inventor Tobias Finch built a clock powered by rainwater.", "What powers the clock built by the inventor Tobias Finch?", "rainwater"),
+    ("The champion of the Westvale spelling contest is a girl named Rosalind.", "What is the name of the champion of the Westvale spelling contest?", "Rosalind"),
+    ("Sergeant Maple's horse is terrified of umbrellas.", "What is Sergeant Maple's horse terrified of?", "umbrellas"),
+    ("The monks of Carrow Abbey brew their ale with heather.", "What do the monks of Carrow Abbey brew their ale with?", "heather"),
+    ("The ferry to Skellan Island is painted turquoise.", "What colour is the ferry to Skellan Island painted?", "turquoise"),
+    ("The royal gardener of Vellmark grows only edelweiss.", "What does the royal gardener of Vellmark grow?", "edelweiss"),
+]
+
+
+def wikitext_paragraphs(min_chars: int = 300, max_chars: int = 1000) -> list[str]:
+    """Body paragraphs of WikiText-2's validation split (headings and short lines skipped)."""
+    lines = (DATA / "lm" / "wikitext2_valid.txt").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines
+            if min_chars <= len(line.strip()) <= max_chars and not line.strip().startswith("=")]
+
+
+def needle_prompts(n: int, n_paragraphs: int, seed: int = 0) -> list[dict]:
+    """Needle-in-a-haystack prompts: WikiText-2 paragraphs, one carrying an invented fact.
+
+    The fact goes between two sentences of a random paragraph at a random position; the
+    question asks for it. ``context`` is the list of paragraphs (the string form is the same
+    paragraphs joined by blank lines).
+    """
+    import numpy as np
+
+    paragraphs = wikitext_paragraphs()
+    rng = np.random.default_rng(seed)
+    prompts = []
+    for k in range(n):
+        fact, question, answer = NEEDLES[k % len(NEEDLES)]
+        chosen = [paragraphs[i] for i in rng.choice(len(paragraphs), n_paragraphs, replace=False)]
+        where = int(rng.integers(n_paragraphs))
+        sentences = chosen[where].split(" . ")
+        cut = int(rng.integers(len(sentences) + 1))
+        sentences.insert(cut, fact[:-1])
+        chosen[where] = " . ".join(sentences)
+        prompts.append({"context": chosen, "question": question, "answer": answer})
+    return prompts
+
+
+def answer_kept(text: str, question: str, answer: str) -> bool:
+    """Whether the answer word survives in the compressed context (the question excluded)."""
+    context = text[: len(text) - len(question)] if text.endswith(question) else text
+    return answer.lower() in context.lower()
+
+
 # -- evaluation -------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ from datadiet.prompting.compression.offline import (
     version_tuple,
 )
 from datadiet.prompting.compression.protect import compile_patterns, find_spans, merge_spans
+from datadiet.prompting.compression.segments import passages, sentence_spans
 from datadiet.prompting.compression.units import build_units
 
 
@@ -114,3 +115,57 @@ def test_llmlingua_version_gate_names_the_problem():
     else:
         assert problem is None
     assert version_tuple("4.46.3") < (4, 52) <= version_tuple("5.0.0.dev0")
+
+
+def test_fit_raises_when_no_unit_lands_within_one_percent():
+    # every unit is 3 tokens: from 99 tokens, 100 or 101 cannot be reached (102 is over)
+    text = "abc" * 60
+    u = build_units(text, list(range(len(text))), [(3 * (i // 3), 3 * (i // 3) + 3)
+                                                   for i in range(len(text))])
+    assert u.n_tokens.tolist() == [3] * 60
+    count_chars = TokenCounter("chars", len)
+    keep, count = fit_to_budget(u, np.zeros(len(u), dtype=bool), np.arange(len(u), dtype=float),
+                                count_chars, 99)
+    assert count == 99
+    with pytest.raises(BudgetError, match="within 1% of the target 101"):
+        fit_to_budget(u, np.zeros(len(u), dtype=bool), np.arange(len(u), dtype=float),
+                      count_chars, 101)
+
+
+def test_words_group_the_pieces_of_a_word():
+    text = "a harpsichord, 3.5 kg"
+    offsets = [(0, 1), (1, 7), (7, 10), (10, 13), (13, 14), (14, 16), (16, 17), (17, 18), (18, 21)]
+    u = build_units(text, list(range(len(offsets))), offsets)
+    words = u.word_ids()
+    pieces = ["".join(text[u.starts[k]:u.ends[k]] for k in np.flatnonzero(words == w))
+              for w in range(words.max() + 1)]
+    assert pieces == ["a", " harpsichord", ",", " 3", ".", "5", " kg"]
+
+
+def test_string_prompts_are_cut_into_paragraphs_then_sentences(wiki_paragraphs):
+    long_par, short_par = wiki_paragraphs[0], "Short note. Two sentences."
+    text = f"{long_par}\n\n\n{short_par}\n   \n{long_par}"
+    spans = passages(text, [(0, len(text))], split="auto", from_string=True, long_tokens=40,
+                     count=lambda t: len(t.split()), protected=[])
+    pieces = [text[a:b] for a, b, _ in spans]
+    assert "".join(pieces).replace(" ", "") == text.replace(" ", "").replace("\n", "")
+    assert [seg for *_, seg in spans].count(1) == 1  # the short paragraph stays whole
+    assert short_par in pieces
+    long_sentences = [p for p, (*_, seg) in zip(pieces, spans, strict=True) if seg == 0]
+    assert len(long_sentences) > 2 and all(p.endswith(".") for p in long_sentences)
+    # a protected span is never cut: a code block with a blank line inside stays one passage
+    code = "Run this:\n\n```\nx = 1\n\ny = 2\n```\n\nDone."
+    fence = (code.index("```"), code.rindex("```") + 3)
+    spans = passages(code, [(0, len(code))], split="auto", from_string=True, long_tokens=40,
+                     count=len, protected=[fence])
+    assert [code[a:b] for a, b, _ in spans] == ["Run this:", code[fence[0]:fence[1]], "Done."]
+    with pytest.raises(ValueError, match="split"):
+        passages(code, [(0, len(code))], split="words", from_string=True, long_tokens=4,
+                 count=len)
+
+
+def test_sentence_spans_keep_abbreviated_names_whole():
+    text = "The closest relative of H. gammarus is the American lobster. It is blue! Is it? Yes"
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "The closest relative of H. gammarus is the American lobster.", "It is blue!", "Is it?",
+        "Yes"]

@@ -127,10 +127,12 @@ class _JobTokens:
     quotas: list[int]  # free scoring tokens each window may keep
     first_token: np.ndarray  # per unit (and one past the end): index of its first token
     eligible: np.ndarray  # per unit: may be kept for its score (not protection-only)
+    words: np.ndarray  # per unit: its word (words are decided whole)
     surprisal: np.ndarray  # per token, -log p given the kept prefix
     conditioned: np.ndarray | None  # per token, the same after the question (contrastive)
     keep: np.ndarray = field(init=False)  # per unit
     token_keep: np.ndarray = field(init=False)  # per token
+    cache_restarts: int = 0
 
     def __post_init__(self) -> None:
         self.keep = self.work.units.mandatory.copy()
@@ -146,8 +148,12 @@ class _JobTokens:
         return self.surprisal[a:b] - self.conditioned[a:b]
 
     def decide(self, step: int) -> None:
-        """Keep the window's highest-scoring eligible units within its quota and mark their
-        tokens kept (the rest get masked out of the cache). Touches this window only."""
+        """Keep the window's highest-scoring eligible words within its quota and mark their
+        tokens kept (the rest get masked out of the cache). Touches this window only.
+
+        A word scores as its most surprising unit: "harpsichord" is worth keeping if "harps" is
+        surprising, however predictable "ichord" is after it -- and it is kept whole.
+        """
         u = self.work.units
         lo, hi = self.windows[step]
         a, b = self.token_span(step)
@@ -156,25 +162,35 @@ class _JobTokens:
         ok = np.isfinite(tok)
         total = np.bincount(local[ok], weights=tok[ok], minlength=hi - lo)
         count = np.bincount(local[ok], minlength=hi - lo)
-        score = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
         free = self.eligible[lo:hi] & ~u.mandatory[lo:hi]
+        score = np.where((count > 0) & free, total / np.maximum(count, 1), -np.inf)
+        words = self.words[lo:hi] - self.words[lo]
+        bounds = np.flatnonzero(np.diff(words)) + 1
+        starts = np.concatenate([[0], bounds])
+        ends = np.append(bounds, hi - lo)
+        word_score = np.maximum.reduceat(score, starts)
+        word_cost = np.add.reduceat(u.n_tokens[lo:hi] * free, starts)
         quota, spent = self.quotas[step], 0
-        for k in np.argsort(-np.where(free, score, -np.inf), kind="stable"):
-            if spent >= quota or not free[k]:
+        for w in np.argsort(-word_score, kind="stable"):
+            if spent >= quota or not np.isfinite(word_score[w]):
                 break
-            n = int(u.n_tokens[lo + k])
-            if spent + n <= quota:
-                self.keep[lo + k] = True
-                spent += n
+            if word_cost[w] and spent + word_cost[w] <= quota:
+                self.keep[lo + starts[w] : lo + ends[w]] |= free[starts[w] : ends[w]]
+                spent += int(word_cost[w])
         kept_units = np.flatnonzero(self.keep[lo:hi]) + lo
         for k in kept_units:
             self.token_keep[self.first_token[k] : self.first_token[k + 1]] = True
 
     def priority(self) -> np.ndarray:
-        """Per unit, for the budget fit: its score; mandatory first, protection-only last."""
+        """Per unit, for the budget fit: its word's score (so words come and go whole);
+        mandatory units first, protection-only passages last."""
         u = self.work.units
         tok = self.token_scores(0, len(u.token_ids))
         s = u.unit_scores(tok, fill=-np.inf)
+        s[~self.eligible | u.mandatory] = -np.inf
+        word_best = np.full(int(self.words[-1]) + 1 if len(self.words) else 0, -np.inf)
+        np.maximum.at(word_best, self.words, s)
+        s = word_best[self.words]
         s[~self.eligible] = -np.inf
         s[u.mandatory] = np.inf
         return s
@@ -222,7 +238,8 @@ class LinguaMethod:
         self._score_windows(jobs, states)
         return [
             Plan(sel.kept, st.work.units, st.keep, st.priority(), st.work.pieces,
-                 info={"passage_order": sel.order, "passages_ranked_in": sel.ranked_in})
+                 info={"passage_order": sel.order, "passages_ranked_in": sel.ranked_in,
+                       "cache_restarts": st.cache_restarts})
             for sel, st in zip(selections, states, strict=True)
         ]
 
@@ -230,13 +247,14 @@ class LinguaMethod:
         u = work.units
         protection_only = sorted(set(selection.kept) - set(selection.ranked_in))
         eligible = ~np.isin(work.unit_passage, protection_only)
-        windows = self._windows(work)
+        words = u.word_ids()
+        windows = self._windows(work, words)
         first_token = np.concatenate([[0], np.cumsum(u.n_tokens)]).astype(np.int64)
         contrastive = self.options.contrastive and bool(job.question)
         n_tok = len(u.token_ids)
         return _JobTokens(
             work=work, windows=windows, quotas=self._quotas(job, work, windows, eligible),
-            first_token=first_token, eligible=eligible,
+            first_token=first_token, eligible=eligible, words=words,
             surprisal=np.full(n_tok, np.nan),
             conditioned=np.full(n_tok, np.nan) if contrastive else None,
         )
@@ -260,13 +278,14 @@ class LinguaMethod:
             quotas.append(q)
         return quotas
 
-    def _windows(self, work: Working) -> list[tuple[int, int]]:
-        """Unit ranges of about ``window`` tokens each, over the scored (non-tail) units."""
+    def _windows(self, work: Working, words: np.ndarray) -> list[tuple[int, int]]:
+        """Unit ranges of about ``window`` tokens each, over the scored (non-tail) units, cut
+        between words."""
         u, size = work.units, max(8, self.options.window)
         out, lo, acc = [], 0, 0
         for k in range(work.tail_unit):
             acc += int(u.n_tokens[k])
-            if acc >= size:
+            if acc >= size and (k + 1 >= len(words) or words[k + 1] != words[k]):
                 out.append((lo, k + 1))
                 lo, acc = k + 1, 0
         if lo < work.tail_unit:
@@ -323,6 +342,7 @@ class LinguaMethod:
                     kept = r.job.work.units.token_ids[:a][r.job.token_keep[:a]]
                     r.pending = [*r.head, *map(int, kept[-self.options.window:])]
                     r.next_pos = 0
+                    r.job.cache_restarts += not r.conditioned
                 cache, restart = None, False
                 cache_mask = torch.zeros((len(rows), 0), dtype=torch.long)
             n_pending = max(len(r.pending) for r in rows)

@@ -2,9 +2,9 @@
 
 Two question-aware rankers, because they trade cost against judgement:
 
-* ``"embedding"``: cosine similarity of each passage to the question with the project's MiniLM
-  embedder -- a fraction of an LM pass, but blind past MiniLM's 256 word pieces and to facts
-  phrased unlike the question.
+* ``"embedding"``: cosine similarity to the question, with the project's MiniLM embedder, of
+  each passage or of its best sentence -- a fraction of an LM pass, but blind to facts phrased
+  unlike the question.
 * ``"lm"``: LongLLMLingua's question-aware coarse ranking (Jiang et al. 2024, sec. 4.1): the mean
   log-probability of the question, followed by the paper's restrictive statement, after each
   passage -- ``log p(question | passage)``. Contrasting it with ``log p(question)`` alone (how
@@ -28,6 +28,7 @@ import numpy as np
 from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.models.loading import ModelNotAvailableError
 from datadiet.prompting.compression.base import Job
+from datadiet.prompting.compression.segments import sentence_spans
 
 RANKERS = ("auto", "lm", "embedding", "ppl", "order")
 # LongLLMLingua appends this to the question before scoring it after each document
@@ -84,15 +85,8 @@ def rank_passages(jobs: Sequence[Job], rank: str, scorer: object) -> list[list[i
             pos += len(ts)
     emb = [j for j, h in enumerate(how) if h == "embedding"]
     if emb:
-        model = embedder()
-        groups = [[*(jobs[j].passage_text(i) for i in range(len(jobs[j].passages))),
-                   jobs[j].question] for j in emb]
-        vecs = model.encode([t for g in groups for t in g])  # type: ignore[union-attr]
-        pos = 0
-        for j, g in zip(emb, groups, strict=True):
-            n = len(g) - 1
-            scores[j] = vecs[pos : pos + n] @ vecs[pos + n]
-            pos += n + 1
+        for j, s in zip(emb, embedding_similarity([jobs[j] for j in emb]), strict=True):
+            scores[j] = s
     orders: list[list[int] | None] = []
     for j, h in enumerate(how):
         if h is None:
@@ -102,6 +96,35 @@ def rank_passages(jobs: Sequence[Job], rank: str, scorer: object) -> list[list[i
         else:
             orders.append([int(i) for i in np.argsort(-np.asarray(scores[j]), kind="stable")])
     return orders
+
+
+def embedding_similarity(jobs: Sequence[Job]) -> list[np.ndarray]:
+    """Per job, per passage: cosine similarity to the question of the passage or of its best
+    sentence, whichever is higher.
+
+    A passage of several sentences is also judged by its sentences because a document is
+    relevant if one of its sentences answers the question, and MiniLM, averaging over the whole
+    passage (and reading only its first 256 word pieces), dilutes a one-sentence fact.
+    """
+    texts: list[str] = []
+    owners: list[tuple[int, int]] = []  # (job, passage) of each text
+    for j, job in enumerate(jobs):
+        for i, part in enumerate(job.passages):
+            texts.append(job.original[part.start : part.end])
+            owners.append((j, i))
+            sentences = sentence_spans(job.original, part.start, part.end)
+            if len(sentences) > 1:
+                texts += [job.original[a:b] for a, b in sentences]
+                owners += [(j, i)] * len(sentences)
+        texts.append(job.question)
+        owners.append((j, -1))
+    vecs = embedder().encode(texts)  # type: ignore[union-attr]
+    out = [np.full(len(job.passages), -np.inf) for job in jobs]
+    question_of = {j: k for k, (j, i) in enumerate(owners) if i == -1}
+    for k, (j, i) in enumerate(owners):
+        if i >= 0:
+            out[j][i] = max(out[j][i], float(vecs[k] @ vecs[question_of[j]]))
+    return out
 
 
 def _ids(scorer: object, texts: Sequence[str]) -> list[list[int]]:

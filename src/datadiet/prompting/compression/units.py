@@ -52,6 +52,25 @@ class Units:
                 spans.append((s, e))
         return spans
 
+    def word_ids(self) -> np.ndarray:
+        """Per unit, the index of the word it belongs to.
+
+        A unit starts a new word unless it continues letters or digits: its first character and
+        the previous unit's last character are both alphanumeric (" harps" + "ich" + "ord" is
+        one word; " 3" + "." + "5" is three). Methods that keep or drop whole words use this, so
+        a kept word is never a fragment.
+        """
+        n = len(self)
+        if not n:
+            return np.zeros(0, dtype=np.int64)
+        text = self.text
+        new = np.ones(n, dtype=bool)
+        for k in range(1, n):
+            s, prev_end = int(self.starts[k]), int(self.ends[k - 1])
+            if s < len(text) and prev_end > 0 and text[s].isalnum() and text[prev_end - 1].isalnum():
+                new[k] = False
+        return np.cumsum(new) - 1
+
     def unit_scores(self, token_scores: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """Mean of per-token scores within each unit (NaN-aware; ``fill`` where none)."""
         n = len(self)
