@@ -128,17 +128,17 @@ def test_too_much_protection_fails_before_any_model_work(shared_data):
     with pytest.raises(BudgetError, match=r"needs \d+ tokens, more than the target") as err:
         compress(answers, rate=0.1, model=scorer)
     need = int(re.search(r"needs (\d+) tokens", str(err.value)).group(1))
-    counted = scorer.count_tokens(" ".join(m.group() for a in answers
-                                           for m in re.finditer(r"\d+(?:[.,:/]\d+)*%?", a)))
-    assert need >= counted
-    assert ledger.total().tokens == 0  # nothing was scored
+    numbers = [m.group() for a in answers for m in re.finditer(compile_patterns(None)[0], a)]
+    # the protected text is every number of every answer (plus the gaps between answers)
+    assert scorer.count_tokens("".join(numbers)) <= need <= scorer.count_tokens(" ".join(numbers))
+    assert ledger.total.tokens == 0  # nothing was scored
 
 
 def test_long_prompts_are_scored_in_windows_of_a_bounded_cache(scorer, wiki_paragraphs):
-    text = "\n\n".join(wiki_paragraphs[:6])
-    comp = Compressor("lingua", scorer, window=32, context=160, segment_filter=False)
+    text = "\n\n".join(wiki_paragraphs[:3])
+    comp = Compressor("lingua", scorer, window=32, context=112, segment_filter=False)
     c = comp.compress(text, rate=0.5, protect=[])
     assert lower_bound(c.target_tokens) <= c.compressed_tokens <= c.target_tokens
-    assert c.origin_tokens > 4 * 160  # so the cache was rebuilt several times
+    assert c.origin_tokens > 3 * 112  # so the cache was rebuilt several times
     assert c.info["cache_restarts"] >= 4
-    assert LinguaOptions().context <= scorer.model.config.max_position_embeddings
+    assert LinguaOptions().context <= scorer.max_context

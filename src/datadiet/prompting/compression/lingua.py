@@ -53,7 +53,7 @@ class LinguaOptions:
     window: tokens per iterative window; smaller windows condition more on the compressed
         prefix (closer to the paper), larger ones are faster (fewer passes).
     context: the most positions the KV cache holds (kept and masked tokens); past it, the cache
-        is rebuilt from the last ``window`` kept tokens. Must not exceed the model's context.
+        is rebuilt from the last ``window`` kept tokens. Capped at the model's context.
     contrastive: question-conditioned contrastive surprisal for the token level.
     segment_filter: drop whole passages first (only when there are several).
     rank: "auto" (the default question ranker with a question, ppl without), "lm", "embedding",
@@ -324,6 +324,7 @@ class LinguaMethod:
         scorer = self.scorer
         pad = int(scorer.tokenizer.pad_token_id)  # type: ignore[attr-defined]
         rows = self._rows(jobs, states)
+        context = min(self.options.context, scorer.max_context or self.options.context)  # type: ignore[attr-defined]
         total = sum(len(r.job.work.units.token_ids) for r in rows if not r.conditioned)
         show = jobs[0].options.progress if jobs else False
         bar = tqdm(total=total, unit="tok", desc="compressing", file=sys.stderr,
@@ -337,7 +338,7 @@ class LinguaMethod:
             width = max(b - a for a, b in spans)
             longest_pending = max(len(r.pending) for r in rows)
             if restart or (cache is not None and
-                           cache_mask.shape[1] + longest_pending + width > self.options.context):
+                           cache_mask.shape[1] + longest_pending + width > context):
                 for r, (a, _) in zip(rows, spans, strict=True):
                     kept = r.job.work.units.token_ids[:a][r.job.token_keep[:a]]
                     r.pending = [*r.head, *map(int, kept[-self.options.window:])]

@@ -149,12 +149,12 @@ def question_logprob(scorer: object, jobs: Sequence[Job]) -> list[np.ndarray]:
             p = p[max(0, len(p) - (limit - 1 - len(q))):]
             seqs.append([prefix, *p, *q])
             starts.append(len(p))
-    flat = scorer.score_ids(seqs)  # type: ignore[attr-defined]
+    # only the question's positions need logits (score_ids' ``starts``)
+    flat = scorer.score_ids(seqs, starts=starts)  # type: ignore[attr-defined]
     out, pos = [], 0
     for job in jobs:
         n = len(job.passages)
-        out.append(np.asarray([float(np.mean(s[a:])) for s, a in
-                               zip(flat[pos : pos + n], starts[pos : pos + n], strict=True)]))
+        out.append(np.asarray([float(np.mean(s)) for s in flat[pos : pos + n]]))
         pos += n
     return out
 
