@@ -54,10 +54,15 @@ class Sandbox:
         return env
 
     def run(self, args: list[str], stdin: bytes | None = None, code: str | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-        """``python -m datadiet ARGS`` (or ``python -c CODE ARGS``) in the sandbox."""
-        cmd = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "datadiet",
-                                                               *args]
+            timeout: float = 300, raw: bool = False) -> subprocess.CompletedProcess:
+        """``python -m datadiet ARGS`` (or ``python -c CODE ARGS``, or with ``raw``
+        ``python ARGS``) in the sandbox."""
+        if raw:
+            cmd = [sys.executable, *args]
+        elif code:
+            cmd = [sys.executable, "-c", code, *args]
+        else:
+            cmd = [sys.executable, "-m", "datadiet", *args]
         return subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True,
                               cwd=self.root, env=self.env(), timeout=timeout,
                               preexec_fn=lambda: os.umask(UMASK))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import signal
 from collections.abc import Callable
@@ -500,3 +501,27 @@ def test_cli_row(row: Row, box: Sandbox) -> None:
 
 def test_the_table_is_big_enough() -> None:
     assert len(ROWS) >= 40
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_out_is_refused_before_any_work(box: Sandbox) -> None:
+    write(box.inp / "a.jsonl", jsonl(records()))
+    box.out_parent.chmod(0o555)
+    try:
+        proc = box.run(curate(box, box.inp / "a.jsonl"))
+    finally:
+        box.out_parent.chmod(0o755)
+    assert proc.returncode == 2
+    assert re.search(r"cannot write in .*outputs \(permission denied\)", proc.stderr.decode())
+    assert box.leftovers() == set()
+
+
+def test_curate_imports_no_torch_or_transformers(box: Sandbox) -> None:
+    """A run whose steps need no model starts without torch (seconds of start-up saved)."""
+    args = curate(box, write(box.inp / "a.jsonl", jsonl(records())),
+                  spec_text="- exact_dedup: {}\n- minhash_dedup: {}\n- quality: {}\n")
+    proc = box.run(["-X", "importtime", "-m", "datadiet", *args], code=None, raw=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()
+                if line.startswith("import time:")}
+    assert not imported & {"torch", "transformers"}, "a model library was imported"
