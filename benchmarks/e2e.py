@@ -11,8 +11,9 @@ Parts:
 * pre-training — a raw corpus mixing WikiText-2 valid, Shakespeare, Sherlock Holmes, GSM8K and
   T0 prompts with planted exact/near duplicates and junk; curated with exact_dedup,
   minhash_dedup, quality and DSIR (target: a WikiText-2 valid sample disjoint from the corpus);
-  the same byte-level Llama trained on full vs curated data, same seeds and FLOP budget, eval
-  loss on WikiText-2 test (:mod:`datadiet.pipeline.demo.comparison`);
+  the same small Llama trained on full vs curated data — same tokenizer (a BPE fitted to the raw
+  corpus), seeds and FLOP budget — eval loss on WikiText-2 test
+  (:mod:`datadiet.pipeline.demo.comparison`);
 * fine-tuning and prompts — measured where their library parts exist on this branch; otherwise
   reported as "not measured", with the reason, never estimated.
 
@@ -48,6 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (default 1: on a shared 2-core machine two "
                         "threads mostly measure contention)")
+    parser.add_argument("--tokenizer", default="bpe",
+                        help="bpe (a 1,024-token BPE fitted to the raw corpus; default) or bytes")
     parser.add_argument("--parts", default="pretrain,sft,prompts",
                         help="comma-separated subset of pretrain,sft,prompts")
     args = parser.parse_args(argv)
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "pretrain" in parts:
         settings = PretrainSettings.quick(seeds) if args.quick else PretrainSettings(seeds=seeds)
         settings.train = settings.train.model_copy(update={"num_threads": args.threads})
+        settings.tokenizer = args.tokenizer
         report.pretraining = pretraining_comparison(out / "pretraining", DATA, settings,
                                                     progress=progress)
     else:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,17 +80,19 @@ def _run_why(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="curate the built-in sample corpus and print the report")
-    p.add_argument("--out", default=None, help="where to write (default: a temp folder)")
-    p.add_argument("--docs", type=int, default=160, help="base documents before planting")
+    p = sub.add_parser("demo", help="measure the saving end to end: curate, train full vs "
+                       "curated, build compressed prompts; write report.md with plots")
+    p.add_argument("--out", default="demo-out", help="where to write (default: demo-out)")
+    p.add_argument("--steps", type=int, default=100, help="training steps of each run")
+    p.add_argument("--prompts", type=int, default=6, help="SST-2 prompts to build (0: skip)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from datadiet.pipeline.demo.run import run_demo
+    from datadiet.flows.demo import main as flow_demo
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="datadiet-demo-"))
-    return run_demo(out, n_base=args.docs)
+    return flow_demo(["--out", args.out, "--steps", str(args.steps),
+                      "--prompts", str(args.prompts)])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,13 @@ Importing this package is cheap; each flow module imports Prefect and its librar
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
+
+# Prefect's embedded (ephemeral) API server gets 20 s to start by default; its first start runs
+# the database migrations, which on two busy cores takes longer. Set before Prefect is imported
+# (its settings are read then); a user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 _EXPORTS = {
     "curate": "datadiet.flows.curate",

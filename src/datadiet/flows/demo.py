@@ -4,9 +4,13 @@ No server needed: without ``PREFECT_API_URL`` Prefect runs the flow against its 
 SQLite-backed API, and the reports are printed here as well as stored as artifacts. With
 ``PREFECT_API_URL`` pointing at ``prefect server start``, the same run shows up in the UI.
 
-Data: the sample corpus of ``datadiet demo`` (real WikiText and Doyle paragraphs with planted
-copies and junk) and held-out WikiText from ``../shared/data`` when present (generated text
-otherwise); SST-2 demonstrations for the prompt stage when the data kit is there.
+Data: the end-to-end benchmark's raw mixture at its quick size (WikiText-2, Shakespeare,
+Sherlock Holmes, GSM8K and T0 from ``../shared/data`` with planted copies and junk), curated
+towards a WikiText-2 sample with DSIR, both runs evaluated on WikiText-2 test; generated prose
+stands in without the data kit. SST-2 demonstrations for the prompt stage when the kit is there.
+Everything lands in ``--out`` (default ``demo-out/``): ``inputs/``, ``curated/`` (dataset and
+manifest), ``training/`` (both runs' reports and ledgers), ``prompts/``, and ``report.md`` with
+its plots.
 """
 
 from __future__ import annotations
@@ -15,17 +19,20 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from datadiet.flows.efficiency import EfficiencyParams, efficiency
 from datadiet.flows.training import TrainBudget
-from datadiet.pipeline.demo.corpus import (
-    build_sample_corpus,
-    find_shared_data,
-    generated_paragraphs,
+from datadiet.pipeline.demo.comparison import (
+    curation_spec,
+    prepare_tokenizer,
+    small_train_config,
 )
+from datadiet.pipeline.demo.corpus import find_shared_data
+from datadiet.pipeline.demo.mixture import MixtureSizes, build_mixture
 from datadiet.pipeline.io import atomic_write_text
 
 
@@ -37,40 +44,49 @@ def _sst2_jsonl(source: Path, target: Path, n: int) -> Path:
     return target
 
 
-def demo_params(out: Path, docs: int = 160, steps: int = 30, prompts: int = 6) -> EfficiencyParams:
-    """Lay out the demo's inputs under ``out`` and return the flow's parameters."""
+def demo_params(out: Path, sizes: MixtureSizes | None = None, steps: int = 100,
+                prompts: int = 6) -> EfficiencyParams:
+    """Lay out the demo's inputs under ``out/inputs`` and return the flow's parameters.
+
+    The corpus is the end-to-end benchmark's raw mixture (WikiText-2, Shakespeare, Sherlock
+    Holmes, GSM8K, T0 with planted copies and junk; :mod:`datadiet.pipeline.demo.mixture`),
+    curated towards a WikiText-2 sample with DSIR and evaluated on WikiText-2 test; without the
+    data kit, generated prose stands in for the wanted domain.
+    """
     out.mkdir(parents=True, exist_ok=True)
     data = find_shared_data()
-    corpus = out / "inputs" / "corpus.jsonl"
-    corpus.parent.mkdir(parents=True, exist_ok=True)
-    build_sample_corpus(corpus, n_base=docs, shared_data=data)
-    held_out = out / "inputs" / "held_out.txt"
-    text = ((data / "lm" / "wikitext2_test.txt").read_text(encoding="utf-8")[:40_000] if data
-            else "\n\n".join(generated_paragraphs(40, seed=1)))
-    atomic_write_text(held_out, text)
+    inputs = out / "inputs"
+    mixture = build_mixture(inputs, data, sizes or MixtureSizes.quick())
+    spec = yaml.safe_dump(curation_spec(mixture.target), sort_keys=False)
+    tokenizer = prepare_tokenizer("bpe", mixture.corpus, inputs / "tokenizer")
+    config = small_train_config(quick=True, max_steps=steps, eval_every=max(1, steps // 20),
+                                tokenizer=tokenizer)
     pool = eval_set = None
     if data is not None and prompts:
-        pool = str(_sst2_jsonl(data / "icl" / "sst2" / "train.txt", out / "inputs" / "pool.jsonl", 200))
-        eval_set = str(_sst2_jsonl(data / "icl" / "sst2" / "dev.txt", out / "inputs" / "eval.jsonl",
+        pool = str(_sst2_jsonl(data / "icl" / "sst2" / "train.txt", inputs / "sst2_pool.jsonl", 200))
+        eval_set = str(_sst2_jsonl(data / "icl" / "sst2" / "dev.txt", inputs / "sst2_dev.jsonl",
                                    prompts))
     return EfficiencyParams(
-        source=str(corpus), out=str(out / "run"), eval_data=str(held_out),
-        storage=str(out / "storage"), tokenizer="bytes",
-        budget=TrainBudget(model="tiny", tokenizer="bytes", seq_len=128, batch_size=8,
-                           max_steps=steps, eval_every=max(1, steps // 5), lr=2e-3,
-                           warmup_steps=max(1, steps // 10)),
-        pool=pool, eval_set=eval_set, k=2, prompt_limit=prompts or None)
+        source=str(mixture.corpus), out=str(out), eval_data=str(mixture.eval), spec=spec,
+        storage=str(out / "storage"), tokenizer=tokenizer,
+        budget=TrainBudget(model=config.model, tokenizer=config.tokenizer, seq_len=config.seq_len,
+                           batch_size=config.batch_size, max_steps=config.max_steps,
+                           eval_every=config.eval_every, lr=config.lr,
+                           warmup_steps=config.warmup_steps,
+                           max_eval_blocks=config.max_eval_blocks,
+                           num_threads=config.num_threads, device=config.device,
+                           extra={"min_lr_ratio": config.min_lr_ratio}),
+        pool=pool, eval_set=eval_set, k=4, compress_rate=0.25, prompt_limit=prompts or None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datadiet.flows.demo", description=__doc__)
-    parser.add_argument("--out", default=None, help="where to write (default: a temp folder)")
-    parser.add_argument("--docs", type=int, default=160, help="base documents of the corpus")
-    parser.add_argument("--steps", type=int, default=30, help="training steps of each run")
+    parser.add_argument("--out", default="demo-out", help="where to write (default: demo-out)")
+    parser.add_argument("--steps", type=int, default=100, help="training steps of each run")
     parser.add_argument("--prompts", type=int, default=6, help="prompts to build (0: skip)")
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="datadiet-flow-demo-"))
-    params = demo_params(out, args.docs, args.steps, args.prompts)
+    out = Path(args.out)
+    params = demo_params(out, steps=args.steps, prompts=args.prompts)
     where = os.environ.get("PREFECT_API_URL") or "Prefect's embedded API (no server)"
     print(f"efficiency flow on {params.source} -> {params.out} ({where})")
     result = efficiency(params)
@@ -82,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(full) vs {runs['candidate']['final_eval_loss']:.4f} (curated); FLOPs to "
           f"{comparison['target_eval_loss']:.4f}: {comparison['baseline_flops']} vs "
           f"{comparison['candidate_flops']}")
+    print(f"report: {result['report']}")
     if result["prompts"]:
         p = result["prompts"]
         print(f"prompts: {p['n']} prompts, {p['tokens_before']:,} -> {p['tokens_after']:,} tokens "

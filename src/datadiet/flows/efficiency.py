@@ -3,7 +3,10 @@
 It chains the three flows as subflows (each keeps its own report and cache): ``curate`` the
 corpus, ``train_and_measure`` the same model on the full and the curated corpus, and, given a
 labelled pool, ``build_prompts`` for an evaluation set. Its own report puts the savings of the
-whole chain in one table: rows, tokens and FLOPs before and after.
+whole chain in one table: rows, tokens and FLOPs before and after, followed by the saved-compute
+report the library writes to ``out/report.md`` (:mod:`datadiet.pipeline.demo.report`: claims
+against targets, the loss-vs-FLOPs plot with the target line, honest notes). A progress display
+(stage lines in the log, a progress artifact in the UI) says which stage runs and the time left.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
 from pydantic import Field, field_validator, model_validator
 
 from datadiet.flows.common import FlowParams
@@ -18,7 +23,16 @@ from datadiet.flows.curate import DEFAULT_SPEC, CurateParams, ScaleOut, curate
 from datadiet.flows.prompts import PromptParams, build_prompts
 from datadiet.flows.report import before_after_rows, markdown_table, publish
 from datadiet.flows.training import TrainBudget, TrainMeasureParams, train_and_measure
+from datadiet.pipeline.demo.comparison import summarize_pretraining
+from datadiet.pipeline.demo.progress import StageClock, plan_efficiency
+from datadiet.pipeline.demo.report import (
+    SavingsReport,
+    compression_only_results,
+    write_savings_report,
+)
 from datadiet.pipeline.io import source_fingerprint
+from datadiet.pipeline.report import RunContext, inline_images
+from datadiet.pipeline.savings import load_run_report
 
 
 class EfficiencyParams(FlowParams):
@@ -75,12 +89,59 @@ class EfficiencyParams(FlowParams):
                             storage=self.storage)
 
 
+def _clock(params: EfficiencyParams) -> StageClock:
+    """The progress display: stage lines in the log, a progress artifact in the UI."""
+    rows = 1000  # a folder or hub source: a guess; the pace corrects it after the first stage
+    if Path(params.source).is_file():
+        with open(params.source, "rb") as f:
+            rows = sum(1 for _ in f)
+    config = params.budget.config(params.source, params.eval_data)
+    tokens = config.steps_for(1) * config.batch_size * config.grad_accum * config.seq_len
+    plan = plan_efficiency(rows, 2, tokens, (params.prompt_limit or 20) if params.pool else 0)
+    progress = create_progress_artifact(0.0, key="datadiet-efficiency-progress",
+                                        description="Stages of the efficiency chain done")
+    return StageClock(plan, say=print,
+                      on_fraction=lambda done: update_progress_artifact(progress, 100.0 * done))
+
+
+def write_report(params: EfficiencyParams, curated: dict, trained: dict,
+                 prompts: dict | None) -> Path:
+    """``out/report.md`` and its plots, written by the library from the subflows' files."""
+    runs = trained["runs"]
+    summary = summarize_pretraining(params.source, curated["out"],
+                                    [load_run_report(runs["baseline"]["report"])],
+                                    [load_run_report(runs["candidate"]["report"])])
+    report = SavingsReport(
+        context=RunContext(command=f"efficiency flow run {flow_run.name or '-'} "
+                           f"(source {params.source})", seeds=summary["seeds"],
+                           data=f"{params.source}; eval {params.eval_data}"),
+        pretraining=summary,
+        missing={"sft": "the efficiency chain has no fine-tuning stage"})
+    if prompts:
+        n = max(prompts["n"], 1)
+        report.prompts = compression_only_results(
+            Path(params.eval_set).name, params.compression_model or "SmolLM2-135M-Instruct",
+            f"random {params.k}-shot", prompts["tokens_before"] / n, prompts["tokens_after"] / n, n)
+        report.missing["icl_accuracy"] = "the chain builds prompts but does not score them"
+    else:
+        report.missing["prompts"] = "no demonstration pool given"
+    return write_savings_report(params.out, report)
+
+
 @flow(name="datadiet-efficiency", log_prints=True, validate_parameters=True)
 def efficiency(params: EfficiencyParams) -> dict:
     """Curate, train on full vs curated with one budget, build compressed prompts; report."""
+    clock = _clock(params)
+    clock.start("curate")
     curated = curate(params.curate_params())
+    clock.start("train", "the same model on full and curated data, same budget")
     trained = train_and_measure(params.train_params(curated["out"]))
-    prompts = build_prompts(params.prompt_params()) if params.pool else None
+    prompts = None
+    if params.pool:
+        clock.start("prompts", "demonstrations and compression")
+        prompts = build_prompts(params.prompt_params())
+    clock.start("report")
+    report_path = write_report(params, curated, trained, prompts)
     comparison = trained["comparison"]
     runs = trained["runs"]
     measures = {
@@ -102,10 +163,12 @@ def efficiency(params: EfficiencyParams) -> dict:
          if saved else "One run never reached the target eval loss: no FLOPs ratio."),
         "## Before and after\n\n" + markdown_table(table),
         "Each stage's own report (plots included) is on its subflow run.",
+        inline_images(report_path.read_text(encoding="utf-8"), report_path.parent),
     ]
     publish("datadiet-efficiency", "Efficiency report: curation, training, prompts", sections,
             table, "The chain's savings: before (full / uncompressed) and after")
-    return {"curate": curated, "train": trained, "prompts": prompts}
+    clock.finish()
+    return {"curate": curated, "train": trained, "prompts": prompts, "report": str(report_path)}
 
 
 __all__ = ["EfficiencyParams", "efficiency"]

@@ -16,6 +16,7 @@ import io
 import math
 import os
 import platform
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "before_after_rows",
     "cell",
     "histogram",
+    "inline_images",
     "line_plot",
     "loss_vs_flops_plot",
     "markdown_table",
@@ -182,8 +184,10 @@ def strategy_plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike,
     names = [str(r["strategy"]) for r in rows]
     left.bar(names, [float(r["mean_prompt_tokens"]) for r in rows], color="#4C72B0")
     left.set_title("mean prompt tokens")
-    right.bar(names, [100.0 * float(r["accuracy"]) for r in rows], color="#55A868")
-    right.set_title("accuracy (%)")
+    measured = [r for r in rows if r.get("accuracy") is not None]
+    right.bar([str(r["strategy"]) for r in measured],
+              [100.0 * float(r["accuracy"]) for r in measured], color="#55A868")
+    right.set_title("accuracy (%)" if measured else "accuracy: not measured")
     right.set_ylim(0, 100)
     for ax in (left, right):
         ax.tick_params(axis="x", labelrotation=20)
@@ -246,6 +250,24 @@ def describe_machine() -> str:
     except OSError:  # pragma: no cover - platforms without getloadavg
         load = "load n/a"
     return f"{os.cpu_count()} CPUs, {platform.system()} {platform.machine()}, {load}"
+
+
+def inline_images(markdown: str, root: str | os.PathLike) -> str:
+    """``![alt](file.png)`` links to files under ``root`` become ``data:`` URIs.
+
+    A Prefect markdown artifact has no file server behind it, so the report published there
+    carries its images inside; the ``report.md`` on disk keeps plain file links.
+    """
+    root = Path(root)
+
+    def embed(match: re.Match) -> str:
+        path = root / match.group(2)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        return f"![{match.group(1)}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)", embed, markdown)
 
 
 def write_markdown(path: str | os.PathLike, title: str, sections: Sequence[str]) -> Path:

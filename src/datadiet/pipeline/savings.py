@@ -13,6 +13,7 @@ summary says so instead of inventing one.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
@@ -23,7 +24,7 @@ from typing import Any
 
 from datadiet.pipeline.stages.training import TrainConfig, flops_to_reach, train
 
-__all__ = ["eval_curve", "flops_savings", "spread", "train_arms"]
+__all__ = ["eval_curve", "flops_savings", "load_run_report", "spread", "train_arms"]
 
 
 def train_arms(
@@ -57,6 +58,15 @@ def train_arms(
             if on_run is not None:
                 on_run(arm, int(seed), report)
     return reports
+
+
+def load_run_report(path: str | os.PathLike) -> dict:
+    """A run's ``report.json`` (or its folder), with ``run_dir`` set to the folder it is in."""
+    path = Path(path)
+    path = path / "report.json" if path.is_dir() else path
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report["run_dir"] = str(path.parent)
+    return report
 
 
 def eval_curve(report: dict) -> list[tuple[float, float]]:

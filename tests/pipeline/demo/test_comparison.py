@@ -55,12 +55,17 @@ def test_curation_moves_the_data_towards_the_target(comparison: tuple[Path, dict
     assert share(kept) > 2 * share(raw)
     assert summary["curation"]["rows_out"] < summary["curation"]["rows_in"]
     assert summary["curation"]["perplexity_step_flops"] > summary["savings"]["budget_flops"]
+    planted = {row["planted"]: row for row in summary["curation"]["planted"]}
+    assert planted["exact copies"]["removed"] == planted["exact copies"]["count"] > 0
+    assert planted["near copies"]["removed"] >= 0.8 * planted["near copies"]["count"] > 0
+    assert planted["junk"]["removed"] == planted["junk"]["count"] > 0
 
 
 def test_both_arms_get_the_same_budget_and_the_ratio_follows_the_curves(
         comparison: tuple[Path, dict]) -> None:
     out, summary = comparison
     full, curated = summary["runs"]["full"][0], summary["runs"]["curated"][0]
+    assert full["config"]["tokenizer"] == curated["config"]["tokenizer"] == str(out / "tokenizer")
     assert full["flops_per_step"] == curated["flops_per_step"]
     assert full["total_steps"] == curated["total_steps"] == 12
     pair = summary["savings"]["per_seed"][0]
@@ -84,6 +89,7 @@ def test_report_has_the_table_plot_links_and_notes(comparison: tuple[Path, dict]
     png = out / "pretraining_loss_vs_flops.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "pretraining_loss_vs_flops.png" in text and "command: pytest" in text
+    assert "| junk |" in text  # the planted-problems table
     numbers = headline_numbers(report)
     assert numbers["train_flops_ratio"] == summary["savings"]["ratio"]["mean"]
     assert numbers["prompt_token_ratio"] is None

@@ -28,12 +28,20 @@ from datadiet.pipeline.curate import curate_path
 from datadiet.pipeline.demo.mixture import MixtureSizes, build_mixture
 from datadiet.pipeline.io import atomic_write_json, iter_jsonl
 from datadiet.pipeline.manifest import Manifest
-from datadiet.pipeline.models.tokenizer import load_tokenizer
+from datadiet.pipeline.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 from datadiet.pipeline.savings import eval_curve, flops_savings, train_arms
 from datadiet.pipeline.stages.training import TrainConfig, load_text_dataset
 from datadiet.pipeline.steps import build_step
 
-__all__ = ["PretrainSettings", "curation_spec", "pretraining_comparison", "small_train_config"]
+__all__ = [
+    "PretrainSettings",
+    "curation_spec",
+    "planted_caught",
+    "prepare_tokenizer",
+    "pretraining_comparison",
+    "small_train_config",
+    "summarize_pretraining",
+]
 
 
 def curation_spec(target: str | os.PathLike, keep: float = 0.3) -> list[dict[str, dict]]:
@@ -49,10 +57,10 @@ def curation_spec(target: str | os.PathLike, keep: float = 0.3) -> list[dict[str
 def small_train_config(quick: bool, threads: int | None = 1, **overrides: Any) -> TrainConfig:
     """The model and budget both arms share: a byte-level Llama, trained from scratch on CPU.
 
-    Bytes as tokens keep the output layer small (257 ids instead of SmolLM2's 49 152), so the
-    FLOPs go into the layers, and the tokenizer is identical for both arms by construction.
-    ``quick`` is the ~0.1M-parameter ``tiny`` preset for 100 steps; the full run a 2.7M-parameter
-    model (d 192, 6 layers) for 300 steps.
+    The tokenizer defaults to bytes; :func:`pretraining_comparison` swaps in the one its settings
+    ask for (a small BPE fitted to the raw corpus by default), so the output layer stays small
+    and the FLOPs go into the layers. ``quick`` is the ``tiny`` preset (d 64, 2 layers) for 100
+    steps; the full run a d-192, 6-layer model for 300 steps.
     """
     model = {} if quick else {"d_model": 192, "n_layers": 6, "n_heads": 6, "n_kv_heads": 2,
                               "d_ff": 512}
@@ -66,15 +74,32 @@ def small_train_config(quick: bool, threads: int | None = 1, **overrides: Any) -
     return TrainConfig(**settings)
 
 
+def prepare_tokenizer(kind: str, corpus: str | os.PathLike, folder: str | os.PathLike,
+                      vocab_size: int = 1024) -> str:
+    """The tokenizer both arms share: ``"bytes"``, or ``"bpe"`` — a byte-level BPE fitted to
+    the *raw* corpus (never to the curated one, which would favour it) — or a folder/id as is."""
+    if kind != "bpe":
+        return kind
+    texts = (str(r.get("text") or "") for r in iter_jsonl(corpus))
+    return str(train_bpe_tokenizer(texts, vocab_size, folder))
+
+
 @dataclass
 class PretrainSettings:
-    """What one pre-training comparison runs."""
+    """What one pre-training comparison runs.
+
+    ``tokenizer="bpe"`` (the default) fits a 1,024-token BPE to the raw corpus; ``"bytes"``
+    trains on UTF-8 bytes, where the early training is spelling that every English source
+    shares and the arms differ less.
+    """
 
     sizes: MixtureSizes = field(default_factory=MixtureSizes)
     train: TrainConfig = field(default_factory=lambda: small_train_config(quick=False))
     seeds: Sequence[int] = (0, 1, 2)
     dsir_keep: float = 0.3
     data_seed: int = 0
+    tokenizer: str = "bpe"
+    bpe_vocab: int = 1024
 
     @classmethod
     def quick(cls, seeds: Sequence[int] = (0, 1, 2)) -> PretrainSettings:
@@ -89,6 +114,33 @@ def _by_source(sources: Sequence[str], texts: Sequence[str]) -> dict[str, dict[s
         docs[source] += 1
         chars[source] += len(text)
     return {"documents": dict(docs), "characters": dict(chars)}
+
+
+def planted_caught(raw: Sequence[dict], kept_ids: set[str]) -> list[dict[str, Any]]:
+    """How many planted problems curation removed, scored against the generator's ground truth.
+
+    A duplicate group (an original and its planted copies) is handled right when exactly one
+    member survives — which one does not matter, since dedup keeps the first it meets — so a
+    group's copies count as caught up to the number of its members removed. Junk counts as
+    caught when removed.
+    """
+    groups: dict[str, list[dict]] = collections.defaultdict(list)
+    for record in raw:
+        if record.get("source_id"):
+            groups[record["source_id"]].append(record)
+    rows = []
+    for kind in ("exact", "near"):
+        planted = caught = 0
+        for members in groups.values():
+            copies = sum(r.get("planted") == kind for r in members)
+            if copies:
+                planted += copies
+                caught += min(copies, sum(str(r["id"]) not in kept_ids for r in members))
+        rows.append({"planted": f"{kind} copies", "count": planted, "removed": caught})
+    junk = [r for r in raw if str(r.get("planted", "")).startswith("junk")]
+    rows.append({"planted": "junk", "count": len(junk),
+                 "removed": sum(str(r["id"]) not in kept_ids for r in junk)})
+    return [r for r in rows if r["count"]]
 
 
 def perplexity_step_flops(texts: Sequence[str], max_tokens: int = 512) -> float:
@@ -115,8 +167,61 @@ def _run_summary(report: dict) -> dict[str, Any]:
         "train_tokens_available": report["data"]["tokens"],
         "wall_seconds": report.get("wall_seconds"),
         "flops_at_eval_loss": report["flops_at_eval_loss"],
-        "config": {"seed": report["config"]["seed"]},
+        "config": report["config"],
         "ledger_total": report["ledger"]["total"],
+    }
+
+
+def summarize_pretraining(
+    corpus: str | os.PathLike,
+    curated_dir: str | os.PathLike,
+    full_reports: Sequence[dict],
+    curated_reports: Sequence[dict],
+    spec: Any = None,
+) -> dict[str, Any]:
+    """The comparison's summary from what the runs left on disk (the flows call this too).
+
+    ``corpus`` is the raw JSONL; ``curated_dir`` a ``datadiet curate`` output (its manifest's
+    ledger prices the curation); the reports come in seed order, paired by index. Where the raw
+    records carry a ``source`` field, the summary also says how much of each source was kept.
+    """
+    curated_dir = Path(curated_dir)
+    manifest = Manifest.load(curated_dir / "manifest.json")
+    curation_total = manifest.ledger.get("total", {})
+    curation_flops = float(curation_total.get("flops", 0.0))
+    if str(corpus).endswith(".jsonl"):
+        raw = list(iter_jsonl(corpus))
+    else:  # any other format: ids and texts as the curation read them, no per-source split
+        raw = load_text_dataset(corpus).select_columns(["id", "text"]).to_list()
+    kept_ids = set(load_text_dataset(curated_dir)["id"])
+    source = [str(r.get("source", "all")) for r in raw]
+    kept = [i for i, r in enumerate(raw) if str(r.get("id")) in kept_ids]
+    first = full_reports[0]
+    return {
+        "spec": spec if spec is not None else manifest.spec,
+        "curation": {
+            "out": str(curated_dir),
+            "manifest": str(curated_dir / "manifest.json"),
+            "rows_in": manifest.input.get("rows"),
+            "rows_out": manifest.steps[-1].rows_out if manifest.steps else len(kept_ids),
+            "steps": [{"step": s.name, "rows_in": s.rows_in, "rows_out": s.rows_out,
+                       "seconds": s.seconds, "flops": s.flops,
+                       "removed": ", ".join(f"{k}={v}" for k, v in s.removed.items()) or "-"}
+                      for s in manifest.steps],
+            "flops": curation_flops,
+            "seconds": float(curation_total.get("seconds", 0.0)),
+            "kept": _by_source([source[i] for i in kept], [raw[i]["text"] for i in kept]),
+            "input": _by_source(source, [r["text"] for r in raw]),
+            "perplexity_step_flops": perplexity_step_flops([r["text"] for r in raw]),
+            "planted": planted_caught(raw, kept_ids),
+        },
+        "train_config": first["config"],
+        "seeds": [r["config"]["seed"] for r in full_reports],
+        "runs": {"full": [_run_summary(r) for r in full_reports],
+                 "curated": [_run_summary(r) for r in curated_reports]},
+        "curves": {"full": [eval_curve(r) for r in full_reports],
+                   "curated": [eval_curve(r) for r in curated_reports]},
+        "savings": flops_savings(full_reports, curated_reports, curation_flops),
     }
 
 
@@ -143,47 +248,26 @@ def pretraining_comparison(
     steps = [build_step(name, params) for entry in spec for name, params in entry.items()]
     say("curating")
     curated_dir = out / "curated"
-    result = curate_path(mixture.corpus, steps, curated_dir, keep_fields=["source", "planted"],
-                         overwrite=True, show_progress=False)
-    manifest: Manifest = result.manifest
-    curation_total = manifest.ledger.get("total", {})
-    curation_flops = float(curation_total.get("flops", 0.0))
-    full = load_text_dataset(mixture.corpus)
-    curated = load_text_dataset(curated_dir)
+    curate_path(mixture.corpus, steps, curated_dir, keep_fields=["source", "planted"],
+                overwrite=True, show_progress=False)
     evaluation = load_text_dataset(mixture.eval)
+    tokenizer = prepare_tokenizer(settings.tokenizer, mixture.corpus, out / "tokenizer",
+                                  settings.bpe_vocab)
+    config = settings.train.model_copy(update={"tokenizer": tokenizer})
 
     def on_run(arm: str, seed: int, report: dict) -> None:
         say(f"trained {arm} seed {seed}: final eval loss {report['final_eval_loss']:.4f} "
             f"in {report['wall_seconds']:.0f}s")
 
     say("training full vs curated")
-    reports = train_arms({"full": full, "curated": curated}, settings.train, settings.seeds,
-                         out / "runs", eval_dataset=evaluation, on_run=on_run)
-    savings = flops_savings(reports["full"], reports["curated"], curation_flops)
-    summary = {
-        "mixture": mixture.to_dict(),
-        "spec": spec,
-        "curation": {
-            "out": str(curated_dir),
-            "manifest": str(curated_dir / "manifest.json"),
-            "rows_in": manifest.input.get("rows"),
-            "rows_out": len(result.dataset),
-            "steps": [{"step": s.name, "rows_in": s.rows_in, "rows_out": s.rows_out,
-                       "seconds": s.seconds, "flops": s.flops,
-                       "removed": ", ".join(f"{k}={v}" for k, v in s.removed.items()) or "-"}
-                      for s in manifest.steps],
-            "flops": curation_flops,
-            "seconds": float(curation_total.get("seconds", 0.0)),
-            "kept": _by_source(result.dataset["source"], result.dataset["text"]),
-            "input": _by_source(*zip(*((r["source"], r["text"]) for r in iter_jsonl(mixture.corpus)),
-                                     strict=True)),
-            "perplexity_step_flops": perplexity_step_flops(full["text"]),
-        },
-        "train_config": settings.train.model_dump(),
-        "seeds": list(settings.seeds),
-        "runs": {arm: [_run_summary(r) for r in runs] for arm, runs in reports.items()},
-        "curves": {arm: [eval_curve(r) for r in runs] for arm, runs in reports.items()},
-        "savings": savings,
-    }
+    arms = {"full": load_text_dataset(mixture.corpus), "curated": load_text_dataset(curated_dir)}
+    reports = train_arms(arms, config,
+                         settings.seeds, out / "runs", eval_dataset=evaluation, on_run=on_run)
+    summary = summarize_pretraining(mixture.corpus, curated_dir, reports["full"],
+                                    reports["curated"], spec=spec)
+    summary["mixture"] = mixture.to_dict()
+    summary["eval_description"] = (
+        "WikiText-2 test paragraphs, spread over the whole file (never seen by any step; the "
+        "DSIR target is a WikiText-2 valid sample disjoint from the corpus)")
     atomic_write_json(out / "pretraining.json", summary)
     return summary

@@ -28,9 +28,19 @@ from datadiet.pipeline.report import (
     write_markdown,
 )
 
-__all__ = ["PromptResults", "SavingsReport", "Targets", "headline_numbers", "write_savings_report"]
+__all__ = [
+    "PromptResults",
+    "SavingsReport",
+    "Targets",
+    "compression_only_results",
+    "headline_numbers",
+    "write_savings_report",
+]
 
 REPORT_FILE = "report.md"
+#: Keys of ``SavingsReport.missing`` and how the report names them.
+PART_NAMES = {"train": "pre-training", "sft": "fine-tuning", "prompts": "prompts",
+              "icl_accuracy": "prompt accuracy"}
 
 
 @dataclass(frozen=True)
@@ -49,13 +59,24 @@ class PromptResults:
 
     task: str
     model: str
-    rows: list[dict[str, Any]]  # {strategy, accuracy, mean_prompt_tokens, n, ...}
+    rows: list[dict[str, Any]]  # {strategy, accuracy (None: not measured), mean_prompt_tokens, ...}
     best: str  # the uncompressed strategy the compression is compared with
     compressed: str
     notes: list[str] = field(default_factory=list)
 
     def row(self, strategy: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["strategy"] == strategy)
+
+
+def compression_only_results(task: str, model: str, label: str, tokens_before: float,
+                             tokens_after: float, n: int) -> PromptResults:
+    """Prompt results when only token counts exist (no accuracy was measured): the same
+    prompts before and after compression, ``tokens_*`` being means per prompt."""
+    rows = [{"strategy": label, "accuracy": None, "mean_prompt_tokens": tokens_before, "n": n},
+            {"strategy": f"{label}, compressed", "accuracy": None,
+             "mean_prompt_tokens": tokens_after, "n": n}]
+    return PromptResults(task=task, model=model, rows=rows, best=label,
+                         compressed=f"{label}, compressed")
 
 
 @dataclass
@@ -88,7 +109,8 @@ def headline_numbers(report: SavingsReport) -> dict[str, Any]:
         best, small = prompts.row(prompts.best), prompts.row(prompts.compressed)
         out["prompt_token_ratio"] = (best["mean_prompt_tokens"] / small["mean_prompt_tokens"]
                                      if small["mean_prompt_tokens"] else None)
-        out["icl_acc_drop"] = 100.0 * (best["accuracy"] - small["accuracy"])
+        measured = best.get("accuracy") is not None and small.get("accuracy") is not None
+        out["icl_acc_drop"] = 100.0 * (best["accuracy"] - small["accuracy"]) if measured else None
         out["icl_accuracy"] = {r["strategy"]: r["accuracy"] for r in prompts.rows}
         out["mean_prompt_tokens"] = {r["strategy"]: r["mean_prompt_tokens"] for r in prompts.rows}
     t = report.targets
@@ -155,8 +177,11 @@ def _headline_table(report: SavingsReport, numbers: dict[str, Any]) -> str:
                      "measured": _x(numbers["prompt_token_ratio"]),
                      "target": f">= {t.prompt_token_ratio:g}×",
                      "met": numbers["targets_met"]["prompt_token_ratio"]})
+        drop = numbers["icl_acc_drop"]
         rows.append({"claim": "prompts: accuracy lost by compressing",
-                     "measured": f"{numbers['icl_acc_drop']:.1f} points",
+                     "measured": "not measured: " + report.missing.get(
+                         "icl_accuracy", "no accuracy was computed") if drop is None
+                     else f"{drop:.1f} points",
                      "target": f"<= {t.icl_acc_drop_points:g} points",
                      "met": numbers["targets_met"]["icl_acc_drop"]})
     for row in rows:
@@ -218,7 +243,8 @@ def _notes(report: SavingsReport, numbers: dict[str, Any]) -> str:
             notes.append(f"prompts: compressing cost {numbers['icl_acc_drop']:.1f} accuracy points "
                          f"(target: at most {t.icl_acc_drop_points:g}).")
         notes += report.prompts.notes
-    notes += [f"{part}: not measured — {why}" for part, why in report.missing.items()]
+    notes += [f"{PART_NAMES.get(part, part)}: not measured — {why}"
+              for part, why in report.missing.items()]
     if not notes:
         notes.append("Every target was met in this run.")
     return "## Where curation did not help\n\n" + "\n".join(f"- {n}" for n in notes)
@@ -249,19 +275,19 @@ def _pretraining_section(part: dict[str, Any], root: Path, ctx: RunContext) -> s
     target = savings["baseline_final_loss"]["mean"]
     loss_vs_flops_plot(
         {"full data": part["curves"]["full"], "curated": part["curves"]["curated"]}, target, figure,
-        title="Pre-training: eval loss on WikiText-2 test vs training FLOPs",
+        title="Pre-training: eval loss vs training FLOPs",
         extra_flops={"curated": curation["flops"]}, caption=ctx.caption())
     cfg = part["train_config"]
     first = runs["full"][0]
     model = (f"{first['n_params']:,}-parameter Llama ({cfg['model']} preset, overrides "
              f"{cfg['model_overrides'] or 'none'}), tokenizer `{cfg['tokenizer']}`, seq_len "
              f"{cfg['seq_len']}, batch {cfg['batch_size']}, {cfg['max_steps']} steps, lr {cfg['lr']:g}")
-    return "\n\n".join([
+    return "\n\n".join(s for s in [
         "## Pre-training: full vs curated data",
         f"Same model, tokenizer, seeds ({', '.join(map(str, part['seeds']))}) and FLOP budget "
-        f"({savings['budget_flops']:.3e} FLOPs per run): {model}. Eval: WikiText-2 test "
-        f"paragraphs (never seen by any step; the DSIR target is a disjoint WikiText-2 valid "
-        f"sample). The curated run repeats its smaller data "
+        f"({savings['budget_flops']:.3e} FLOPs per run): {model}. Eval: "
+        f"{part.get('eval_description') or _link(cfg.get('eval_data') or '-', root)}. "
+        "The curated run repeats its smaller data "
         f"({runs['curated'][0]['epochs']:.2f} epochs vs {first['epochs']:.2f}).",
         "**Saving**: " + _ratio_text(savings["ratio"]) + " — full-run FLOPs to reach its own "
         "final eval loss ÷ curated-run FLOPs to reach it, curation FLOPs included "
@@ -271,9 +297,11 @@ def _pretraining_section(part: dict[str, Any], root: Path, ctx: RunContext) -> s
         "FLOPs that arm needed.*",
         "### Per seed\n\n" + markdown_table(per_seed),
         "### Data: raw mixture and what curation kept\n\n" + markdown_table(composition),
+        ("### Planted problems removed (ground truth from the generator)\n\n"
+         + markdown_table(curation["planted"])) if curation.get("planted") else "",
         f"### Curation ({_link(curation['manifest'], root)}: spec, removals, ledger)\n\n"
         + markdown_table(curation["steps"]),
-    ])
+    ] if s)
 
 
 def _finetuning_section(part: dict[str, Any], root: Path, ctx: RunContext) -> str:

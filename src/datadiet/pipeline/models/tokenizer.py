@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from datadiet.pipeline.io import atomic_path
 from datadiet.pipeline.models.loading import _hub_error, _offline, resolve_causal_lm
 
-__all__ = ["BYTE_TOKENIZER_FILE", "ByteTokenizer", "load_tokenizer"]
+__all__ = ["BYTE_TOKENIZER_FILE", "ByteTokenizer", "load_tokenizer", "train_bpe_tokenizer"]
 
 BYTE_TOKENIZER_FILE = "datadiet_tokenizer.json"
+END_OF_TEXT = "<|endoftext|>"
 
 
 # -- tokenizers --------------------------------------------------------------------------------
@@ -75,3 +77,34 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> Any:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int,
+                        folder: str | os.PathLike) -> Path:
+    """Train a byte-level BPE tokenizer on ``texts`` and save it where :func:`load_tokenizer`
+    reads it; return the folder.
+
+    Why: a from-scratch model of a few million parameters cannot afford SmolLM2's 49 152-row
+    output layer (it would hold most of the FLOPs), and raw bytes spend the early training on
+    spelling that every English source shares. A vocabulary of a thousand or so merges fitted
+    to the corpus keeps the output layer small while tokens stay word-like. The end-of-text
+    token is ``<|endoftext|>`` (SmolLM2's name for it).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 257:
+        raise ValueError(f"vocab_size must be at least 257 (the bytes and end-of-text), got {vocab_size}")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=END_OF_TEXT,
+                                        pad_token=END_OF_TEXT)
+    folder = Path(folder)
+    with atomic_path(folder, is_dir=True) as tmp:
+        tokenizer.save_pretrained(tmp)
+    return folder
