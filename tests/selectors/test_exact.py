@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import xxhash
 from datasets import Dataset
@@ -226,3 +227,13 @@ def test_hashes_on_real_text_equal_hashing_normalize(paragraphs: list[str]) -> N
     assert got[:40].tobytes() == b"".join(expected)
     raw = text_hashes(texts, normalize=False)
     assert raw[:40].tobytes() == b"".join(xxhash.xxh3_128_digest(t.encode()) for t in texts[:40])
+
+
+def test_arrow_columns_hash_like_python_strings(paragraphs: list[str]) -> None:
+    tricky = TRICKY.replace("\ud800", "")  # Arrow holds valid UTF-8 only
+    texts = [*paragraphs[:30], tricky, tricky.upper(), "", "Straße"]
+    expected = text_hashes(texts)
+    for column in (pa.array(texts), pa.array(["x", *texts]).slice(1),
+                   pa.chunked_array([texts[:7], texts[7:]])):
+        assert np.array_equal(text_hashes(column), expected)
+        assert np.array_equal(text_hashes(column, normalize=False), text_hashes(texts, False))

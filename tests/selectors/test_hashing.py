@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from datadiet.selectors.hashing import (
@@ -22,8 +23,11 @@ from datadiet.selectors.hashing import (
     lower_table,
     nb_decode,
     nb_encode,
+    non_ascii_texts,
     numba_enabled,
     space_table,
+    text_getter,
+    texts_containing,
     utf8_layout,
     word_char_table,
 )
@@ -86,3 +90,34 @@ def test_compiled_utf8_round_trips_every_code_point() -> None:
         o = nb_encode(out, o, cp)
     assert decoded == [ord(ch) for ch in text]
     assert out[:o].tobytes() == buf.tobytes()
+
+
+def _arrow_variants(texts: list[str]) -> list:
+    """The same texts as Arrow columns the steps may meet: plain, sliced out of a longer array
+    (offsets not starting at 0), chunked, 64-bit offsets."""
+    padded = pa.array(["before", *texts, "after"])
+    half = len(texts) // 2
+    return [
+        pa.array(texts),
+        padded.slice(1, len(texts)),
+        pa.chunked_array([pa.array(texts[:half], pa.string()), pa.array(texts[half:], pa.string())]),
+        pa.array(texts, pa.large_string()),
+    ]
+
+
+def test_arrow_columns_lay_out_like_python_strings(wiki_paragraphs: list[str]) -> None:
+    texts = [*wiki_paragraphs[:20], "", "Ünïcödé ΣΑΣ İ", "x"]
+    buf, offsets = utf8_layout(texts)
+    for column in _arrow_variants(texts):
+        abuf, aoffsets = utf8_layout(column)
+        assert np.array_equal(aoffsets, offsets) and abuf.tobytes() == buf.tobytes()
+        get = text_getter(column, abuf, aoffsets)
+        assert [get(i) for i in range(len(texts))] == texts
+    nulls = utf8_layout(pa.array(["a", None, "bc"]))
+    assert nulls[1].tolist() == [0, 1, 1, 3] and nulls[0].tobytes() == b"abc"
+    assert utf8_layout(pa.array([], pa.string()))[1].tolist() == [0]
+    assert non_ascii_texts(buf, offsets).tolist() == [
+        i for i, t in enumerate(texts) if not t.isascii()]
+    for chars in ("\u0130", "\u0130\u03a3", "é"):
+        assert texts_containing(buf, offsets, chars).tolist() == [
+            i for i, t in enumerate(texts) if any(c in t for c in chars)]

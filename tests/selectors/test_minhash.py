@@ -14,6 +14,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
@@ -495,3 +496,12 @@ def test_shards_mapped_separately_reduce_to_the_single_process_result(
     assert (clusters.labels == np.arange(len(texts))).tolist() == whole.keep.tolist()
     assert clusters.candidate_pairs == whole.stats["candidate_pairs"]
     assert clusters.merged_pairs == whole.stats["merged_pairs"] > 0
+
+
+def test_shard_function_reads_arrow_columns_in_place(paragraphs: list[str]) -> None:
+    texts = [*paragraphs[:40], "ΣΊΣΥΦΟΣ İstanbul ΟΔΟΣ " * 4, "", "!!"]
+    expected = minhash_shard(texts, bands=16, rows=8)
+    for column in (pa.array(texts), pa.array(["x", *texts]).slice(1),
+                   pa.chunked_array([texts[:9], texts[9:]])):
+        got = minhash_shard(column, bands=16, rows=8)
+        assert all(np.array_equal(x, y) for x, y in zip(got, expected, strict=True))

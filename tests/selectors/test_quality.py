@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from datasets import Dataset
 from hypothesis import given, settings
@@ -330,3 +331,13 @@ def test_feature_matrix_without_c4_drops_only_those_columns(para: str, lines: li
     assert lean_names == [n for n in names if n not in {
         "has_lorem_ipsum", "has_curly_brace", "javascript_lines", "policy_lines", "n_sentences"}]
     assert np.array_equal(lean, full[:, [names.index(n) for n in lean_names]])
+
+
+def test_feature_matrix_reads_arrow_columns_in_place(doyle: list[str]) -> None:
+    texts = [*doyle[:30], "ΟΔΟΣ ΣΟΦΟΣ İ the of and", "", "#"]
+    expected = quality_feature_matrix(texts)
+    for column in (pa.array(texts), pa.array(["x", *texts]).slice(1),
+                   pa.chunked_array([texts[:5], texts[5:]])):
+        assert np.array_equal(quality_feature_matrix(column), expected)
+    assert np.array_equal(quality_feature_matrix(pa.array(["a", None])),
+                          quality_feature_matrix(["a", ""]))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pyarrow as pa
 from datasets import Dataset
 from tqdm.auto import tqdm
 
@@ -71,6 +72,23 @@ class StepContext:
         bs = batch_size or self.batch_size
         n = len(ds)
         column = ds.select_columns([self.text_field])
+        with self.progress(n, desc) as bar:
+            for start in range(0, n, bs):
+                batch = column[start : start + bs][self.text_field]
+                yield batch
+                bar.update(len(batch))
+
+    def iter_text_arrays(
+        self, ds: Dataset, desc: str = "", batch_size: int | None = None
+    ) -> Iterator[pa.ChunkedArray]:
+        """Yield the text column in batches as Arrow string arrays, with a progress bar.
+
+        For steps whose compiled kernels read UTF-8 bytes: a batch of a memory-mapped dataset
+        is its bytes in place, with no Python string per row.
+        """
+        bs = batch_size or self.batch_size
+        n = len(ds)
+        column = ds.select_columns([self.text_field]).with_format("arrow")
         with self.progress(n, desc) as bar:
             for start in range(0, n, bs):
                 batch = column[start : start + bs][self.text_field]

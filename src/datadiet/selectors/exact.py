@@ -15,8 +15,8 @@ shards can compute it and a single reduce can group the hashes.
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
-from collections.abc import Sequence
 
 import numpy as np
 import xxhash
@@ -28,12 +28,17 @@ from datadiet.pipeline.text import normalize as normalize_text
 from datadiet.selectors.common import row_ids
 from datadiet.selectors.hashing import (
     CASEFOLD_NEEDS_PYTHON,
+    KERNEL_BATCH,
+    Texts,
+    as_str_list,
     casefold_table,
     jit,
     nb_decode,
     nb_encode,
+    non_ascii_texts,
     numba_enabled,
     prange,
+    text_getter,
     utf8_layout,
     word_char_table,
 )
@@ -41,12 +46,13 @@ from datadiet.selectors.hashing import (
 __all__ = ["ExactDedup", "first_occurrence", "normalized_utf8", "text_hashes"]
 
 
-def text_hashes(texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+def text_hashes(texts: Texts, normalize: bool = True) -> np.ndarray:
     """XXH3-128 digest of each (optionally normalised) text, as a ``(n, 2) uint64`` array.
 
-    The per-shard half of exact dedup: a pure function of the texts, so shards hashed on
-    different workers group correctly in :func:`first_occurrence`. The digest is of the UTF-8
-    bytes of :func:`datadiet.pipeline.text.normalize` (or of the raw text), however computed.
+    The per-shard half of exact dedup: a pure function of the texts (Python strings or an
+    Arrow string column), so shards hashed on different workers group correctly in
+    :func:`first_occurrence`, the global reduce. The digest is of the UTF-8 bytes of
+    :func:`datadiet.pipeline.text.normalize` (or of the raw text), however computed.
     """
     if normalize:
         buf, starts, lengths = normalized_utf8(texts)
@@ -61,7 +67,18 @@ def text_hashes(texts: Sequence[str], normalize: bool = True) -> np.ndarray:
     return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2).copy()
 
 
-def normalized_utf8(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+# NFKC never changes a text across an ASCII character (ASCII is never decomposed, never the
+# second half of a composition, and a starter, so no reordering crosses it); what changes is a
+# run of non-ASCII characters together with the ASCII character before it ("e" + U+0301 -> "é").
+_NFKC_SEGMENT = re.compile(r"[\x00-\x7f]?[^\x00-\x7f]+")
+
+
+def _nfkc(text: str) -> str:
+    """``unicodedata.normalize("NFKC", text)``, normalising only the non-ASCII segments."""
+    return _NFKC_SEGMENT.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
+
+
+def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The UTF-8 bytes of ``normalize(t)`` for every text, without a Python string per text.
 
     Returns ``(buf, starts, lengths)``: text ``i`` normalises to
@@ -69,32 +86,32 @@ def normalized_utf8(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.nd
     non-word character a separator, words joined by one space. NFKC changes a text only where
     ``unicodedata.is_normalized`` says so (rare outside compatibility characters), and case
     folding is one table lookup per code point, so the compiled kernel does the whole thing in
-    one pass over the bytes, documents in parallel; Python only normalises the few texts that
-    need NFKC or a fold the kernel cannot write in place (``ß`` -> ``ss``).
+    one pass over the bytes, documents in parallel. Python sees only the non-ASCII texts (to
+    ask ``is_normalized``), and normalises the few that need NFKC or a fold the kernel cannot
+    write in place (``ß`` -> ``ss``).
     """
     if not numba_enabled():
-        parts = [normalize_text(t).encode("utf-8", "surrogatepass") for t in texts]
+        parts = [normalize_text(t).encode("utf-8", "surrogatepass") for t in as_str_list(texts)]
         lengths = np.fromiter(map(len, parts), np.int64, len(parts))
         starts = np.zeros(len(parts), np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         return np.frombuffer(b"".join(parts), np.uint8), starts, lengths
-    texts = list(texts)
-    prefolded = np.zeros(len(texts), bool)
-    for i, t in enumerate(texts):
-        if not t.isascii() and not unicodedata.is_normalized("NFKC", t):
-            texts[i] = unicodedata.normalize("NFKC", t).casefold()
-            prefolded[i] = True
     buf, offsets = utf8_layout(texts)
-    out, lengths = _nb_normalize(buf, offsets, prefolded, *_normalize_tables())
+    text = text_getter(texts, buf, offsets)
+    mode = np.zeros(len(offsets) - 1, np.uint8)  # 0: the kernel folds, 2: Python first
+    for i in non_ascii_texts(buf, offsets).tolist():
+        if not unicodedata.is_normalized("NFKC", text(i)):
+            mode[i] = 2
+    out, lengths = _nb_normalize(buf, offsets, mode, *_normalize_tables())
     starts = offsets[:-1].copy()
     redo = np.flatnonzero(lengths < 0)
     if len(redo):
-        # Texts with a fold the kernel cannot write in place: fold in Python, then the same
-        # kernel (told not to fold again) drops punctuation and collapses white space.
-        folded = [texts[i].casefold() for i in redo.tolist()]
+        # NFKC and case fold in Python; then the same kernel (told not to fold again) drops
+        # punctuation and collapses white space.
+        folded = [_nfkc(text(i)).casefold() for i in redo.tolist()]
         fbuf, fstarts = utf8_layout(folded)
         fout, flengths = _nb_normalize(
-            fbuf, fstarts, np.ones(len(folded), bool), *_normalize_tables()
+            fbuf, fstarts, np.ones(len(folded), np.uint8), *_normalize_tables()
         )
         base = len(out)
         out = np.concatenate([out, fout])
@@ -114,12 +131,14 @@ def _normalize_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @jit(parallel=True)
-def _nb_normalize(buf, starts, prefolded, fold, word, ascii_word):  # noqa: ANN001, ANN202
+def _nb_normalize(buf, starts, mode, fold, word, ascii_word):  # noqa: ANN001, ANN202
     """``normalize`` of every text of a UTF-8 batch, written over a buffer of the same size.
 
+    ``mode[d]``: 0 case-folds text ``d``, 1 takes it as already folded, 2 leaves it to Python.
     A normalised text is never longer than its source (punctuation runs shrink to one space,
     folds the kernel writes are never longer), so text ``d`` writes inside its own input span
-    and documents run in parallel. A text meeting a fold it cannot write gets length -1.
+    and documents run in parallel. A text meeting a fold it cannot write, or in mode 2, gets
+    length -1.
     """
     n = starts.size - 1
     out = np.empty(buf.size, np.uint8)
@@ -130,8 +149,8 @@ def _nb_normalize(buf, starts, prefolded, fold, word, ascii_word):  # noqa: ANN0
         begin = i
         o = i
         gap = False
-        ok = True
-        while i < end:
+        ok = mode[d] != 2
+        while ok and i < end:
             b0 = buf[i]
             if b0 < 0x80:
                 c = ascii_word[b0]
@@ -147,7 +166,7 @@ def _nb_normalize(buf, starts, prefolded, fold, word, ascii_word):  # noqa: ANN0
                     gap = True
                 continue
             cp, i = nb_decode(buf, i)
-            if not prefolded[d] and cp < fold.size:
+            if mode[d] == 0 and cp < fold.size:
                 folded = fold[cp]
                 if folded == CASEFOLD_NEEDS_PYTHON:
                     ok = False
@@ -209,7 +228,8 @@ class ExactDedup(Step):
             return Selection.keep_all(0)
         hashes = np.empty((n, 2), np.uint64)
         start = 0
-        for batch in ctx.iter_texts(ds, desc="exact dedup"):
+        batch_size = max(ctx.batch_size, KERNEL_BATCH)
+        for batch in ctx.iter_text_arrays(ds, desc="exact dedup", batch_size=batch_size):
             hashes[start : start + len(batch)] = text_hashes(batch, self.normalize)
             start += len(batch)
         rep = first_occurrence(hashes)

@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 try:  # pragma: no cover - exercised whichever way the environment is
     import numba
@@ -39,6 +41,12 @@ except ImportError:  # pragma: no cover
 
 __all__ = [
     "CASEFOLD_NEEDS_PYTHON",
+    "KERNEL_BATCH",
+    "Texts",
+    "as_str_list",
+    "non_ascii_texts",
+    "text_getter",
+    "texts_containing",
     "fmix64",
     "jit",
     "numba_enabled",
@@ -140,17 +148,103 @@ def nb_encode(out, o, cp):  # noqa: ANN001, ANN202 - numba-typed
     return o + 4
 
 
-def utf8_layout(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+#: A batch of texts as the per-shard functions take it: Python strings, or an Arrow string
+#: column (read without a Python object per row).
+Texts = Sequence[str] | pa.Array | pa.ChunkedArray
+
+#: Texts per call of a parallel kernel in the steps: enough to amortise the threads' fork and
+#: join (milliseconds on a busy machine), small enough to bound a batch's memory.
+KERNEL_BATCH = 8192
+
+
+def utf8_layout(texts: Texts) -> tuple[np.ndarray, np.ndarray]:
     """A batch as one UTF-8 byte array and ``len(texts) + 1`` offsets: text ``i`` is
     ``buf[offsets[i]:offsets[i + 1]]``.
 
-    Lone surrogates are kept (``surrogatepass``) so that no text is ever refused; they are
-    neither word nor space characters, so every kernel treats them as punctuation.
+    An Arrow string column already is this layout: its bytes are used in place (no copy, no
+    Python string); nulls count as empty texts. Python strings are encoded with lone
+    surrogates kept (``surrogatepass``) so that no text is ever refused; surrogates are neither
+    word nor space characters, so every kernel treats them as punctuation.
     """
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
+    if isinstance(texts, pa.Array):
+        return _arrow_utf8(texts)
     parts = [t.encode("utf-8", "surrogatepass") for t in texts]
     offsets = np.zeros(len(parts) + 1, np.int64)
     np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)), out=offsets[1:])
     return np.frombuffer(b"".join(parts), dtype=np.uint8), offsets
+
+
+def _arrow_utf8(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    if arr.null_count:
+        arr = pc.fill_null(arr, "")
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string())
+    if len(arr) == 0:
+        return np.zeros(0, np.uint8), np.zeros(1, np.int64)
+    _, offsets_buf, data_buf = arr.buffers()
+    width = np.int32 if pa.types.is_string(arr.type) else np.int64
+    offsets = np.frombuffer(offsets_buf, width)[arr.offset : arr.offset + len(arr) + 1]
+    offsets = offsets.astype(np.int64)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    # Only this slice's bytes: a batch of a memory-mapped column shares the whole column's buffer.
+    data = np.frombuffer(data_buf, np.uint8)[lo:hi] if data_buf is not None and hi > lo else (
+        np.zeros(0, np.uint8))
+    return data, offsets - lo
+
+
+def text_getter(texts: Texts, buf: np.ndarray, offsets: np.ndarray) -> Callable[[int], str]:
+    """``get(i)``: text ``i`` as a Python string, decoded from the layout only when asked (the
+    few texts a kernel hands back to Python)."""
+    if not isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        return texts.__getitem__
+    return lambda i: bytes(buf[offsets[i] : offsets[i + 1]]).decode("utf-8", "surrogatepass")
+
+
+def as_str_list(texts: Texts) -> list[str]:
+    """The batch as Python strings (nulls as empty texts), for the paths without numba."""
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        return [t or "" for t in texts.to_pylist()]
+    return [t or "" for t in texts]
+
+
+@jit(parallel=True)
+def _nb_docs_with(buf, offsets, needles, any_non_ascii):  # noqa: ANN001, ANN202
+    n = offsets.size - 1
+    found = np.zeros(n, np.bool_)
+    for d in prange(n):
+        for i in range(offsets[d], offsets[d + 1]):
+            if buf[i] < 0x80:
+                continue
+            if any_non_ascii:
+                found[d] = True
+                break
+            for k in range(needles.shape[0]):
+                if buf[i] == needles[k, 0] and i + 1 < offsets[d + 1] and buf[i + 1] == needles[k, 1]:
+                    found[d] = True
+            if found[d]:
+                break
+    return found
+
+
+def non_ascii_texts(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Indices of the texts of a UTF-8 layout with a byte above 0x7F."""
+    if not numba_enabled():
+        return np.array([i for i in range(len(offsets) - 1)
+                         if (buf[offsets[i] : offsets[i + 1]] >= 0x80).any()], np.int64)
+    return np.flatnonzero(_nb_docs_with(buf, offsets, np.zeros((0, 2), np.uint8), True))
+
+
+def texts_containing(buf: np.ndarray, offsets: np.ndarray, chars: str) -> np.ndarray:
+    """Indices of the texts of a UTF-8 layout containing any of ``chars`` (each a two-byte
+    UTF-8 character, U+0080..U+07FF): the rare texts a kernel leaves to Python."""
+    needles = np.array([list(c.encode("utf-8")) for c in chars], np.uint8).reshape(-1, 2)
+    if not numba_enabled():
+        raw = [bytes(buf[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
+        wanted = [c.encode("utf-8") for c in chars]
+        return np.array([i for i, r in enumerate(raw) if any(w in r for w in wanted)], np.int64)
+    return np.flatnonzero(_nb_docs_with(buf, offsets, needles, False))
 
 
 @functools.cache

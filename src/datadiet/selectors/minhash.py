@@ -57,6 +57,9 @@ from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
 from datadiet.selectors.common import row_ids
 from datadiet.selectors.hashing import (
+    KERNEL_BATCH,
+    Texts,
+    as_str_list,
     fmix64,
     jit,
     lower_table,
@@ -64,6 +67,9 @@ from datadiet.selectors.hashing import (
     nb_fmix64,
     numba_enabled,
     prange,
+    text_getter,
+    texts_containing,
+    utf8_layout,
     word_char_table,
 )
 
@@ -409,16 +415,21 @@ def _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket, n_total):  # noqa: A
     return out[:m]
 
 
+# ``str.lower`` has exactly two rules no per-code-point table can express: U+0130 lower-cases to
+# two code points and capital sigma depends on its context (final sigma). Texts containing them
+# go through ``str.lower`` before the kernel (which lower-cases everything else by a table).
+_LOWER_IN_PYTHON = "\u0130\u03a3"
+
+
 def _utf8_batch(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """A batch as one UTF-8 byte array plus text offsets, for the compiled tokeniser.
 
     Texts are encoded as they are (for ASCII, ``str.isascii`` is O(1) and encoding a memcpy)
-    and lower-cased inside the kernel by a per-code-point table. ``str.lower`` has exactly two
-    rules no such table can express — U+0130 lower-cases to two code points and capital sigma
-    depends on its context (final sigma) — so only texts containing those go through it first.
+    and lower-cased inside the kernel by a per-code-point table; only texts with a character
+    of ``_LOWER_IN_PYTHON`` go through ``str.lower`` first.
     """
     parts = [
-        (t.lower() if not t.isascii() and ("\u0130" in t or "\u03a3" in t) else t).encode(
+        (t.lower() if not t.isascii() and any(c in t for c in _LOWER_IN_PYTHON) else t).encode(
             "utf-8", "surrogatepass"
         )
         for t in texts
@@ -522,7 +533,7 @@ def _shingle_hashes_numpy(
 
 
 def shingle_hashes(
-    texts: Sequence[str], ngram: int = 5, seed: int = 42
+    texts: Texts, ngram: int = 5, seed: int = 42
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hash the word n-gram shingles of a batch of texts.
 
@@ -532,6 +543,7 @@ def shingle_hashes(
     """
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
+    texts = as_str_list(texts)
     if not numba_enabled():
         return _shingle_hashes_numpy(texts, ngram, seed)
     buf, doc_start = _utf8_batch(texts)
@@ -875,7 +887,7 @@ class MinHashClusters(NamedTuple):
 
 
 def minhash_shard(
-    texts: Sequence[str],
+    texts: Texts,
     *,
     bands: int,
     rows: int,
@@ -899,13 +911,17 @@ def minhash_shard(
         hashes, offsets = shingle_hashes(texts, ngram=ngram, seed=seed)
         sig = signatures_from_hashes(hashes, offsets, num_perm, seed)
         return MinHashShard(sig, band_keys(sig, bands, rows, seed=seed), np.diff(offsets) > 0)
-    buf, doc_start = _utf8_batch(texts)
+    buf, offsets = utf8_layout(texts)
     pos, salt = _shingle_constants(seed, ngram)
     a, b = _perm_constants(seed, num_perm)
-    sigs, keys, counts = _nb_shard(
-        buf, doc_start, word_char_table(), lower_table(), _ascii_word_table(), _CHAR_MULT, ngram,
-        pos, salt, a, b, _band_constants(seed, bands, rows), _U64(_BAND_TAG),
-    )
+    constants = (word_char_table(), lower_table(), _ascii_word_table(), _CHAR_MULT, ngram, pos,
+                 salt, a, b, _band_constants(seed, bands, rows), _U64(_BAND_TAG))
+    sigs, keys, counts = _nb_shard(buf, offsets, *constants)
+    special = texts_containing(buf, offsets, _LOWER_IN_PYTHON)
+    if len(special):
+        text = text_getter(texts, buf, offsets)
+        lowered = utf8_layout([text(i).lower() for i in special.tolist()])
+        sigs[special], keys[special], counts[special] = _nb_shard(*lowered, *constants)
     return MinHashShard(sigs, keys, counts > 0)
 
 
@@ -1032,7 +1048,8 @@ class MinHashDedup(Step):
         try:
             has_words = np.zeros(n, bool)
             start = 0
-            for batch in ctx.iter_texts(ds, desc="minhash signatures"):
+            batch_size = max(ctx.batch_size, KERNEL_BATCH)
+            for batch in ctx.iter_text_arrays(ds, "minhash signatures", batch_size):
                 shard = minhash_shard(
                     batch, bands=bands, rows=rows, num_perm=self.num_perm, ngram=self.ngram,
                     seed=self.seed,

@@ -53,6 +53,9 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
 from datadiet.selectors.hashing import (
+    KERNEL_BATCH,
+    Texts,
+    as_str_list,
     jit,
     lower_table,
     nb_decode,
@@ -61,6 +64,8 @@ from datadiet.selectors.hashing import (
     prange,
     regex_char_table,
     space_table,
+    text_getter,
+    texts_containing,
     utf8_layout,
     word_char_table,
 )
@@ -331,7 +336,7 @@ def quality_feature_names(
 
 
 def quality_feature_matrix(
-    texts: Sequence[str | None],
+    texts: Texts,
     *,
     top_ngrams: Iterable[int] = tuple(GOPHER_TOP_NGRAM),
     dup_ngrams: Iterable[int] = tuple(GOPHER_DUP_NGRAM),
@@ -351,17 +356,18 @@ def quality_feature_matrix(
     if (top_ns < 1).any() or (dup_ns < 1).any():
         raise ValueError("n-gram sizes must be positive")
     names = quality_feature_names(top_ns.tolist(), dup_ns.tolist(), c4)
-    texts = [t or "" for t in texts]
     if not numba_enabled():
         rows = [quality_features(t, top_ngrams=top_ns.tolist(), dup_ngrams=dup_ns.tolist())
-                for t in texts]
+                for t in as_str_list(texts)]
         return np.array([[r[k] for k in names] for r in rows], np.float64).reshape(-1, len(names))
+    if isinstance(texts, list) and None in texts:
+        texts = as_str_list(texts)
     buf, offsets = utf8_layout(texts)
     out = _nb_quality(buf, offsets, *_kernel_constants(), top_ns, dup_ns, c4)
-    for i, t in enumerate(texts):
-        if not t.isascii() and ("\u0130" in t or "\u03a3" in t):
-            ref = quality_features(t, top_ngrams=top_ns.tolist(), dup_ngrams=dup_ns.tolist())
-            out[i] = [ref[k] for k in names]
+    text = text_getter(texts, buf, offsets)
+    for i in texts_containing(buf, offsets, "\u0130\u03a3").tolist():  # str.lower's context rules
+        ref = quality_features(text(i), top_ngrams=top_ns.tolist(), dup_ngrams=dup_ns.tolist())
+        out[i] = [ref[k] for k in names]
     return out
 
 
@@ -955,7 +961,8 @@ class QualityFilter(Step):
         kind_of_rule = np.array([self._kinds[r.name] for r in self._rules] + [""], dtype=object)
         failed = np.full(n, -1, np.int64)
         row = 0
-        for batch in ctx.iter_texts(ds, desc="quality"):
+        batch_size = max(ctx.batch_size, KERNEL_BATCH)
+        for batch in ctx.iter_text_arrays(ds, desc="quality", batch_size=batch_size):
             features = quality_feature_matrix(batch, top_ngrams=top_ns, dup_ngrams=dup_ns, c4=c4)
             rule_idx, values = self.first_failures(features, names)
             end = row + len(batch)
