@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
+    # The embedded API's first start migrates a fresh SQLite database: on two busy cores that
+    # takes longer than Prefect's 20 s default.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     docs, repeat = (8_000, 1) if args.quick else (args.docs, args.repeat)
     root = Path(tempfile.mkdtemp(prefix="datadiet-bench-flows-"))
     try:
@@ -103,4 +106,3 @@ def main() -> None:
 
 if __name__ == "__main__":  # Dask's worker processes spawn: this guard is required
     main()
-    os._exit(0)  # do not wait on Prefect's background services at exit

@@ -16,16 +16,10 @@ normalised form (every parameter filled in), so an unchanged rerun runs no task 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
-from datasets import Dataset
-from datasets.table import InMemoryTable
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
@@ -47,14 +41,14 @@ from datadiet.flows.report import (
     markdown_table,
     publish,
 )
+from datadiet.flows.shards import PrecomputedStep, decide_shard, read_decisions, write_shards
 from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path, parse_spec, spec_of
-from datadiet.pipeline.io import load_corpus, source_fingerprint
+from datadiet.pipeline.io import source_fingerprint
 from datadiet.pipeline.manifest import Manifest
 from datadiet.pipeline.models.tokenizer import load_tokenizer
-from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.stages.training import load_text_dataset
-from datadiet.pipeline.steps import Step, StepContext, build_step
+from datadiet.pipeline.steps import Step, build_step
 
 DEFAULT_SPEC = """\
 - exact_dedup: {}
@@ -168,78 +162,6 @@ class CurateParams(FlowParams):
         return self
 
 
-class PrecomputedStep(Step):
-    """A row-local step whose decisions were made shard by shard; it answers by row id.
-
-    It reports the wrapped step's name and parameters, so the manifest reads as if the step had
-    run in place.
-    """
-
-    name = "precomputed"
-
-    def __init__(self, inner: Step, decisions: dict[str, tuple[str, str]]) -> None:
-        self.inner = inner
-        self.name = inner.name  # type: ignore[misc] - the manifest shows the real step
-        self.decisions = decisions
-
-    def params(self) -> dict[str, Any]:
-        return self.inner.params()
-
-    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        ids = [str(i) for i in ds[ctx.id_field]]
-        found = [self.decisions.get(i) for i in ids]
-        keep = np.array([f is None for f in found], dtype=bool)
-        kinds = np.array([f[0] if f else "" for f in found], dtype=object)
-        detail = np.array([f[1] if f else "" for f in found], dtype=object)
-        return Selection.from_mask(keep, kinds, detail, stats={"decided_on_shards": True})
-
-
-def _read_decisions(paths: list[str]) -> dict[str, tuple[str, str]]:
-    decisions: dict[str, tuple[str, str]] = {}
-    for path in paths:
-        table = pq.read_table(path).to_pydict()
-        decisions.update(zip(table["id"], zip(table["kind"], table["detail"], strict=True),
-                             strict=True))
-    return decisions
-
-
-@cached_task(task_run_name="split into {n_shards} shards")
-def write_shards(source: str, fingerprint: str, text_field: str, id_field: str, on_error: str,
-                 n_shards: int, folder: str) -> list[str]:
-    """Read the corpus once and write it as ``n_shards`` contiguous Parquet shards (id, text)."""
-    loaded = load_corpus(source, text_field=text_field, id_field=id_field, on_error=on_error)
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index in range(n_shards):
-        shard = loaded.dataset.shard(n_shards, index, contiguous=True)
-        path = root / f"shard-{index:05d}-of-{n_shards:05d}.parquet"
-        shard.select_columns([id_field, text_field]).to_parquet(str(path))
-        paths.append(str(path))
-    return paths
-
-
-@cached_task(task_run_name="{step_name} on {shard_path}")
-def decide_shard(step_name: str, step_params: dict, shard_path: str, fingerprint: str,
-                 text_field: str, id_field: str, out_path: str) -> dict:
-    """Run one row-local step on one shard; write the removed rows' ids and reasons."""
-    step = build_step(step_name, step_params)
-    shard = Dataset(InMemoryTable(pq.read_table(shard_path)))
-    ctx = StepContext(text_field=text_field, id_field=id_field, show_progress=False)
-    selection = step.select(shard, ctx)
-    removed = selection.removed_indices
-    ids = np.asarray(shard[id_field], dtype=object)[removed]
-    kinds = selection.reason_kind[removed]
-    details = (selection.reason_detail[removed] if selection.reason_detail is not None
-               else np.full(len(removed), "", dtype=object))
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": pa.array([str(i) for i in ids], pa.string()),
-                             "kind": pa.array([str(k) for k in kinds], pa.string()),
-                             "detail": pa.array([str(d) for d in details], pa.string())}),
-                   out_path)
-    return {"path": out_path, "rows": len(shard), "removed": len(removed)}
-
-
 @cached_task(task_run_name="curate {source}")
 def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_field: str,
                   id_field: str, keep_fields: list, on_error: str, overwrite: bool,
@@ -250,7 +172,7 @@ def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_fiel
         (name, params), = entry.items()
         step = build_step(name, params)
         if str(index) in decisions:
-            step = PrecomputedStep(step, _read_decisions(decisions[str(index)]))
+            step = PrecomputedStep(step, read_decisions(decisions[str(index)]))
         steps.append(step)
     result = curate_path(source, steps, out, text_field=text_field, id_field=id_field,
                          keep_fields=keep_fields, on_error=on_error, overwrite=overwrite,
@@ -386,10 +308,3 @@ def publish_curate_report(params: CurateParams, summary: dict, before: dict, aft
 
 __all__ = ["CurateParams", "ScaleOut", "curate", "normalised_spec", "training_flops"]
 
-
-if __name__ == "__main__":  # pragma: no cover - `python -m datadiet.flows.curate PARAMS.json`
-    import json
-    import sys
-
-    print(curate(CurateParams(**json.loads(Path(sys.argv[1]).read_text()))))
-    os._exit(0)
