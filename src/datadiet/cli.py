@@ -109,9 +109,11 @@ def _add_optional(sub: argparse._SubParsersAction) -> None:
     from datadiet.flows.serve import add_serve_parser
     from datadiet.pipeline.stages.cli import add_generate_parser, add_train_parser
     from datadiet.prompting.compression.cli import add_compress_parser
+    from datadiet.prompting.icl import add_icl_parser
 
     add_serve_parser(sub)
     add_compress_parser(sub)
+    add_icl_parser(sub)
     add_train_parser(sub)
     add_generate_parser(sub)
 
