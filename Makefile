@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dsir.py --quick
 	$(PY) benchmarks/kernels_cpu.py --quick
 	$(PY) benchmarks/compression.py --quick
+	$(PY) benchmarks/icl.py --quick
 	$(PY) benchmarks/kernels_gpu.py
 
 lint: $(STAMP)

@@ -140,6 +140,7 @@ class Predictions:
     prompt_tokens: np.ndarray
     prompts: list[str] = field(default_factory=list)
     bias: np.ndarray | None = None
+    raw: np.ndarray | None = None  # label log-probs before calibration
 
 
 @dataclass
@@ -211,6 +212,7 @@ class ICLEvaluator:
         suffix_ids = [[next(flat) for _ in rows] for rows in suffix_texts]
         n = len(queries)
         scores = np.zeros((n, len(self.labels)))
+        raw = np.zeros((n, len(self.labels)))
         bias = np.zeros((n, len(self.labels))) if calibrate else None
         tokens = np.zeros(n, dtype=np.int64)
         for g, (pids, sids) in enumerate(zip(prefix_ids, suffix_ids, strict=True)):
@@ -222,15 +224,16 @@ class ICLEvaluator:
         logprobs = self.label_scorer.score(prefix_ids, suffix_ids)
         for g, lp in enumerate(logprobs):
             rows = groups[prefix_texts[g]]
+            raw[rows] = lp[: len(rows)]
             if bias is not None:
                 bias[rows] = label_probabilities(lp[len(rows):]).mean(axis=0)
                 lp = np.log(label_probabilities(lp[: len(rows)])) - np.log(bias[rows])
             scores[rows] = lp[: len(rows)]
         predicted = [self.labels[j] for j in scores.argmax(axis=1)]
-        return Predictions(predicted, scores, tokens, [p.text for p in prompts], bias)
+        return Predictions(predicted, scores, tokens, [p.text for p in prompts], bias, raw)
 
     def orderer(self, method: str, pool_texts: Sequence[str], *, probes: int = 8, seed: int = 0,
-                max_orderings: int = 24) -> DemoOrderer:
+                max_orderings: int = 24, probe_cache: dict | None = None) -> DemoOrderer:
         """A :class:`DemoOrderer` wired to this evaluator (probes: a seeded sample of the pool)."""
         probe_texts: list[str] = []
         if method in ("globale", "locale"):
@@ -239,7 +242,7 @@ class ICLEvaluator:
             probe_texts = [pool_texts[i] for i in sorted(pick)]
         return DemoOrderer(method, embedder=self.embedder, label_scorer=self.label_scorer,
                            template=self.template, probes=probe_texts,
-                           max_orderings=max_orderings, seed=seed)
+                           max_orderings=max_orderings, seed=seed, probe_cache=probe_cache)
 
     def evaluate(self, selector: DemoSelector, texts: Sequence[str], labels: Sequence[str], *,
                  order: str = "as_selected", calibrate: bool = False,

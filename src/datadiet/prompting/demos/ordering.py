@@ -71,6 +71,8 @@ class DemoOrderer:
         probes: unlabelled probe queries (for ``globale``/``locale``).
         max_orderings: candidate orderings per demonstration set (24 = every order of 4).
         seed: for ``random`` and for sampling orderings.
+        probe_cache: a dict to share the probes' label distributions between orderers (a
+            ``globale`` and a ``locale`` orderer over the same sets score the probes once).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class DemoOrderer:
         probes: Sequence[str] = (),
         max_orderings: int = 24,
         seed: int = 0,
+        probe_cache: dict | None = None,
     ) -> None:
         if method not in ORDERINGS:
             raise ValueError(f"unknown ordering {method!r}; choose one of {', '.join(ORDERINGS)}")
@@ -101,6 +104,7 @@ class DemoOrderer:
         self.max_orderings = max_orderings
         self.seed = seed
         self._chosen: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.probe_cache = {} if probe_cache is None else probe_cache
         self.last_entropies: list[float] = []
 
     def __call__(self, demos: Sequence[Demo], query: str) -> list[Demo]:
@@ -156,14 +160,21 @@ class DemoOrderer:
 
     def entropies(self, demos: Sequence[Demo]) -> list[float]:
         """The method's entropy for each candidate ordering (in :func:`candidate_orderings` order)."""
+        return [ordering_entropies(p, self.method) for p in self.probe_probabilities(demos)]
+
+    def probe_probabilities(self, demos: Sequence[Demo]) -> list[np.ndarray]:
+        """Per candidate ordering, the probes' label distributions ``(probes, labels)``."""
         assert self.label_scorer is not None and self.template is not None
         perms = candidate_orderings(len(demos), self.max_orderings, self.seed)
-        prefixes = [demo_block(self.template, [demos[i] for i in p]) for p in perms]
-        probe_ids = self.label_scorer.encode(
-            [self.template.separator + self.template.format_query(q) for q in self.probes])
-        logprobs = self.label_scorer.score(
-            [self.label_scorer.prefix_ids(p) for p in prefixes], [probe_ids] * len(prefixes))
-        return [ordering_entropies(label_probabilities(lp), self.method) for lp in logprobs]
+        key = (tuple(d.index for d in demos), tuple(self.probes), len(perms), self.seed)
+        if key not in self.probe_cache:
+            prefixes = [demo_block(self.template, [demos[i] for i in p]) for p in perms]
+            probe_ids = self.label_scorer.encode(
+                [self.template.separator + self.template.format_query(q) for q in self.probes])
+            logprobs = self.label_scorer.score(
+                [self.label_scorer.prefix_ids(p) for p in prefixes], [probe_ids] * len(prefixes))
+            self.probe_cache[key] = [label_probabilities(lp) for lp in logprobs]
+        return self.probe_cache[key]
 
 
 def order(demos: Sequence[Demo], query: str, method: str = "as_selected", **kwargs: Any) -> list[Demo]:
