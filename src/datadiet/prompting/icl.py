@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from datadiet.pipeline.io import DataError, load_corpus
+from datadiet.pipeline.io import DataError, SpecError, load_corpus
 from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.prompting.demos.label_scores import LabelScorer, label_probabilities
 from datadiet.prompting.demos.ordering import ORDERINGS, DemoOrderer
@@ -181,7 +181,7 @@ class ICLEvaluator:
     def __init__(self, template: PromptTemplate, *, scorer: LMScorer | None = None,
                  model: str | None = None, embedder: Any = None, max_length: int = 4096) -> None:
         if not template.verbalizers:
-            raise ValueError("the template has no labels: give it verbalizers (or use with_labels)")
+            raise SpecError("the template has no labels: give it verbalizers (or use with_labels)")
         self.template = template
         self.scorer = scorer or LMScorer(model, max_length=max_length, stage="icl")
         self.embedder = embedder
@@ -219,7 +219,7 @@ class ICLEvaluator:
             for i, s in zip(groups[prefix_texts[g]], sids, strict=False):
                 tokens[i] = len(pids) - 1 + len(s)
                 if len(pids) + len(s) > limit:
-                    raise ValueError(f"a prompt has {tokens[i]} tokens, more than the model's "
+                    raise SpecError(f"a prompt has {tokens[i]} tokens, more than the model's "
                                      f"limit {limit}: use fewer demonstrations or max_tokens")
         logprobs = self.label_scorer.score(prefix_ids, suffix_ids)
         for g, lp in enumerate(logprobs):
@@ -256,7 +256,7 @@ class ICLEvaluator:
         texts, labels = list(texts), [str(x) for x in labels]
         unknown = sorted(set(labels) - set(self.labels))
         if unknown:
-            raise ValueError(f"test labels {unknown} are not among the template's {self.labels}")
+            raise SpecError(f"test labels {unknown} are not among the template's {self.labels}")
         orderer = self.orderer(order, selector.texts, probes=probes, seed=seed,
                                max_orderings=max_orderings)
         start = time.perf_counter()
@@ -320,7 +320,7 @@ def add_icl_parser(sub: Any) -> argparse.ArgumentParser:
 def _label_spec(raw: str) -> list[str]:
     items = [x.strip() for x in raw.split(",") if x.strip()]
     if not items:
-        raise ValueError("--labels: give the label values, e.g. --labels 0,1")
+        raise SpecError("--labels: give the label values, e.g. --labels 0,1")
     return items
 
 
@@ -329,7 +329,7 @@ def fixed_subset(n: int, limit: int | None) -> list[int]:
     if limit is None or limit >= n:
         return list(range(n))
     if limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {limit}")
+        raise SpecError(f"--limit must be at least 1, got {limit}")
     return sorted(np.random.default_rng(0).permutation(n)[:limit].tolist())
 
 
@@ -340,9 +340,9 @@ def run_icl_eval(args: argparse.Namespace) -> int:
                              PromptTemplate(name="generic"), spec)
     allowed = template.labels
     if args.k < 0:
-        raise ValueError(f"--k must be >= 0, got {args.k}")
+        raise SpecError(f"--k must be >= 0, got {args.k}")
     if args.compress_rate is not None and not 0.0 < args.compress_rate <= 1.0:
-        raise ValueError(f"--compress-rate must be in (0, 1], got {args.compress_rate}")
+        raise SpecError(f"--compress-rate must be in (0, 1], got {args.compress_rate}")
     train = read_labelled(args.train, text_field=args.text_field, label_field=args.label_field,
                           fine_labels=args.fine_labels)
     test = read_labelled(args.test, text_field=args.text_field, label_field=args.label_field,
@@ -350,7 +350,7 @@ def run_icl_eval(args: argparse.Namespace) -> int:
     check_labels(train, allowed)
     check_labels(test, allowed)
     if args.k > len(train):
-        raise ValueError(f"--k {args.k} is larger than the pool ({len(train)} rows in {args.train})")
+        raise SpecError(f"--k {args.k} is larger than the pool ({len(train)} rows in {args.train})")
     test = test.subset(fixed_subset(len(test), args.limit))
     evaluator = ICLEvaluator(template, model=args.model)
     selector = DemoSelector(args.strategy, args.k, balanced=args.balanced,

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from datadiet.pipeline.io import SpecError
 from datadiet.prompting.demos.label_scores import LabelScorer, label_probabilities
 from datadiet.prompting.demos.selection import Demo, query_seed
 from datadiet.prompting.demos.templates import PromptTemplate, demo_block
@@ -57,7 +58,7 @@ def ordering_entropies(probs: np.ndarray, method: str) -> float:
         return entropy(predicted / predicted.sum())
     if method == "locale":
         return float(np.mean([entropy(row) for row in probs]))
-    raise ValueError(f"not an entropy method: {method!r}")
+    raise SpecError(f"not an entropy method: {method!r}")
 
 
 class DemoOrderer:
@@ -88,14 +89,14 @@ class DemoOrderer:
         probe_cache: dict | None = None,
     ) -> None:
         if method not in ORDERINGS:
-            raise ValueError(f"unknown ordering {method!r}; choose one of {', '.join(ORDERINGS)}")
+            raise SpecError(f"unknown ordering {method!r}; choose one of {', '.join(ORDERINGS)}")
         if method in ("globale", "locale"):
             if label_scorer is None or template is None:
-                raise ValueError(f"ordering {method!r} needs a label_scorer and a template")
+                raise SpecError(f"ordering {method!r} needs a label_scorer and a template")
             if not probes:
-                raise ValueError(f"ordering {method!r} needs probe queries (unlabelled pool texts)")
+                raise SpecError(f"ordering {method!r} needs probe queries (unlabelled pool texts)")
         if max_orderings < 1:
-            raise ValueError("max_orderings must be at least 1")
+            raise SpecError("max_orderings must be at least 1")
         self.method = method
         self.embedder = embedder
         self.label_scorer = label_scorer

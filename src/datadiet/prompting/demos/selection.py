@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from datadiet.pipeline.io import SpecError
 from datadiet.prompting.demos.templates import PromptTemplate
 
 STRATEGIES = ("random", "bm25", "knn", "mmr", "votek", "dpp")
@@ -101,17 +102,17 @@ class DemoSelector:
         seed: int = 0,
     ) -> None:
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+            raise SpecError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
         if k is None and max_tokens is None:
-            raise ValueError("give k, max_tokens, or both")
+            raise SpecError("give k, max_tokens, or both")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 0):
-            raise ValueError(f"k must be a non-negative integer, got {k!r}")
+            raise SpecError(f"k must be a non-negative integer, got {k!r}")
         if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+            raise SpecError(f"max_tokens must be at least 1, got {max_tokens}")
         if not 0.0 <= mmr_lambda <= 1.0:
-            raise ValueError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
+            raise SpecError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
         if candidates < 1 or votek_neighbors < 1 or votek_rho <= 1.0:
-            raise ValueError("candidates and votek_neighbors must be >= 1 and votek_rho > 1")
+            raise SpecError("candidates and votek_neighbors must be >= 1 and votek_rho > 1")
         self.strategy = strategy
         self.k = None if k is None else int(k)
         self.balanced = balanced
@@ -139,11 +140,11 @@ class DemoSelector:
         """Index the pool (embeddings, BM25, Vote-k's sub-pool); returns ``self``."""
         texts, labels = list(texts), [str(x) for x in labels]
         if len(texts) != len(labels):
-            raise ValueError(f"fit: {len(texts)} texts but {len(labels)} labels")
+            raise SpecError(f"fit: {len(texts)} texts but {len(labels)} labels")
         if not texts:
-            raise ValueError("the demonstration pool is empty")
+            raise SpecError("the demonstration pool is empty")
         if self.k is not None and self.k > len(texts):
-            raise ValueError(f"k={self.k} is larger than the pool ({len(texts)} examples)")
+            raise SpecError(f"k={self.k} is larger than the pool ({len(texts)} examples)")
         self.texts, self.labels = texts, labels
         self._label_array = np.asarray(labels, dtype=object)
         self.label_values = sorted(set(labels))

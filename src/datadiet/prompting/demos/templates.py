@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from datadiet.pipeline.io import DataError
+from datadiet.pipeline.io import DataError, SpecError
 from datadiet.prompting.compression import compress_batch
 
 LABEL_SLOT = "{label}"
@@ -49,13 +49,13 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         if "{text}" not in self.demo_format or not self.demo_format.endswith(LABEL_SLOT):
-            raise ValueError(f"template {self.name!r}: demo_format must contain {{text}} and end "
+            raise SpecError(f"template {self.name!r}: demo_format must contain {{text}} and end "
                              f"with {{label}} (got {self.demo_format!r})")
         words = list(self.verbalizers.values())
         if len(set(words)) != len(words):
-            raise ValueError(f"template {self.name!r}: two labels share a verbalizer ({words})")
+            raise SpecError(f"template {self.name!r}: two labels share a verbalizer ({words})")
         if self.query_format is not None and "{text}" not in self.query_format:
-            raise ValueError(f"template {self.name!r}: query_format must contain {{text}}")
+            raise SpecError(f"template {self.name!r}: query_format must contain {{text}}")
 
     @property
     def labels(self) -> list[str]:
@@ -81,7 +81,7 @@ class PromptTemplate:
         try:
             return self.verbalizers[str(label)]
         except KeyError:
-            raise ValueError(f"label {label!r} has no verbalizer (labels: "
+            raise SpecError(f"label {label!r} has no verbalizer (labels: "
                              f"{', '.join(self.verbalizers)})") from None
 
     def label_continuation(self, label: str) -> str:
@@ -156,7 +156,7 @@ def preset(name: str, labels: Sequence[str] | Mapping[str, str] | None = None) -
     key = {"question_type": "question", "question-type": "question", "trec": "question",
            "sst2": "sentiment"}.get(name, name)
     if key not in _PRESETS:
-        raise ValueError(f"unknown template {name!r}; presets: {', '.join(PRESET_NAMES)} "
+        raise SpecError(f"unknown template {name!r}; presets: {', '.join(PRESET_NAMES)} "
                          "(or a JSON file with instruction, demo_format, verbalizers)")
     p = _PRESETS[key]
     base = PromptTemplate(p.instruction, p.demo_format, dict(zip(p.words, p.words, strict=True)),
@@ -176,13 +176,13 @@ def verbalizers_for(labels: Sequence[str] | Mapping[str, str],
         return {str(k): str(v) for k, v in labels.items()}
     items = [str(x).strip() for x in labels]
     if not items or any(not x for x in items):
-        raise ValueError("labels: give at least one non-empty label value")
+        raise SpecError("labels: give at least one non-empty label value")
     if len(set(items)) != len(items):
-        raise ValueError(f"labels: repeated label value in {items}")
+        raise SpecError(f"labels: repeated label value in {items}")
     if any("=" in x for x in items):
         pairs = [x.split("=", 1) for x in items]
         if any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
-            raise ValueError(f"labels: write every item as VALUE=WORD once one does ({items})")
+            raise SpecError(f"labels: write every item as VALUE=WORD once one does ({items})")
         return {k.strip(): v.strip() for k, v in pairs}
     spec = _PRESETS.get(template.name) if template is not None else None
     if spec is None:
@@ -280,12 +280,12 @@ def build_prompts(
 ) -> list[Prompt]:
     """:func:`build_prompt` for many queries; compression calls are batched."""
     if len(demos) != len(queries):
-        raise ValueError("build_prompts: one demonstration list per query")
+        raise SpecError("build_prompts: one demonstration list per query")
     prefixes = [demo_block(template, d) for d in demos]
     compressed = [False] * len(queries)
     if compress_rate is not None:
         if not 0.0 < compress_rate <= 1.0:
-            raise ValueError(f"compress_rate must be in (0, 1], got {compress_rate}")
+            raise SpecError(f"compress_rate must be in (0, 1], got {compress_rate}")
         todo = [i for i, d in enumerate(demos) if d and compress_rate < 1.0]
         if todo:
             # Each demonstration's answer ("\nSentiment: positive") is protected, so it never
