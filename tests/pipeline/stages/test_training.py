@@ -13,16 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from datasets import Dataset
 
 from datadiet.kernels.hf_checkpoint import load_llama
 from datadiet.pipeline.models.tokenizer import ByteTokenizer
 from datadiet.pipeline.stages.training import (
+    DEFAULT_CONFIG,
+    IGNORE_INDEX,
     TrainConfig,
     compare_runs,
     flops_to_reach,
     load_text_dataset,
     lr_at,
     pack_dataset,
+    pack_pairs,
     train,
 )
 
@@ -237,3 +241,29 @@ def test_fine_tune_smollm2(corpus: object, tmp_path: Path) -> None:
     again = load_llama(tmp_path / "ft" / "model")
     assert again.config.n_layers == 30
     assert (tmp_path / "ft" / "model" / "tokenizer.json").exists()
+
+
+def test_built_in_config_is_the_commented_yaml_and_matches_the_defaults() -> None:
+    text = DEFAULT_CONFIG.read_text()
+    assert text.count("#") > 20  # commented for the user who copies it
+    assert TrainConfig.default() == TrainConfig()  # the YAML and the field defaults agree
+    assert TrainConfig.default(max_steps=7, lr=None).max_steps == 7
+
+
+def test_response_only_eval_scores_just_the_answers(tmp_path: Path) -> None:
+    tok = ByteTokenizer()
+    packed = pack_pairs(["Question: 2+2?\n", "x" * 100], ["4", "a long answer"], tok, seq_len=16)
+    assert packed.blocks.shape == (2, 17) and packed.targets.shape == (2, 16)
+    first = packed.targets[0]
+    assert [int(t) for t in first if t != IGNORE_INDEX] == [ord("4"), tok.eos_token_id]
+    assert tok.decode(packed.blocks[0, : 15 + 2].tolist()).startswith("Question: 2+2?\n4")
+    second = [int(t) for t in packed.targets[1] if t != IGNORE_INDEX]
+    assert tok.decode(second) == "a long answer"  # the end-of-text id decodes to nothing
+    assert packed.n_tokens == 2 + 14
+
+    corpus = [{"text": "Question: what is two and two? Answer: four. " * 3} for _ in range(20)]
+    run = train(small_config(max_steps=4, eval_every=2), tmp_path / "run",
+                dataset=Dataset.from_list(corpus), eval_dataset=packed)
+    assert run["data"]["eval_blocks"] == 2
+    eval_stage = {s["name"]: s for s in run["ledger"]["stages"]}["eval"]
+    assert eval_stage["tokens"] == 3 * packed.n_tokens  # three evals, answers only

@@ -84,7 +84,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     p.add_argument("--data", default=None,
                    help="curated output folder (OUT/*.parquet), or a JSONL/Parquet/text file or folder")
-    p.add_argument("--config", default=None, help="YAML training config (default: built-in tiny run)")
+    p.add_argument("--config", default=None,
+                   help="YAML training config (default: the commented built-in one, "
+                   "datadiet/pipeline/stages/configs/train_tiny.yaml)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--eval-data", default=None,
                    help="held-out corpus (use the same one for every run you want to compare)")
@@ -116,7 +118,7 @@ def build_train_config(args: argparse.Namespace) -> Any:
 
     if args.config:
         return TrainConfig.from_yaml(args.config, **overrides)
-    return TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.default(**overrides)
 
 
 def _require_local(path: str | None, what: str) -> None:

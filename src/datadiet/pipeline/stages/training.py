@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +39,7 @@ import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from datadiet.kernels.flops import ModelShape
 from datadiet.kernels.hf_checkpoint import write_llama_files
 from datadiet.kernels.model import Llama, LlamaConfig
 from datadiet.pipeline.io import UserError, atomic_path, atomic_write_json, load_corpus
@@ -47,17 +48,23 @@ from datadiet.pipeline.models.loading import load_llama
 from datadiet.pipeline.models.tokenizer import load_tokenizer
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "PackedData",
     "TrainConfig",
     "flops_to_reach",
     "load_text_dataset",
     "lr_at",
     "pack_dataset",
+    "pack_pairs",
     "train",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 REPORT = "report.json"
+#: The built-in training config, a commented YAML file shipped with the package.
+DEFAULT_CONFIG = Path(__file__).with_name("configs") / "train_tiny.yaml"
+#: Target id that is not scored (the loss's ``ignore_index``).
+IGNORE_INDEX = -100
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -75,11 +82,16 @@ def load_text_dataset(data: Any, text_column: str = "text") -> Any:
 
 @dataclass
 class PackedData:
-    """Token blocks of ``seq_len + 1`` ids (inputs and shifted targets share one block)."""
+    """Token blocks of ``seq_len + 1`` ids (inputs and shifted targets share one block).
+
+    ``targets`` (``[n_blocks, seq_len]``), when set, are the ids to predict at each position
+    with :data:`IGNORE_INDEX` where nothing is scored (see :func:`pack_pairs`).
+    """
 
     blocks: Tensor  # [n_blocks, seq_len + 1], int64
     n_tokens: int
     n_documents: int
+    targets: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.blocks.shape[0])
@@ -125,6 +137,43 @@ def pack_dataset(
         raise ValueError(f"corpus has {len(flat)} tokens: too few for one block of {seq_len + 1}")
     idx = torch.arange(n_blocks)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
     return PackedData(flat[idx], int(len(flat)), len(ds))
+
+
+def pack_pairs(
+    prompts: list[str],
+    responses: list[str],
+    tokenizer: Any,
+    seq_len: int,
+    *,
+    eos_id: int | None = None,
+) -> PackedData:
+    """One block per (prompt, response) pair whose targets score only the response.
+
+    Why: "eval loss on held-out responses" is the loss of the answer given its instruction;
+    packing the pair as plain text would mostly score the prompt. Each block is the prompt's
+    tail and the response plus an end-of-text token, padded with end-of-text; targets are
+    :data:`IGNORE_INDEX` on the prompt and the padding. A response longer than the block keeps
+    its head and at least one prompt token before it.
+    """
+    eos = eos_id if eos_id is not None else getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        raise ValueError("pack_pairs needs an end-of-text id (the tokenizer has none)")
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    blocks = torch.full((len(prompts), seq_len + 1), eos, dtype=torch.long)
+    targets = torch.full((len(prompts), seq_len), IGNORE_INDEX, dtype=torch.long)
+    scored = 0
+    for row, (p_ids, r_ids) in enumerate(zip(prompt_ids, response_ids, strict=True)):
+        answer = [*r_ids, eos][:seq_len]
+        context = list(p_ids)[-(seq_len + 1 - len(answer)):] or [eos]
+        ids = (context + answer)[: seq_len + 1]
+        blocks[row, : len(ids)] = torch.tensor(ids)
+        start = len(context) - 1  # position whose next token is the answer's first
+        targets[row, start : len(ids) - 1] = torch.tensor(ids[start + 1 :])
+        scored += len(ids) - 1 - start
+    return PackedData(blocks, scored, len(prompts), targets)
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -184,6 +233,12 @@ class TrainConfig(BaseModel):
         if self.init_from is None:
             LlamaConfig.preset(self.model)  # raises on an unknown preset
         return self
+
+    @classmethod
+    def default(cls, **overrides: Any) -> TrainConfig:
+        """The built-in run: the commented YAML shipped with the package
+        (:data:`DEFAULT_CONFIG`), with ``overrides`` on top."""
+        return cls.from_yaml(DEFAULT_CONFIG, **overrides)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
@@ -347,17 +402,26 @@ def evaluate(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
     d: _Dist,
+    targets: Tensor | None = None,
 ) -> tuple[float, int]:
-    """Mean next-token loss over ``blocks`` (split across ranks), and tokens evaluated."""
+    """Mean next-token loss over ``blocks`` (split across ranks), and tokens evaluated.
+
+    ``targets`` (``[n, seq_len]``, ``-100`` = not scored) replace the blocks' own shifted ids,
+    so an eval set can score only some positions (a response after its prompt).
+    """
     was_training = model.training
     model.eval()
     mine = blocks[d.rank :: d.world]
+    mine_targets = None if targets is None else targets[d.rank :: d.world]
     total = torch.zeros(2, dtype=torch.float64, device=device)
     for i in range(0, mine.shape[0], batch_size):
         b = mine[i : i + batch_size].to(device)
+        t = b[:, 1:] if mine_targets is None else mine_targets[i : i + batch_size].to(device)
+        n = int((t != IGNORE_INDEX).sum())
+        if not n:
+            continue
         with autocast():
-            loss = _unwrap(model)(b[:, :-1], b[:, 1:]).loss
-        n = b[:, 1:].numel()
+            loss = _unwrap(model)(b[:, :-1], t, ignore_index=IGNORE_INDEX).loss
         total[0] += loss.double() * n
         total[1] += n
     if d.world > 1:
@@ -371,7 +435,361 @@ def _unwrap(model: torch.nn.Module) -> Llama:
     return getattr(inner, "_orig_mod", inner)
 
 
-# -- the trainer ---------------------------------------------------------------------------
+# -- the trainer: a recipe of setup / step / evaluate / checkpoint / report -----------------------
+
+
+@dataclass
+class RunData:
+    """The run's packed data: training blocks and the eval set (optionally with masked targets)."""
+
+    packed: PackedData
+    train_blocks: Tensor
+    eval_blocks: Tensor
+    eval_targets: Tensor | None = None
+
+
+@dataclass
+class Progress:
+    """What a step changes: the step count, the curves and the cumulative tokens and FLOPs.
+
+    Everything here goes into the checkpoint, so a resumed run continues the same curves.
+    """
+
+    step: int = 0
+    loss_curve: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return self.loss_curve[-1]["tokens"] if self.loss_curve else 0
+
+    @property
+    def flops(self) -> float:
+        return self.loss_curve[-1]["flops"] if self.loss_curve else 0.0
+
+
+@dataclass
+class TrainingRun:
+    """Everything :func:`setup` builds for a run; the step, evaluate, checkpoint and report
+    functions read it (and mutate only ``progress``, ``ledger``, the model and optimizer)."""
+
+    cfg: TrainConfig
+    out: Path
+    dist: _Dist
+    device: torch.device
+    tokenizer: Any
+    data: RunData
+    model: Llama
+    train_model: torch.nn.Module  # the model as stepped: compiled and/or DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    sampler: _Sampler
+    ledger: Ledger
+    progress: Progress
+    total_steps: int
+    end_step: int
+    use_bf16: bool
+    say: Callable[..., None]
+
+    @property
+    def shape(self) -> ModelShape:
+        return self.model.config.shape()
+
+    @property
+    def tokens_per_step(self) -> int:
+        cfg = self.cfg
+        return cfg.batch_size * cfg.grad_accum * self.dist.world * cfg.seq_len
+
+    @property
+    def flops_per_step(self) -> float:
+        return self.shape.flops(self.tokens_per_step, self.cfg.seq_len, training=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _set_threads(cfg: TrainConfig, device: torch.device, d: _Dist) -> None:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    elif device.type == "cpu" and d.world > 1:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", d.world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def setup_data(cfg: TrainConfig, tokenizer: Any, dataset: Any, eval_dataset: Any,
+               ledger: Ledger, d: _Dist) -> RunData:
+    """Tokenize and pack the training data; the eval set is ``eval_dataset`` (a dataset or a
+    :class:`PackedData`, e.g. from :func:`pack_pairs`), else ``cfg.eval_data``, else a held-out
+    slice of the training blocks."""
+    if dataset is None and cfg.data is None:
+        raise ValueError("no training data: set `data` in the config or pass --data")
+    if d.world > 1 and not d.main:
+        dist.barrier()  # rank 0 tokenizes first and fills the datasets cache; the rest reuse it
+    with ledger.stage("tokenize") as rec:
+        train_ds = load_text_dataset(dataset if dataset is not None else cfg.data, cfg.text_column)
+        packed = pack_dataset(train_ds, tokenizer, cfg.seq_len, text_column=cfg.text_column)
+        if isinstance(eval_dataset, PackedData):
+            data = RunData(packed, packed.blocks, eval_dataset.blocks[: cfg.max_eval_blocks],
+                           None if eval_dataset.targets is None
+                           else eval_dataset.targets[: cfg.max_eval_blocks])
+        elif eval_dataset is not None or cfg.eval_data:
+            eval_ds = load_text_dataset(eval_dataset if eval_dataset is not None else cfg.eval_data,
+                                        cfg.text_column)
+            eval_blocks = pack_dataset(eval_ds, tokenizer, cfg.seq_len,
+                                       text_column=cfg.text_column).blocks[: cfg.max_eval_blocks]
+            data = RunData(packed, packed.blocks, eval_blocks)
+        else:
+            data = RunData(packed, *_split_blocks(packed.blocks, cfg))
+        rec.add(tokens=packed.n_tokens)
+    if d.world > 1 and d.main:
+        dist.barrier()
+    return data
+
+
+def setup_model(cfg: TrainConfig, tokenizer: Any, device: torch.device) -> Llama:
+    """The model to train: a preset built from scratch (seeded), or ``init_from`` weights."""
+    torch.manual_seed(cfg.seed)
+    if cfg.init_from:
+        init = None if cfg.init_from == "default" else cfg.init_from
+        return load_llama(init, device=device)
+    overrides = dict(cfg.model_overrides)
+    overrides.setdefault("vocab_size", 64 * math.ceil(len(tokenizer) / 64))
+    overrides.setdefault("max_seq_len", max(cfg.seq_len, LlamaConfig.preset(cfg.model).max_seq_len))
+    for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        overrides.setdefault(key, getattr(tokenizer, key, None))
+    return Llama(LlamaConfig.preset(cfg.model, **overrides)).to(device)
+
+
+def setup_optimizer(cfg: TrainConfig, model: Llama, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not on norms' gains)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        fused=device.type == "cuda",
+    )
+
+
+def resume_from(path: Path, model: Llama, optimizer: torch.optim.Optimizer,
+                device: torch.device) -> tuple[Progress, Ledger]:
+    """Load a checkpoint into the model and optimizer; return its progress and ledger."""
+    ckpt = load_checkpoint(path, device)
+    if ckpt["model_config"] != model.config.to_dict():
+        raise CheckpointError(f"{path}: checkpoint is for a different model "
+                              "configuration; pass --no-resume to start this run afresh")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its weights do not fit this model ({exc}); "
+                              "pass --no-resume to start afresh") from None
+    progress = Progress(ckpt["step"], ckpt["loss_curve"], ckpt["evals"])
+    return progress, Ledger.from_dict(ckpt["ledger"])
+
+
+def _wrap_for_training(cfg: TrainConfig, model: Llama, device: torch.device,
+                       d: _Dist) -> torch.nn.Module:
+    wrapped: torch.nn.Module = torch.compile(model) if cfg.compile else model
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(wrapped, device_ids=[device.index] if device.type == "cuda" else None,
+                      broadcast_buffers=False)
+    return wrapped
+
+
+def setup(cfg: TrainConfig, out: Path, d: _Dist, *, dataset: Any = None,
+          eval_dataset: Any = None, resume: bool = True, stop_at_step: int | None = None,
+          verbose: bool = False) -> TrainingRun:
+    """Device, data, model, optimizer and (with ``resume``) the checkpoint's state."""
+    device = _pick_device(cfg.device, d)
+    _set_threads(cfg, device, d)
+    say = print if (verbose and d.main) else (lambda *a, **k: None)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(label=out.name)
+    init = None if cfg.init_from in (None, "default") else cfg.init_from
+    tokenizer = load_tokenizer(cfg.tokenizer or init)
+    data = setup_data(cfg, tokenizer, dataset, eval_dataset, ledger, d)
+    say(f"data: {data.packed.n_documents} documents, {data.packed.n_tokens} tokens, "
+        f"{len(data.train_blocks)} train / {len(data.eval_blocks)} eval blocks of {cfg.seq_len + 1}")
+    model = setup_model(cfg, tokenizer, device)
+    top_id = int(data.packed.blocks.max())
+    if top_id >= model.config.vocab_size:
+        raise ValueError(f"token id {top_id} does not fit the model's vocab_size "
+                         f"{model.config.vocab_size}")
+    optimizer = setup_optimizer(cfg, model, device)
+    progress = Progress()
+    ckpt_path = out / CHECKPOINT
+    if resume and ckpt_path.exists():
+        progress, ledger = resume_from(ckpt_path, model, optimizer, device)
+        say(f"resumed from {ckpt_path} at step {progress.step}")
+    total_steps = cfg.steps_for(d.world)
+    return TrainingRun(
+        cfg=cfg, out=out, dist=d, device=device, tokenizer=tokenizer, data=data, model=model,
+        train_model=_wrap_for_training(cfg, model, device, d), optimizer=optimizer,
+        sampler=_Sampler(len(data.train_blocks), cfg.seed, cfg.batch_size, cfg.grad_accum, d.world),
+        ledger=ledger, progress=progress, total_steps=total_steps,
+        end_step=total_steps if stop_at_step is None else min(total_steps, stop_at_step),
+        use_bf16=cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda"),
+        say=say,
+    )
+
+
+def train_step(run: TrainingRun, step: int) -> float:
+    """One optimizer step (``grad_accum`` micro-batches, clipping, the LR of the schedule);
+    appends to the loss curve and books tokens and FLOPs on the open ``train`` stage."""
+    cfg, d = run.cfg, run.dist
+    lr = lr_at(step, cfg, run.total_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    step_loss = torch.zeros((), dtype=torch.float64, device=run.device)
+    for micro in range(cfg.grad_accum):
+        idx = run.sampler.indices(step, d.rank, micro)
+        batch = run.data.train_blocks[idx].to(run.device, non_blocking=True)
+        sync = micro == cfg.grad_accum - 1 or d.world == 1
+        with contextlib.nullcontext() if sync else run.train_model.no_sync():
+            with run.autocast():
+                loss = run.train_model(batch[:, :-1], batch[:, 1:]).loss / cfg.grad_accum
+            loss.backward()
+        step_loss += loss.detach().double()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if d.world > 1:
+        dist.all_reduce(step_loss)
+        step_loss /= d.world
+    loss_val = float(step_loss)
+    if not math.isfinite(loss_val):
+        raise FloatingPointError(f"loss became {loss_val} at step {step + 1}")
+    run.ledger.record("train").add(tokens=run.tokens_per_step, flops=run.flops_per_step)
+    run.progress.loss_curve.append({
+        "step": step + 1, "loss": loss_val, "lr": lr,
+        "tokens": run.progress.tokens + run.tokens_per_step,
+        "flops": run.progress.flops + run.flops_per_step,
+    })
+    run.progress.step = step + 1
+    return loss_val
+
+
+def run_evaluation(run: TrainingRun) -> float:
+    """Evaluate at the current step; the time goes to the ``eval`` stage, not to ``train``."""
+    started = time.perf_counter()
+    loss, n_tokens = evaluate(run.train_model, run.data.eval_blocks, run.cfg.batch_size,
+                              run.device, run.autocast, run.dist, run.data.eval_targets)
+    seconds = time.perf_counter() - started
+    run.ledger.record("train").seconds -= seconds
+    record = run.ledger.record("eval")
+    record.seconds += seconds
+    record.add(tokens=n_tokens, flops=run.shape.flops(n_tokens, run.cfg.seq_len, training=False))
+    run.progress.evals.append({"step": run.progress.step, "tokens": run.progress.tokens,
+                               "flops": run.progress.flops, "eval_loss": loss})
+    run.say(f"step {run.progress.step}: eval loss {loss:.4f}")
+    return loss
+
+
+def checkpoint(run: TrainingRun) -> None:
+    """Write model, optimizer, progress and ledger (rank 0); the time is not training time.
+
+    The ledger is read first, so the seconds it saves never include the checkpoint's own time.
+    """
+    ledger = run.ledger.to_dict()
+    started = time.perf_counter()
+    if run.dist.main:
+        save_checkpoint({
+            "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "step": run.progress.step,
+            "loss_curve": run.progress.loss_curve,
+            "evals": run.progress.evals,
+            "ledger": ledger,
+            "config": run.cfg.model_dump(),
+            "model_config": run.model.config.to_dict(),
+            "world_size": run.dist.world,
+        }, run.out / CHECKPOINT)
+    if run.dist.world > 1:
+        dist.barrier()
+    run.ledger.record("train").seconds -= time.perf_counter() - started
+
+
+def report(run: TrainingRun, status: str) -> dict[str, Any]:
+    """The run's report: config, model, data, ledger, loss curve, evals, FLOPs at each loss."""
+    train_stage = run.ledger.record("train")
+    evals = run.progress.evals
+    return {
+        "status": status,
+        "steps": run.end_step,
+        "total_steps": run.total_steps,
+        "config": run.cfg.model_dump(),
+        "model": run.model.config.to_dict(),
+        "n_params": run.model.num_parameters(),
+        "n_params_non_embedding": run.model.num_parameters(non_embedding=True),
+        "matmul_params": run.shape.matmul_params,
+        "world_size": run.dist.world,
+        "tokens_per_step": run.tokens_per_step,
+        "flops_per_step": run.flops_per_step,
+        "data": {
+            "documents": run.data.packed.n_documents,
+            "tokens": run.data.packed.n_tokens,
+            "train_blocks": len(run.data.train_blocks),
+            "eval_blocks": len(run.data.eval_blocks),
+            "epochs": run.sampler.epoch_of(run.end_step),
+        },
+        "tokens_per_second": train_stage.tokens / train_stage.seconds if train_stage.seconds else None,
+        "loss_curve": run.progress.loss_curve,
+        "evals": evals,
+        "flops_at_eval_loss": [{"eval_loss": e["eval_loss"], "flops": e["flops"],
+                                "tokens": e["tokens"], "step": e["step"]} for e in evals],
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "ledger": run.ledger.to_dict(),
+    }
+
+
+def write_outputs(run: TrainingRun, result: dict[str, Any]) -> None:
+    """``report.json`` and, for a completed run with ``save_model``, the ``model/`` folder."""
+    if run.dist.main:
+        if run.cfg.save_model and result["status"] == "completed":
+            with atomic_path(run.out / "model", is_dir=True) as folder:
+                write_llama_files(_unwrap(run.model), folder)
+                run.tokenizer.save_pretrained(folder)
+        atomic_write_json(run.out / REPORT, result)
+    if run.dist.world > 1:
+        dist.barrier()
+
+
+def _log_step(run: TrainingRun, loss: float, started: float, first_step: int) -> None:
+    done = run.progress.step
+    if done % run.cfg.log_every == 0 or done == run.end_step:
+        rate = (done - first_step) * run.tokens_per_step / max(time.perf_counter() - started, 1e-9)
+        lr = run.progress.loss_curve[-1]["lr"]
+        run.say(f"step {done}/{run.total_steps} loss {loss:.4f} lr {lr:.2e} "
+                f"{rate:,.0f} tok/s epoch {run.sampler.epoch_of(done):.2f}")
+
+
+def fit(run: TrainingRun) -> dict[str, Any]:
+    """The loop: step, log, evaluate every ``eval_every``, checkpoint; then the report."""
+    cfg = run.cfg
+    has_eval = len(run.data.eval_blocks) > 0
+    first_step, started = run.progress.step, time.perf_counter()
+    run.model.train()
+    with run.ledger.stage("train"):
+        if has_eval and not run.progress.evals:
+            run_evaluation(run)
+        for step in range(first_step, run.end_step):
+            loss = train_step(run, step)
+            _log_step(run, loss, started, first_step)
+            done = run.progress.step
+            if has_eval and (done % cfg.eval_every == 0 or done == run.total_steps):
+                run_evaluation(run)
+            if done == run.end_step or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+                checkpoint(run)
+    result = report(run, "completed" if run.end_step >= run.total_steps else "stopped")
+    write_outputs(run, result)
+    return result
 
 
 def train(
@@ -389,6 +807,8 @@ def train(
     Args:
         config: the run's settings; ``config.data`` is used unless ``dataset`` is given.
         out: run folder. With ``resume`` and an existing checkpoint the run continues from it.
+        eval_dataset: held-out data (a dataset or path, packed like the training data), or a
+            :class:`PackedData` with ``targets`` to score only some positions.
         stop_at_step: stop (after checkpointing) once this many steps are done, as if
             interrupted; the schedule still follows the full run, so resuming completes it.
         verbose: print progress lines on rank 0.
@@ -396,241 +816,14 @@ def train(
     Returns the report (also written as JSON): config, model, ledger, loss curve, evals and
     ``flops_at_eval_loss``.
     """
-    cfg = config
-    out = Path(out)
-    d = _setup_distributed(cfg.device)
+    d = _setup_distributed(config.device)
     try:
-        return _train(cfg, out, d, dataset, eval_dataset, resume, stop_at_step, verbose)
+        run = setup(config, Path(out), d, dataset=dataset, eval_dataset=eval_dataset,
+                    resume=resume, stop_at_step=stop_at_step, verbose=verbose)
+        return fit(run)
     finally:
         if d.initialised_here and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _train(
-    cfg: TrainConfig,
-    out: Path,
-    d: _Dist,
-    dataset: Any,
-    eval_dataset: Any,
-    resume: bool,
-    stop_at_step: int | None,
-    verbose: bool,
-) -> dict[str, Any]:
-    device = _pick_device(cfg.device, d)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    elif device.type == "cpu" and d.world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", d.world))))
-    say = print if (verbose and d.main) else (lambda *a, **k: None)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(label=out.name)
-
-    # data ------------------------------------------------------------------------------
-    init = None if cfg.init_from in (None, "default") else cfg.init_from
-    tokenizer = load_tokenizer(cfg.tokenizer or init)
-    if dataset is None and cfg.data is None:
-        raise ValueError("no training data: set `data` in the config or pass --data")
-    if d.world > 1 and not d.main:
-        dist.barrier()  # rank 0 tokenizes first and fills the datasets cache; the rest reuse it
-    with ledger.stage("tokenize") as rec:
-        train_ds = load_text_dataset(dataset if dataset is not None else cfg.data, cfg.text_column)
-        packed = pack_dataset(train_ds, tokenizer, cfg.seq_len, text_column=cfg.text_column)
-        if eval_dataset is not None or cfg.eval_data:
-            eval_ds = load_text_dataset(eval_dataset if eval_dataset is not None else cfg.eval_data,
-                                        cfg.text_column)
-            train_blocks = packed.blocks
-            eval_blocks = pack_dataset(eval_ds, tokenizer, cfg.seq_len,
-                                       text_column=cfg.text_column).blocks[: cfg.max_eval_blocks]
-        else:
-            train_blocks, eval_blocks = _split_blocks(packed.blocks, cfg)
-        rec.add(tokens=packed.n_tokens)
-    if d.world > 1 and d.main:
-        dist.barrier()
-    say(f"data: {packed.n_documents} documents, {packed.n_tokens} tokens, "
-        f"{len(train_blocks)} train / {len(eval_blocks)} eval blocks of {cfg.seq_len + 1}")
-
-    # model -------------------------------------------------------------------------------
-    torch.manual_seed(cfg.seed)
-    if cfg.init_from:
-        model = load_llama(init, device=device)
-    else:
-        overrides = dict(cfg.model_overrides)
-        overrides.setdefault("vocab_size", 64 * math.ceil(len(tokenizer) / 64))
-        overrides.setdefault("max_seq_len", max(cfg.seq_len, LlamaConfig.preset(cfg.model).max_seq_len))
-        for key, name in (("eos_token_id", "eos_token_id"), ("bos_token_id", "bos_token_id"),
-                          ("pad_token_id", "pad_token_id")):
-            overrides.setdefault(key, getattr(tokenizer, name, None))
-        model = Llama(LlamaConfig.preset(cfg.model, **overrides)).to(device)
-    mcfg = model.config
-    top_id = int(packed.blocks.max())
-    if top_id >= mcfg.vocab_size:
-        raise ValueError(f"token id {top_id} does not fit the model's vocab_size {mcfg.vocab_size}")
-    shape = mcfg.shape()
-
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-        fused=device.type == "cuda",
-    )
-
-    total_steps = cfg.steps_for(d.world)
-    start_step, loss_curve, evals = 0, [], []
-    ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path, device)
-        if ckpt["model_config"] != mcfg.to_dict():
-            raise CheckpointError(f"{ckpt_path}: checkpoint is for a different model "
-                                  "configuration; pass --no-resume to start this run afresh")
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{ckpt_path}: its weights do not fit this model ({exc}); "
-                                  "pass --no-resume to start afresh") from None
-        start_step, loss_curve, evals = ckpt["step"], ckpt["loss_curve"], ckpt["evals"]
-        ledger = Ledger.from_dict(ckpt["ledger"])
-        say(f"resumed from {ckpt_path} at step {start_step}")
-
-    train_model: torch.nn.Module = model
-    if cfg.compile:
-        train_model = torch.compile(model)
-    if d.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None,
-                          broadcast_buffers=False)
-
-    use_bf16 = cfg.dtype == "bfloat16" or (cfg.dtype == "auto" and device.type == "cuda")
-    def autocast() -> contextlib.AbstractContextManager:
-        if use_bf16:
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    sampler = _Sampler(len(train_blocks), cfg.seed, cfg.batch_size, cfg.grad_accum, d.world)
-    tokens_per_step = cfg.batch_size * cfg.grad_accum * d.world * cfg.seq_len
-    flops_per_step = shape.flops(tokens_per_step, cfg.seq_len, training=True)
-    cum_tokens = loss_curve[-1]["tokens"] if loss_curve else 0
-    cum_flops = loss_curve[-1]["flops"] if loss_curve else 0.0
-    end_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
-    status = "completed"
-
-    def run_eval(step: int) -> None:
-        t0 = time.perf_counter()
-        loss, n_tok = evaluate(train_model, eval_blocks, cfg.batch_size, device, autocast, d)
-        dt = time.perf_counter() - t0
-        train_rec.seconds -= dt  # eval time is booked to the "eval" stage, not to training
-        ev = ledger.record("eval")
-        ev.seconds += dt
-        ev.add(tokens=n_tok, flops=shape.flops(n_tok, cfg.seq_len, training=False))
-        evals.append({"step": step, "tokens": cum_tokens, "flops": cum_flops, "eval_loss": loss})
-        say(f"step {step}: eval loss {loss:.4f}")
-
-    def checkpoint(step: int) -> None:
-        t0 = time.perf_counter()
-        if d.main:
-            save_checkpoint({
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "loss_curve": loss_curve,
-                "evals": evals,
-                "ledger": ledger.to_dict(),
-                "config": cfg.model_dump(),
-                "model_config": mcfg.to_dict(),
-                "world_size": d.world,
-            }, ckpt_path)
-        if d.world > 1:
-            dist.barrier()
-        train_rec.seconds -= time.perf_counter() - t0
-
-    model.train()
-    t_start = time.perf_counter()
-    with ledger.stage("train") as train_rec:
-        if len(eval_blocks) and not evals:
-            run_eval(0)
-        for step in range(start_step, end_step):
-            lr = lr_at(step, cfg, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            step_loss = torch.zeros((), dtype=torch.float64, device=device)
-            for micro in range(cfg.grad_accum):
-                idx = sampler.indices(step, d.rank, micro)
-                batch = train_blocks[idx].to(device, non_blocking=True)
-                sync = micro == cfg.grad_accum - 1 or d.world == 1
-                ctx = contextlib.nullcontext() if sync else train_model.no_sync()
-                with ctx:
-                    with autocast():
-                        loss = train_model(batch[:, :-1], batch[:, 1:]).loss / cfg.grad_accum
-                    loss.backward()
-                step_loss += loss.detach().double()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if d.world > 1:
-                dist.all_reduce(step_loss)
-                step_loss /= d.world
-            cum_tokens += tokens_per_step
-            cum_flops += flops_per_step
-            train_rec.add(tokens=tokens_per_step, flops=flops_per_step)
-            loss_val = float(step_loss)
-            if not math.isfinite(loss_val):
-                raise FloatingPointError(f"loss became {loss_val} at step {step + 1}")
-            loss_curve.append({"step": step + 1, "loss": loss_val, "lr": lr,
-                               "tokens": cum_tokens, "flops": cum_flops})
-            done = step + 1
-            if done % cfg.log_every == 0 or done == end_step:
-                rate = (done - start_step) * tokens_per_step / max(time.perf_counter() - t_start, 1e-9)
-                say(f"step {done}/{total_steps} loss {loss_val:.4f} lr {lr:.2e} "
-                    f"{rate:,.0f} tok/s epoch {sampler.epoch_of(done):.2f}")
-            if len(eval_blocks) and (done % cfg.eval_every == 0 or done == total_steps):
-                run_eval(done)
-            if done == end_step or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-                checkpoint(done)
-        if end_step < total_steps:
-            status = "stopped"
-
-    train_stage = ledger.record("train")
-    report: dict[str, Any] = {
-        "status": status,
-        "steps": end_step,
-        "total_steps": total_steps,
-        "config": cfg.model_dump(),
-        "model": mcfg.to_dict(),
-        "n_params": model.num_parameters(),
-        "n_params_non_embedding": model.num_parameters(non_embedding=True),
-        "matmul_params": shape.matmul_params,
-        "world_size": d.world,
-        "tokens_per_step": tokens_per_step,
-        "flops_per_step": flops_per_step,
-        "data": {
-            "documents": packed.n_documents,
-            "tokens": packed.n_tokens,
-            "train_blocks": len(train_blocks),
-            "eval_blocks": len(eval_blocks),
-            "epochs": sampler.epoch_of(end_step),
-        },
-        "tokens_per_second": train_stage.tokens / train_stage.seconds if train_stage.seconds else None,
-        "loss_curve": loss_curve,
-        "evals": evals,
-        "flops_at_eval_loss": [{"eval_loss": e["eval_loss"], "flops": e["flops"],
-                                "tokens": e["tokens"], "step": e["step"]} for e in evals],
-        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "ledger": ledger.to_dict(),
-    }
-    if d.main:
-        if cfg.save_model and status == "completed":
-            with atomic_path(out / "model", is_dir=True) as folder:
-                write_llama_files(_unwrap(model), folder)
-                tokenizer.save_pretrained(folder)
-        atomic_write_json(out / REPORT, report)
-    if d.world > 1:
-        dist.barrier()
-    return report
 
 
 # -- comparing runs ------------------------------------------------------------------------
