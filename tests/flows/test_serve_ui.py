@@ -190,3 +190,24 @@ def test_prefect_ui_shows_the_deployment_and_the_report(served: dict, tmp_path: 
         Path(target).mkdir(parents=True, exist_ok=True)
         for path in shots.values():
             shutil.copy(path, Path(target) / path.name)
+
+
+def test_prefect_yaml_deploys_every_flow_onto_a_work_pool(served: dict) -> None:
+    """`prefect deploy --all` with the repository's prefect.yaml, as its comments instruct."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PREFECT_API_URL": served["api"]}
+    for command in (["work-pool", "create", "datadiet", "--type", "process", "--overwrite"],
+                    ["--no-prompt", "deploy", "--all"]):
+        run = subprocess.run([sys.executable, "-m", "prefect", *command], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    deployed = {d["name"]: d for d in api_post("/deployments/filter", {
+        "work_pools": {"name": {"any_": ["datadiet"]}}})}
+    assert set(deployed) == {"curate", "build-prompts", "train-and-measure", "efficiency"}
+    curate_deployment = deployed["curate"]
+    assert curate_deployment["entrypoint"] == "src/datadiet/flows/curate.py:curate"
+    assert curate_deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
+        "directory": str(repo)}
+    (schedule,) = curate_deployment["schedules"]
+    assert schedule["schedule"]["cron"] == "0 3 * * *" and schedule["active"] is False
+    assert "params" in curate_deployment["parameter_openapi_schema"]["properties"]
