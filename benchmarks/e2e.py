@@ -14,8 +14,14 @@ Parts:
   the same small Llama trained on full vs curated data — same tokenizer (a BPE fitted to the raw
   corpus), seeds and FLOP budget — eval loss on WikiText-2 test
   (:mod:`datadiet.pipeline.demo.comparison`);
-* fine-tuning and prompts — measured where their library parts exist on this branch; otherwise
-  reported as "not measured", with the reason, never estimated.
+* fine-tuning — T0 rows: an IFD subset (scored by the base model, the pre-training part's
+  full-data run) vs a random subset vs all rows, same base, budget and seeds, eval loss on
+  held-out T0 responses (:mod:`datadiet.pipeline.demo.finetuning`);
+* prompts — SST-2 dev with SmolLM2-135M-Instruct: zero-shot, random 8-shot, kNN 8-shot with the
+  most similar last, and that compressed; accuracy and mean prompt tokens
+  (:mod:`datadiet.prompting.icl`).
+
+A part that cannot run is reported as "not measured", with the reason, never estimated.
 
 ``--quick`` shrinks the corpus and the model (a few minutes on two loaded cores). The report
 (``report.md``, PNG plots, manifest, every run's ledger) is written to ``--out``. The last line
@@ -30,15 +36,90 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from datadiet.pipeline.demo.comparison import PretrainSettings, pretraining_comparison
-from datadiet.pipeline.demo.report import SavingsReport, headline_numbers, write_savings_report
+import numpy as np
+
+from datadiet.pipeline.demo.comparison import (
+    PretrainSettings,
+    pretraining_comparison,
+    small_train_config,
+)
+from datadiet.pipeline.demo.finetuning import FinetuneSettings, finetuning_comparison
+from datadiet.pipeline.demo.report import (
+    PromptResults,
+    SavingsReport,
+    headline_numbers,
+    write_savings_report,
+)
+from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.report import RunContext
+from datadiet.prompting.demos import DemoSelector, preset
+from datadiet.prompting.icl import ICLEvaluator, fixed_subset, read_labelled_lines
 
 DATA = Path(
     os.environ.get("DATADIET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
+
+
+#: The selection and ordering the prompt part calls "best": kNN demonstrations (Liu et al. 2022)
+#: with the most similar last (the ordering their paper and Lu et al. 2022 favour).
+BEST_STRATEGY, BEST_ORDER = "knn", "similar_last"
+
+
+def measure_prompts(quick: bool, seeds: list[int], k: int = 8, compress_rate: float = 0.25,
+                    progress: Callable[[str], None] = print) -> PromptResults:
+    """SST-2 dev with SmolLM2-135M-Instruct: zero-shot, random k-shot (one run per seed), the
+    best selection + ordering, and that compressed; accuracy and mean prompt tokens of each.
+
+    Only the demonstrations are compressed (the query never is), each demonstration's answer is
+    protected, and the same fixed test subset is used for every strategy.
+    """
+    pool = read_labelled_lines(DATA / "icl" / "sst2" / "train.txt")
+    test = read_labelled_lines(DATA / "icl" / "sst2" / "dev.txt")
+    pool = pool.subset(fixed_subset(len(pool), 500 if quick else 2000))
+    test = test.subset(fixed_subset(len(test), 40 if quick else 200))
+    template = preset("sentiment", ["0", "1"])
+    embedder = Embedder()
+    evaluator = ICLEvaluator(template, embedder=embedder)
+    count = evaluator.scorer.count_tokens
+
+    def run(strategy: str, shots: int, order: str = "as_selected", seed: int = 0,
+            rate: float | None = None) -> dict:
+        selector = DemoSelector(strategy, shots, template=template, embedder=embedder,
+                                count_tokens=count, seed=seed)
+        selector.fit(pool.texts, pool.labels)
+        result = evaluator.evaluate(selector, test.texts, test.labels, order=order, seed=seed,
+                                    compress_rate=rate)
+        progress(f"prompts: {strategy} k={shots} {order} seed {seed} rate {rate}: accuracy "
+                 f"{result.accuracy:.3f}, {result.mean_prompt_tokens:.0f} tokens")
+        return {"accuracy": result.accuracy, "mean_prompt_tokens": result.mean_prompt_tokens,
+                "seconds": result.seconds}
+
+    best_name = f"{BEST_STRATEGY} {k}-shot, {BEST_ORDER}"
+    compressed_name = f"{best_name}, compressed to {compress_rate:g}"
+    rows = [{"strategy": "zero-shot", **run("random", 0), "seeds": 1}]
+    randoms = [run("random", k, seed=seed) for seed in seeds]
+    rows.append({"strategy": f"random {k}-shot",
+                 "accuracy": float(np.mean([r["accuracy"] for r in randoms])),
+                 "accuracy_spread": float(np.ptp([r["accuracy"] for r in randoms])),
+                 "mean_prompt_tokens": float(np.mean([r["mean_prompt_tokens"] for r in randoms])),
+                 "seconds": float(np.mean([r["seconds"] for r in randoms])), "seeds": len(seeds)})
+    rows.append({"strategy": best_name, **run(BEST_STRATEGY, k, BEST_ORDER), "seeds": 1})
+    rows.append({"strategy": compressed_name,
+                 **run(BEST_STRATEGY, k, BEST_ORDER, rate=compress_rate), "seeds": 1})
+    for row in rows:
+        row["n"] = len(test)
+    notes = []
+    zero, best = rows[0]["accuracy"], rows[2]["accuracy"]
+    if best <= zero:
+        notes.append(f"prompts: the best {k}-shot prompts ({100 * best:.1f}%) did not beat "
+                     f"zero-shot ({100 * zero:.1f}%) — SmolLM2-135M barely uses demonstrations, "
+                     "so here they cost tokens without buying accuracy.")
+    return PromptResults(task=f"SST-2 dev ({len(test)} rows; pool {len(pool)} train rows)",
+                         model="SmolLM2-135M-Instruct", rows=rows, best=best_name,
+                         compressed=compressed_name, notes=notes)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,16 +149,31 @@ def main(argv: list[str] | None = None) -> dict:
                                               "Holmes, GSM8K, T0, SST-2)"))
     if "pretrain" in parts:
         settings = PretrainSettings.quick(seeds) if args.quick else PretrainSettings(seeds=seeds)
-        settings.train = settings.train.model_copy(update={"num_threads": args.threads})
+        # save_model: the full-data run of the first seed is the fine-tuning part's base model
+        settings.train = settings.train.model_copy(update={"num_threads": args.threads,
+                                                           "save_model": True})
         settings.tokenizer = args.tokenizer
         report.pretraining = pretraining_comparison(out / "pretraining", DATA, settings,
                                                     progress=progress)
     else:
         report.missing["train"] = "skipped (--parts)"
-    report.missing["sft"] = ("the fine-tuning comparison (IFD/DEITA subset vs random vs all T0 "
-                             "rows) is not wired into this benchmark yet")
-    report.missing["prompts"] = ("the ICL evaluator and demonstration selection/ordering "
-                                 "(datadiet.prompting.demos) are not on this branch yet")
+    if "sft" not in parts:
+        report.missing["sft"] = "skipped (--parts)"
+    elif report.pretraining is None:
+        report.missing["sft"] = "needs the pre-training part (its full-data model is the base)"
+    else:
+        base = Path(report.pretraining["runs"]["full"][0]["run_dir"]) / "model"
+        tune = small_train_config(args.quick, max_steps=60 if args.quick else 200,
+                                  eval_every=5 if args.quick else 10, lr=1e-3, warmup_steps=5,
+                                  num_threads=args.threads)
+        sft = (FinetuneSettings.quick(tune, seeds) if args.quick
+               else FinetuneSettings(train=tune, seeds=seeds))
+        report.finetuning = finetuning_comparison(out / "finetuning", DATA, base, sft,
+                                                  progress=progress)
+    if "prompts" in parts:
+        report.prompts = measure_prompts(args.quick, seeds, progress=progress)
+    else:
+        report.missing["prompts"] = "skipped (--parts)"
     path = write_savings_report(out, report)
     numbers = headline_numbers(report)
     progress(f"report: {path}")

@@ -211,6 +211,21 @@ def _training_notes(name: str, part: dict[str, Any], target: float) -> list[str]
     return notes
 
 
+def _control_notes(part: dict[str, Any]) -> list[str]:
+    """Did the scored subset beat the random subset of the same size (the control)?"""
+    comparisons = part.get("comparisons", {})
+    if "random" not in comparisons:
+        return []
+    losses = {arm: row["final eval loss (mean)"] for arm, row in part.get("arms_table", {}).items()}
+    notes = []
+    for arm in (a for a in comparisons if a != "random"):
+        if losses.get(arm) is not None and losses.get("random") is not None \
+                and losses[arm] >= losses["random"]:
+            notes.append(f"fine-tuning: the {arm} subset ended no better than a random subset of "
+                         f"the same size (eval loss {losses[arm]:.4f} vs {losses['random']:.4f}).")
+    return notes
+
+
 def _notes(report: SavingsReport, numbers: dict[str, Any]) -> str:
     t = report.targets
     notes: list[str] = []
@@ -234,6 +249,7 @@ def _notes(report: SavingsReport, numbers: dict[str, Any]) -> str:
                          "matmuls).")
     if report.finetuning is not None:
         notes += _training_notes("fine-tuning", report.finetuning, t.sft_flops_ratio)
+        notes += _control_notes(report.finetuning)
     if report.prompts is not None:
         if numbers["targets_met"]["prompt_token_ratio"] is False:
             notes.append(f"prompts: compression shortened the best prompts "
