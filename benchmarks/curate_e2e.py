@@ -21,7 +21,9 @@ clusters near duplicates (connected components, earliest row kept), while the sc
 raw text and keep a document unless it is close to one already kept.
 
 The same run measures single steps in-process on the same texts (``steps``): documents per
-second of wall time and per CPU-second (per core), after a warm-up, median of the rounds.
+second of wall time and per CPU-second (per core), after a warm-up, median of the rounds; and
+datadiet's memory per document, as the slope of its peak memory between the first half of the
+input and all of it (``mib_per_million_docs``).
 
 Usage: ``python benchmarks/curate_e2e.py [--quick] [--rounds 3]``; the last line is a JSON
 object. Record the machine's load average beside the figures (it is in the JSON).
@@ -209,6 +211,11 @@ def main() -> None:
                 runs[name].append(run_process(cmd(src, outputs[name])))
         med = {name: median_run(r) for name, r in runs.items()}
         kept = {name: kept_ids(outputs[name]) for name in commands}
+        # Memory per document: the slope between this input and its first half.
+        half = work / "half.jsonl"
+        with open(src, encoding="utf-8") as f, open(half, "w", encoding="utf-8") as g:
+            g.writelines(line for _, line in zip(range(n_docs // 2), f, strict=False))
+        half_run = run_process(datadiet_cmd(half, work / "half-out", spec))
 
         texts = [json.loads(line)["text"] for line in open(src, encoding="utf-8")]
         steps = step_throughput(texts, args.rounds)
@@ -246,6 +253,10 @@ def main() -> None:
             dd["peak_private_mib"] / med["rensa_script"]["peak_private_mib"], 2),
         "docs_per_s": round(n_docs / dd["wall_s"]),
         "gb_per_hour": round(n_bytes / dd["wall_s"] * 3600 / 1e9, 2),
+        "mib_per_million_docs": {
+            key: round((dd[key] - half_run[key]) / (n_docs - n_docs // 2) * 1e6)
+            for key in ("peak_mib", "peak_private_mib")
+        },
         "steps": steps,
     }
     if "datasketch_script" in med:

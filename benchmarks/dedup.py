@@ -35,7 +35,9 @@ in one compiled pass over the UTF-8 bytes without building any string.
 
 Timings are the best of ``--repeats`` interleaved rounds after one warm-up on a small slice
 (which pays one-time costs such as imports, lookup tables and loading numba's cached machine
-code, for every library alike). All pipelines run single-threaded in one process. The machine
+code, for every library alike). datadiet's kernels run on all cores (``numba_threads`` in the
+JSON; ``NUMBA_NUM_THREADS=1`` for a one-thread run); datasketch runs in one thread, rensa as its
+batch calls do. The machine
 may be shared, so absolute numbers move; the ratios come from the same rounds, and CPU-time
 ratios (``*_cpu``) are reported beside the wall-time ones as the steadier figure.
 
@@ -289,6 +291,13 @@ def _shingle_lists(texts: list[str], ngram: int) -> list[list[str]]:
     return out
 
 
+def _numba_threads() -> int:
+    """Threads datadiet's compiled kernels run on (all cores unless NUMBA_NUM_THREADS says)."""
+    import numba
+
+    return numba.get_num_threads()
+
+
 def run_datadiet(ds, threshold: float, num_perm: int, ngram: int) -> Selection:
     step = MinHashDedup(threshold=threshold, num_perm=num_perm, ngram=ngram)
     return step.select(ds, StepContext(show_progress=False, batch_size=2000))
@@ -471,6 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
         "f1_datasketch": round(results["datasketch"]["f1"], 4),
         "f1_rensa": round(results["rensa"]["f1"], 4),
         "cpu_count": os.cpu_count(),
+        "numba_threads": _numba_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     print(f"\nvs datasketch: {out['vs_datasketch']}x   vs rensa: {out['vs_rensa']}x   "
