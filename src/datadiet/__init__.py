@@ -42,6 +42,11 @@ _EXPORTS = {
     "Compressor": "datadiet.prompting.compression",
     "PromptCompressor": "datadiet.prompting.compression",
     "BudgetError": "datadiet.prompting.compression",
+    "DemoSelector": "datadiet.prompting.demos",
+    "DemoOrderer": "datadiet.prompting.demos",
+    "PromptTemplate": "datadiet.prompting.demos",
+    "build_prompt": "datadiet.prompting.demos",
+    "ICLEvaluator": "datadiet.prompting.icl",
 }
 
 __all__ = ["__version__", *_EXPORTS]
