@@ -49,6 +49,11 @@ def t0_rows(n: int, seed: int = 0) -> list[dict]:
     return pool[: n * 2]  # filtered to n rows that fit the window below
 
 
+def response_ids(tok, text: str) -> list[int]:
+    """The response's tokens as IFD scores them: end-of-text markers are not content."""
+    return [t for t in tok(text, add_special_tokens=False)["input_ids"] if t not in tok.all_special_ids]
+
+
 def baseline_ifd(model, tok, rows: list[dict]) -> tuple[np.ndarray, float]:
     """Cherry-shaped loop: one row at a time, full logits, ``labels`` masked to the response."""
     import torch
@@ -58,7 +63,7 @@ def baseline_ifd(model, tok, rows: list[dict]) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     for i, r in enumerate(rows):
         p = tok(r["prompt"], add_special_tokens=False)["input_ids"]
-        c = tok(r["completion"], add_special_tokens=False)["input_ids"]
+        c = response_ids(tok, r["completion"])
         losses = []
         for ids, n_prompt in (([start, *p, *c], 1 + len(p)), ([start, *c], 1)):
             x = torch.tensor([ids], device=model.device)
@@ -103,13 +108,12 @@ def main() -> None:
     rows = []
     for r in t0_rows(n):
         p = len(tok(r["prompt"], add_special_tokens=False)["input_ids"])
-        c = len(tok(r["completion"], add_special_tokens=False)["input_ids"])
+        c = len(response_ids(tok, r["completion"]))
         if 1 + p + c <= MAX_LENGTH and c > 0:
             rows.append(r)
         if len(rows) == n:
             break
-    response_tokens = sum(len(tok(r["completion"], add_special_tokens=False)["input_ids"])
-                          for r in rows)
+    response_tokens = sum(len(response_ids(tok, r["completion"])) for r in rows)
     ours_best = base_best = float("inf")
     backend = ""
     for _ in range(repeat):

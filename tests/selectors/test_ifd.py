@@ -54,7 +54,8 @@ def direct_ifd(prompt: str, response: str) -> float:
     model, tok = load_causal_lm(None)
     start = tok.eos_token_id  # the scorer's document-boundary token
     p = tok(prompt, add_special_tokens=False)["input_ids"]
-    r = tok(response, add_special_tokens=False)["input_ids"]
+    r = [t for t in tok(response, add_special_tokens=False)["input_ids"]
+         if t not in tok.all_special_ids]  # an end-of-text marker is not content
     losses = []
     for ids, n_prompt in (([start, *p, *r], 1 + len(p)), ([start, *r], 1)):
         x = torch.tensor([ids])

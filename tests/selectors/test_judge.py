@@ -31,7 +31,7 @@ def direct_rating(prompt: str, response: str) -> float:
     model, tok = load_causal_lm(None)
     text = tok.apply_chat_template(
         [{"role": "user", "content": DEFAULT_TEMPLATE.format(instruction=prompt, response=response)}],
-        tokenize=False, add_generation_prompt=True)
+        tokenize=False, add_generation_prompt=True) + "Rating: "
     ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
     with torch.inference_mode():
         logits = model(input_ids=ids).logits[0, -1].double()

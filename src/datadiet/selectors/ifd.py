@@ -22,6 +22,11 @@ tokens and their ratio is a fair one. Multi-turn chats are scored on every assis
 in the context of the conversation before it, and a row's losses are token-weighted means over
 all its turns.
 
+Special tokens in a response (an end-of-text marker such as T0's ``<|endoftext|>``) are not
+scored: they are formatting, not content, and a marker the model never predicts would add the
+same large loss to both passes and pull every short answer's IFD towards 1. A response of
+nothing but such markers has no token to score (``ifd:empty-response``).
+
 The scores (sums of both losses and token counts) are cached on disk per row content, model and
 window (:mod:`datadiet.pipeline.score_cache`), so a second run with another ``keep`` or ``ratio``
 makes no model call, and an interrupted run resumes.
@@ -49,7 +54,7 @@ __all__ = ["IFD", "ifd_losses", "ifd_ratio", "pair_windows", "row_scorer"]
 #: megabyte-long prompt does not cost a megabyte of tokenisation to keep its tail.
 CHARS_PER_TOKEN_BOUND = 64
 #: Bump when the computation changes: cached entries of an old version are never read.
-IFD_METHOD = "ifd-losses-v1"
+IFD_METHOD = "ifd-losses-v2"
 NOT_HELPED = "ifd:instruction-does-not-help"
 BELOW_BUDGET = "ifd:below-budget"
 EMPTY = "ifd:empty-response"
@@ -85,7 +90,9 @@ def ifd_losses(
     flat = [(p[-cut:], r[:cut]) for pairs in rows for p, r in pairs]
     tok = scorer.tokenizer
     prompts = tok([p for p, _ in flat], add_special_tokens=False)["input_ids"] if flat else []
-    responses = tok([r for _, r in flat], add_special_tokens=False)["input_ids"] if flat else []
+    special = set(getattr(tok, "all_special_ids", ()))
+    responses = [[t for t in ids if t not in special] for ids in
+                 tok([r for _, r in flat], add_special_tokens=False)["input_ids"]] if flat else []
     # (sequence, first scored position): the conditioned pass needs logits for the response
     # only, so the scorer forms none for the instruction's positions
     unique: dict[tuple[tuple[int, ...], int], int] = {}

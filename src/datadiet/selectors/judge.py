@@ -9,7 +9,8 @@ rows even when the most likely digit ties.
 
 The template is a parameter with ``{instruction}`` and ``{response}`` placeholders; for a chat
 model it is sent as a user message through the tokenizer's chat template (``chat=True``), so
-the answer position is where the model starts its reply. A multi-turn row is judged on its last
+the answer position is where the model starts its reply (after ``answer_prefix``, "Rating: " by
+default, which makes a small model answer with a digit). A multi-turn row is judged on its last
 assistant turn, with the conversation before it as the instruction. Long rows are cut to
 ``max_length`` tokens: the instruction from the left, the response from the right, each keeping
 at least half the window it needs.
@@ -58,7 +59,8 @@ def _fit(tokenizer: Any, instruction: str, response: str, budget: int) -> tuple[
 
 
 def judge_prompts(
-    tokenizer: Any, rows: Sequence[tuple[str, str]], template: str, chat: bool, max_length: int
+    tokenizer: Any, rows: Sequence[tuple[str, str]], template: str, chat: bool, max_length: int,
+    answer_prefix: str = "",
 ) -> list[list[int]]:
     """Token ids of each row's rating prompt, ending where the rating is to be read."""
     overhead = len(tokenizer(template.format(instruction="", response=""),
@@ -71,6 +73,7 @@ def judge_prompts(
         if chat:
             text = tokenizer.apply_chat_template([{"role": "user", "content": text}],
                                                  tokenize=False, add_generation_prompt=True)
+        text += answer_prefix
         out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"][-max_length:]))
     return out
 
@@ -133,6 +136,9 @@ class Judge(Step):
         min_score: drop rows whose expected rating is below this, whatever the budget.
         template: the rating prompt, with ``{instruction}`` and ``{response}``.
         chat: send the prompt through the tokenizer's chat template (for chat models).
+        answer_prefix: text that opens the judge's answer, right before the rating is read;
+            ``"Rating: "`` makes a small chat model answer with a digit (SmolLM2-135M put 0.11
+            of its probability on "1".."6" without it, 0.83 with it, on T0 rows).
         max_length: token window of one rating prompt.
         model: causal LM id or folder; ``None`` uses the run's shared scorer (SmolLM2).
         cache: ``True`` (the datadiet cache), a folder, or ``False``.
@@ -151,6 +157,7 @@ class Judge(Step):
         min_score: float | None = None,
         template: str = DEFAULT_TEMPLATE,
         chat: bool = True,
+        answer_prefix: str = "Rating: ",
         max_length: int = 1024,
         model: str | None = None,
         cache: bool | str = True,
@@ -174,6 +181,9 @@ class Judge(Step):
         self.min_score = None if min_score is None else float(min_score)
         self.template = template
         self.chat = bool(chat)
+        if not isinstance(answer_prefix, str):
+            raise ValueError(f"answer_prefix must be a string, got {answer_prefix!r}")
+        self.answer_prefix = answer_prefix
         self.max_length = max_length
         self.model = model
         self.cache = cache
@@ -187,7 +197,8 @@ class Judge(Step):
         scorer = row_scorer(self.model, ctx)
         chat = self.chat and getattr(scorer.tokenizer, "chat_template", None) is not None
         identity = scorer_identity(scorer)
-        recipe = hashlib.blake2b(f"{chat}\0{self.template}".encode(), digest_size=8).hexdigest()
+        recipe = hashlib.blake2b(f"{chat}\0{self.answer_prefix}\0{self.template}".encode(),
+                                 digest_size=8).hexdigest()
         cache = open_cache(self.cache, identity, f"{JUDGE_METHOD}:{recipe}", self.max_length)
         costs = np.asarray([min((len(p) + len(r)) // 4 + 64, self.max_length) for p, r in rows])
         try:
@@ -196,7 +207,7 @@ class Judge(Step):
                     [turns_key([pair]) for pair in rows],
                     lambda idx: rating_scores(scorer, judge_prompts(
                         scorer.tokenizer, [rows[i] for i in idx], self.template, chat,
-                        self.max_length)),
+                        self.max_length, self.answer_prefix)),
                     cache, width=2, costs=costs, chunk_cost=8 * scorer.tokens_per_batch,
                     on_progress=bar.update,
                 )
