@@ -91,4 +91,6 @@ def test_after_a_scoring_step_in_curate(ds: Dataset, ctx: StepContext) -> None:
                          {"deita": {"keep": 0.5, "score": "kcenter_score", "threshold": 0.9}}],
                     ctx=ctx)
     assert len(result.dataset) == 40
+    # k-center's first pick scores inf: the best score, taken first, not "no score"
+    assert np.isinf(np.asarray(result.dataset["kcenter_score"])).sum() == 1
     assert {"kcenter_score", "deita_score"} <= set(result.dataset.column_names)

@@ -126,14 +126,14 @@ class Deita(Step):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"deita: column {self.score!r} is not numeric ({exc})") from exc
         k = resolve_keep(self.keep, n)
-        valid = np.flatnonzero(np.isfinite(values))
+        valid = np.flatnonzero(~np.isnan(values))  # inf is a score (k-center's first pick)
         key = -values[valid] if self.descending else values[valid]
         order = valid[np.argsort(key, kind="stable")]
         ds = ensure_text(ds, ctx.record_format, ctx.text_field, self.name)
         emb = embed_dataset(ds, ctx, name="deita")
         taken, nearest, similarity, examined = diverse_by_score(emb, order, k, self.threshold)
         kinds = np.full(n, BELOW_BUDGET, dtype=object)
-        kinds[~np.isfinite(values)] = NO_SCORE
+        kinds[np.isnan(values)] = NO_SCORE
         kinds[order[:examined]] = TOO_SIMILAR
         kinds[taken] = ""
         detail = np.full(n, "", dtype=object)
