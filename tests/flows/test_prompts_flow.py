@@ -1,4 +1,5 @@
-"""build_prompts: real SST-2 demonstrations, compressed by the offline SmolLM2 scorer."""
+"""build_prompts: SST-2 demonstrations chosen by BM25 (datadiet.prompting.demos), laid out with the
+sentiment preset and compressed by the offline SmolLM2 scorer."""
 
 from __future__ import annotations
 
@@ -27,19 +28,24 @@ def sst2(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 def test_prompts_are_compressed_and_reported(prefect_api: str, sst2: dict, tmp_path: Path) -> None:
     params = PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
-                          k=3, compress_rate=0.5, instruction="Classify the sentiment.",
-                          storage=str(tmp_path / "storage"))
+                          k=3, strategy="bm25", ordering="as_selected", template="sentiment",
+                          compress_rate=0.5, storage=str(tmp_path / "storage"))
     state = build_prompts(params, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     rows = [json.loads(line) for line in Path(result["prompts"]).read_text().splitlines()]
     queries = [json.loads(line) for line in sst2["eval"].read_text().splitlines()]
+    pool = {r["id"]: r for r in map(json.loads, sst2["pool"].read_text().splitlines())}
     assert [r["id"] for r in rows] == [q["id"] for q in queries]
     for row, query in zip(rows, queries, strict=True):
-        assert row["prompt"].startswith("Classify the sentiment.")
-        assert row["prompt"].rstrip().endswith(f"{query['text']}\nAnswer:")  # query verbatim
-        assert len(row["demonstrations"]) == 3
+        assert row["prompt"].startswith("Classify the sentiment of each review")  # verbatim
+        assert row["prompt"].endswith(f"Review: {query['text']}\nSentiment:")  # query verbatim
+        assert len(row["demonstrations"]) == 3 and set(row["demonstrations"]) <= set(pool)
         assert row["tokens_after"] < row["tokens_before"]
+        for demo_id in row["demonstrations"]:  # every demonstration keeps its label word
+            assert f"Sentiment: {pool[demo_id]['label']}" in row["prompt"]
+    # BM25 picks, for each query, pool rows that share its words; not the same rows for all.
+    assert len({tuple(r["demonstrations"]) for r in rows}) > 1
     assert result["tokens_after"] < result["tokens_before"]
 
     report = artifacts_of(state.state_details.flow_run_id)["datadiet-prompts-report"]["data"]
@@ -49,7 +55,10 @@ def test_prompts_are_compressed_and_reported(prefect_api: str, sst2: dict, tmp_p
     assert set(task_run_states(again.state_details.flow_run_id)) == {"Cached"}
 
 
-def test_prompt_formats_are_validated(sst2: dict, tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="demo_format"):
+def test_prompt_parameters_are_validated(sst2: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="unknown template 'sentimnet'"):
         PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
-                     demo_format="{text} => {answer}")
+                     template="sentimnet")
+    with pytest.raises(ValidationError, match="strategy"):
+        PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
+                     strategy="nearest")

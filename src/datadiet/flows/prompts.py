@@ -1,14 +1,12 @@
 """The ``build_prompts`` flow: few-shot prompts for an evaluation set, then compressed.
 
-For every query of the evaluation set it picks demonstrations from a labelled pool, lays them
-out with the template, compresses the demonstrations (never the query) with
-:func:`datadiet.prompting.compression.compress_batch`, and writes one JSONL row per prompt with
-its token counts before and after; the token report is published as artifacts.
-
-Seam: demonstration selection and ordering belong to ``datadiet.prompting.demos`` (issue 12).
-Until that API is on main, :func:`choose_demonstrations` offers the one strategy that needs no
-model — ``random``, seeded per run — so the rest of the flow (layout, compression, report,
-caching) is in place; the strategies land there without changing the flow's shape.
+For every query of the evaluation set it selects demonstrations from a labelled pool with
+:class:`datadiet.prompting.demos.DemoSelector`, orders them (:class:`~datadiet.prompting.demos.
+DemoOrderer`; GlobalE/LocalE through the ICL evaluator's label scorer), lays them out with a
+:class:`~datadiet.prompting.demos.PromptTemplate` and compresses the demonstrations (never the
+instruction, the query or a label word) through the same assembly call the ICL evaluator uses.
+It writes one JSONL row per prompt with its token counts uncompressed and compressed, and
+publishes the token report as artifacts.
 """
 
 from __future__ import annotations
@@ -17,9 +15,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from prefect import flow
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from datadiet.flows.common import FlowParams, cached_task, run_checked, stored
 from datadiet.flows.report import (
@@ -30,7 +27,13 @@ from datadiet.flows.report import (
     publish,
 )
 from datadiet.pipeline.io import atomic_write_text, load_corpus, source_fingerprint
-from datadiet.prompting.compression import compress_batch
+from datadiet.pipeline.models.tokenizer import load_tokenizer
+from datadiet.prompting.demos import DemoOrderer, DemoSelector, load_template
+from datadiet.prompting.demos import build_prompts as lay_out_prompts
+from datadiet.prompting.icl import ICLEvaluator
+
+Strategy = Literal["random", "bm25", "knn", "mmr", "votek", "dpp"]
+Ordering = Literal["as_selected", "similar_last", "random", "globale", "locale"]
 
 
 class PromptParams(FlowParams):
@@ -42,17 +45,18 @@ class PromptParams(FlowParams):
                           "the prompts file for scoring, never shown in the prompt).")
     out: str = Field(description="Folder for prompts.jsonl and the token report.")
     k: int = Field(4, ge=0, le=64, description="Demonstrations per prompt.")
-    strategy: Literal["random"] = Field("random", description="How demonstrations are chosen.")
+    strategy: Strategy = Field("knn", description="How demonstrations are chosen: random, bm25, "
+                               "knn (KATE), mmr, votek, dpp.")
+    ordering: Ordering = Field("as_selected", description="How they are ordered; globale/locale "
+                               "score candidate orders with the model (slow on CPU).")
+    balanced: bool = Field(False, description="Keep the demonstrations' label mix even.")
+    template: str = Field("sentiment", description="A preset (sentiment, topic, question, nli) "
+                          "or a JSON file with instruction, demo_format, verbalizers.")
     seed: int = 0
-    instruction: str = Field("", description="Put first in every prompt, kept verbatim.")
-    demo_format: str = Field("{text}\nAnswer: {label}", description="One demonstration; "
-                             "{text} and {label} are filled in.")
-    query_format: str = Field("{text}\nAnswer:", description="The query; {text} is filled in.")
     compress_rate: float = Field(0.5, gt=0.0, le=1.0, description="Keep this fraction of the "
                                  "demonstrations' tokens (1 = no compression).")
-    method: Literal["lingua", "selective"] = Field("lingua", description="Compression method.")
-    model: str | None = Field(None, description="Scoring model for compression (HF id or "
-                              "folder); empty = the offline SmolLM2-135M-Instruct.")
+    model: str | None = Field(None, description="Model for compression, ordering and token "
+                              "counts (HF id or folder); empty = the offline SmolLM2-135M-Instruct.")
     limit: int | None = Field(None, ge=1, description="Use only the first N queries.")
     text_field: str = "text"
     label_field: str = "label"
@@ -63,25 +67,11 @@ class PromptParams(FlowParams):
         source_fingerprint(value)
         return value
 
-    @model_validator(mode="after")
-    def _formats(self) -> PromptParams:
-        try:
-            self.demo_format.format(text="", label="")
-            self.query_format.format(text="")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"demo_format/query_format: only {{text}} and {{label}} may be "
-                             f"filled in ({exc})") from exc
-        return self
-
-
-def choose_demonstrations(n_pool: int, n_queries: int, k: int, strategy: str,
-                          seed: int) -> list[list[int]]:
-    """Pool rows for each query (the seam to ``datadiet.prompting.demos``, see module doc)."""
-    if strategy != "random":
-        raise ValueError(f"unknown strategy {strategy!r}")
-    rng = np.random.default_rng(seed)
-    return [rng.choice(n_pool, size=min(k, n_pool), replace=False).tolist()
-            for _ in range(n_queries)]
+    @field_validator("template")
+    @classmethod
+    def _template_loads(cls, value: str) -> str:
+        load_template(value, ["0", "1"])  # unknown preset or bad JSON file: fail before running
+        return value
 
 
 def _rows(path: str, text_field: str, label_field: str, limit: int | None = None) -> list[dict]:
@@ -95,39 +85,49 @@ def _rows(path: str, text_field: str, label_field: str, limit: int | None = None
 @cached_task(task_run_name="build prompts for {eval_set}")
 def build_prompt_file(pool: str, pool_fingerprint: str, eval_set: str, eval_fingerprint: str,
                       settings: dict, out: str) -> dict:
-    """Lay out and compress every prompt; write ``prompts.jsonl``; return the token counts."""
+    """Select, order, lay out and compress every prompt; write ``prompts.jsonl``."""
     s = settings
-    pool_rows = _rows(pool, s["text_field"], s["label_field"])
-    queries = _rows(eval_set, s["text_field"], s["label_field"], s["limit"])
-    picks = choose_demonstrations(len(pool_rows), len(queries), s["k"], s["strategy"], s["seed"])
-    demos = [[s["demo_format"].format(text=pool_rows[i][s["text_field"]],
-                                      label=pool_rows[i][s["label_field"]]) for i in rows]
-             for rows in picks]
-    asked = [s["query_format"].format(text=q[s["text_field"]]) for q in queries]
-    compressed = compress_batch(
-        [d or [""] for d in demos], rate=s["compress_rate"], questions=asked,
-        instruction=s["instruction"] or None, method=s["method"], model=s["model"])
-    lines = []
-    for query, rows, result in zip(queries, picks, compressed, strict=True):
-        lines.append(json.dumps({
-            "id": query["id"], "label": query[s["label_field"]], "prompt": result.text,
-            "demonstrations": [pool_rows[i]["id"] for i in rows],
-            "tokens_before": result.origin_tokens, "tokens_after": result.compressed_tokens,
-        }, ensure_ascii=False))
+    text, label = s["text_field"], s["label_field"]
+    pool_rows = _rows(pool, text, label)
+    queries = _rows(eval_set, text, label, s["limit"])
+    pool_labels = [str(r[label]) for r in pool_rows]
+    template = load_template(s["template"], sorted(set(pool_labels)))
+    selector = DemoSelector(s["strategy"], s["k"], balanced=s["balanced"], template=template,
+                            seed=s["seed"]).fit([r[text] for r in pool_rows], pool_labels)
+    asked = [q[text] for q in queries]
+    if s["ordering"] in ("globale", "locale"):
+        orderer = ICLEvaluator(template, model=s["model"]).orderer(
+            s["ordering"], selector.texts, seed=s["seed"])
+    else:
+        orderer = DemoOrderer(s["ordering"], seed=s["seed"])
+    demos = orderer.order_batch(selector.select_batch(asked), asked)
+    plain = lay_out_prompts(template, demos, asked)
+    compressed = (lay_out_prompts(template, demos, asked, compress_rate=s["compress_rate"],
+                                  model=s["model"]) if s["compress_rate"] < 1.0 else plain)
+    tokenizer = load_tokenizer(s["model"])
+
+    def count(prompt_text: str) -> int:
+        return len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
+
+    before = [count(p.text) for p in plain]
+    after = [count(p.text) for p in compressed]
+    lines = [json.dumps({"id": q["id"], "label": q[label], "prompt": p.text,
+                         "demonstrations": [pool_rows[d.index]["id"] for d in ds],
+                         "tokens_before": b, "tokens_after": a}, ensure_ascii=False)
+             for q, p, ds, b, a in zip(queries, compressed, demos, before, after, strict=True)]
     path = Path(out) / "prompts.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "\n".join(lines) + "\n")
-    return {"prompts": str(path), "tokenizer": compressed[0].tokenizer if compressed else "",
-            "tokens_before": [c.origin_tokens for c in compressed],
-            "tokens_after": [c.compressed_tokens for c in compressed]}
+    return {"prompts": str(path), "tokenizer": s["model"] or "SmolLM2-135M-Instruct",
+            "tokens_before": before, "tokens_after": after}
 
 
 @flow(name="datadiet-build-prompts", log_prints=True, validate_parameters=True)
 def build_prompts(params: PromptParams) -> dict:
     """Few-shot prompts for an evaluation set, compressed; prompts file + token report."""
-    settings = params.model_dump(include={"k", "strategy", "seed", "instruction", "demo_format",
-                                          "query_format", "compress_rate", "method", "model",
-                                          "limit", "text_field", "label_field"})
+    settings = params.model_dump(include={"k", "strategy", "ordering", "balanced", "template",
+                                          "seed", "compress_rate", "model", "limit",
+                                          "text_field", "label_field"})
     result = run_checked(
         stored(build_prompt_file, params), lambda r: Path(r["prompts"]).exists(),
         pool=params.pool, pool_fingerprint=source_fingerprint(params.pool),
@@ -153,8 +153,8 @@ def publish_prompt_report(params: PromptParams, result: dict) -> None:
                      Path(params.out) / "report" / "tokens_per_prompt.png")
     sections = [
         f"**{n} prompts** for `{params.eval_set}`: {params.k} demonstrations each from "
-        f"`{params.pool}` ({params.strategy}), compressed with {params.method} to rate "
-        f"{params.compress_rate} → `{result['prompts']}`.",
+        f"`{params.pool}` ({params.strategy}, ordered {params.ordering}, template "
+        f"{params.template}), compressed to rate {params.compress_rate} → `{result['prompts']}`.",
         "## Tokens before and after\n\n" + markdown_table(table),
         image_section("Tokens per prompt", plot),
     ]
@@ -162,4 +162,4 @@ def publish_prompt_report(params: PromptParams, result: dict) -> None:
             "Prompt tokens before and after compression")
 
 
-__all__ = ["PromptParams", "build_prompts", "choose_demonstrations"]
+__all__ = ["PromptParams", "build_prompts"]
