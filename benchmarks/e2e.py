@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from datadiet.pipeline.demo.comparison import (
     PretrainSettings,
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="comma-separated subset of pretrain,sft,prompts")
     args = parser.parse_args(argv)
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    torch.set_num_threads(args.threads)  # the prompt part's scoring too, not only training
     out = Path(args.out)
     seeds = list(range(args.seeds))
     started = time.perf_counter()
