@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dedup.py --quick
 	$(PY) benchmarks/dsir.py --quick
 	$(PY) benchmarks/kernels_cpu.py --quick
+	$(PY) benchmarks/scorer_cpu.py --quick
 	$(PY) benchmarks/compression.py --quick
 	$(PY) benchmarks/icl.py --quick
 	$(PY) benchmarks/kernels_gpu.py
