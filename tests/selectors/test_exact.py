@@ -9,6 +9,7 @@ order and batch size; running the step on its own output removes nothing.
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +22,13 @@ from hypothesis import strategies as st
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.pipeline.text import normalize
 from datadiet.selectors.common import row_ids
-from datadiet.selectors.exact import ExactDedup, first_occurrence, normalized_utf8, text_hashes
+from datadiet.selectors.exact import (
+    ExactDedup,
+    _nfkc,
+    first_occurrence,
+    normalized_utf8,
+    text_hashes,
+)
 
 HYPO = settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -237,3 +244,11 @@ def test_arrow_columns_hash_like_python_strings(paragraphs: list[str]) -> None:
                    pa.chunked_array([texts[:7], texts[7:]])):
         assert np.array_equal(text_hashes(column), expected)
         assert np.array_equal(text_hashes(column, normalize=False), text_hashes(texts, False))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ab \u0301\u0308\u00a8\u00b4ﬁ½…\u00a0\u1100\u1161\u11a8가e\u0327한\u0b47\u0b3e",
+               max_size=30))
+def test_property_nfkc_by_segments_equals_nfkc(text: str) -> None:
+    """Combining marks after ASCII, compatibility characters, Hangul jamo, Indic two-part vowels."""
+    assert _nfkc(text) == unicodedata.normalize("NFKC", text)

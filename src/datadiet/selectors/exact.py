@@ -70,12 +70,23 @@ def text_hashes(texts: Texts, normalize: bool = True) -> np.ndarray:
 # NFKC never changes a text across an ASCII character (ASCII is never decomposed, never the
 # second half of a composition, and a starter, so no reordering crosses it); what changes is a
 # run of non-ASCII characters together with the ASCII character before it ("e" + U+0301 -> "é").
-_NFKC_SEGMENT = re.compile(r"[\x00-\x7f]?[^\x00-\x7f]+")
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 
 
 def _nfkc(text: str) -> str:
-    """``unicodedata.normalize("NFKC", text)``, normalising only the non-ASCII segments."""
-    return _NFKC_SEGMENT.sub(lambda m: unicodedata.normalize("NFKC", m.group()), text)
+    """``unicodedata.normalize("NFKC", text)``, normalising only the non-ASCII segments that
+    are not normalised already (a long text with a few compatibility characters costs a few
+    short normalisations, not one over the whole text)."""
+    out: list[str] = []
+    done = 0
+    for run in _NON_ASCII_RUN.finditer(text):
+        start, end = max(run.start() - 1, 0), run.end()
+        segment = text[start:end]
+        if not unicodedata.is_normalized("NFKC", segment):
+            out += (text[done:start], unicodedata.normalize("NFKC", segment))
+            done = end
+    out.append(text[done:])
+    return "".join(out)
 
 
 def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -99,16 +110,22 @@ def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     buf, offsets = utf8_layout(texts)
     text = text_getter(texts, buf, offsets)
     mode = np.zeros(len(offsets) - 1, np.uint8)  # 0: the kernel folds, 2: Python first
+    needs_nfkc: dict[int, str] = {}
     for i in non_ascii_texts(buf, offsets).tolist():
-        if not unicodedata.is_normalized("NFKC", text(i)):
+        t = text(i)
+        if not unicodedata.is_normalized("NFKC", t):
             mode[i] = 2
+            needs_nfkc[i] = t
     out, lengths = _nb_normalize(buf, offsets, mode, *_normalize_tables())
     starts = offsets[:-1].copy()
     redo = np.flatnonzero(lengths < 0)
     if len(redo):
         # NFKC and case fold in Python; then the same kernel (told not to fold again) drops
         # punctuation and collapses white space.
-        folded = [_nfkc(text(i)).casefold() for i in redo.tolist()]
+        folded = [
+            _nfkc(needs_nfkc[i]).casefold() if i in needs_nfkc else text(i).casefold()
+            for i in redo.tolist()
+        ]
         fbuf, fstarts = utf8_layout(folded)
         fout, flengths = _nb_normalize(
             fbuf, fstarts, np.ones(len(folded), np.uint8), *_normalize_tables()
