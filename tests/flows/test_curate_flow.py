@@ -115,7 +115,11 @@ def test_sharded_run_on_two_dask_workers_equals_the_single_process_run(
     assert removed_and_kept(tmp_path / "sharded") == library_output(sample_corpus, tmp_path / "one")
 
     states = task_run_states(state.state_details.flow_run_id)
-    # 1 split + 3 shard decisions (one row-local step) + curate + 2 token counts
-    assert len(states) == 7 and all(s == "Completed" for s in states), states
+    # 1 split + 3 shards x (exact hashes, quality decisions, MinHash signatures) + curate
+    # (the reduces) + 2 token counts
+    assert len(states) == 13 and all(s == "Completed" for s in states), states
+    work = tmp_path / "storage" / "work"
+    assert len(list(work.rglob("features-*.npz"))) == 6  # exact and MinHash, 3 shards each
+    assert len(list(work.rglob("decisions-*.parquet"))) == 3  # quality
     progress = artifacts_of(state.state_details.flow_run_id)["datadiet-curate-shards"]
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0

@@ -1,13 +1,15 @@
 """The ``curate`` flow: a spec and a corpus in, the curated dataset and its manifest out.
 
 Single process, it is one cached task around :func:`datadiet.pipeline.curate.curate_path`. Scaled
-out, the steps whose decision for a row reads that row alone (``Step.row_local``: the quality
-rules) are decided shard by shard, in parallel on a Dask cluster, ahead of the run; then the
-library's own runner applies the spec in order, with those steps answering from the shard
-decisions. Because the runner, the order and the rows are the same, the kept ids and the reason
-of every removed row are exactly those of the single-process run — by construction, not by
-re-implementing any step here. Global steps (exact and MinHash dedup, top-k selections) run in
-that final pass.
+out, the per-shard work runs in parallel on a Dask cluster, ahead of the run, for every shard:
+steps whose decision for a row reads that row alone (``Step.row_local``: the quality rules) are
+decided there, and steps that split into a per-row map and a global reduce
+(``Step.row_features``: exact-dedup hashes, MinHash signatures and band keys) compute their
+features there. Then the library's own runner applies the spec in order: the decided steps
+answer from the shard decisions, the split steps run only their reduce (grouping hashes, LSH and
+union-find) on the rows still alive, other steps run whole. Because the runner, the order and
+the rows are the same, the kept ids and the reason of every removed row are exactly those of the
+single-process run — by construction, not by re-implementing any step here.
 
 Caching: the input is named by the fingerprint of its bytes, the spec by the hash of its
 normalised form (every parameter filled in), so an unchanged rerun runs no task at all.
@@ -41,7 +43,16 @@ from datadiet.flows.report import (
     markdown_table,
     publish,
 )
-from datadiet.flows.shards import PrecomputedStep, decide_shard, read_decisions, write_shards
+from datadiet.flows.shards import (
+    PrecomputedFeatures,
+    PrecomputedStep,
+    decide_shard,
+    input_rows,
+    read_decisions,
+    read_features,
+    shard_features,
+    write_shards,
+)
 from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path, parse_spec, spec_of
 from datadiet.pipeline.io import source_fingerprint
@@ -165,14 +176,19 @@ class CurateParams(FlowParams):
 @cached_task(task_run_name="curate {source}")
 def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_field: str,
                   id_field: str, keep_fields: list, on_error: str, overwrite: bool,
-                  rows_per_shard: int, decisions: dict) -> dict:
-    """The library's runner over the whole spec; ``decisions`` answer the sharded steps."""
+                  rows_per_shard: int, sharded: dict) -> dict:
+    """The library's runner over the whole spec; ``sharded`` holds the per-shard results
+    (``shards``; ``decisions`` and ``features`` by spec index) that answer the sharded steps."""
+    decisions, features = sharded.get("decisions", {}), sharded.get("features", {})
+    row_of = input_rows(sharded["shards"], id_field) if features else {}
     steps: list[Step] = []
     for index, entry in enumerate(spec):
         (name, params), = entry.items()
         step = build_step(name, params)
         if str(index) in decisions:
             step = PrecomputedStep(step, read_decisions(decisions[str(index)]))
+        elif str(index) in features:
+            step = PrecomputedFeatures(step, read_features(features[str(index)]), row_of)
         steps.append(step)
     result = curate_path(source, steps, out, text_field=text_field, id_field=id_field,
                          keep_fields=keep_fields, on_error=on_error, overwrite=overwrite,
@@ -195,11 +211,12 @@ def count_tokens(data: str, fingerprint: str, text_field: str, tokenizer: str | 
 
 
 @flow(name="datadiet-curate-shards", log_prints=True)
-def decide_row_local_steps(params: CurateParams, spec: list, fingerprint: str) -> dict:
-    """Split the corpus and decide every row-local step on every shard, in parallel.
+def map_over_shards(params: CurateParams, spec: list, fingerprint: str) -> dict:
+    """Split the corpus; on every shard, decide the row-local steps and compute the per-row
+    features of the map/reduce steps, in parallel.
 
     Runs with the task runner the parameters choose (a subflow, so the parent's form can pick
-    it); a progress artifact moves as shards finish.
+    it); a progress artifact moves as shard tasks finish.
     """
     n_shards = params.scale.n_shards()
     work = params.storage_path() / "work" / fingerprint[:32] / f"{n_shards}-shards"
@@ -207,32 +224,35 @@ def decide_row_local_steps(params: CurateParams, spec: list, fingerprint: str) -
                          fingerprint=fingerprint, text_field=params.text_field,
                          id_field=params.id_field, on_error=params.on_error, n_shards=n_shards,
                          folder=str(work))
-    local = [(i, entry) for i, entry in enumerate(spec)
-             if build_step(*next(iter(entry.items()))).row_local]
-    total = len(local) * len(shards)
-    progress = create_progress_artifact(0.0, key="datadiet-curate-shards",
-                                        description=f"{total} shard decisions "
-                                        f"({len(shards)} shards x {len(local)} row-local steps)")
-    decide = stored(decide_shard, params)
+    decide, featurize = stored(decide_shard, params), stored(shard_features, params)
     futures = {}
-    for i, entry in local:
+    for i, entry in enumerate(spec):
         (name, step_params), = entry.items()
+        step = build_step(name, step_params)
+        if not step.row_local and not step.splits_into_row_features():
+            continue
+        kind = "decisions" if step.row_local else "features"
         step_dir = work / f"step-{i}-{stable_hash(entry)[:16]}"
         for k, shard in enumerate(shards):
-            kwargs = dict(step_name=name, step_params=step_params, shard_path=shard,
-                          fingerprint=f"{fingerprint}:{k}/{n_shards}",
-                          text_field=params.text_field, id_field=params.id_field,
-                          out_path=str(step_dir / f"decisions-{k:05d}.parquet"))
-            futures[decide.submit(**kwargs)] = (i, k, kwargs)
-    decided: dict[str, list[str]] = {str(i): [""] * len(shards) for i, _ in local}
+            common = dict(step_name=name, step_params=step_params, shard_path=shard,
+                          fingerprint=f"{fingerprint}:{k}/{n_shards}", text_field=params.text_field)
+            if kind == "decisions":
+                task_, kwargs = decide, dict(common, id_field=params.id_field,
+                                             out_path=str(step_dir / f"decisions-{k:05d}.parquet"))
+            else:
+                task_, kwargs = featurize, dict(common, out_path=str(step_dir / f"features-{k:05d}.npz"))
+            futures[task_.submit(**kwargs)] = (kind, i, k, task_, kwargs)
+    progress = create_progress_artifact(0.0, key="datadiet-curate-shards", description=(
+        f"{len(futures)} shard tasks ({len(shards)} shards)"))
+    results: dict = {"shards": shards, "decisions": {}, "features": {}}
     for done, future in enumerate(as_completed(list(futures)), start=1):
-        i, k, kwargs = futures[future]
+        kind, i, k, task_, kwargs = futures[future]
         result = future.result()
         if not Path(result["path"]).exists():  # a cache hit whose file was deleted since
-            result = decide.with_options(refresh_cache=True)(**kwargs)
-        decided[str(i)][k] = result["path"]
-        update_progress_artifact(progress, progress=100.0 * done / total)
-    return decided
+            result = task_.with_options(refresh_cache=True)(**kwargs)
+        results[kind].setdefault(str(i), [""] * len(shards))[k] = result["path"]
+        update_progress_artifact(progress, progress=100.0 * done / len(futures))
+    return results
 
 
 @flow(name="datadiet-curate", log_prints=True, validate_parameters=True)
@@ -240,10 +260,10 @@ def curate(params: CurateParams) -> dict:
     """Curate a corpus with a spec of steps; publish the report as artifacts."""
     spec = normalised_spec(params.spec)
     fingerprint = source_fingerprint(params.source)
-    decisions: dict = {}
+    sharded: dict = {}
     if params.scale.n_shards() > 1:
         runner = params.scale.task_runner()
-        decisions = decide_row_local_steps.with_options(task_runner=runner)(
+        sharded = map_over_shards.with_options(task_runner=runner)(
             params=params, spec=spec, fingerprint=fingerprint)
 
     def output_intact(result: dict) -> bool:
@@ -255,7 +275,7 @@ def curate(params: CurateParams) -> dict:
         stored(curate_corpus, params), output_intact, source=params.source,
         fingerprint=fingerprint, spec=spec, out=str(params.out), text_field=params.text_field,
         id_field=params.id_field, keep_fields=list(params.keep_fields), on_error=params.on_error,
-        overwrite=params.overwrite, rows_per_shard=params.rows_per_shard, decisions=decisions)
+        overwrite=params.overwrite, rows_per_shard=params.rows_per_shard, sharded=sharded)
     counter = stored(count_tokens, params)
     before = counter(data=params.source, fingerprint=fingerprint, text_field=params.text_field,
                      tokenizer=params.tokenizer)

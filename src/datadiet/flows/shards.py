@@ -48,6 +48,44 @@ class PrecomputedStep(Step):
         return Selection.from_mask(keep, kinds, detail, stats={"decided_on_shards": True})
 
 
+class PrecomputedFeatures(Step):
+    """A map/reduce step whose per-row features were computed shard by shard; its reduce runs
+    here, on the rows still alive, from their rows of those features.
+
+    ``row_of`` maps every input id to its input row (the features' row order).
+    """
+
+    name = "precomputed-features"
+
+    def __init__(self, inner: Step, features: dict[str, np.ndarray],
+                 row_of: dict[str, int]) -> None:
+        self.inner = inner
+        self.name = inner.name  # type: ignore[misc] - the manifest shows the real step
+        self.features = features
+        self.row_of = row_of
+
+    def params(self) -> dict[str, Any]:
+        return self.inner.params()
+
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        rows = np.fromiter((self.row_of[str(i)] for i in ds[ctx.id_field]), np.int64, len(ds))
+        alive = {name: array[rows] for name, array in self.features.items()}
+        return self.inner.select_from_features(ds, ctx, alive)
+
+
+def read_features(paths: list[str]) -> dict[str, np.ndarray]:
+    """Every shard's feature arrays, concatenated in row order."""
+    parts = [dict(np.load(path)) for path in paths]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def input_rows(shard_paths: list[str], id_field: str) -> dict[str, int]:
+    """Input row of every id, from the shards (contiguous, in order)."""
+    ids = [i for path in shard_paths for i in pq.read_table(path, columns=[id_field])
+           .column(id_field).to_pylist()]
+    return {str(i): row for row, i in enumerate(ids)}
+
+
 def read_decisions(paths: list[str]) -> dict[str, tuple[str, str]]:
     decisions: dict[str, tuple[str, str]] = {}
     for path in paths:
@@ -94,4 +132,18 @@ def decide_shard(step_name: str, step_params: dict, shard_path: str, fingerprint
     return {"path": out_path, "rows": len(shard), "removed": len(removed)}
 
 
-__all__ = ["PrecomputedStep", "decide_shard", "read_decisions", "write_shards"]
+@cached_task(task_run_name="{step_name} features of {shard_path}")
+def shard_features(step_name: str, step_params: dict, shard_path: str, fingerprint: str,
+                   text_field: str, out_path: str) -> dict:
+    """The map half of one map/reduce step on one shard: its per-row arrays, saved as .npz."""
+    step = build_step(step_name, step_params)
+    texts = pq.read_table(shard_path, columns=[text_field]).column(text_field).combine_chunks()
+    features = step.row_features(texts)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "wb") as handle:  # np.savez on a path would append ".npz" to a temp name
+        np.savez(handle, **features)
+    return {"path": out_path, "rows": len(texts)}
+
+
+__all__ = ["PrecomputedFeatures", "PrecomputedStep", "decide_shard", "input_rows",
+           "read_decisions", "read_features", "shard_features", "write_shards"]

@@ -145,6 +145,27 @@ class Step(ABC):
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
         """Decide which rows of ``ds`` to keep; removed rows need a reason."""
 
+    def row_features(self, texts: Any) -> dict[str, Any]:
+        """The per-row arrays (hashes, signatures) this step decides from, for a batch of texts.
+
+        Steps whose decision splits into a pure per-row map and a global reduce override this
+        and :meth:`select_from_features`. The arrays of a row must not depend on the batch it
+        came in, so a sharded runner may compute them shard by shard on other workers and
+        concatenate them in row order. The default: the step has no such split.
+        """
+        raise NotImplementedError(f"step {self.name!r} has no per-row features")
+
+    def select_from_features(self, ds: Dataset, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        """The global half: :meth:`select` on ``ds`` from its rows' :meth:`row_features`
+        (each array row-aligned with ``ds``)."""
+        raise NotImplementedError(f"step {self.name!r} has no per-row features")
+
+    @classmethod
+    def splits_into_row_features(cls) -> bool:
+        """Whether the step implements the :meth:`row_features` map / global reduce split."""
+        return cls.row_features is not Step.row_features
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"

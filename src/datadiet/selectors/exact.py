@@ -249,6 +249,19 @@ class ExactDedup(Step):
         for batch in ctx.iter_text_arrays(ds, desc="exact dedup", batch_size=batch_size):
             hashes[start : start + len(batch)] = text_hashes(batch, self.normalize)
             start += len(batch)
+        return self.select_from_features(ds, ctx, {"hashes": hashes})
+
+    def row_features(self, texts: Texts) -> dict[str, np.ndarray]:
+        """The map half: each text's 128-bit hash (a pure function of the text)."""
+        return {"hashes": text_hashes(texts, self.normalize)}
+
+    def select_from_features(self, ds: Dataset, ctx: StepContext,
+                             features: dict[str, np.ndarray]) -> Selection:
+        """The reduce half: group equal hashes, keep each group's first row."""
+        hashes = features["hashes"]
+        n = len(hashes)
+        if n == 0:
+            return Selection.keep_all(0)
         rep = first_occurrence(hashes)
         keep = rep == np.arange(n)
         detail = np.full(n, "", dtype=object)

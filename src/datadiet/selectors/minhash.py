@@ -1059,10 +1059,8 @@ class MinHashDedup(Step):
                 keys[start:end] = shard.band_keys
                 has_words[start:end] = shard.has_words
                 start = end
-            clusters = minhash_clusters(
-                sigs, keys, has_words, threshold=self.threshold, verify=self.verify
-            )
-            labels = clusters.labels
+            return self.select_from_features(
+                ds, ctx, {"signatures": sigs, "band_keys": keys, "has_words": has_words})
         finally:
             del sigs, keys
             for path in paths:
@@ -1070,6 +1068,26 @@ class MinHashDedup(Step):
                     os.remove(path)
                 except OSError:
                     pass
+
+    def row_features(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """The map half: :func:`minhash_shard`'s signatures, band keys and has-words flags."""
+        bands, rows = self.banding()
+        shard = minhash_shard(texts, bands=bands, rows=rows, num_perm=self.num_perm,
+                              ngram=self.ngram, seed=self.seed)
+        return {"signatures": shard.signatures, "band_keys": shard.band_keys,
+                "has_words": shard.has_words}
+
+    def select_from_features(self, ds: Dataset, ctx: StepContext,
+                             features: dict[str, np.ndarray]) -> Selection:
+        """The reduce half: :func:`minhash_clusters`, each cluster keeping its earliest row."""
+        n = len(features["has_words"])
+        if n == 0:
+            return Selection.keep_all(0)
+        bands, rows = self.banding()
+        clusters = minhash_clusters(features["signatures"], features["band_keys"],
+                                    features["has_words"], threshold=self.threshold,
+                                    verify=self.verify)
+        labels = clusters.labels
         keep = labels == np.arange(n)
         detail = np.full(n, "", dtype=object)
         removed = np.flatnonzero(~keep)
