@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from datadiet.pipeline.demo.comparison import (
@@ -54,73 +53,26 @@ from datadiet.pipeline.demo.report import (
     headline_numbers,
     write_savings_report,
 )
-from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.report import RunContext
-from datadiet.prompting.demos import DemoSelector, preset
-from datadiet.prompting.icl import ICLEvaluator, fixed_subset, read_labelled_lines
+from datadiet.prompting.demos import preset
+from datadiet.prompting.icl import fixed_subset, read_labelled_lines
+from datadiet.prompting.strategies import compare_strategies
 
 DATA = Path(
     os.environ.get("DATADIET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
 
 
-#: The selection and ordering the prompt part calls "best": kNN demonstrations (Liu et al. 2022)
-#: with the most similar last (the ordering their paper and Lu et al. 2022 favour).
-BEST_STRATEGY, BEST_ORDER = "knn", "similar_last"
-
-
-def measure_prompts(quick: bool, seeds: list[int], k: int = 8, compress_rate: float = 0.25,
-                    progress: Callable[[str], None] = print) -> PromptResults:
-    """SST-2 dev with SmolLM2-135M-Instruct: zero-shot, random k-shot (one run per seed), the
-    best selection + ordering, and that compressed; accuracy and mean prompt tokens of each.
-
-    Only the demonstrations are compressed (the query never is), each demonstration's answer is
-    protected, and the same fixed test subset is used for every strategy.
-    """
+def measure_prompts(quick: bool, seeds: list[int], progress: Callable[[str], None]) -> PromptResults:
+    """SST-2 dev with SmolLM2-135M-Instruct (:func:`compare_strategies`), k = 8, demonstrations
+    compressed to a quarter; a fixed subset of the dev set, pool sampled from train."""
     pool = read_labelled_lines(DATA / "icl" / "sst2" / "train.txt")
     test = read_labelled_lines(DATA / "icl" / "sst2" / "dev.txt")
     pool = pool.subset(fixed_subset(len(pool), 500 if quick else 2000))
     test = test.subset(fixed_subset(len(test), 40 if quick else 200))
-    template = preset("sentiment", ["0", "1"])
-    embedder = Embedder()
-    evaluator = ICLEvaluator(template, embedder=embedder)
-    count = evaluator.scorer.count_tokens
-
-    def run(strategy: str, shots: int, order: str = "as_selected", seed: int = 0,
-            rate: float | None = None) -> dict:
-        selector = DemoSelector(strategy, shots, template=template, embedder=embedder,
-                                count_tokens=count, seed=seed)
-        selector.fit(pool.texts, pool.labels)
-        result = evaluator.evaluate(selector, test.texts, test.labels, order=order, seed=seed,
-                                    compress_rate=rate)
-        progress(f"prompts: {strategy} k={shots} {order} seed {seed} rate {rate}: accuracy "
-                 f"{result.accuracy:.3f}, {result.mean_prompt_tokens:.0f} tokens")
-        return {"accuracy": result.accuracy, "mean_prompt_tokens": result.mean_prompt_tokens,
-                "seconds": result.seconds}
-
-    best_name = f"{BEST_STRATEGY} {k}-shot, {BEST_ORDER}"
-    compressed_name = f"{best_name}, compressed to {compress_rate:g}"
-    rows = [{"strategy": "zero-shot", **run("random", 0), "seeds": 1}]
-    randoms = [run("random", k, seed=seed) for seed in seeds]
-    rows.append({"strategy": f"random {k}-shot",
-                 "accuracy": float(np.mean([r["accuracy"] for r in randoms])),
-                 "accuracy_spread": float(np.ptp([r["accuracy"] for r in randoms])),
-                 "mean_prompt_tokens": float(np.mean([r["mean_prompt_tokens"] for r in randoms])),
-                 "seconds": float(np.mean([r["seconds"] for r in randoms])), "seeds": len(seeds)})
-    rows.append({"strategy": best_name, **run(BEST_STRATEGY, k, BEST_ORDER), "seeds": 1})
-    rows.append({"strategy": compressed_name,
-                 **run(BEST_STRATEGY, k, BEST_ORDER, rate=compress_rate), "seeds": 1})
-    for row in rows:
-        row["n"] = len(test)
-    notes = []
-    zero, best = rows[0]["accuracy"], rows[2]["accuracy"]
-    if best <= zero:
-        notes.append(f"prompts: the best {k}-shot prompts ({100 * best:.1f}%) did not beat "
-                     f"zero-shot ({100 * zero:.1f}%) — SmolLM2-135M barely uses demonstrations, "
-                     "so here they cost tokens without buying accuracy.")
-    return PromptResults(task=f"SST-2 dev ({len(test)} rows; pool {len(pool)} train rows)",
-                         model="SmolLM2-135M-Instruct", rows=rows, best=best_name,
-                         compressed=compressed_name, notes=notes)
+    return compare_strategies(pool, test, preset("sentiment", ["0", "1"]),
+                              task=f"SST-2 dev ({len(test)} rows; pool {len(pool)} train rows)",
+                              k=8, compress_rate=0.25, seeds=seeds, progress=progress)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,7 +14,7 @@ TINY = MixtureSizes(wikitext=40, shakespeare=30, sherlock=20, gsm8k=40, t0=40, t
 
 
 def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path) -> None:
-    params = demo_params(tmp_path / "demo-out", sizes=TINY, steps=6, prompts=0)
+    params = demo_params(tmp_path / "demo-out", sizes=TINY, steps=6, prompts=2)
     state = efficiency(params, return_state=True)
     assert state.is_completed(), state
     result = state.result()
@@ -24,7 +24,10 @@ def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path
     assert list((out / "curated").glob("*.parquet"))
     text = (out / "report.md").read_text()
     assert "## Savings" in text and "## Where curation did not help" in text
-    assert "prompts: not measured — no demonstration pool given" in text
+    assert "## Prompts: sst2_dev.jsonl with SmolLM2-135M-Instruct" in text
+    assert "| zero-shot |" in text and "compressed to 0." in text
+    assert (out / "prompts" / "prompts.jsonl").exists()
+    assert (out / "prompts_tokens_accuracy.png").stat().st_size > 10_000
     assert "(curated/manifest.json)" in text and "training/baseline/report.json" in text
     assert (out / "pretraining_loss_vs_flops.png").stat().st_size > 10_000
 

@@ -76,7 +76,7 @@ def demo_params(out: Path, sizes: MixtureSizes | None = None, steps: int = 100,
                            max_eval_blocks=config.max_eval_blocks,
                            num_threads=config.num_threads, device=config.device,
                            extra={"min_lr_ratio": config.min_lr_ratio}),
-        pool=pool, eval_set=eval_set, k=4, compress_rate=0.25, prompt_limit=prompts or None)
+        pool=pool, eval_set=eval_set, k=4, compress_rate=0.4, prompt_limit=prompts or None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ against targets, the loss-vs-FLOPs plot with the target line, honest notes). A p
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow
@@ -18,21 +19,20 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from pydantic import Field, field_validator, model_validator
 
-from datadiet.flows.common import FlowParams
+from datadiet.flows.common import FlowParams, cached_task, stored
 from datadiet.flows.curate import DEFAULT_SPEC, CurateParams, ScaleOut, curate
 from datadiet.flows.prompts import PromptParams, build_prompts
 from datadiet.flows.report import before_after_rows, markdown_table, publish
 from datadiet.flows.training import TrainBudget, TrainMeasureParams, train_and_measure
 from datadiet.pipeline.demo.comparison import summarize_pretraining
 from datadiet.pipeline.demo.progress import StageClock, plan_efficiency
-from datadiet.pipeline.demo.report import (
-    SavingsReport,
-    compression_only_results,
-    write_savings_report,
-)
+from datadiet.pipeline.demo.report import PromptResults, SavingsReport, write_savings_report
 from datadiet.pipeline.io import source_fingerprint
 from datadiet.pipeline.report import RunContext, inline_images
 from datadiet.pipeline.savings import load_run_report
+from datadiet.prompting.demos import load_template
+from datadiet.prompting.icl import read_labelled
+from datadiet.prompting.strategies import compare_strategies
 
 
 class EfficiencyParams(FlowParams):
@@ -104,8 +104,23 @@ def _clock(params: EfficiencyParams) -> StageClock:
                       on_fraction=lambda done: update_progress_artifact(progress, 100.0 * done))
 
 
+@cached_task(task_run_name="score prompting strategies on {eval_set}")
+def score_strategies(pool: str, pool_fingerprint: str, eval_set: str, eval_fingerprint: str,
+                     settings: dict) -> dict:
+    """Accuracy and prompt tokens of zero-shot, random, best and best-compressed prompts."""
+    s = settings
+    pool_rows = read_labelled(pool, label_field=s["label_field"])
+    test = read_labelled(eval_set, label_field=s["label_field"])
+    test = test.subset(range(min(s["limit"] or len(test), len(test))))  # as build_prompts
+    template = load_template(s["template"], sorted(set(pool_rows.labels)))
+    results = compare_strategies(pool_rows, test, template, task=Path(eval_set).name, k=s["k"],
+                                 compress_rate=s["compress_rate"], model=s["model"],
+                                 progress=print)
+    return asdict(results)
+
+
 def write_report(params: EfficiencyParams, curated: dict, trained: dict,
-                 prompts: dict | None) -> Path:
+                 strategies: dict | None) -> Path:
     """``out/report.md`` and its plots, written by the library from the subflows' files."""
     runs = trained["runs"]
     summary = summarize_pretraining(params.source, curated["out"],
@@ -117,12 +132,8 @@ def write_report(params: EfficiencyParams, curated: dict, trained: dict,
                            data=f"{params.source}; eval {params.eval_data}"),
         pretraining=summary,
         missing={"sft": "the efficiency chain has no fine-tuning stage"})
-    if prompts:
-        n = max(prompts["n"], 1)
-        report.prompts = compression_only_results(
-            Path(params.eval_set).name, params.compression_model or "SmolLM2-135M-Instruct",
-            f"random {params.k}-shot", prompts["tokens_before"] / n, prompts["tokens_after"] / n, n)
-        report.missing["icl_accuracy"] = "the chain builds prompts but does not score them"
+    if strategies:
+        report.prompts = PromptResults(**strategies)
     else:
         report.missing["prompts"] = "no demonstration pool given"
     return write_savings_report(params.out, report)
@@ -137,11 +148,19 @@ def efficiency(params: EfficiencyParams) -> dict:
     clock.start("train", "the same model on full and curated data, same budget")
     trained = train_and_measure(params.train_params(curated["out"]))
     prompts = None
+    strategies = None
     if params.pool:
         clock.start("prompts", "demonstrations and compression")
-        prompts = build_prompts(params.prompt_params())
+        prompt_params = params.prompt_params()
+        prompts = build_prompts(prompt_params)
+        clock.start("score prompts", "zero-shot, random, best, best compressed")
+        strategies = stored(score_strategies, params)(
+            pool=params.pool, pool_fingerprint=source_fingerprint(params.pool),
+            eval_set=params.eval_set, eval_fingerprint=source_fingerprint(params.eval_set),
+            settings=prompt_params.model_dump(include={"k", "compress_rate", "model", "limit",
+                                                       "template", "label_field"}))
     clock.start("report")
-    report_path = write_report(params, curated, trained, prompts)
+    report_path = write_report(params, curated, trained, strategies)
     comparison = trained["comparison"]
     runs = trained["runs"]
     measures = {

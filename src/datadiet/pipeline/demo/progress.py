@@ -92,5 +92,6 @@ def plan_efficiency(rows: int, train_runs: int, train_tokens_per_run: int, promp
             ("train", train_runs * train_tokens_per_run / tokens_per_second)]
     if prompts:
         plan.append(("prompts", 15.0 + 3.0 * prompts))
+        plan.append(("score prompts", 20.0 + 8.0 * prompts))
     plan.append(("report", 10.0))
     return plan

@@ -32,7 +32,6 @@ __all__ = [
     "PromptResults",
     "SavingsReport",
     "Targets",
-    "compression_only_results",
     "headline_numbers",
     "write_savings_report",
 ]
@@ -66,17 +65,6 @@ class PromptResults:
 
     def row(self, strategy: str) -> dict[str, Any]:
         return next(r for r in self.rows if r["strategy"] == strategy)
-
-
-def compression_only_results(task: str, model: str, label: str, tokens_before: float,
-                             tokens_after: float, n: int) -> PromptResults:
-    """Prompt results when only token counts exist (no accuracy was measured): the same
-    prompts before and after compression, ``tokens_*`` being means per prompt."""
-    rows = [{"strategy": label, "accuracy": None, "mean_prompt_tokens": tokens_before, "n": n},
-            {"strategy": f"{label}, compressed", "accuracy": None,
-             "mean_prompt_tokens": tokens_after, "n": n}]
-    return PromptResults(task=task, model=model, rows=rows, best=label,
-                         compressed=f"{label}, compressed")
 
 
 @dataclass
