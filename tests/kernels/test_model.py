@@ -50,8 +50,9 @@ def smollm2() -> tuple[Llama, object, object]:
 
 
 @pytest.mark.slow
-def test_smollm2_logits_match_transformers(smollm2: tuple, shared_data: Path) -> None:
-    ours, hf, tok = smollm2
+def test_smollm2_logits_match_transformers(smollm2: tuple, request: pytest.FixtureRequest) -> None:
+    ours, hf, tok = smollm2  # skips first where SmolLM2 is not installed (a GPU box)
+    shared_data: Path = request.getfixturevalue("shared_data")
     text = (shared_data / "lm" / "doyle_adventures.txt").read_text()[20_000:21_500]
     ids = tok(text, return_tensors="pt").input_ids[:, :96]
     with torch.inference_mode():

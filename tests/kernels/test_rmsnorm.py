@@ -85,7 +85,7 @@ def test_add_rms_norm_one_output_used(kernel_device, close, use) -> None:
         xl, rl, wl = _leaf(x), _leaf(r), _leaf(w)
         y, s = fn(xl, rl, wl)
         out = y if use == "normed_only" else s
-        (out * torch.arange(out.numel(), dtype=out.dtype).view_as(out).sin()).sum().backward()
+        (out * torch.arange(out.numel(), dtype=out.dtype, device=out.device).view_as(out).sin()).sum().backward()
         wgrad = wl.grad if wl.grad is not None else torch.zeros_like(wl)
         results.append((xl.grad, rl.grad, wgrad))
     for got, want in zip(*results, strict=True):

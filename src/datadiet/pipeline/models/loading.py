@@ -25,8 +25,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import xxhash
-
 DEFAULT_CAUSAL_LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -149,6 +147,8 @@ def model_folder_hash(folder: str | os.PathLike) -> str:
     stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     key = (str(folder), stamp)
     if key not in _FOLDER_HASHES:
+        import xxhash  # only here: model stages must import on a box without it
+
         h = xxhash.xxh3_128()
         for path in files:
             h.update(path.name.encode())

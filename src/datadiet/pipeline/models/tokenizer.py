@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datadiet.pipeline.io import atomic_path
+from datadiet.pipeline.atomic import atomic_path
 from datadiet.pipeline.models.loading import _hub_error, _offline, resolve_causal_lm
 
 __all__ = ["BYTE_TOKENIZER_FILE", "ByteTokenizer", "load_tokenizer", "train_bpe_tokenizer"]
