@@ -1,10 +1,11 @@
 """Benchmark: the ``curate`` flow on two local Dask workers against the same flow in one process.
 
 Claim measured (no target set in advance): how much of a two-core machine the sharded flow
-uses. The spec is ``exact_dedup`` then ``quality`` (Gopher/C4 rules), on T0 prompts+completions
-from ``../shared/data/sft/t0_train``; the quality rules are row-local, so the sharded run decides
-them shard by shard on the workers and the final pass (exact dedup, applying the decisions,
-writing) runs in the flow's process. Both runs start from an empty cache; the Dask run's time
+uses. The spec is ``exact_dedup``, ``minhash_dedup`` (0.8), ``quality`` (Gopher/C4 rules), on T0
+prompts+completions from ``../shared/data/sft/t0_train``. The sharded run computes exact hashes
+and MinHash signatures/band keys and decides the quality rules shard by shard on the workers;
+the reduces (grouping hashes, LSH + union-find), applying the decisions and writing run in the
+flow's process. Both runs start from an empty cache; the Dask run's time
 includes starting its local cluster (the user pays it too). The outputs (kept ids, reasons) are
 compared and must be equal.
 
@@ -28,7 +29,7 @@ from pathlib import Path
 DATA = Path(
     os.environ.get("DATADIET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
 )
-SPEC = "- exact_dedup: {}\n- quality: {}\n"
+SPEC = "- exact_dedup: {}\n- minhash_dedup: {threshold: 0.8}\n- quality: {}\n"
 
 
 def write_corpus(path: Path, docs: int) -> int:
