@@ -82,7 +82,9 @@ class TrainMeasureParams(FlowParams):
         return self
 
 
-@cached_task(task_run_name="train on {label}")
+# log_prints off: datasets fingerprints the tokenizing function with dill, which disassembles it
+# with print(); under the flow's log_prints that bytecode listing would flood the run's log.
+@cached_task(task_run_name="train on {label}", log_prints=False)
 def train_run(label: str, config: dict, data_fingerprint: str, eval_fingerprint: str,
               out: str) -> dict:
     """Train from scratch (a stale checkpoint is never resumed) and return the report's path."""
