@@ -123,3 +123,11 @@ def test_sharded_run_on_two_dask_workers_equals_the_single_process_run(
     assert len(list(work.rglob("decisions-*.parquet"))) == 3  # quality
     progress = artifacts_of(state.state_details.flow_run_id)["datadiet-curate-shards"]
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0
+
+    # The shard tasks are keyed by fingerprints, not by where they ran: the same sharded run on
+    # the thread runner is served wholly from the cache.
+    again = curate(params.model_copy(update={"scale": ScaleOut(runner="local", shards=3)}),
+                   return_state=True)
+    assert again.result() == state.result()
+    rerun = task_run_states(again.state_details.flow_run_id)
+    assert len(rerun) == 13 and set(rerun) == {"Cached"}, rerun
