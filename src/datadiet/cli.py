@@ -13,16 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-
-def positive_int(text: str) -> int:
-    """An argparse type for counts that must be at least 1 (rows per shard, tokens...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+from datadiet.pipeline.cli_args import positive_int
 
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from datadiet.pipeline.cli_args import non_negative_float, positive_int
 from datadiet.pipeline.io import (
     JSONL_SUFFIXES,
     DataError,
@@ -43,27 +44,6 @@ __all__ = [
     "run_generate",
     "run_train",
 ]
-
-
-def positive_int(text: str) -> int:
-    """An argparse type for counts that must be at least 1 (tokens, steps, batch sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
 
 
 def _parse_value(text: str) -> Any:

@@ -15,32 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from datadiet.pipeline.cli_args import fraction, positive_int
 from datadiet.pipeline.io import DataError, UserError, decode_utf8, no_such_path, read_stdin_bytes
 from datadiet.prompting.compression.api import compress
 from datadiet.prompting.compression.budget import BudgetError
 from datadiet.prompting.compression.protect import compile_patterns
-
-
-def rate_type(text: str) -> float:
-    """``--rate``: a fraction in (0, 1], checked before anything loads."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def target_tokens_type(text: str) -> int:
-    """``--target-tokens``: a whole number of at least 1 (a 0-token prompt is no prompt)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -51,8 +30,8 @@ def add_compress_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     budget = p.add_mutually_exclusive_group(required=True)
-    budget.add_argument("--rate", type=rate_type, help="keep this fraction of the tokens (0-1]")
-    budget.add_argument("--target-tokens", type=target_tokens_type,
+    budget.add_argument("--rate", type=fraction, help="keep this fraction of the tokens (0-1]")
+    budget.add_argument("--target-tokens", type=positive_int,
                         help="keep exactly this many tokens (at least 1)")
     p.add_argument("--question", help="question appended after the prompt, kept verbatim")
     p.add_argument("--instruction", help="instruction put first, kept verbatim")
