@@ -64,12 +64,24 @@ def test_protect_presets_and_regexes():
 
 def test_target_and_tolerance():
     assert target_from(200, 0.5, None) == 100
-    assert target_from(200, 0.5, 30) == 30
+    assert target_from(200, None, 30) == 30
     assert target_from(3, 0.1, None) == 1
     assert lower_bound(100) == 99
     assert lower_bound(20) == 20  # 1% of 20 is below one token: exact
     with pytest.raises(ValueError):
         target_from(100, 1.5, None)
+
+
+@pytest.mark.parametrize(("origin", "rate", "target", "says"), [
+    (100, 0.5, 30, "not both"),        # two budgets: no silent winner
+    (100, None, 0, "at least 1"),      # a 0-token budget is no prompt, not a 1-token one
+    (100, None, -3, "at least 1"),
+    (0, 0.5, None, "empty"),           # nothing to compress
+    (100, None, None, "either rate"),
+])
+def test_bad_budgets_are_named(origin, rate, target, says):
+    with pytest.raises(ValueError, match=says):
+        target_from(origin, rate, target)
 
 
 def _word_counter() -> TokenCounter:

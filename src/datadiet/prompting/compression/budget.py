@@ -102,9 +102,21 @@ def resolve_counter(target_tokenizer: object, scoring_tokenizer: object) -> Toke
 
 
 def target_from(origin_tokens: int, rate: float | None, target_tokens: int | None) -> int:
-    """The token target: ``target_tokens`` wins; else ``round(rate·origin)``; at least 1."""
-    if target_tokens is not None and target_tokens >= 0:
-        return max(1, int(target_tokens))
+    """The token target from exactly one of ``rate`` (a fraction in (0, 1]) or ``target_tokens``.
+
+    Why strict: a silent choice between two budgets, a 0-token budget turned into 1 token, or an
+    empty prompt "compressed" to nothing all hide a caller's mistake; each is an error that says
+    which argument is wrong.
+    """
+    if rate is not None and target_tokens is not None:
+        raise ValueError(f"give rate or target_tokens, not both (got rate={rate}, "
+                         f"target_tokens={target_tokens})")
+    if origin_tokens == 0:
+        raise ValueError("the prompt is empty: there is nothing to compress")
+    if target_tokens is not None:
+        if isinstance(target_tokens, bool) or int(target_tokens) < 1:
+            raise ValueError(f"target_tokens must be at least 1, got {target_tokens!r}")
+        return int(target_tokens)
     if rate is None:
         raise ValueError("give either rate (0 < rate <= 1) or target_tokens")
     if not 0.0 < rate <= 1.0:
