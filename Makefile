@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/scorer_cpu.py --quick
 	$(PY) benchmarks/compression.py --quick
 	$(PY) benchmarks/icl.py --quick
+	$(PY) benchmarks/e2e.py --quick --out e2e-out
 	$(PY) benchmarks/kernels_gpu.py
 
 lint: $(STAMP)

@@ -132,7 +132,9 @@ def finetuning_comparison(
                             "rows_in": len(pool), "rows_out": len(kept),
                             "flops": float(total.get("flops", 0.0)),
                             "seconds": float(total.get("seconds", 0.0)), "spec": specs[name]}
-    config = settings.train.model_copy(update={"init_from": str(base_model), "tokenizer": None})
+    config = settings.train.model_copy(update={
+        "init_from": str(base_model), "tokenizer": None,
+        "max_eval_blocks": max(settings.train.max_eval_blocks, len(held_out))})  # every pair
     evaluation = pack_pairs([r["prompt"] for r in held_out], [r["completion"] for r in held_out],
                             load_tokenizer(base_model), config.seq_len)
 
