@@ -173,6 +173,11 @@ def test_cli_errors_exit_2_before_loading_a_model(tmp_path, capsys):
     small = _write_lines(tmp_path / "small.txt", ["1 a fine film", "0 a dull film"])
     assert main([*base, "--train", str(small), "--k", "3"]) == 2
     assert "larger than the pool (2 rows" in capsys.readouterr().err
+    for flag, value in (("--k", "-1"), ("--compress-rate", "0"), ("--limit", "0")):
+        with pytest.raises(SystemExit) as exc:  # argparse: usage + exit 2
+            main([*base, "--train", str(small), flag, value])
+        assert exc.value.code == 2
+    capsys.readouterr()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "label": "1"}\n{"text": "no label"}\n')
     assert main([*base, "--train", str(bad)]) == 2

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from datadiet.pipeline.cli_args import fraction, non_negative_int, positive_int
 from datadiet.pipeline.io import DataError, SpecError, load_corpus
 from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.prompting.demos.label_scores import LabelScorer, label_probabilities
@@ -293,22 +294,23 @@ def add_icl_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--labels", required=True,
                    help="comma-separated label values (VALUE=WORD to set a verbalizer)")
     p.add_argument("--strategy", default="knn", choices=STRATEGIES)
-    p.add_argument("--k", type=int, default=4, help="demonstrations per query (0 = zero-shot)")
+    p.add_argument("--k", type=non_negative_int, default=4,
+                   help="demonstrations per query (0 = zero-shot)")
     p.add_argument("--order", default="as_selected", choices=ORDERINGS)
-    p.add_argument("--limit", type=int, default=None,
+    p.add_argument("--limit", type=positive_int, default=None,
                    help="evaluate a fixed random subset of this many test rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default=None, help="causal LM (HF id or folder; default SmolLM2)")
     p.add_argument("--calibrate", action="store_true", help="contextual calibration")
     p.add_argument("--template", default="generic",
                    help=f"preset ({', '.join(PRESET_NAMES)}, generic) or a JSON file")
-    p.add_argument("--compress-rate", type=float, default=None,
+    p.add_argument("--compress-rate", type=fraction, default=None,
                    help="compress the demonstrations to this fraction of their tokens")
     p.add_argument("--balanced", action="store_true", help="keep the demonstrations' label mix even")
-    p.add_argument("--max-tokens", type=int, default=None,
+    p.add_argument("--max-tokens", type=positive_int, default=None,
                    help="as many demonstrations (up to K) as fit this many tokens")
     p.add_argument("--mmr-lambda", type=float, default=0.5)
-    p.add_argument("--probes", type=int, default=8, help="probe queries for globale/locale")
+    p.add_argument("--probes", type=positive_int, default=8, help="probe queries for globale/locale")
     p.add_argument("--text-field", default="text")
     p.add_argument("--label-field", default="label")
     p.add_argument("--fine-labels", action="store_true",
@@ -339,10 +341,6 @@ def run_icl_eval(args: argparse.Namespace) -> int:
     template = load_template(args.template if args.template != "generic" else
                              PromptTemplate(name="generic"), spec)
     allowed = template.labels
-    if args.k < 0:
-        raise SpecError(f"--k must be >= 0, got {args.k}")
-    if args.compress_rate is not None and not 0.0 < args.compress_rate <= 1.0:
-        raise SpecError(f"--compress-rate must be in (0, 1], got {args.compress_rate}")
     train = read_labelled(args.train, text_field=args.text_field, label_field=args.label_field,
                           fine_labels=args.fine_labels)
     test = read_labelled(args.test, text_field=args.text_field, label_field=args.label_field,
