@@ -178,6 +178,9 @@ def test_cli_errors_exit_2_before_loading_a_model(tmp_path, capsys):
             main([*base, "--train", str(small), flag, value])
         assert exc.value.code == 2
     capsys.readouterr()
+    assert main([*base, "--train", str(small), "--k", "1", "--strategy", "mmr",
+                 "--mmr-lambda", "2"]) == 2
+    assert "mmr_lambda must be in [0, 1]" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "label": "1"}\n{"text": "no label"}\n')
     assert main([*base, "--train", str(bad)]) == 2

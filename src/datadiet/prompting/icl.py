@@ -350,12 +350,11 @@ def run_icl_eval(args: argparse.Namespace) -> int:
     if args.k > len(train):
         raise SpecError(f"--k {args.k} is larger than the pool ({len(train)} rows in {args.train})")
     test = test.subset(fixed_subset(len(test), args.limit))
-    evaluator = ICLEvaluator(template, model=args.model)
     selector = DemoSelector(args.strategy, args.k, balanced=args.balanced,
                             max_tokens=args.max_tokens, template=template,
-                            count_tokens=evaluator.scorer.count_tokens,
-                            embedder=evaluator.embedder, mmr_lambda=args.mmr_lambda,
-                            seed=args.seed)
+                            mmr_lambda=args.mmr_lambda, seed=args.seed)  # validates first
+    evaluator = ICLEvaluator(template, model=args.model)
+    selector.count_tokens = evaluator.scorer.count_tokens  # budgets in the model's tokens
     selector.fit(train.texts, train.labels)
     evaluator.embedder = evaluator.embedder or selector.embedder
     result = evaluator.evaluate(selector, test.texts, test.labels, order=args.order,

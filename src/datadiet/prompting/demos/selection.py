@@ -118,7 +118,7 @@ class DemoSelector:
         self.balanced = balanced
         self.max_tokens = max_tokens
         self.template = template or PromptTemplate()
-        self._count_tokens = count_tokens
+        self.count_tokens = count_tokens
         self.embedder = embedder
         self.mmr_lambda = mmr_lambda
         self.dpp_alpha = dpp_alpha
@@ -260,14 +260,14 @@ class DemoSelector:
 
     def _cost(self, row: int) -> int:
         if row not in self._costs:
-            if self._count_tokens is None:
+            if self.count_tokens is None:
                 from datadiet.pipeline.models.tokenizer import load_tokenizer
 
                 tok = load_tokenizer()
-                self._count_tokens = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
+                self.count_tokens = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
             text = self.template.separator + self.template.format_demo(
                 self.texts[row], self.labels[row])
-            self._costs[row] = int(self._count_tokens(text))
+            self._costs[row] = int(self.count_tokens(text))
         return self._costs[row]
 
     def _greedy(self, query: str, rows: np.ndarray, rel: np.ndarray,
