@@ -31,3 +31,15 @@ def wiki_paragraphs(shared_data: Path) -> list[str]:
     from datadiet.pipeline.demo.corpus import wikitext_paragraphs
 
     return wikitext_paragraphs(shared_data / "lm" / "wikitext2_valid.txt")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Pin torch to one thread for a module: model-equality tests compare runs exactly, and
+    the machine's two cores are shared with other tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from datadiet.pipeline.models.loading import ModelNotAvailableError
 from datadiet.prompting import (
     BudgetError,
     Compressor,
@@ -27,16 +26,6 @@ from datadiet.prompting.compression.budget import lower_bound
 pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    from datadiet.pipeline.models.scoring import LMScorer
-
-    try:
-        return LMScorer(max_length=1024)
-    except ModelNotAvailableError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

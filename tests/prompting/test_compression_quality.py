@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from datadiet.pipeline.ledger import Ledger
-from datadiet.pipeline.models.loading import ModelNotAvailableError
 from datadiet.prompting import BudgetError, Compressor, compress
 from datadiet.prompting.compression.base import CompressOptions, build_job
 from datadiet.prompting.compression.budget import TokenCounter, lower_bound
@@ -34,16 +33,6 @@ NEEDLES = [
     ("The monks of Carrow Abbey brew their ale with heather.",
      "What do the monks of Carrow Abbey brew their ale with?", "heather"),
 ]
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    from datadiet.pipeline.models.scoring import LMScorer
-
-    try:
-        return LMScorer(max_length=1024)
-    except ModelNotAvailableError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,12 @@ import numpy as np
 import pytest
 
 from datadiet.cli import main
-from datadiet.pipeline.models.loading import ModelNotAvailableError
 from datadiet.prompting.demos import Demo, DemoOrderer, LabelScorer, build_prompt, preset
 from datadiet.prompting.demos.label_scores import label_probabilities
 from datadiet.prompting.demos.ordering import entropy
 from datadiet.prompting.icl import ICLEvaluator, read_labelled, read_labelled_lines
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def scorer():
-    from datadiet.pipeline.models.scoring import LMScorer
-
-    try:
-        return LMScorer(max_length=1024)
-    except ModelNotAvailableError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

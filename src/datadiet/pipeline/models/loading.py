@@ -18,12 +18,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from datadiet.pipeline.atomic import atomic_path
 
 DEFAULT_CAUSAL_LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -111,18 +111,9 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
     model.tie_weights()
     if model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr():
         raise RuntimeError("lm_head is not tied to the embeddings after conversion")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic_path(target, is_dir=True) as tmp:  # a second converter's copy is identical
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_causal_lm(name: str | os.PathLike | None = None) -> str:
