@@ -12,45 +12,41 @@ import argparse
 __all__ = ["fraction", "non_negative_float", "non_negative_int", "positive_int"]
 
 
+def _parsed(text: str, kind: type, what: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def _check(ok: bool, rule: str, text: str) -> None:
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+
+
 def positive_int(text: str) -> int:
     """A count that must be at least 1 (rows per shard, tokens, steps, batch sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    value = _parsed(text, int, "a whole number")
+    _check(value >= 1, "at least 1", text)
+    return int(value)
 
 
 def non_negative_int(text: str) -> int:
     """A count where 0 is a real choice (``icl-eval --k 0`` is zero-shot)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+    value = _parsed(text, int, "a whole number")
+    _check(value >= 0, "at least 0", text)
+    return int(value)
 
 
 def non_negative_float(text: str) -> float:
-    """A number that must be at least 0 (temperatures, thresholds)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
+    """A number that must be at least 0 (temperatures, thresholds); NaN is refused."""
+    value = _parsed(text, float, "a number")
+    _check(value >= 0, "at least 0", text)
+    return float(value)
 
 
 def fraction(text: str) -> float:
     """A fraction in (0, 1] (a compression rate: a 0 rate is no prompt)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+    value = _parsed(text, float, "a number in (0, 1]")
+    _check(0 < value <= 1, "in (0, 1]", text)
+    return float(value)
