@@ -70,7 +70,8 @@ def make_config(args: argparse.Namespace) -> Config:
         return Config(args.n_test or 8, args.pool or 500, [0], grid, probes=3, max_orderings=4)
     grid = [(s, o) for s in strategies for o in orderings]
     seeds = list(range(args.seeds))
-    return Config(args.n_test or 300, args.pool, seeds, grid, probes=8, max_orderings=24)
+    return Config(args.n_test or 300, args.pool, seeds, grid, probes=args.probes or 8,
+                  max_orderings=args.max_orderings or 24)
 
 
 def seed_matters(strategy: str, ordering: str) -> bool:
@@ -202,6 +203,9 @@ def main() -> None:
     parser.add_argument("--strategies", default=None, help="comma-separated subset")
     parser.add_argument("--orderings", default=None, help="comma-separated subset")
     parser.add_argument("--datasets", default="sst2,trec")
+    parser.add_argument("--probes", type=int, default=None, help="GlobalE/LocalE probes (8)")
+    parser.add_argument("--max-orderings", type=int, default=None,
+                        help="GlobalE/LocalE candidate orderings (24 = all of k=4)")
     parser.add_argument("--rows-out", default=None, help="write every run's row as JSONL here")
     args = parser.parse_args()
     cfg = make_config(args)
