@@ -21,7 +21,12 @@ from datadiet.prompting.compression.offline import (
     llmlingua_transformers_problem,
     version_tuple,
 )
-from datadiet.prompting.compression.protect import compile_patterns, find_spans, merge_spans
+from datadiet.prompting.compression.protect import (
+    compile_patterns,
+    find_spans,
+    merge_spans,
+    overlapping,
+)
 from datadiet.prompting.compression.segments import passages, sentence_spans
 from datadiet.prompting.compression.units import build_units
 
@@ -60,6 +65,9 @@ def test_protect_presets_and_regexes():
     with pytest.raises(ValueError, match="preset"):
         compile_patterns(["(unclosed"])
     assert merge_spans([(5, 7), (0, 2), (1, 3), (7, 9)]) == [(0, 3), (5, 9)]
+    spans = [(0, 3), (5, 9), (12, 14)]
+    assert overlapping(spans, 2, 6) == [(0, 3), (5, 9)]
+    assert overlapping(spans, 9, 12) == [] and overlapping(spans, 7, 7) == [(5, 9)]
 
 
 def test_target_and_tolerance():

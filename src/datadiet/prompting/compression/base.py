@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from datadiet.prompting.compression.budget import TokenCounter
-from datadiet.prompting.compression.protect import PatternLike, find_spans
+from datadiet.prompting.compression.protect import PatternLike, find_spans, overlapping
 from datadiet.prompting.compression.segments import passages as cut_passages
 from datadiet.prompting.compression.units import Units, tokenize_units
 
@@ -107,6 +107,12 @@ class Job:
     def fixed_parts(self) -> list[str]:
         return [p for p in (self.instruction, self.question) if p]
 
+    @property
+    def passage_index(self) -> dict[int, int]:
+        """Index in ``parts`` of a passage -> its index among the passages."""
+        offset = next((k for k, p in enumerate(self.parts) if p.kind == "passage"), 0)
+        return {offset + i: i for i in range(len(self.passages))}
+
     def passage_text(self, i: int) -> str:
         p = self.passages[i]
         return self.original[p.start : p.end]
@@ -152,8 +158,8 @@ def build_job(
         long_tokens=options.long_passage_tokens, count=counter, protected=protected,
     )
     passage_parts = [Part("passage", s, e, seg) for s, e, seg in cut]
-    carries = np.asarray([any(a < p.end and b > p.start for a, b in protected)
-                          for p in passage_parts], dtype=bool)
+    carries = np.asarray([bool(overlapping(protected, p.start, p.end)) for p in passage_parts],
+                         dtype=bool)
     pinned = {i for i, p in enumerate(passage_parts) if p.segment in options.keep_segments}
     return Job(
         original=original, segments=segments, instruction=instruction or "",
@@ -204,23 +210,31 @@ def _gap(job: Job, a: int, b: int) -> tuple[int, int]:
     return best
 
 
+def joined_text(job: Job, kept_passages: Iterable[int]) -> str:
+    """The text :func:`working_text` would build for these passages, without tokenising it
+    (what the coarse level counts to know whether its selection covers the budget)."""
+    kept, index = set(kept_passages), job.passage_index
+    layout = [k for k, part in enumerate(job.parts)
+              if part.kind != "passage" or index[k] in kept]
+    chunks: list[str] = []
+    for n, k in enumerate(layout):
+        if n:
+            gs, ge = _gap(job, layout[n - 1], k)
+            chunks.append(job.original[gs:ge])
+        chunks.append(job.original[job.parts[k].start : job.parts[k].end])
+    return "".join(chunks)
+
+
 def working_text(job: Job, kept_passages: Iterable[int], tokenizer: object) -> Working:
     """Join the instruction, the kept passages and the question; mark what must survive.
 
     Mandatory: the instruction; the question (``keep_question``); the gaps between parts
     (``keep_separators``: demonstrations stay visibly separate); and every protected span.
     """
-    kept = set(kept_passages)
-    layout: list[int] = []  # indices into job.parts
-    n_passage = -1
-    passage_of: dict[int, int] = {}
-    for k, part in enumerate(job.parts):
-        if part.kind == "passage":
-            n_passage += 1
-            if n_passage not in kept:
-                continue
-            passage_of[k] = n_passage
-        layout.append(k)
+    kept, index = set(kept_passages), job.passage_index
+    layout = [k for k, part in enumerate(job.parts)  # indices into job.parts
+              if part.kind != "passage" or index[k] in kept]
+    passage_of = {k: index[k] for k in layout if k in index}
     opt = job.options
     chunks: list[str] = []
     pieces: list[tuple[int, int, int]] = []

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from datadiet.prompting.compression.base import Job, Plan, Working, working_text
+from datadiet.prompting.compression.base import Job, Plan, Working, joined_text, working_text
+from datadiet.prompting.compression.protect import overlapping
 from datadiet.prompting.compression.ranking import embedder, rank_passages
 
 # prompts with more scored tokens than this show a progress bar unless asked not to
@@ -99,22 +100,34 @@ def select_passages(job: Job, order: Sequence[int] | None, slack: float) -> Sele
     budget = max(0, job.target - fixed)
     pinned = [i for i in order if job.passages[i].segment in job.options.keep_segments]
     protected_cost = {
-        i: gap_cost + sum(counter(job.original[a:b]) for a, b in job.protected
-                          if a < job.passages[i].end and b > job.passages[i].start)
+        i: gap_cost + sum(counter(job.original[a:b]) for a, b in
+                          overlapping(job.protected, job.passages[i].start, job.passages[i].end))
         for i in job.forced if i not in pinned
     }
     ranked_in = list(pinned)
     covered = sum(counter(job.passage_text(i)) + gap_cost for i in pinned)
     covered += sum(protected_cost.values())
-    enough = budget * 1.02 + 2
-    for i in order:
-        if i in ranked_in:
-            continue
-        cost = counter(job.passage_text(i)) + gap_cost
-        if covered >= enough and covered + cost - protected_cost.get(i, 0) > budget * (1 + slack):
+    enough = budget * 1.02 + 2  # a margin for re-tokenisation at the seams
+    remaining = [i for i in order if i not in pinned]
+    while remaining:
+        i = remaining[0]
+        cost = counter(job.passage_text(i)) + gap_cost - protected_cost.get(i, 0)
+        if covered >= enough and covered + cost > budget * (1 + slack):
             break
-        ranked_in.append(i)
-        covered += cost - protected_cost.get(i, 0)
+        ranked_in.append(remaining.pop(0))
+        covered += cost
+    # the passages were counted one by one; the joined text can count fewer (a gap that merges
+    # with the next word): check, and take the next-ranked passages while it falls short
+    while remaining:
+        have = counter(joined_text(job, ranked_in)) + sum(
+            c for i, c in protected_cost.items() if i not in ranked_in)
+        short = job.target * 1.02 + 2 - have
+        if short <= 0:
+            break
+        while remaining and short > 0:
+            i = remaining.pop(0)
+            ranked_in.append(i)
+            short -= counter(job.passage_text(i)) + gap_cost - protected_cost.get(i, 0)
     return Selection(sorted(set(ranked_in) | job.forced), sorted(ranked_in), list(order))
 
 

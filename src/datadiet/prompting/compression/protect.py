@@ -8,6 +8,7 @@ units a method works on (a unit that overlaps a protected range is kept whole).
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterable, Sequence
 
@@ -58,6 +59,21 @@ def find_spans(text: str, patterns: Sequence[re.Pattern]) -> list[tuple[int, int
         (m.start(), m.end()) for p in patterns for m in p.finditer(text) if m.end() > m.start()
     ]
     return merge_spans(spans)
+
+
+def overlapping(spans: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """The ranges of ``spans`` (sorted, non-overlapping) that overlap ``[start, end)``, found by
+    bisection so that asking for every passage of a long prompt stays linear."""
+    lo = bisect.bisect_right(spans, (start, start))
+    if lo and spans[lo - 1][1] > start:
+        lo -= 1
+    out = []
+    for a, b in spans[lo:]:
+        if a >= end:
+            break
+        if b > start and a < end:
+            out.append((a, b))
+    return out
 
 
 def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+from datadiet.prompting.compression.protect import overlapping
+
 SPLITS = ("auto", "sentences", "paragraphs", "none")
 
 # a blank line: a newline, optional spaces, another newline (and any whitespace after it)
@@ -69,7 +71,7 @@ def merge_across(spans: list[tuple[int, int]], protected: Sequence[tuple[int, in
     out = [spans[0]]
     for s, e in spans[1:]:
         gap_start, gap_end = out[-1][1], s
-        if any(a < gap_end and b > gap_start for a, b in protected):
+        if overlapping(protected, gap_start, gap_end):
             out[-1] = (out[-1][0], e)
         else:
             out.append((s, e))
