@@ -226,8 +226,8 @@ def fit_to_budget(
         raise BudgetError(
             f"cannot land within {tolerance:.0%} of the target {target} tokens: the closest "
             f"under it is {count}"
-            + (f" and every unit left costs at least {int(left.min())} tokens once re-tokenised"
-               if len(left) else " and nothing is left to add")
+            + (f", and adding any unit left (the smallest is {int(left.min())} scoring tokens) "
+               "overshoots it" if len(left) else ", and nothing is left to add")
             + "; raise the budget or compress a longer prompt"
         )
     return keep, count
