@@ -110,7 +110,10 @@ def signal_self_code(where: str, signum: int) -> str:
     or ``"step"`` (inside the first step). The program then calls the real CLI entry point.
     """
     return (
-        "import os, sys\n"
+        "import os, signal, sys\n"
+        # A shell starts background jobs with SIGINT ignored and Python then never raises
+        # KeyboardInterrupt; a user's Ctrl-C reaches a foreground process, so restore that.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import datadiet.pipeline.curate as c\n"
         "from datadiet.cli import main\n"
         f"SIG = {int(signum)}\n"
