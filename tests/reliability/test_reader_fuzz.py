@@ -70,6 +70,7 @@ def test_random_json_shapes_raise_only_data_errors(rows: list, gz: bool, junk: l
 
 @SETTINGS
 @given(rows=st.lists(records, min_size=1, max_size=6))
+@example(rows=[{"text": "", "id": 2**63}])  # found by CI: no Arrow type for it
 def test_random_records_in_memory_raise_only_data_errors(rows: list) -> None:
     try:
         loaded = load_corpus(rows)

@@ -994,7 +994,8 @@ def corpus_from_records(
     rows.flush()
     try:
         ds = Dataset.from_list([dict(r) for r in records])
-    except (pa.ArrowException, TypeError, ValueError) as exc:
+    except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+        # OverflowError: an int beyond 64 bits (e.g. an id of 2**63) has no Arrow type
         raise DataError(f"{source}: the records do not form a table: {exc}") from None
     return _from_dataset(ds, source, text_field, id_field, None, on_duplicate_id, reader.fmt)
 
