@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from datadiet.pipeline.io import DataError, load_corpus
 
-SETTINGS = settings(max_examples=120, deadline=None,
+SETTINGS = settings(max_examples=120, deadline=None, derandomize=True,  # same cases every CI run
                     suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
