@@ -30,7 +30,8 @@ How it is measured:
 * Prompts: 8-shot SST-2 prompts whose demonstrations are the 8 nearest training sentences to the
   query (MiniLM cosine, nearest last), 8-shot GSM8K chain-of-thought prompts, and the needle
   prompts, from ../shared/data. llmlingua is called with its defaults plus the question;
-  datadiet with its defaults plus the protected label pattern (none for the needle test).
+  datadiet with its defaults plus the protected label pattern and numbers, scoped to the
+  demonstrations it keeps (``protect_scope="kept_passages"``; none for the needle test).
 * ICL accuracy: SmolLM2 is too small to generate reliably, so a prompt is scored by comparing
   log p(" positive") and log p(" negative") after it, through the project's LMScorer.
 
@@ -510,9 +511,10 @@ def main() -> None:
     other = Compressor("lingua", scorer, rank=other_ranker)
 
     def ours(prompts: list[dict], rate: float, protect: list[str], comp=compressor) -> list:
+        # a demonstration may be dropped whole; a kept one keeps its label and its numbers
         return comp.compress_batch(
             [p["context"] for p in prompts], questions=[p["question"] for p in prompts],
-            rate=rate, protect=protect)
+            rate=rate, protect=protect, protect_scope="kept_passages")
 
     # 1. the needle test: default ranker on lists and strings, the other ranker, llmlingua
     log(f"needle test: {n_needles} prompts of {n_paragraphs} paragraphs at rate {NEEDLE_RATE}")

@@ -104,6 +104,11 @@ def test_protected_spans_survive_when_whole_segments_are_dropped(scorer, shared_
     # the same in one string: paragraphs and sentences are passages, protection still holds
     s = compress("\n\n".join(segments), rate=0.4, model=scorer, question="How much is left?")
     assert all(number in s.text for number in numbers)
+    # protect_scope="kept_passages": whole segments may go, but what is kept keeps its numbers
+    k = compress(segments, rate=0.25, model=scorer, protect_scope="kept_passages")
+    assert 0 < len(k.kept_segments) < len(segments)
+    for i in k.kept_segments:
+        assert all(m.group() in k.text for m in re.finditer(compile_patterns(None)[0], segments[i]))
 
 
 def test_too_much_protection_fails_before_any_model_work(shared_data):

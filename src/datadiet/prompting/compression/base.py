@@ -22,6 +22,8 @@ from datadiet.prompting.compression.protect import PatternLike, find_spans, over
 from datadiet.prompting.compression.segments import passages as cut_passages
 from datadiet.prompting.compression.units import Units, tokenize_units
 
+PROTECT_SCOPES = ("everywhere", "kept_passages")
+
 
 @dataclass(frozen=True)
 class CompressOptions:
@@ -39,6 +41,10 @@ class CompressOptions:
         sentences; list items as given), ``"sentences"`` (long list items too), ``"paragraphs"``
         or ``"none"`` (a string is one passage).
     long_passage_tokens: the length above which a paragraph is cut into sentences.
+    protect_scope: ``"everywhere"``: every protected span survives (a passage that carries one
+        is never dropped by the coarse level); ``"kept_passages"``: the coarse level may drop
+        such a passage whole, and protected spans survive in every passage it keeps (for
+        demonstrations: drop one, or keep its label).
     keep_question / keep_separators: the question, and the gaps between kept passages, survive.
     keep_segments: indices of segments (list items; paragraphs of a string) the coarse level
         must not drop.
@@ -47,6 +53,7 @@ class CompressOptions:
 
     rate: float | None = None
     protect: Iterable[PatternLike] | PatternLike | None = None
+    protect_scope: str = "everywhere"
     target_tokenizer: Any = None
     separator: str = "\n\n"
     split: str = "auto"
@@ -96,7 +103,8 @@ class Job:
     protected_passage: np.ndarray
     # protected ranges of ``original`` (merged, sorted)
     protected: list[tuple[int, int]]
-    # passages the coarse level must keep: pinned segments and protected passages
+    # passages the coarse level must keep: pinned segments (and protected passages, with
+    # protect_scope="everywhere")
     forced: frozenset[int]
     options: CompressOptions
     counter: TokenCounter
@@ -160,12 +168,17 @@ def build_job(
     passage_parts = [Part("passage", s, e, seg) for s, e, seg in cut]
     carries = np.asarray([bool(overlapping(protected, p.start, p.end)) for p in passage_parts],
                          dtype=bool)
+    if options.protect_scope not in PROTECT_SCOPES:
+        raise ValueError(f"protect_scope must be one of {', '.join(PROTECT_SCOPES)}, "
+                         f"not {options.protect_scope!r}")
     pinned = {i for i, p in enumerate(passage_parts) if p.segment in options.keep_segments}
+    if options.protect_scope == "everywhere":
+        pinned |= {int(i) for i in np.flatnonzero(carries)}
     return Job(
         original=original, segments=segments, instruction=instruction or "",
         question=question or "", parts=[*head, *passage_parts, *tail], passages=passage_parts,
         protected_passage=carries, protected=protected,
-        forced=frozenset(pinned | {int(i) for i in np.flatnonzero(carries)}),
+        forced=frozenset(pinned),
         options=options, counter=counter,
     )
 

@@ -41,7 +41,11 @@ import numpy as np
 
 from datadiet.prompting.compression.base import Job, Plan, Working, joined_text, working_text
 from datadiet.prompting.compression.protect import overlapping
-from datadiet.prompting.compression.ranking import embedder, rank_passages
+from datadiet.prompting.compression.ranking import (
+    DEFAULT_QUESTION_RANKER,
+    embedder,
+    rank_passages,
+)
 
 # prompts with more scored tokens than this show a progress bar unless asked not to
 PROGRESS_FROM_TOKENS = 8192
@@ -85,11 +89,13 @@ def select_passages(job: Job, order: Sequence[int] | None, slack: float) -> Sele
     """Keep whole passages, best first, until the context budget is covered.
 
     Pinned passages (``keep_segments``) come first. A passage carrying a protected span is
-    always kept, but only its protected text counts against the budget unless it is also ranked
-    in. The passage that crosses the budget is kept (so the token level can meet it from below,
-    with a small margin for re-tokenisation at the seams); later ones only while the total
-    stays within ``(1 + slack)`` times the budget. A small slack keeps the token level's work --
-    one forward pass over the kept text -- close to the budget itself.
+    always kept (``protect_scope="everywhere"``), but only its protected text counts against the
+    budget unless it is also ranked in; with ``protect_scope="kept_passages"`` it may be dropped
+    whole, and is skipped if its protected text would not fit. The passage that crosses the
+    budget is kept (so the token level can meet it from below, with a small margin for
+    re-tokenisation at the seams); later ones only while the total stays within ``(1 + slack)``
+    times the budget. A small slack keeps the token level's work -- one forward pass over the
+    kept text -- close to the budget itself.
     """
     n = len(job.passages)
     if order is None or n < 2:
@@ -99,23 +105,41 @@ def select_passages(job: Job, order: Sequence[int] | None, slack: float) -> Sele
     fixed = sum(counter(p) for p in job.fixed_parts) + gap_cost * len(job.fixed_parts)
     budget = max(0, job.target - fixed)
     pinned = [i for i in order if job.passages[i].segment in job.options.keep_segments]
-    protected_cost = {
-        i: gap_cost + sum(counter(job.original[a:b]) for a, b in
-                          overlapping(job.protected, job.passages[i].start, job.passages[i].end))
-        for i in job.forced if i not in pinned
-    }
+
+    def protection(i: int) -> int:
+        part = job.passages[i]
+        spans = overlapping(job.protected, part.start, part.end)
+        return gap_cost + sum(counter(job.original[a:b]) for a, b in spans) if spans else 0
+
+    # protection-only passages: kept for their protected spans whatever their rank
+    protected_cost = {i: protection(i) for i in job.forced if i not in pinned}
     ranked_in = list(pinned)
     covered = sum(counter(job.passage_text(i)) + gap_cost for i in pinned)
     covered += sum(protected_cost.values())
+    # what must survive so far (for protect_scope="kept_passages": grows with each passage)
+    mandatory = fixed + sum(protection(i) for i in pinned) + sum(protected_cost.values())
     enough = budget * 1.02 + 2  # a margin for re-tokenisation at the seams
     remaining = [i for i in order if i not in pinned]
+
+    def fits_protection(i: int) -> bool:
+        nonlocal mandatory
+        if i in protected_cost or not job.protected_passage[i]:
+            return True
+        need = protection(i)
+        if mandatory + need > job.target:
+            return False
+        mandatory += need
+        return True
+
     while remaining:
         i = remaining[0]
         cost = counter(job.passage_text(i)) + gap_cost - protected_cost.get(i, 0)
         if covered >= enough and covered + cost > budget * (1 + slack):
             break
-        ranked_in.append(remaining.pop(0))
-        covered += cost
+        remaining.pop(0)
+        if fits_protection(i):
+            ranked_in.append(i)
+            covered += cost
     # the passages were counted one by one; the joined text can count fewer (a gap that merges
     # with the next word): check, and take the next-ranked passages while it falls short
     while remaining:
@@ -126,8 +150,9 @@ def select_passages(job: Job, order: Sequence[int] | None, slack: float) -> Sele
             break
         while remaining and short > 0:
             i = remaining.pop(0)
-            ranked_in.append(i)
-            short -= counter(job.passage_text(i)) + gap_cost - protected_cost.get(i, 0)
+            if fits_protection(i):
+                ranked_in.append(i)
+                short -= counter(job.passage_text(i)) + gap_cost - protected_cost.get(i, 0)
     return Selection(sorted(set(ranked_in) | job.forced), sorted(ranked_in), list(order))
 
 
@@ -229,7 +254,10 @@ class LinguaMethod:
     def __init__(self, scorer: object, options: LinguaOptions | None = None) -> None:
         self.scorer = scorer
         self.options = options or LinguaOptions()
-        if self.options.segment_filter and self.options.rank in ("auto", "embedding"):
+        rank = self.options.rank
+        if rank == "auto":
+            rank = DEFAULT_QUESTION_RANKER
+        if self.options.segment_filter and rank == "embedding":
             embedder()  # load it now, so a call's ``seconds`` do not include model loading
 
     @property
