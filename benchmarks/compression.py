@@ -418,6 +418,19 @@ def measure_lengths(lengths: list[int], log) -> dict:
     return out
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not ``ru_maxrss``: a child started by
+    fork+exec inherits the parent's ``ru_maxrss`` on Linux, so a worker would report the
+    benchmark's own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def length_worker(n_tokens: int) -> None:
     """Compress one needle prompt of about ``n_tokens`` tokens (or chars, if > 100K: a 200 KB
     prompt) at rate 0.2 with a progress bar; print seconds, tokens and peak memory as JSON."""
@@ -449,7 +462,7 @@ def length_worker(n_tokens: int) -> None:
     print(json.dumps({
         "chars": len(text), "tokens": c.origin_tokens, "seconds": seconds,
         "seconds_per_1k_tokens": 1000 * seconds / c.origin_tokens,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "budget_error": c.budget_error, "over_budget": c.compressed_tokens > c.target_tokens,
         "needle_kept": answer_kept(c.text, question, answer),
         "cache_restarts": c.info.get("cache_restarts"),
@@ -521,6 +534,7 @@ def main() -> None:
     needle = {form: needle_rate(compressor, needles, form) for form in ("list", "string")}
     needle_other = {form: needle_rate(other, needles, form)
                     for form in (("list",) if args.quick else ("list", "string"))}
+    log(f"  needle kept: {DEFAULT_QUESTION_RANKER} {needle}, {other_ranker} {needle_other}")
     needle_llmlingua: dict[str, float | None] = {}
     if baseline is not None:
         for mode, options in (("llmlingua", {}), ("longllmlingua", LONGLLMLINGUA)):
@@ -532,6 +546,8 @@ def main() -> None:
             needle_llmlingua[mode] = mean([float(answer_kept(r["text"], p["question"],
                                                              p["answer"]))
                                            for r, p in zip(res, part, strict=True)])
+
+    log(f"  needle kept by llmlingua: {needle_llmlingua}")
 
     # 2. speed and budget, interleaved chunk by chunk
     timed = [("sst2", p, SST2_PROTECT) for p in sst2[:n_timed]]
@@ -589,6 +605,8 @@ def main() -> None:
                                     [p["label"] for p in with_baseline])
         ours_same = icl_accuracy(scorer, [c.text for c in ours(with_baseline, 0.5, SST2_PROTECT)],
                                  [p["label"] for p in with_baseline])
+
+    log(f"  accuracy: {acc}")
 
     # 4. cost against prompt length, each length in its own process (peak memory per length)
     lengths = measure_lengths([2048, 8192, 32768] + ([] if args.quick else [200_000]), log)

@@ -100,31 +100,40 @@ def rank_passages(jobs: Sequence[Job], rank: str, scorer: object) -> list[list[i
 
 
 def embedding_similarity(jobs: Sequence[Job]) -> list[np.ndarray]:
-    """Per job, per passage: cosine similarity to the question of the passage or of its best
-    sentence, whichever is higher.
+    """Per job, per passage: cosine similarity to the question of the passage or, for a long
+    passage, of its best sentence, whichever is higher.
 
-    A passage of several sentences is also judged by its sentences because a document is
-    relevant if one of its sentences answers the question, and MiniLM, averaging over the whole
-    passage (and reading only its first 256 word pieces), dilutes a one-sentence fact.
+    A long passage (over ``long_passage_tokens``) is judged by its sentences because a document
+    is relevant if one of its sentences answers the question, and MiniLM, averaging over the
+    whole passage (and reading only its first 256 word pieces), dilutes a one-sentence fact; its
+    vector as a whole is the mean of its sentences' (one MiniLM pass over the text, not two).
+    Short passages (a demonstration's review and label line) are judged whole: their lines
+    alone say little.
     """
     texts: list[str] = []
-    owners: list[tuple[int, int]] = []  # (job, passage) of each text
-    for j, job in enumerate(jobs):
-        for i, part in enumerate(job.passages):
-            texts.append(job.original[part.start : part.end])
-            owners.append((j, i))
-            sentences = sentence_spans(job.original, part.start, part.end)
-            if len(sentences) > 1:
-                texts += [job.original[a:b] for a, b in sentences]
-                owners += [(j, i)] * len(sentences)
+    # per job: (first row of each passage's vectors, one past the last passage's, question row)
+    layout: list[tuple[list[int], int]] = []
+    for job in jobs:
+        firsts = []
+        for part in job.passages:
+            firsts.append(len(texts))
+            text = job.original[part.start : part.end]
+            long = job.counter(text) > job.options.long_passage_tokens
+            sentences = sentence_spans(job.original, part.start, part.end) if long else []
+            texts += [job.original[a:b] for a, b in sentences] if len(sentences) > 1 else [text]
+        layout.append((firsts, len(texts)))
         texts.append(job.question)
-        owners.append((j, -1))
     vecs = embedder().encode(texts)  # type: ignore[union-attr]
-    out = [np.full(len(job.passages), -np.inf) for job in jobs]
-    question_of = {j: k for k, (j, i) in enumerate(owners) if i == -1}
-    for k, (j, i) in enumerate(owners):
-        if i >= 0:
-            out[j][i] = max(out[j][i], float(vecs[k] @ vecs[question_of[j]]))
+    out = []
+    for firsts, question_row in layout:
+        question = vecs[question_row]
+        ends = [*firsts[1:], question_row]
+        scores = np.full(len(firsts), -np.inf)
+        for i, (a, b) in enumerate(zip(firsts, ends, strict=True)):
+            whole = vecs[a:b].mean(axis=0)
+            whole /= max(float(np.linalg.norm(whole)), 1e-12)
+            scores[i] = max(float(whole @ question), float((vecs[a:b] @ question).max()))
+        out.append(scores)
     return out
 
 
