@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -103,17 +104,24 @@ def test_calibration_moves_a_biased_prediction(scorer, sst2, template, shared_da
 
 def test_compression_shortens_the_demonstrations_only(scorer, sst2, template, shared_data):
     long = read_labelled_lines(shared_data / "icl" / "sst2" / "train.txt")
-    demos = [Demo(i, long.texts[i], long.labels[i]) for i in range(4)]
+    demos = [Demo(i, long.texts[i], long.labels[i]) for i in range(8)]
     query = sst2.texts[20]
     full = build_prompt(template, demos, query)
-    short = build_prompt(template, demos, query, compress_rate=0.5, model=scorer)
+    short = build_prompt(template, demos, query, compress_rate=0.3, model=scorer)
     assert short.compressed and short.suffix == full.suffix  # the query, untouched
     assert short.prefix.startswith(template.instruction)
-    for d in demos:  # every demonstration keeps its answer
-        assert short.prefix.count("Sentiment: " + template.verbalize(d.label)) >= 1
-    assert short.prefix.count("\nSentiment: ") == 4
+    body = short.prefix[len(template.instruction):]
+    # a demonstration is dropped whole or keeps its own answer: cut the prefix at each answer,
+    # find the demonstration each remnant came from, and check the answer is that one's label
+    pieces = re.split(r"\nSentiment: (\w+)", body)
+    remnants, answers = pieces[0:-1:2], pieces[1::2]
+    assert 0 < len(answers) < len(demos)  # some demonstrations were dropped, not all
+    for remnant, answer in zip(remnants, answers, strict=True):
+        words = set(re.findall(r"\w+", remnant.lower()))
+        source = max(demos, key=lambda d: len(words & set(re.findall(r"\w+", d.text.lower()))))
+        assert answer == template.verbalize(source.label), (remnant, answer, source)
     n_full, n_short = scorer.count_tokens(full.prefix), scorer.count_tokens(short.prefix)
-    assert n_short < 0.75 * n_full
+    assert n_short <= 0.31 * n_full  # the budget is counted on the compressor's own layout
 
 
 def test_labelled_readers(tmp_path, shared_data):

@@ -4,8 +4,8 @@ The prompt half of the saved-compute report (``benchmarks/e2e.py``, ``datadiet d
 labelled task, zero-shot, random k-shot (one run per seed, for the spread), the best selection +
 ordering, and that with its demonstrations compressed — accuracy and mean prompt tokens of each,
 through the ICL evaluator (:class:`~datadiet.prompting.icl.ICLEvaluator`), on the same fixed test
-rows. Only demonstrations are compressed (never the query), each demonstration's answer is
-protected, and the compression ratio that counts is best-uncompressed over best-compressed. A
+rows. Only demonstrations are compressed (never the query), a demonstration is dropped whole
+or keeps its answer verbatim, and the compression ratio that counts is best-uncompressed over best-compressed. A
 rate too low for the protected text (short demonstrations: the answers are a large share) is
 raised step by step, and the notes say where it ended.
 """

@@ -263,8 +263,9 @@ def build_prompt(
 ) -> Prompt:
     """The prompt for ``query`` with ``demos`` (objects with ``text`` and ``label``) in order.
 
-    ``compress_rate`` (0-1] compresses the demonstrations only -- the instruction, the query and
-    every label word stay verbatim -- with datadiet's compressor (``model``: its scoring model,
+    ``compress_rate`` (0-1] compresses the demonstrations only -- the instruction and the query
+    stay verbatim, a demonstration is dropped whole or keeps its label -- with datadiet's
+    compressor (``model``: its scoring model,
     an ``LMScorer`` to reuse a loaded one).
     """
     return build_prompts(template, [demos], [query], compress_rate=compress_rate, model=model)[0]
@@ -288,14 +289,18 @@ def build_prompts(
             raise SpecError(f"compress_rate must be in (0, 1], got {compress_rate}")
         todo = [i for i, d in enumerate(demos) if d and compress_rate < 1.0]
         if todo:
-            # Each demonstration's answer ("\nSentiment: positive") is protected, so it never
-            # loses its label; the instruction is passed as such and kept verbatim.
+            # A demonstration is dropped whole or keeps its answer ("\nSentiment: positive")
+            # verbatim (protect_scope="kept_passages": a demo without its label teaches the
+            # wrong thing); the instruction is passed as such and kept verbatim. The query is
+            # not passed as the question: the compressor would lay it into its output, and kNN
+            # demonstrations are already chosen by their similarity to it.
             cue = template.query_part.split("{text}")[-1] + template.answer_gap
             protect = [re.escape(cue + w) for w in template.verbalizers.values()]
             results = compress_batch(
                 [[template.format_demo(x.text, x.label) for x in demos[i]] for i in todo],
                 rate=compress_rate, instruction=template.instruction or None,
-                separator=template.separator, protect=protect, model=model,
+                separator=template.separator,
+                protect=protect, protect_scope="kept_passages", model=model,
             )
             for i, result in zip(todo, results, strict=True):
                 prefixes[i] = result.text.rstrip()
