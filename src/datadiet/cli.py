@@ -85,13 +85,27 @@ def _run_demo(args: argparse.Namespace) -> int:
                       "--prompts", str(args.prompts)])
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Sub-commands whose parsers live in this module: parsing one of them imports nothing else.
+CORE_COMMANDS = ("curate", "why", "demo")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``datadiet`` parser; with ``argv`` naming a core command, only the core commands.
+
+    Why: the other rooms' parsers come from their modules (serving imports pydantic and the
+    Prefect settings, compression and training their own options), about a second of imports
+    that ``datadiet curate`` of a small file would otherwise pay before reading a row. The
+    command is the first argument (the top-level parser has no options besides ``--help``), so
+    the choice cannot change how the rest of the line parses; ``--help`` and any other command
+    get the whole parser.
+    """
     parser = argparse.ArgumentParser(prog="datadiet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate(sub)
     _add_why(sub)
     _add_demo(sub)
-    _add_optional(sub)
+    if argv is None or not argv or argv[0] not in CORE_COMMANDS:
+        _add_optional(sub)
     return parser
 
 
@@ -111,14 +125,17 @@ def _add_optional(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
+    # Our own bars (with time left) are the ones that matter. Said by the environment, read
+    # when ``datasets`` is imported, so a command that never needs ``datasets`` never imports it.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:  # called in a process that has imported it already
+        sys.modules["datasets"].disable_progress_bars()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     from datadiet.pipeline.io import UserError, install_signal_cleanup
 
     install_signal_cleanup()  # SIGTERM unwinds like Ctrl-C, so temp data is removed
-    import datasets
-
-    datasets.disable_progress_bars()  # our own bars (with time left) are the ones that matter
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -54,9 +54,13 @@ class Sandbox:
         return env
 
     def run(self, args: list[str], stdin: bytes | None = None, code: str | None = None,
-            timeout: float = 300, raw: bool = False) -> subprocess.CompletedProcess:
+            timeout: float = 300, raw: bool = False,
+            unset_env: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         """``python -m datadiet ARGS`` (or ``python -c CODE ARGS``, or with ``raw``
-        ``python ARGS``) in the sandbox."""
+        ``python ARGS``) in the sandbox, without the variables named in ``unset_env``."""
+        env = self.env()
+        for name in unset_env:
+            env.pop(name, None)
         if raw:
             cmd = [sys.executable, *args]
         elif code:
@@ -64,7 +68,7 @@ class Sandbox:
         else:
             cmd = [sys.executable, "-m", "datadiet", *args]
         return subprocess.run(cmd, input=stdin if stdin is not None else b"", capture_output=True,
-                              cwd=self.root, env=self.env(), timeout=timeout,
+                              cwd=self.root, env=env, timeout=timeout,
                               preexec_fn=lambda: os.umask(UMASK))
 
     def snapshot(self) -> dict[str, tuple[str, int]]:

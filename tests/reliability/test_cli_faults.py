@@ -516,12 +516,34 @@ def test_unwritable_out_is_refused_before_any_work(box: Sandbox) -> None:
     assert box.leftovers() == set()
 
 
+def imported_modules(stderr: bytes) -> set[str]:
+    """Every module a ``python -X importtime`` run imported, from its stderr."""
+    return {line.split("|")[-1].strip() for line in stderr.decode().splitlines()
+            if line.startswith("import time:")}
+
+
 def test_curate_imports_no_torch_or_transformers(box: Sandbox) -> None:
     """A run whose steps need no model starts without torch (seconds of start-up saved)."""
     args = curate(box, write(box.inp / "a.jsonl", jsonl(records())),
                   spec_text="- exact_dedup: {}\n- minhash_dedup: {}\n- quality: {}\n")
     proc = box.run(["-X", "importtime", "-m", "datadiet", *args], code=None, raw=True)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    imported = {line.split("|")[-1].strip() for line in proc.stderr.decode().splitlines()
-                if line.startswith("import time:")}
-    assert not imported & {"torch", "transformers"}, "a model library was imported"
+    assert not imported_modules(proc.stderr) & {"torch", "transformers"}, \
+        "a model library was imported"
+
+
+def test_small_curate_starts_lean(box: Sandbox) -> None:
+    """The fixed cost of ``datadiet curate`` on a small file: besides no model library, no
+    other command's parser (Prefect, pydantic) and no numba (below ``KERNEL_MIN_ROWS`` texts the
+    NumPy paths finish before numba, its LLVM and ``scipy.linalg`` would have loaded)."""
+    args = curate(box, write(box.inp / "a.jsonl", jsonl(records(50))),
+                  spec_text="- exact_dedup: {}\n- minhash_dedup: {}\n- quality: {}\n")
+    proc = box.run(["-X", "importtime", "-m", "datadiet", *args], raw=True,
+                   unset_env=("DATADIET_NUMBA",))
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    heavy = {"torch", "transformers", "prefect", "pydantic", "numba", "llvmlite", "scipy",
+             "sklearn"}
+    assert not imported_modules(proc.stderr) & heavy
+    steps = json.loads((box.out / "manifest.json").read_text())["steps"]
+    assert [s["name"] for s in steps] == ["exact_dedup", "minhash_dedup", "quality"]
+    assert steps[0]["rows_in"] == 50

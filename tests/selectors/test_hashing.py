@@ -9,7 +9,10 @@ trips every code point, surrogates included.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +21,7 @@ import pytest
 from datadiet.selectors.hashing import (
     CASE_TABLE_SIZE,
     CASEFOLD_NEEDS_PYTHON,
+    NUMBA_INSTALLED,
     casefold_table,
     fmix64,
     lower_table,
@@ -121,3 +125,35 @@ def test_arrow_columns_lay_out_like_python_strings(wiki_paragraphs: list[str]) -
     for chars in ("\u0130", "\u0130\u03a3", "é"):
         assert texts_containing(buf, offsets, chars).tolist() == [
             i for i, t in enumerate(texts) if any(c in t for c in chars)]
+
+
+LAZY_NUMBA_PROBE = """
+import sys
+import datadiet.selectors
+from datadiet.selectors import exact, hashing, minhash
+assert "numba" not in sys.modules, "importing the selectors imported numba"
+small = ["Hello, World!", "hello world", "ß and Straße"] * 10
+assert not hashing.numba_enabled(len(small))
+assert hashing.numba_enabled(hashing.KERNEL_MIN_ROWS)
+numpy_hashes = exact.text_hashes(small, True)
+assert "numba" not in sys.modules, "a small batch loaded numba"
+big = small * (hashing.KERNEL_MIN_ROWS // len(small) + 1)
+compiled = exact.text_hashes(big, True)
+assert "numba" in sys.modules
+assert (compiled[: len(small)] == numpy_hashes).all()
+assert hashing.numba_enabled(1), "once loaded, small batches use the kernels too"
+assert type(minhash._nb_shard).__name__ == "CPUDispatcher"  # names rebound, no wrapper left
+assert minhash.prange is sys.modules["numba"].prange
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not NUMBA_INSTALLED, reason="compiled kernels need numba")
+def test_numba_loads_on_the_first_big_kernel_call_only() -> None:
+    """numba's import and first kernel load (~1 CPU-s, ~100 MiB) happen when a kernel first
+    runs on a batch big enough to pay for it, and not before; then every kernel module's names
+    are the compiled dispatchers, and the compiled path agrees with the NumPy one."""
+    env = {k: v for k, v in os.environ.items() if k != "DATADIET_NUMBA"}
+    out = subprocess.run([sys.executable, "-c", LAZY_NUMBA_PROBE], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -403,11 +403,15 @@ def test_property_bucket_pairs_compiled_equals_numpy(
     keys = np.array(rows, np.uint64).reshape(-1, 3)
     valid = np.array([sum(r) != 1 for r in rows], bool)
     fast = candidate_pairs_from_keys(keys, valid, all_pairs=all_pairs, max_bucket=max_bucket)
+    previous = os.environ.get("DATADIET_NUMBA")
     os.environ["DATADIET_NUMBA"] = "0"
     try:
         slow = candidate_pairs_from_keys(keys, valid, all_pairs=all_pairs, max_bucket=max_bucket)
     finally:
-        del os.environ["DATADIET_NUMBA"]
+        if previous is None:
+            del os.environ["DATADIET_NUMBA"]
+        else:
+            os.environ["DATADIET_NUMBA"] = previous
     assert fast.tolist() == slow.tolist()
 
 

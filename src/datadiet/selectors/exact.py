@@ -101,7 +101,7 @@ def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ask ``is_normalized``), and normalises the few that need NFKC or a fold the kernel cannot
     write in place (``ß`` -> ``ss``).
     """
-    if not numba_enabled():
+    if not numba_enabled(len(texts)):
         parts = [normalize_text(t).encode("utf-8", "surrogatepass") for t in as_str_list(texts)]
         lengths = np.fromiter(map(len, parts), np.int64, len(parts))
         starts = np.zeros(len(parts), np.int64)

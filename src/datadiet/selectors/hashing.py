@@ -12,18 +12,27 @@ a Python object per word or per character. What Python's ``str`` methods define 
 built from those same methods, so the kernels agree with the Python definitions by construction
 (and the tests compare them over every code point).
 
-numba is optional: :func:`numba_enabled` is False without it or with ``DATADIET_NUMBA=0``, and
-every caller has a NumPy/Python path that gives the same result. Kernels are compiled once and
+numba is optional: :func:`numba_enabled` is False without it, with ``DATADIET_NUMBA=0``, or for
+a small call in a process that has not loaded numba yet, and every caller has a NumPy/Python
+path that gives the same result. Kernels are compiled once and
 cached on disk (``cache=True``: the first batch of a run does not pay for compilation); parallel
 kernels use all the process's numba threads (``NUMBA_NUM_THREADS``; set it to 1 in a worker that
 already runs one process per core).
+
+numba is imported when a kernel is first called, not when a selector module is imported: its
+import and first cached-kernel load cost about a CPU-second and 100 MiB (it maps LLVM and pulls
+in ``scipy.linalg``), which a command that runs no kernel (``datadiet why``, a spec of model
+steps, a run with ``DATADIET_NUMBA=0``) should not pay. See :func:`jit`.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,13 +40,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-try:  # pragma: no cover - exercised whichever way the environment is
-    import numba
+#: Whether numba is installed, found without importing it (finding a module is cheap).
+NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None
 
-    prange = numba.prange
-except ImportError:  # pragma: no cover
-    numba = None
-    prange = range
+
+class _Prange:
+    """``prange`` in a kernel module before numba is loaded: the loader rebinds the module's
+    ``prange`` to ``numba.prange`` before any kernel compiles. Called as Python code it is
+    ``range``, so a kernel run without numba loops the same way."""
+
+    def __call__(self, *args: int) -> range:
+        return range(*args)
+
+
+prange: Any = _Prange()
 
 __all__ = [
     "CASEFOLD_NEEDS_PYTHON",
@@ -70,20 +86,109 @@ CASE_TABLE_SIZE = 0x20000
 CASEFOLD_NEEDS_PYTHON = np.uint32(0xFFFFFFFF)
 
 
-def numba_enabled() -> bool:
-    """True when the compiled kernels run: numba is installed and ``DATADIET_NUMBA`` is not 0."""
-    return numba is not None and os.environ.get("DATADIET_NUMBA", "1") != "0"
+#: Fewer texts than this in one call, in a process that has run no kernel yet: the NumPy/Python
+#: path. Importing numba and loading its first cached kernels costs about 0.6-0.9 CPU-seconds
+#: and 100 MiB; below ~2,000 texts the uncompiled paths finish sooner, in less memory, with the
+#: same results (benchmarks/RESULTS.md, "Start-up"). The steps call kernels in batches of at
+#: least ``KERNEL_BATCH`` texts, so a bigger input loads numba on its first batch.
+KERNEL_MIN_ROWS = 2000
+
+
+def numba_enabled(rows: int | None = None) -> bool:
+    """Whether a call over ``rows`` texts (or rows of features) runs the compiled kernels.
+
+    ``DATADIET_NUMBA=0``: never; ``DATADIET_NUMBA=1``: always (when numba is installed);
+    otherwise when numba is installed and the call is big enough to pay for loading numba
+    (``rows`` unknown, at least ``KERNEL_MIN_ROWS``, or a kernel already ran in this process).
+    Both paths give identical results, so the choice is only about time and memory.
+    """
+    if not NUMBA_INSTALLED:
+        return False
+    setting = os.environ.get("DATADIET_NUMBA", "")
+    if setting == "0":
+        return False
+    return setting == "1" or rows is None or rows >= KERNEL_MIN_ROWS or _numba is not None
+
+
+class LazyKernel:
+    """A kernel declared with :func:`jit` before numba was imported.
+
+    The first call of any lazy kernel imports numba, makes every declared kernel a numba
+    dispatcher, and rebinds each kernel module's names (its kernels, the kernels it imported,
+    ``prange``) to the compiled objects, so that kernels calling kernels compile against
+    dispatchers and later calls from Python skip this wrapper.
+    """
+
+    def __init__(self, py_func: Callable[..., Any], options: dict[str, Any]) -> None:
+        self.py_func = py_func
+        self.options = options
+        self.dispatcher: Any = None
+        functools.update_wrapper(self, py_func)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.dispatcher is None:
+            _load_numba()
+        return self.dispatcher(*args)
+
+    def __getattr__(self, name: str) -> Any:  # numba's own attributes (signatures, ...)
+        if name.startswith("__") or name in ("py_func", "options", "dispatcher"):
+            raise AttributeError(name)
+        if self.dispatcher is None:
+            _load_numba()
+        return getattr(self.dispatcher, name)
+
+
+_DECLARED: list[LazyKernel] = []
+_NUMBA_LOCK = threading.Lock()
+_numba: Any = None  # the numba module, once a kernel has been called
+
+
+def _rebind(namespace: dict[str, Any]) -> None:
+    """Point a kernel module's lazy names at the compiled objects."""
+    for name, value in list(namespace.items()):
+        if isinstance(value, LazyKernel):
+            namespace[name] = value.dispatcher
+        elif isinstance(value, _Prange):
+            namespace[name] = _numba.prange
+
+
+def _load_numba() -> None:
+    """Import numba and turn every declared kernel into a dispatcher (compiled on first call,
+    from the disk cache when it has one)."""
+    global _numba
+    with _NUMBA_LOCK:
+        if _numba is not None:
+            return
+        import numba
+
+        for kernel in _DECLARED:
+            kernel.dispatcher = numba.njit(**kernel.options)(kernel.py_func)
+        _numba = numba
+        for module in {kernel.py_func.__module__ for kernel in _DECLARED}:
+            _rebind(vars(sys.modules[module]))
 
 
 def jit(parallel: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """numba's ``njit`` with the package's settings (disk cache, no GIL, no bounds checks).
+    """numba's ``njit`` with the package's settings (disk cache, no GIL, no bounds checks),
+    imported when a kernel is first called (a :class:`LazyKernel` until then).
 
     Without numba the function is returned as is; callers only call it when
-    :func:`numba_enabled` says so.
+    :func:`numba_enabled` says so. A kernel module takes ``prange`` from this module.
     """
-    if numba is None:  # pragma: no cover
-        return lambda fn: fn
-    return numba.njit(cache=True, nogil=True, boundscheck=False, parallel=parallel)
+    options = {"cache": True, "nogil": True, "boundscheck": False, "parallel": parallel}
+
+    def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not NUMBA_INSTALLED:  # pragma: no cover
+            return fn
+        with _NUMBA_LOCK:
+            if _numba is None:
+                kernel = LazyKernel(fn, options)
+                _DECLARED.append(kernel)
+                return kernel
+        _rebind(fn.__globals__)  # a module imported after the first kernel call
+        return _numba.njit(**options)(fn)
+
+    return declare
 
 
 def fmix64(x: np.ndarray) -> np.ndarray:
@@ -230,7 +335,7 @@ def _nb_docs_with(buf, offsets, needles, any_non_ascii):  # noqa: ANN001, ANN202
 
 def non_ascii_texts(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Indices of the texts of a UTF-8 layout with a byte above 0x7F."""
-    if not numba_enabled():
+    if not numba_enabled(len(offsets) - 1):
         return np.array([i for i in range(len(offsets) - 1)
                          if (buf[offsets[i] : offsets[i + 1]] >= 0x80).any()], np.int64)
     return np.flatnonzero(_nb_docs_with(buf, offsets, np.zeros((0, 2), np.uint8), True))
@@ -240,7 +345,7 @@ def texts_containing(buf: np.ndarray, offsets: np.ndarray, chars: str) -> np.nda
     """Indices of the texts of a UTF-8 layout containing any of ``chars`` (each a two-byte
     UTF-8 character, U+0080..U+07FF): the rare texts a kernel leaves to Python."""
     needles = np.array([list(c.encode("utf-8")) for c in chars], np.uint8).reshape(-1, 2)
-    if not numba_enabled():
+    if not numba_enabled(len(offsets) - 1):
         raw = [bytes(buf[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
         wanted = [c.encode("utf-8") for c in chars]
         return np.array([i for i, r in enumerate(raw) if any(w in r for w in wanted)], np.int64)

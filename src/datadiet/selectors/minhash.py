@@ -544,7 +544,7 @@ def shingle_hashes(
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
     texts = as_str_list(texts)
-    if not numba_enabled():
+    if not numba_enabled(len(texts)):
         return _shingle_hashes_numpy(texts, ngram, seed)
     buf, doc_start = _utf8_batch(texts)
     pos, salt = _shingle_constants(seed, ngram)
@@ -606,7 +606,7 @@ def signatures_from_hashes(
     """
     hashes = np.asarray(hashes, np.uint32)
     offsets = np.asarray(offsets, np.int64)
-    if numba_enabled():
+    if numba_enabled(len(offsets) - 1):
         a, b = _perm_constants(seed, num_perm)
         return _nb_minhash(hashes, offsets, a, b)
     return _signatures_numpy(hashes, offsets, num_perm, seed)
@@ -669,7 +669,7 @@ def minhash_signatures(
 def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Fraction of equal signature slots for each pair: the MinHash estimate of Jaccard."""
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    if numba_enabled():
+    if numba_enabled(len(signatures)):
         return _nb_pair_jaccard(np.asarray(signatures, np.uint32), pairs)
     est = np.empty(len(pairs), np.float64)
     for s in range(0, len(pairs), chunk):
@@ -731,7 +731,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int, seed: int = 42) -> 
     if bands * rows > num_perm:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
     mult = _band_constants(seed, bands, rows)
-    if numba_enabled():
+    if numba_enabled(n):
         return _nb_band_keys(np.asarray(signatures, np.uint32), mult, _U64(_BAND_TAG))
     sig = np.asarray(signatures[:, : bands * rows]).reshape(n, bands, rows).astype(_U64)
     with np.errstate(over="ignore"):
@@ -762,7 +762,7 @@ def candidate_pairs_from_keys(
     rows_idx = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
     if len(rows_idx) < 2:
         return np.empty((0, 2), np.int64)
-    if numba_enabled():
+    if numba_enabled(n):
         codes = _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket, n)
         codes.sort()
         return np.stack([codes // n, codes % n], axis=1)
@@ -907,7 +907,7 @@ def minhash_shard(
         raise ValueError("ngram and num_perm must be positive")
     if bands * rows > num_perm:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
-    if not numba_enabled():
+    if not numba_enabled(len(texts)):
         hashes, offsets = shingle_hashes(texts, ngram=ngram, seed=seed)
         sig = signatures_from_hashes(hashes, offsets, num_perm, seed)
         return MinHashShard(sig, band_keys(sig, bands, rows, seed=seed), np.diff(offsets) > 0)

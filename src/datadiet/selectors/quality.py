@@ -356,7 +356,7 @@ def quality_feature_matrix(
     if (top_ns < 1).any() or (dup_ns < 1).any():
         raise ValueError("n-gram sizes must be positive")
     names = quality_feature_names(top_ns.tolist(), dup_ns.tolist(), c4)
-    if not numba_enabled():
+    if not numba_enabled(len(texts)):
         rows = [quality_features(t, top_ngrams=top_ns.tolist(), dup_ngrams=dup_ns.tolist())
                 for t in as_str_list(texts)]
         return np.array([[r[k] for k in names] for r in rows], np.float64).reshape(-1, len(names))
