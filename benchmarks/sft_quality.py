@@ -15,6 +15,11 @@ Methods, each keeping ``1 - rate`` of the rows:
 
 * ``ifd``: Cherry IFD (``max_ifd=1`` drops rows whose instruction does not help, the rest ranked);
 * ``judge``: SmolLM2 as judge, expected rating over "1".."6";
+* ``relevance``: the response's mean loss under 3 other rows' instructions minus under its own
+  (domain-conditional PMI, Holtzman et al. 2021); the least relevant rows removed;
+* ``relevance+ifd``: ``relevance`` drops rows whose own instruction helps no more than others'
+  (relevance <= 0, at most the planted count), then Cherry IFD ranks the rest (as a user would
+  chain them: the off-topic filter in front of the ranking);
 * ``deita``: the IFD scores, then DEITA's diverse walk (cosine <= 0.9) down them;
 * ``cluster_sample``: balanced k-means strata of the embeddings, random within;
 * ``random``: a seeded uniform draw (its expected precision is the planted rate).
@@ -133,6 +138,9 @@ def main() -> None:
     specs = {
         "ifd": [{"ifd": {"keep": keep, "cache": cache}}],
         "judge": [{"judge": {"keep": keep, "cache": cache}}],
+        "relevance": [{"relevance": {"keep": keep, "min_relevance": None, "cache": cache}}],
+        "relevance+ifd": [{"relevance": {"keep": keep, "cache": cache}},
+                          {"ifd": {"keep": keep, "cache": cache}}],
         "deita": [{"ifd": {"keep": 1.0, "cache": cache}},
                   {"deita": {"keep": keep, "score": "ifd_score", "threshold": 0.9}}],
         "cluster_sample": [{"cluster_sample": {"keep": keep, "strategy": "balanced",

@@ -14,6 +14,7 @@ from datadiet.selectors import (  # noqa: F401 - imported to register their step
     perplexity,
     quality,
     random_baseline,
+    relevance,
     semdedup,
 )
 

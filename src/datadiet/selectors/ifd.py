@@ -48,7 +48,7 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 
-__all__ = ["IFD", "ifd_losses", "ifd_ratio", "pair_windows", "row_scorer"]
+__all__ = ["IFD", "cached_ifd_losses", "ifd_losses", "ifd_ratio", "pair_windows", "row_scorer"]
 
 #: Texts are cut to ``max_length · CHARS_PER_TOKEN_BOUND`` characters before tokenising, so a
 #: megabyte-long prompt does not cost a megabyte of tokenisation to keep its tail.
@@ -162,6 +162,40 @@ def open_cache(cache: bool | str, identity: dict[str, Any], method: str,
     return ScoreCache(model_key, method, max_length, None if cache is True else cache)
 
 
+def cached_ifd_losses(
+    rows: Sequence[Sequence[tuple[str, str]]], scorer: LMScorer, ctx: StepContext,
+    max_length: int, cache: bool | str, label: str = "ifd",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`ifd_losses` of each row (a list of ``(prompt, response)`` pairs) through the cache.
+
+    Keyed by the pairs' content, so any step that scores the same pairs (``ifd`` and
+    ``relevance`` both score a row's own pairs) shares the entries. Returns the ``(n, 4)``
+    losses and what the manifest should say (model, window, rows scored, cache hits).
+    """
+    if scorer.max_context:
+        max_length = min(max_length, int(scorer.max_context))
+    identity = scorer_identity(scorer)
+    store = open_cache(cache, identity, IFD_METHOD, max_length)
+    # a row costs its two passes: instruction + response, then the response again
+    costs = np.asarray([min(sum(len(p) + 2 * len(r) for p, r in pairs) // 4 + 2,
+                            2 * max_length) for pairs in rows])
+    try:
+        with ctx.ledger.stage(scorer.stage), ctx.progress(len(rows), label) as bar:
+            values, computed = cached_scores(
+                [turns_key(pairs) for pairs in rows],
+                lambda idx: ifd_losses(scorer, [rows[i] for i in idx], max_length),
+                store, width=4, costs=costs, chunk_cost=8 * scorer.tokens_per_batch,
+                on_progress=bar.update,
+            )
+    finally:
+        if store is not None:
+            store.close()
+    stats = {"model": identity, "max_length": max_length, "rows_scored": computed,
+             "cache_hits": len(rows) - computed,
+             "truncated_rows": int((values[:, 3] > 0).sum())}
+    return values, stats
+
+
 @register_step
 class IFD(Step):
     """Keep the rows whose instruction helps the model most to answer; see the module docstring.
@@ -214,30 +248,8 @@ class IFD(Step):
         """Per-row :func:`ifd_losses` through the cache, plus what the manifest should say."""
         fmt = sft_format(ds.column_names, ctx.record_format, ctx.text_field, step=self.name)
         rows = [turns(r, fmt) for batch in iter_records(ds, fmt, ctx.batch_size) for r in batch]
-        scorer = row_scorer(self.model, ctx)
-        max_length = self.max_length
-        if scorer.max_context:
-            max_length = min(max_length, int(scorer.max_context))
-        identity = scorer_identity(scorer)
-        cache = open_cache(self.cache, identity, IFD_METHOD, max_length)
-        # a row costs its two passes: instruction + response, then the response again
-        costs = np.asarray([min(sum(len(p) + 2 * len(r) for p, r in pairs) // 4 + 2,
-                                2 * max_length) for pairs in rows])
-        try:
-            with ctx.ledger.stage(scorer.stage), ctx.progress(len(rows), "ifd") as bar:
-                values, computed = cached_scores(
-                    [turns_key(pairs) for pairs in rows],
-                    lambda idx: ifd_losses(scorer, [rows[i] for i in idx], max_length),
-                    cache, width=4, costs=costs, chunk_cost=8 * scorer.tokens_per_batch,
-                    on_progress=bar.update,
-                )
-        finally:
-            if cache is not None:
-                cache.close()
-        stats = {"model": identity, "max_length": max_length, "rows_scored": computed,
-                 "cache_hits": len(rows) - computed,
-                 "truncated_rows": int((values[:, 3] > 0).sum())}
-        return values, stats
+        return cached_ifd_losses(rows, row_scorer(self.model, ctx), ctx, self.max_length,
+                                 self.cache, label=self.name)
 
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
         n = len(ds)

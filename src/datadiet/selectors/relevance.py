@@ -1,0 +1,180 @@
+"""Instruction relevance: is a response more likely under its own instruction than under others?
+
+For a row with instruction ``x`` and response ``y``, and ``contrast`` instructions ``x'_1..x'_K``
+of other rows of the same dataset::
+
+    relevance = mean_k (mean loss of y given x'_k)  -  mean loss of y given x     (nats/token)
+
+This is a conditional pointwise mutual information between the instruction and the response,
+measured against a baseline that has the *form* of an instruction but not its content: the
+domain-conditional PMI of Holtzman et al. 2021 ("Surface Form Competition"), whose "domain
+premise" is here another row's instruction. IFD (Li et al. 2023) asks the same question against
+no instruction at all, and with a small scorer that baseline is too weak: any instruction-shaped
+text in front of a short answer makes it more predictable, so an answer swapped in from another
+task, or a generic non-answer ("I'm not sure..."), still gets IFD < 1 and passes Cherry's
+"the instruction must help" filter. Against other rows' instructions such a response gains
+nothing from its own (relevance ≈ 0), while a response that answers its instruction — a span of
+the passage, the right option, an on-topic sentence — is clearly more likely under it.
+
+Rows with ``relevance <= min_relevance`` (0 by default: the own instruction helps no more than
+an average other one) are removed as ``relevance:off-topic``; the rest are ranked by relevance
+and ``keep`` of them kept (``keep=1.0``, the default, only filters). The intended use is in front
+of a ranking step::
+
+    - relevance: {contrast: 3}     # drop responses that do not answer their own instruction
+    - ifd: {keep: 0.3}             # then Cherry's ranking (scores from the same cache)
+
+The contrast instructions are drawn from the step's input by a seeded permutation (each row's
+``contrast`` successors in it, skipping rows with the very same instruction), so a run is
+reproducible. Each contrast pair ``(x'_k, y)`` is scored and cached exactly like an IFD pair,
+keyed by its content — so a row's own pair is shared with the ``ifd`` step, and another seed or
+``contrast`` simply scores (and caches) other pairs. A multi-turn row is scored on all its
+assistant turns, each turn's context replaced by the other row's last context for the contrast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from datasets import Dataset
+
+from datadiet.pipeline.records import iter_records, sft_format, turns
+from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.selectors.common import resolve_keep, validate_keep
+from datadiet.selectors.ifd import cached_ifd_losses, row_scorer
+
+__all__ = ["Relevance", "contrast_partners", "relevance_scores"]
+
+OFF_TOPIC = "relevance:off-topic"
+BELOW_BUDGET = "relevance:below-budget"
+EMPTY = "relevance:empty-response"
+
+
+def contrast_partners(instructions: Sequence[str], contrast: int, seed: int) -> np.ndarray:
+    """``(n, K)`` row indices whose instructions each row's response is also scored under.
+
+    A seeded permutation of the rows; each row's partners are its next rows in it (cyclically),
+    skipping rows whose instruction is the same text, so no row is its own contrast. ``K`` is
+    ``min(contrast, distinct instructions - 1)``; a row with no other distinct instruction gets
+    ``-1``.
+    """
+    n = len(instructions)
+    k = min(contrast, len(set(instructions)) - 1)
+    out = np.full((n, max(k, 0)), -1, dtype=np.int64)
+    if k <= 0:
+        return out
+    order = np.random.default_rng(seed).permutation(n)
+    for pos, row in enumerate(order):
+        found, step = 0, 1
+        while found < k and step < n:
+            other = int(order[(pos + step) % n])
+            if instructions[other] != instructions[row]:
+                out[row, found] = other
+                found += 1
+            step += 1
+    return out
+
+
+def relevance_scores(own: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+    """Relevance from IFD losses: ``own`` ``(n, 4)`` and ``contrast`` ``(n, K, 4)``.
+
+    Mean over the contrast instructions of the response's mean loss under them, minus its mean
+    loss under its own instruction (the same response tokens in every pass). NaN where a row
+    has no response token or no contrast.
+    """
+    tokens = own[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = (contrast[:, :, 0].mean(axis=1) - own[:, 0]) / tokens
+    out[~(tokens > 0) | (contrast.shape[1] == 0)] = np.nan
+    return out
+
+
+@register_step
+class Relevance(Step):
+    """Drop responses that are no more likely under their own instruction than under others'.
+
+    See the module docstring.
+
+    Args:
+        keep: rows to keep among the relevant ones (a fraction of the step's input rows, or a
+            count), most relevant first; ``1.0`` keeps every relevant row.
+        contrast: how many other rows' instructions each response is scored under (each costs
+            one more forward pass of instruction + response; more of them average out the noise
+            of any single one).
+        min_relevance: rows with relevance <= this (nats per response token) are removed;
+            ``None`` only ranks (the budget then removes the least relevant rows).
+        seed: the permutation that assigns the contrast instructions.
+        max_length: token window of one scored pair (as in ``ifd``).
+        model: causal LM id or folder; ``None`` uses the run's shared scorer (SmolLM2).
+        cache: ``True`` (the datadiet cache), a folder, or ``False``.
+
+    Removed rows: ``relevance:off-topic``, ``relevance:below-budget``,
+    ``relevance:empty-response``. Scores: the relevance of every row (NaN where it has no
+    response token, or the input has no other instruction to contrast with — such rows are kept).
+    """
+
+    name = "relevance"
+
+    def __init__(
+        self,
+        *,
+        keep: float | int = 1.0,
+        contrast: int = 3,
+        min_relevance: float | None = 0.0,
+        seed: int = 0,
+        max_length: int = 512,
+        model: str | None = None,
+        cache: bool | str = True,
+    ) -> None:
+        validate_keep(keep)
+        if isinstance(contrast, bool) or not isinstance(contrast, int) or contrast < 1:
+            raise ValueError(f"contrast must be an int >= 1, got {contrast!r}")
+        if min_relevance is not None and (isinstance(min_relevance, bool)
+                                          or not isinstance(min_relevance, int | float)):
+            raise ValueError(f"min_relevance must be a number or null, got {min_relevance!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
+            raise ValueError(f"max_length must be an int >= 8, got {max_length!r}")
+        if not isinstance(cache, bool | str):
+            raise ValueError(f"cache must be true, false or a folder, got {cache!r}")
+        self.keep = keep
+        self.contrast = contrast
+        self.min_relevance = None if min_relevance is None else float(min_relevance)
+        self.seed = seed
+        self.max_length = max_length
+        self.model = model
+        self.cache = cache
+
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        n = len(ds)
+        if n == 0:
+            return Selection.keep_all(0)
+        fmt = sft_format(ds.column_names, ctx.record_format, ctx.text_field, step=self.name)
+        rows = [turns(r, fmt) for batch in iter_records(ds, fmt, ctx.batch_size) for r in batch]
+        partners = contrast_partners([pairs[-1][0] for pairs in rows], self.contrast, self.seed)
+        k = partners.shape[1]
+        swapped = [[(rows[other][-1][0], response) for _, response in rows[row]]
+                   for row in range(n) for other in partners[row]]
+        losses, stats = cached_ifd_losses(rows + swapped, row_scorer(self.model, ctx), ctx,
+                                          self.max_length, self.cache, label=self.name)
+        score = relevance_scores(losses[:n], losses[n:].reshape(n, k, 4))
+        kinds = np.full(n, "", dtype=object)
+        kinds[~(losses[:n, 2] > 0)] = EMPTY
+        if self.min_relevance is not None:
+            kinds[(kinds == "") & (score <= self.min_relevance)] = OFF_TOPIC
+        eligible = np.flatnonzero(kinds == "")
+        budget = min(resolve_keep(self.keep, n), len(eligible))
+        # rows without a contrast (NaN) rank last among the eligible but are not off-topic
+        ranked = eligible[np.argsort(-np.nan_to_num(score[eligible], nan=-np.inf), kind="stable")]
+        kinds[ranked[budget:]] = BELOW_BUDGET
+        keep = kinds == ""
+        finite = score[np.isfinite(score)]
+        stats.update({
+            "contrast": int(k), "seed": self.seed, "min_relevance": self.min_relevance,
+            "k": int(budget), "off_topic": int((kinds == OFF_TOPIC).sum()),
+            "median_relevance": float(np.median(finite)) if len(finite) else None,
+        })
+        return Selection.from_mask(keep, kinds, scores=score, stats=stats)
