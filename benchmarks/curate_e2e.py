@@ -25,6 +25,10 @@ second of wall time and per CPU-second (per core), after a warm-up, median of th
 datadiet's memory per document, as the slope of its peak memory between the first half of the
 input and all of it (``mib_per_million_docs``).
 
+The fixed cost of each command (start-up, imports, numba's first kernel load) is the same
+measurement on the first 300 documents (``startup_300_docs``; below ``KERNEL_MIN_ROWS`` datadiet
+takes its NumPy paths and never loads numba).
+
 Usage: ``python benchmarks/curate_e2e.py [--quick] [--rounds 3]``; the last line is a JSON
 object. Record the machine's load average beside the figures (it is in the JSON).
 """
@@ -85,30 +89,58 @@ def _anon_kib(pid: int) -> int:
     return 0
 
 
+def _child_pid(pid: int) -> int | None:
+    """The one child of ``pid`` (Linux), or None while it has none."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+#: Starts a command from a small process and reports its wall time and ``wait4`` usage as JSON.
+#: Why not ``Popen`` from here: on Linux a child's ``ru_maxrss`` starts at the peak of the
+#: process that forked it (the high-water mark of the address space it replaced at ``exec``),
+#: and this benchmark's own peak (pyarrow, ~80 MiB) would floor every command's figure. The
+#: launcher's peak (~10 MiB, a bare interpreter) is below any command's own.
+LAUNCHER = """
+import json, os, sys, time
+null = os.open(os.devnull, os.O_WRONLY)
+start = time.perf_counter()
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ,
+                     file_actions=[(os.POSIX_SPAWN_DUP2, null, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+               "peak_kib": usage.ru_maxrss, "exit": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
 def run_process(cmd: list[str]) -> dict[str, float]:
     """Run ``cmd`` to completion: wall seconds, CPU seconds, peak RSS and peak private memory.
 
-    Peak RSS (``ru_maxrss``) counts shared libraries' resident pages too, for example the 90 MiB
-    of LLVM that numba maps; the private figure (``RssAnon``, polled every 20 ms) is the memory
-    the process itself allocated.
+    Wall, CPU and peak RSS are ``wait4``'s (what ``/usr/bin/time`` reports), taken by
+    :data:`LAUNCHER`. Peak RSS (``ru_maxrss``) counts shared libraries' resident pages too, for
+    example the 90 MiB of LLVM that numba maps; the private figure (``RssAnon``, polled every
+    20 ms) is the memory the process itself allocated.
     """
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak_anon = 0
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        peak_anon = max(peak_anon, _anon_kib(proc.pid))
-        time.sleep(0.02)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed with exit status {proc.returncode}")
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, report.name, *cmd])
+        peak_anon = 0
+        while proc.poll() is None:
+            child = _child_pid(proc.pid)
+            if child is not None:
+                peak_anon = max(peak_anon, _anon_kib(child))
+            time.sleep(0.02)
+        usage = json.loads(Path(report.name).read_text())
+    if proc.returncode != 0 or usage["exit"] != 0:
+        raise RuntimeError(f"{cmd} failed with exit status {usage['exit']}")
     return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
+        "wall_s": usage["wall_s"],
+        "cpu_s": usage["cpu_s"],
+        "peak_mib": usage["peak_kib"] / 1024,  # Linux reports KiB
         "peak_private_mib": peak_anon / 1024,
     }
 
@@ -147,11 +179,12 @@ def step_throughput(texts: list[str], rounds: int) -> dict[str, dict[str, float]
 
     from datadiet.pipeline.steps import StepContext
     from datadiet.selectors.exact import ExactDedup
+    from datadiet.selectors.hashing import KERNEL_MIN_ROWS
     from datadiet.selectors.minhash import MinHashDedup
     from datadiet.selectors.quality import QualityFilter
 
     ds = Dataset.from_dict({"id": [str(i) for i in range(len(texts))], "text": texts})
-    warm = ds.select(range(min(200, len(texts))))
+    warm = ds.select(range(min(KERNEL_MIN_ROWS, len(texts))))  # big enough to load numba
     out: dict[str, dict[str, float]] = {}
     steps: dict[str, Callable[[], object]] = {
         "exact_dedup": ExactDedup,
@@ -206,8 +239,10 @@ def main() -> None:
         for name, cmd in commands.items():  # warm-up: imports, numba's cache, page cache
             run_process(cmd(small, work / f"warm-{name}"))
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
+        startup: dict[str, list[dict[str, float]]] = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, cmd in commands.items():
+                startup[name].append(run_process(cmd(small, work / f"small-{name}")))
                 runs[name].append(run_process(cmd(src, outputs[name])))
         med = {name: median_run(r) for name, r in runs.items()}
         kept = {name: kept_ids(outputs[name]) for name in commands}
@@ -224,6 +259,7 @@ def main() -> None:
     load_end = os.getloadavg()
 
     dd = med["datadiet"]
+    fixed = {name: median_run(r) for name, r in startup.items()}
     print(f"{n_docs:,} documents, {n_bytes / 1e6:.1f} MB of text, {os.cpu_count()} cores, "
           f"load average {load_start[0]:.2f} -> {load_end[0]:.2f}")
     print(f"{'pipeline':<20} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} {'private':>8} "
@@ -231,6 +267,9 @@ def main() -> None:
     for name, m in med.items():
         print(f"{name:<20} {m['wall_s']:>8.2f} {m['cpu_s']:>8.2f} {m['peak_mib']:>9.0f} "
               f"{m['peak_private_mib']:>8.0f} {len(kept[name]):>7}")
+    for name, m in fixed.items():
+        print(f"{name:<20} 300 documents: {m['wall_s']:.2f} s wall, {m['cpu_s']:.2f} CPU-s, "
+              f"{m['peak_mib']:.0f} MiB peak")
     for name, s in steps.items():
         if isinstance(s, dict):
             print(f"step {name:<15} {s['docs_per_s']:>9,} docs/s  "
@@ -258,6 +297,7 @@ def main() -> None:
             for key in ("peak_mib", "peak_private_mib")
         },
         "steps": steps,
+        "startup_300_docs": fixed,
     }
     if "datasketch_script" in med:
         result["vs_datasketch_script"] = round(med["datasketch_script"]["wall_s"] / dd["wall_s"],

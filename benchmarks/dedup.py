@@ -61,6 +61,7 @@ import numpy as np
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import StepContext
 from datadiet.pipeline.text import words
+from datadiet.selectors.hashing import KERNEL_MIN_ROWS
 from datadiet.selectors.minhash import (
     MinHashDedup,
     _s_curve_errors,
@@ -411,8 +412,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"{n_words / len(texts):.0f} words/doc, built in {setup_s:.1f}s", file=sys.stderr)
 
     cfg = (args.threshold, args.num_perm, args.ngram)
-    warm = texts[:300]
-    run_datadiet(ds.select(range(300)), *cfg)
+    warm = texts[:KERNEL_MIN_ROWS]  # big enough that datadiet loads its compiled kernels
+    run_datadiet(ds.select(range(len(warm))), *cfg)
     run_datasketch(warm, *cfg)
     run_rensa(warm, *cfg)
 

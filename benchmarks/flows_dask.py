@@ -85,7 +85,7 @@ def main() -> None:
         corpus = root / "t0.jsonl"
         n = write_corpus(corpus, docs)
         small = root / "warmup.jsonl"
-        write_corpus(small, 200)
+        write_corpus(small, 2000)  # KERNEL_MIN_ROWS: enough to load the compiled kernels
         run_once(small, root / "warmup", "local", 1)  # starts the embedded API, compiles numba
         times: dict[str, list[float]] = {"local": [], "dask": []}
         outputs = {}
