@@ -111,9 +111,9 @@ CORE_COMMANDS = ("curate", "why", "demo")
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``datadiet`` parser; with ``argv`` naming a core command, only the core commands.
 
-    Why: the other rooms' parsers come from their modules (serving imports pydantic and the
-    Prefect settings, compression and training their own options), about a second of imports
-    that ``datadiet curate`` of a small file would otherwise pay before reading a row. The
+    Why: the other rooms' parsers come from their modules (serving imports pydantic,
+    compression and training their own options), about 0.3 CPU-seconds of imports that
+    ``datadiet curate`` of a small file would otherwise pay before reading a row. The
     command is the first argument (the top-level parser has no options besides ``--help``), so
     the choice cannot change how the rest of the line parses; ``--help`` and any other command
     get the whole parser.

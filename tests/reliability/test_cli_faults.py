@@ -534,7 +534,7 @@ def test_curate_imports_no_torch_or_transformers(box: Sandbox) -> None:
 
 def test_small_curate_starts_lean(box: Sandbox) -> None:
     """The fixed cost of ``datadiet curate`` on a small file: besides no model library, no
-    other command's parser (Prefect, pydantic) and no numba (below ``KERNEL_MIN_ROWS`` texts the
+    other command's parser (pydantic, Prefect) and no numba (below ``KERNEL_MIN_ROWS`` texts the
     NumPy paths finish before numba, its LLVM and ``scipy.linalg`` would have loaded)."""
     args = curate(box, write(box.inp / "a.jsonl", jsonl(records(50))),
                   spec_text="- exact_dedup: {}\n- minhash_dedup: {}\n- quality: {}\n")
