@@ -134,12 +134,12 @@ from datadiet.selectors import exact, hashing, minhash
 assert "numba" not in sys.modules, "importing the selectors imported numba"
 small = ["Hello, World!", "hello world", "ß and Straße"] * 10
 assert not hashing.numba_enabled(len(small))
-assert hashing.numba_enabled(hashing.KERNEL_MIN_ROWS)
 numpy_hashes = exact.text_hashes(small, True)
 assert "numba" not in sys.modules, "a small batch loaded numba"
 big = small * (hashing.KERNEL_MIN_ROWS // len(small) + 1)
 compiled = exact.text_hashes(big, True)
 assert "numba" in sys.modules
+assert hashing.numba_enabled(hashing.KERNEL_MIN_ROWS)
 assert (compiled[: len(small)] == numpy_hashes).all()
 assert hashing.numba_enabled(1), "once loaded, small batches use the kernels too"
 assert type(minhash._nb_shard).__name__ == "CPUDispatcher"  # names rebound, no wrapper left
@@ -155,5 +155,30 @@ def test_numba_loads_on_the_first_big_kernel_call_only() -> None:
     are the compiled dispatchers, and the compiled path agrees with the NumPy one."""
     env = {k: v for k, v in os.environ.items() if k != "DATADIET_NUMBA"}
     out = subprocess.run([sys.executable, "-c", LAZY_NUMBA_PROBE], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+BROKEN_NUMBA_PROBE = """
+from datadiet.selectors import exact, hashing
+texts = ["Hello, World!", "ß and Straße"] * (hashing.KERNEL_MIN_ROWS // 2)
+assert hashing.NUMBA_INSTALLED
+assert not hashing.numba_enabled(len(texts)) and hashing._numba_broken
+assert exact.text_hashes(texts, True).shape == (len(texts), 2)
+assert hashing.nb_fmix64(hashing.U64(1)) == hashing.fmix64(hashing.np.array([1], hashing.U64))[0]
+print("ok")
+"""
+
+
+def test_a_numba_that_fails_to_import_means_the_numpy_paths(tmp_path) -> None:
+    """numba is found on disk but its import fails (as when it was built for another NumPy):
+    the steps take their NumPy paths and a kernel called directly runs as Python, instead of
+    the run stopping with an ImportError."""
+    fake = tmp_path / "numba"
+    fake.mkdir()
+    (fake / "__init__.py").write_text('raise ImportError("Numba needs NumPy 2.3 or less")\n')
+    env = {k: v for k, v in os.environ.items() if k != "DATADIET_NUMBA"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
+    out = subprocess.run([sys.executable, "-c", BROKEN_NUMBA_PROBE], capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

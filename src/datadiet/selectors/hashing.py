@@ -100,14 +100,19 @@ def numba_enabled(rows: int | None = None) -> bool:
     ``DATADIET_NUMBA=0``: never; ``DATADIET_NUMBA=1``: always (when numba is installed);
     otherwise when numba is installed and the call is big enough to pay for loading numba
     (``rows`` unknown, at least ``KERNEL_MIN_ROWS``, or a kernel already ran in this process).
-    Both paths give identical results, so the choice is only about time and memory.
+    Both paths give identical results, so the choice is only about time and memory. A True
+    answer loads numba if it is not loaded yet; a numba that fails to import (built for
+    another NumPy, say) makes the answer False from then on.
     """
-    if not NUMBA_INSTALLED:
+    if not NUMBA_INSTALLED or _numba_broken:
         return False
     setting = os.environ.get("DATADIET_NUMBA", "")
     if setting == "0":
         return False
-    return setting == "1" or rows is None or rows >= KERNEL_MIN_ROWS or _numba is not None
+    if _numba is not None:
+        return True
+    wanted = setting == "1" or rows is None or rows >= KERNEL_MIN_ROWS
+    return wanted and _load_numba()
 
 
 class LazyKernel:
@@ -126,21 +131,22 @@ class LazyKernel:
         functools.update_wrapper(self, py_func)
 
     def __call__(self, *args: Any) -> Any:
-        if self.dispatcher is None:
-            _load_numba()
+        if self.dispatcher is None and not _load_numba():
+            return self.py_func(*args)  # numba would not import: the same code, in Python
         return self.dispatcher(*args)
 
     def __getattr__(self, name: str) -> Any:  # numba's own attributes (signatures, ...)
         if name.startswith("__") or name in ("py_func", "options", "dispatcher"):
             raise AttributeError(name)
-        if self.dispatcher is None:
-            _load_numba()
+        if self.dispatcher is None and not _load_numba():
+            raise AttributeError(f"{name!r}: numba failed to import")
         return getattr(self.dispatcher, name)
 
 
 _DECLARED: list[LazyKernel] = []
 _NUMBA_LOCK = threading.Lock()
 _numba: Any = None  # the numba module, once a kernel has been called
+_numba_broken = False  # numba is installed but its import failed
 
 
 def _rebind(namespace: dict[str, Any]) -> None:
@@ -152,20 +158,24 @@ def _rebind(namespace: dict[str, Any]) -> None:
             namespace[name] = _numba.prange
 
 
-def _load_numba() -> None:
+def _load_numba() -> bool:
     """Import numba and turn every declared kernel into a dispatcher (compiled on first call,
-    from the disk cache when it has one)."""
-    global _numba
+    from the disk cache when it has one); False if numba does not import."""
+    global _numba, _numba_broken
     with _NUMBA_LOCK:
-        if _numba is not None:
-            return
-        import numba
-
+        if _numba is not None or _numba_broken:
+            return _numba is not None
+        try:
+            import numba
+        except ImportError:
+            _numba_broken = True
+            return False
         for kernel in _DECLARED:
             kernel.dispatcher = numba.njit(**kernel.options)(kernel.py_func)
         _numba = numba
         for module in {kernel.py_func.__module__ for kernel in _DECLARED}:
             _rebind(vars(sys.modules[module]))
+        return True
 
 
 def jit(parallel: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -178,7 +188,7 @@ def jit(parallel: bool = False) -> Callable[[Callable[..., Any]], Callable[..., 
     options = {"cache": True, "nogil": True, "boundscheck": False, "parallel": parallel}
 
     def declare(fn: Callable[..., Any]) -> Callable[..., Any]:
-        if not NUMBA_INSTALLED:  # pragma: no cover
+        if not NUMBA_INSTALLED or _numba_broken:  # pragma: no cover
             return fn
         with _NUMBA_LOCK:
             if _numba is None:
