@@ -24,11 +24,13 @@ from datadiet.selectors.hashing import (
     NUMBA_INSTALLED,
     casefold_table,
     fmix64,
+    is_word_char,
     lower_table,
     nb_decode,
     nb_encode,
     non_ascii_texts,
     numba_enabled,
+    regex_char_table,
     space_table,
     text_getter,
     texts_containing,
@@ -46,6 +48,20 @@ def test_word_and_space_tables_match_re_over_every_code_point() -> None:
     assert np.array_equal(word_char_table(), expected_word)
     assert np.array_equal(space_table(), expected_space)
     assert np.array_equal(space_table(), np.fromiter((chr(c).isspace() for c in ALL), bool))
+
+
+def test_partial_word_tables_are_prefixes_of_the_whole_one() -> None:
+    """The uncompiled paths build the ``\\w`` table only as far as a batch's largest code point;
+    every prefix must equal the whole table's, and lookups must agree whichever table is used."""
+    whole = word_char_table()
+    for size in (1, 2, 128, 0x800, 0xD800, 0xE000, 0x10000):
+        assert np.array_equal(regex_char_table(r"\w", size), whole[:size])
+    word_char_table.cache_clear()  # as in a fresh process: is_word_char builds a prefix only
+    for top in (0, 1, 127, 128, 0xB5, 0x3A3, 0xD800, 0xFFFF, 0x10000, 0x1F600, 0x10FFFF):
+        cp = np.array([0, 48, 95, top, top // 2], np.uint32)
+        assert np.array_equal(is_word_char(cp), whole[cp]), hex(top)
+    assert word_char_table.cache_info().currsize == 0
+    assert is_word_char(np.zeros(0, np.uint32)).shape == (0,)
 
 
 def test_case_tables_match_str_methods_and_nothing_is_cased_above_them() -> None:

@@ -61,6 +61,7 @@ from datadiet.selectors.hashing import (
     Texts,
     as_str_list,
     fmix64,
+    is_word_char,
     jit,
     lower_table,
     nb_decode,
@@ -463,7 +464,7 @@ def _word_hashes_numpy(cp: np.ndarray, doc_start: np.ndarray) -> tuple[np.ndarra
     if total == 0:
         return np.empty(0, _U64), np.zeros(n, np.int64)
     nonempty = np.diff(doc_start) > 0
-    is_word = word_char_table()[cp]
+    is_word = is_word_char(cp)
     prev = np.empty(total, bool)
     prev[0] = False
     prev[1:] = is_word[:-1]
