@@ -16,17 +16,21 @@ Methods, each keeping ``1 - rate`` of the rows:
 * ``ifd``: Cherry IFD (``max_ifd=1`` drops rows whose instruction does not help, the rest ranked);
 * ``judge``: SmolLM2 as judge, expected rating over "1".."6";
 * ``relevance``: the response's mean loss under 3 other rows' instructions minus under its own
-  (domain-conditional PMI, Holtzman et al. 2021); the least relevant rows removed;
+  (domain-conditional PMI, Holtzman et al. 2021; chat template, end-of-turn token scored); the
+  least relevant rows removed;
 * ``relevance+ifd``: ``relevance`` drops rows whose own instruction helps no more than others'
-  (relevance <= 0, at most the planted count), then Cherry IFD ranks the rest (as a user would
-  chain them: the off-topic filter in front of the ranking);
+  (relevance <= 0, at most the planted count), then Cherry IFD ranks the rest, highest kept (as
+  a user would chain them: the off-topic filter in front of the ranking; ``max_ifd`` is off
+  because relevance is the stronger "the instruction does not help" test, and so that the chain
+  removes exactly the planted count);
 * ``deita``: the IFD scores, then DEITA's diverse walk (cosine <= 0.9) down them;
 * ``cluster_sample``: balanced k-means strata of the embeddings, random within;
 * ``random``: a seeded uniform draw (its expected precision is the planted rate).
 
 ``precision`` = spoiled rows among the removed / removed rows. The scorer model is the offline
 default (SmolLM2-135M-Instruct), the embedder all-MiniLM-L6-v2. Scores go through the score
-cache in a temporary folder, so ``deita`` reuses ``ifd``'s scores (as a user's second run would).
+cache in a temporary folder (or ``--cache``), so ``deita`` reuses ``ifd``'s scores (as a user's
+second run would); ``seconds`` of a method whose scores came from the cache exclude scoring.
 
 The last line printed is a JSON object.
 """
@@ -121,6 +125,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None)
     parser.add_argument("--rate", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", default=None,
+                        help="score cache folder (default: a new temporary one); scores of an "
+                             "earlier run are reused, as a user's second run would")
     args = parser.parse_args()
     n = args.rows or (48 if args.quick else 400)
 
@@ -134,13 +141,13 @@ def main() -> None:
     n_bad = int(planted.sum())
     keep = n - n_bad
     ds = Dataset.from_list([{"id": f"r{i}", **r} for i, r in enumerate(rows)])
-    cache = tempfile.mkdtemp(prefix="sft-quality-cache-")
+    cache = args.cache or tempfile.mkdtemp(prefix="sft-quality-cache-")
     specs = {
         "ifd": [{"ifd": {"keep": keep, "cache": cache}}],
         "judge": [{"judge": {"keep": keep, "cache": cache}}],
         "relevance": [{"relevance": {"keep": keep, "min_relevance": None, "cache": cache}}],
         "relevance+ifd": [{"relevance": {"keep": keep, "cache": cache}},
-                          {"ifd": {"keep": keep, "cache": cache}}],
+                          {"ifd": {"keep": keep, "max_ifd": None, "cache": cache}}],
         "deita": [{"ifd": {"keep": 1.0, "cache": cache}},
                   {"deita": {"keep": keep, "score": "ifd_score", "threshold": 0.9}}],
         "cluster_sample": [{"cluster_sample": {"keep": keep, "strategy": "balanced",

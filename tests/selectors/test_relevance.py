@@ -20,8 +20,8 @@ from datadiet.selectors.ifd import IFD, ifd_losses
 from datadiet.selectors.relevance import (
     OFF_TOPIC,
     Relevance,
+    as_user_turn,
     contrast_partners,
-    relevance_scores,
 )
 
 T0_FILE = "common_gen_topic_to_sentence.jsonl"
@@ -42,7 +42,7 @@ def test_registered_and_validated() -> None:
                 {"max_length": 4}, {"keep": -1}, {"cache": 3}):
         with pytest.raises(ValueError):
             Relevance(**bad)
-    step = Relevance(keep=10, contrast=2, min_relevance=None, seed=3)
+    step = Relevance(keep=10, contrast=2, chat=False, min_relevance=None, seed=3)
     assert type(step)(**step.params()).params() == step.params()
 
 
@@ -73,18 +73,31 @@ def test_swapped_responses_are_the_least_relevant_and_removed(rows: list[dict],
     assert set(sel.removed_indices) == {0, 1}
     assert set(sel.reason_kind[:2]) <= {OFF_TOPIC, "relevance:below-budget"}
 
-    # the value is the mean contrast loss minus the own loss, from the same IFD losses
-    partners = contrast_partners([r["prompt"] for r in rows], 3, seed=0)
+    # the value is the mean contrast loss minus the own loss: chat-formatted instructions, the
+    # response scored with the end-of-turn token
     scorer = ctx.lm_scorer()
-    own = ifd_losses(scorer, [[(r["prompt"], r["completion"])] for r in rows])
-    contrast = ifd_losses(scorer, [[(rows[o]["prompt"], r["completion"])]
-                                   for r, ps in zip(rows, partners, strict=True) for o in ps])
-    expected = relevance_scores(own, contrast.reshape(len(rows), 3, 4))
+    tok = scorer.tokenizer
+    prompts = [as_user_turn(tok, r["prompt"]) for r in rows]
+    partners = contrast_partners(prompts, 3, seed=0)
+    own = ifd_losses(scorer, [[(p, r["completion"])] for p, r in zip(prompts, rows, strict=True)],
+                     end_token=tok.eos_token_id)
+    contrast = ifd_losses(scorer, [[(prompts[o], r["completion"])]
+                                   for r, ps in zip(rows, partners, strict=True) for o in ps],
+                          end_token=tok.eos_token_id)
+    expected = (contrast[:, 0].reshape(6, 3).mean(1) - own[:, 0]) / own[:, 2]
     np.testing.assert_allclose(score, expected, rtol=1e-5)
-    np.testing.assert_allclose(expected, (contrast[:, 0].reshape(6, 3).mean(1) - own[:, 0])
-                               / own[:, 2], rtol=1e-12)
+    assert sel.stats["chat_template"] and sel.stats["contrast"] == 3
 
-    # ifd after relevance reads the own pairs from the same cache: no model call
+
+@pytest.mark.slow
+def test_raw_text_mode_shares_the_ifd_cache(rows: list[dict], tmp_path: Path) -> None:
+    """chat=False scores IFD's own pairs: an ``ifd`` step after it makes no model call."""
+    ctx = StepContext(show_progress=False)
+    ds = Dataset.from_list(rows)
+    sel = Relevance(keep=1.0, contrast=2, chat=False, min_relevance=None,
+                    cache=str(tmp_path)).select(ds, ctx)
+    assert not sel.stats["chat_template"] and sel.n_kept == 6
+    assert np.isfinite(sel.scores).all()
     tokens = ctx.ledger.record("lm-scoring").tokens
     ifd = IFD(keep=1.0, max_ifd=None, cache=str(tmp_path)).select(ds, ctx)
     assert ctx.ledger.record("lm-scoring").tokens == tokens

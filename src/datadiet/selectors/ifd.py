@@ -77,9 +77,14 @@ def pair_windows(
 
 
 def ifd_losses(
-    scorer: Any, rows: Sequence[Sequence[tuple[str, str]]], max_length: int = 512
+    scorer: Any, rows: Sequence[Sequence[tuple[str, str]]], max_length: int = 512,
+    end_token: int | None = None,
 ) -> np.ndarray:
     """Summed response losses of each row, given the instruction and alone.
+
+    ``end_token`` (a chat model's end-of-turn id) is appended to every response and scored with
+    it, in both passes: "the reply is finished here" is then part of what is predicted (the
+    ``relevance`` step's chat mode); the default scores the response's own tokens only.
 
     Returns an ``(n, 4)`` array: ``[conditioned loss sum, alone loss sum, response tokens,
     truncated turns]`` (nats). A pure function of the rows and the scorer — the per-shard map of
@@ -91,7 +96,8 @@ def ifd_losses(
     tok = scorer.tokenizer
     prompts = tok([p for p, _ in flat], add_special_tokens=False)["input_ids"] if flat else []
     special = set(getattr(tok, "all_special_ids", ()))
-    responses = [[t for t in ids if t not in special] for ids in
+    ending = [] if end_token is None else [int(end_token)]
+    responses = [[t for t in ids if t not in special] + ending for ids in
                  tok([r for _, r in flat], add_special_tokens=False)["input_ids"]] if flat else []
     # (sequence, first scored position): the conditioned pass needs logits for the response
     # only, so the scorer forms none for the instruction's positions
@@ -164,18 +170,20 @@ def open_cache(cache: bool | str, identity: dict[str, Any], method: str,
 
 def cached_ifd_losses(
     rows: Sequence[Sequence[tuple[str, str]]], scorer: LMScorer, ctx: StepContext,
-    max_length: int, cache: bool | str, label: str = "ifd",
+    max_length: int, cache: bool | str, label: str = "ifd", end_token: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`ifd_losses` of each row (a list of ``(prompt, response)`` pairs) through the cache.
 
     Keyed by the pairs' content, so any step that scores the same pairs (``ifd`` and
     ``relevance`` both score a row's own pairs) shares the entries. Returns the ``(n, 4)``
     losses and what the manifest should say (model, window, rows scored, cache hits).
+    ``end_token`` (see :func:`ifd_losses`) is part of the cache key.
     """
     if scorer.max_context:
         max_length = min(max_length, int(scorer.max_context))
     identity = scorer_identity(scorer)
-    store = open_cache(cache, identity, IFD_METHOD, max_length)
+    method = IFD_METHOD if end_token is None else f"{IFD_METHOD}+end:{int(end_token)}"
+    store = open_cache(cache, identity, method, max_length)
     # a row costs its two passes: instruction + response, then the response again
     costs = np.asarray([min(sum(len(p) + 2 * len(r) for p, r in pairs) // 4 + 2,
                             2 * max_length) for pairs in rows])
@@ -183,7 +191,7 @@ def cached_ifd_losses(
         with ctx.ledger.stage(scorer.stage), ctx.progress(len(rows), label) as bar:
             values, computed = cached_scores(
                 [turns_key(pairs) for pairs in rows],
-                lambda idx: ifd_losses(scorer, [rows[i] for i in idx], max_length),
+                lambda idx: ifd_losses(scorer, [rows[i] for i in idx], max_length, end_token),
                 store, width=4, costs=costs, chunk_cost=8 * scorer.tokens_per_batch,
                 on_progress=bar.update,
             )
