@@ -19,10 +19,10 @@ cached on disk (``cache=True``: the first batch of a run does not pay for compil
 kernels use all the process's numba threads (``NUMBA_NUM_THREADS``; set it to 1 in a worker that
 already runs one process per core).
 
-numba is imported when a kernel is first called, not when a selector module is imported: its
-import and first cached-kernel load cost about a CPU-second and 100 MiB (it maps LLVM and pulls
-in ``scipy.linalg``), which a command that runs no kernel (``datadiet why``, a spec of model
-steps, a run with ``DATADIET_NUMBA=0``) should not pay. See :func:`jit`.
+numba is imported by the first call that runs a kernel, not when a selector module is
+imported: its import and first cached-kernel load cost about half a CPU-second and 130 MiB (it
+maps LLVM and pulls in ``scipy.linalg``), which a command that runs no kernel (``datadiet why``,
+a spec of model steps, a small input, ``DATADIET_NUMBA=0``) should not pay. See :func:`jit`.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ CASEFOLD_NEEDS_PYTHON = np.uint32(0xFFFFFFFF)
 
 
 #: Fewer texts than this in one call, in a process that has run no kernel yet: the NumPy/Python
-#: path. Importing numba and loading its first cached kernels costs about 0.6-0.9 CPU-seconds
-#: and 100 MiB; below ~2,000 texts the uncompiled paths finish sooner, in less memory, with the
+#: path. Importing numba and loading its first cached kernels costs about 0.5-0.9 CPU-seconds
+#: and 130 MiB; below ~2,000 texts the uncompiled paths finish sooner, in less memory, with the
 #: same results (benchmarks/RESULTS.md, "Start-up"). The steps call kernels in batches of at
 #: least ``KERNEL_BATCH`` texts, so a bigger input loads numba on its first batch.
 KERNEL_MIN_ROWS = 2000
