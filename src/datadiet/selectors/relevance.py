@@ -40,8 +40,13 @@ The contrast instructions are drawn from the step's input by a seeded permutatio
 reproducible. Each contrast pair ``(x'_k, y)`` is scored and cached exactly like an IFD pair,
 keyed by its content (and, in chat mode, the end-of-turn token) — so with ``chat=False`` a row's
 own pair is shared with the ``ifd`` step, and another seed or ``contrast`` simply scores (and
-caches) other pairs. A multi-turn row is scored on all its
-assistant turns, each turn's context replaced by the other row's last context for the contrast.
+caches) other pairs. A multi-turn row is scored on all its assistant turns, each turn's context
+replaced by the other row's last context for the contrast (in chat mode each context, rendered
+as for ``ifd``, is one user message). Cost: ``1 + contrast`` instruction+response passes per row.
+
+What it does not catch: a response that copies its instruction is *very* relevant by this
+measure (IFD ranks those lowest — hence ``ifd`` after it), and a truncated answer to the right
+question is still relevant.
 """
 
 from __future__ import annotations
