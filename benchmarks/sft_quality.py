@@ -18,11 +18,12 @@ Methods, each keeping ``1 - rate`` of the rows:
 * ``relevance``: the response's mean loss under 3 other rows' instructions minus under its own
   (domain-conditional PMI, Holtzman et al. 2021; chat template, end-of-turn token scored); the
   least relevant rows removed;
-* ``relevance+ifd``: ``relevance`` drops rows whose own instruction helps no more than others'
-  (relevance <= 0, at most the planted count), then Cherry IFD ranks the rest, highest kept (as
-  a user would chain them: the off-topic filter in front of the ranking; ``max_ifd`` is off
+* ``relevance+ifd``: ``relevance`` as a filter (``keep=1.0``: it drops only the rows whose own
+  instruction helps no more than others', relevance <= 0), then Cherry IFD ranks the rest and
+  removes the remainder of the planted count (as a user would chain them; ``max_ifd`` is off
   because relevance is the stronger "the instruction does not help" test, and so that the chain
-  removes exactly the planted count);
+  removes exactly the planted count — unless the filter alone removes more, which ``removed``
+  would show);
 * ``deita``: the IFD scores, then DEITA's diverse walk (cosine <= 0.9) down them;
 * ``cluster_sample``: balanced k-means strata of the embeddings, random within;
 * ``random``: a seeded uniform draw (its expected precision is the planted rate).
@@ -146,7 +147,7 @@ def main() -> None:
         "ifd": [{"ifd": {"keep": keep, "cache": cache}}],
         "judge": [{"judge": {"keep": keep, "cache": cache}}],
         "relevance": [{"relevance": {"keep": keep, "min_relevance": None, "cache": cache}}],
-        "relevance+ifd": [{"relevance": {"keep": keep, "cache": cache}},
+        "relevance+ifd": [{"relevance": {"keep": 1.0, "cache": cache}},
                           {"ifd": {"keep": keep, "max_ifd": None, "cache": cache}}],
         "deita": [{"ifd": {"keep": 1.0, "cache": cache}},
                   {"deita": {"keep": keep, "score": "ifd_score", "threshold": 0.9}}],
