@@ -156,7 +156,8 @@ def loss_vs_flops_plot(
     ax.set_title(title)
     ax.set_xlabel("training FLOPs (analytic, cumulative)")
     ax.set_ylabel("eval loss (nats/token)")
-    ax.set_xscale("symlog", linthresh=_linthresh(runs))
+    ax.set_xscale("symlog", linthresh=_linthresh(runs))  # symlog: the first eval is at 0 FLOPs
+    ax.set_xlim(left=0)  # FLOPs are never negative; symlog's autoscale would show -1e11
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _caption(ax, caption)
