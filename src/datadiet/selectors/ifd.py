@@ -159,6 +159,15 @@ def scorer_identity(scorer: LMScorer) -> dict[str, Any]:
     return {**model_identity(scorer.model_name), "backend": scorer.backend}
 
 
+def validate_scoring_options(max_length: object, cache: object, min_length: int = 8) -> None:
+    """The options every LM-scoring step (``ifd``, ``judge``, ``relevance``) shares, checked one
+    way, so a spec error reads the same whichever step it is in."""
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < min_length:
+        raise ValueError(f"max_length must be an int >= {min_length}, got {max_length!r}")
+    if not isinstance(cache, bool | str):
+        raise ValueError(f"cache must be true, false or a folder, got {cache!r}")
+
+
 def open_cache(cache: bool | str, identity: dict[str, Any], method: str,
                max_length: int) -> ScoreCache | None:
     """The score cache for this model (keyed by its weights' hash or hub revision), or None."""
@@ -239,12 +248,9 @@ class IFD(Step):
         validate_keep(keep)
         if ratio not in ("loss", "ppl"):
             raise ValueError(f"ratio must be 'loss' (Cherry IFD) or 'ppl' (Superfiltering), got {ratio!r}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
-            raise ValueError(f"max_length must be an int >= 8, got {max_length!r}")
+        validate_scoring_options(max_length, cache)
         if max_ifd is not None and not (isinstance(max_ifd, int | float) and max_ifd > 0):
             raise ValueError(f"max_ifd must be a positive number or null, got {max_ifd!r}")
-        if not isinstance(cache, bool | str):
-            raise ValueError(f"cache must be true, false or a folder, got {cache!r}")
         self.keep = keep
         self.max_ifd = None if max_ifd is None else float(max_ifd)
         self.ratio = ratio

@@ -30,7 +30,7 @@ from datadiet.pipeline.score_cache import cached_scores
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
-from datadiet.selectors.ifd import open_cache, row_scorer, scorer_identity
+from datadiet.selectors.ifd import open_cache, row_scorer, scorer_identity, validate_scoring_options
 
 __all__ = ["DEFAULT_TEMPLATE", "Judge", "judge_prompts", "rating_scores"]
 
@@ -173,10 +173,7 @@ class Judge(Step):
             raise ValueError("template must contain both {instruction} and {response}")
         if min_score is not None and not 1 <= float(min_score) <= len(RATINGS):
             raise ValueError(f"min_score must be in [1, {len(RATINGS)}], got {min_score!r}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 64:
-            raise ValueError(f"max_length must be an int >= 64, got {max_length!r}")
-        if not isinstance(cache, bool | str):
-            raise ValueError(f"cache must be true, false or a folder, got {cache!r}")
+        validate_scoring_options(max_length, cache, min_length=64)
         self.keep = keep
         self.min_score = None if min_score is None else float(min_score)
         self.template = template

@@ -61,7 +61,7 @@ from datadiet.pipeline.records import iter_records, sft_format, turns
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
-from datadiet.selectors.ifd import cached_ifd_losses, row_scorer
+from datadiet.selectors.ifd import cached_ifd_losses, row_scorer, validate_scoring_options
 
 __all__ = ["Relevance", "as_user_turn", "contrast_partners", "relevance_scores"]
 
@@ -163,10 +163,7 @@ class Relevance(Step):
             raise ValueError(f"min_relevance must be a number or null, got {min_relevance!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8:
-            raise ValueError(f"max_length must be an int >= 8, got {max_length!r}")
-        if not isinstance(cache, bool | str):
-            raise ValueError(f"cache must be true, false or a folder, got {cache!r}")
+        validate_scoring_options(max_length, cache)
         self.keep = keep
         self.contrast = contrast
         self.chat = bool(chat)
@@ -191,13 +188,18 @@ class Relevance(Step):
                     for pairs in rows]
         partners = contrast_partners([pairs[-1][0] for pairs in rows], self.contrast, self.seed)
         k = partners.shape[1]
-        swapped = [[(rows[other][-1][0], response) for _, response in rows[row]]
-                   for row in range(n) for other in partners[row]]
-        losses, stats = cached_ifd_losses(rows + swapped, scorer, ctx, self.max_length,
+        # each row followed by its contrast pairs: they share the response-alone pass, which the
+        # scorer runs once per distinct sequence within a chunk of rows, so they go together
+        grouped = [pairs if j == 0 else [(rows[partners[row, j - 1]][-1][0], response)
+                                         for _, response in pairs]
+                   for row, pairs in enumerate(rows) for j in range(k + 1)]
+        losses, stats = cached_ifd_losses(grouped, scorer, ctx, self.max_length,
                                           self.cache, label=self.name, end_token=end_token)
-        score = relevance_scores(losses[:n], losses[n:].reshape(n, k, 4))
+        losses = losses.reshape(n, k + 1, 4)
+        own = losses[:, 0]
+        score = relevance_scores(own, losses[:, 1:])
         # the end-of-turn token is scored once per turn; a response of nothing else is empty
-        content = losses[:n, 2] - (np.asarray([len(pairs) for pairs in rows]) if chat else 0)
+        content = own[:, 2] - (np.asarray([len(pairs) for pairs in rows]) if chat else 0)
         kinds = np.full(n, "", dtype=object)
         kinds[~(content > 0)] = EMPTY
         score[~(content > 0)] = np.nan
