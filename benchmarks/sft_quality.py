@@ -130,6 +130,15 @@ def main() -> None:
                         help="score cache folder (default: a new temporary one); scores of an "
                              "earlier run are reused, as a user's second run would")
     args = parser.parse_args()
+    if args.cache:
+        measure(args, args.cache)
+        return
+    with tempfile.TemporaryDirectory(prefix="sft-quality-cache-") as scratch:
+        measure(args, scratch)  # the scratch cache goes with the run
+
+
+def measure(args: argparse.Namespace, cache: str) -> None:
+    """Plant bad rows, run every method with the score cache in ``cache``, print the JSON."""
     n = args.rows or (48 if args.quick else 400)
 
     from datasets import Dataset
@@ -142,7 +151,6 @@ def main() -> None:
     n_bad = int(planted.sum())
     keep = n - n_bad
     ds = Dataset.from_list([{"id": f"r{i}", **r} for i, r in enumerate(rows)])
-    cache = args.cache or tempfile.mkdtemp(prefix="sft-quality-cache-")
     specs = {
         "ifd": [{"ifd": {"keep": keep, "cache": cache}}],
         "judge": [{"judge": {"keep": keep, "cache": cache}}],
