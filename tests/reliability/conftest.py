@@ -111,7 +111,7 @@ def signal_self_code(where: str, signum: int) -> str:
     """A ``python -c`` program: the CLI, with a signal raised at ``where`` mid-run.
 
     ``where`` is ``"write"`` (after the shards of the output are written, before the rename)
-    or ``"step"`` (inside the first step). The program then calls the real CLI entry point.
+    or ``"step"`` (inside the first step's reduce, after its features were computed). The program then calls the real CLI entry point.
     """
     return (
         "import os, signal, sys\n"
@@ -122,20 +122,20 @@ def signal_self_code(where: str, signum: int) -> str:
         "from datadiet.cli import main\n"
         f"SIG = {int(signum)}\n"
         "if " + repr(where) + " == 'write':\n"
-        "    orig = c.write_parquet_shards\n"
+        "    orig = c.write_table_shards\n"
         "    def hook(*a, **k):\n"
         "        names = orig(*a, **k)\n"
         "        os.kill(os.getpid(), SIG)\n"
         "        return names\n"
-        "    c.write_parquet_shards = hook\n"
+        "    c.write_table_shards = hook\n"
         "else:\n"
         "    from datadiet.selectors.exact import ExactDedup\n"
-        "    orig = ExactDedup.select\n"
-        "    def hook(self, ds, ctx):\n"
+        "    orig = ExactDedup.select_from_features\n"
+        "    def hook(self, ds, ctx, features):\n"
         "        ctx.scratch('probe')\n"
         "        os.kill(os.getpid(), SIG)\n"
-        "        return orig(self, ds, ctx)\n"
-        "    ExactDedup.select = hook\n"
+        "        return orig(self, ds, ctx, features)\n"
+        "    ExactDedup.select_from_features = hook\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
 

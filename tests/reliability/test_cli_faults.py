@@ -355,9 +355,9 @@ def internal_error(box: Sandbox) -> list[str]:
 INTERNAL_ERROR = (
     "import sys\n"
     "from datadiet.selectors.exact import ExactDedup\n"
-    "def broken(self, ds, ctx):\n"
+    "def broken(self, texts):\n"
     "    raise ValueError('an internal bug, not the user')\n"
-    "ExactDedup.select = broken\n"
+    "ExactDedup.row_features = broken\n"
     "from datadiet.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )

@@ -16,13 +16,13 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 import yaml
-from datasets import Dataset
 
 from datadiet import __version__
 from datadiet.pipeline.io import (
@@ -31,6 +31,7 @@ from datadiet.pipeline.io import (
     LoadedCorpus,
     OnError,
     SpecError,
+    as_dataset,
     atomic_write_text,
     check_output_dir,
     corpus_from_records,
@@ -38,9 +39,11 @@ from datadiet.pipeline.io import (
     looks_local,
     scratch_dir,
     write_parquet_shards,
+    write_table_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
 from datadiet.pipeline.records import RecordFormat, parse_fields
+from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import (
     STEP_REGISTRY,
     Step,
@@ -48,6 +51,9 @@ from datadiet.pipeline.steps import (
     build_step,
     load_builtin_steps,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any]]]:
@@ -230,9 +236,38 @@ def spec_of(steps: Sequence[Step]) -> list[dict[str, dict[str, Any]]]:
 
 @dataclass
 class CurateResult:
-    dataset: Dataset
+    """What a run produced: the kept rows, the manifest, and every removed row with its reason.
+
+    A run on a ``Dataset`` holds the kept rows as one (``given_dataset``). A run on rows read
+    from files holds the input table and the kept row numbers, and makes a ``Dataset`` only
+    when :attr:`dataset` is asked for, so ``datadiet curate`` writes its output without ever
+    importing ``datasets``.
+    """
+
     manifest: Manifest
     removed: pa.Table  # id, step, reason, for every removed row
+    given_dataset: Dataset | None = None
+    input_table: pa.Table | None = None
+    kept_rows: np.ndarray | None = None  # input rows kept, in input order (table runs)
+    fingerprint: str = ""
+
+    @property
+    def dataset(self) -> Dataset:
+        """The kept rows as a ``datasets.Dataset``."""
+        if self.given_dataset is None:
+            assert self.input_table is not None and self.kept_rows is not None
+            self.given_dataset = as_dataset(self.kept_table(), self.fingerprint)
+        return self.given_dataset
+
+    def kept_table(self) -> pa.Table:
+        """The kept rows as one Arrow table (a copy of them)."""
+        if self.input_table is not None and self.kept_rows is not None:
+            return self.input_table.take(pa.array(self.kept_rows))
+        return self.dataset.with_format("arrow")[:]
+
+    @property
+    def rows_kept(self) -> int:
+        return len(self.kept_rows) if self.kept_rows is not None else len(self.dataset)
 
     def why(self, record_id: str) -> str | None:
         """The reason a record was removed, or None if it was kept (or never existed)."""
@@ -295,7 +330,7 @@ def curate(
         fmt = ctx.record_format
     loaded = corpus_from_records(dataset, text_field=text_field, id_field=id_field,
                                  on_duplicate_id=on_duplicate_id, fields=fmt)
-    info = {"rows": len(loaded.dataset), "fingerprint": loaded.fingerprint,
+    info = {"rows": loaded.rows, "fingerprint": loaded.fingerprint,
             "renamed_ids": loaded.renamed_ids, **(input_info or {})}
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
@@ -303,76 +338,175 @@ def curate(
     return _curate(loaded.dataset, built, ctx, info)
 
 
-def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
+def _curate(dataset: Dataset | pa.Table, built: list[Step], ctx: StepContext,
             info: dict[str, Any]) -> CurateResult:
-    """Run checked steps on a checked dataset, in a scratch folder that never outlives the run."""
+    """Run checked steps on checked rows, in a scratch folder that never outlives the run.
+
+    An Arrow table (rows read from files) whose every step splits into per-row features and a
+    reduce runs on the table itself; anything else runs on a ``Dataset``.
+    """
     manifest = Manifest(input=info, spec=spec_of(built), datadiet_version=__version__)
+    if isinstance(dataset, pa.Table):
+        run = _run_feature_steps if runs_on_table(built) else _run_steps
+        rows: Dataset | pa.Table = dataset if run is _run_feature_steps else as_dataset(
+            dataset, info.get("fingerprint"))
+    else:
+        run, rows = _run_steps, dataset
     if ctx.work_dir is not None:
-        return _run_steps(dataset, built, ctx, manifest)
+        return run(rows, built, ctx, manifest)
     with scratch_dir("datadiet-run-") as work:
         ctx.work_dir = work
         try:
-            return _run_steps(dataset, built, ctx, manifest)
+            return run(rows, built, ctx, manifest)
         finally:
             ctx.work_dir = None
 
 
-def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
-               manifest: Manifest) -> CurateResult:
-    ledger = ctx.ledger
-    n = len(dataset)
-    ids = dataset.select_columns([ctx.id_field]).with_format("arrow")[:][ctx.id_field]
-    alive = np.arange(n, dtype=np.int64)  # input rows still kept, in input order
-    removed_batches: list[pa.Table] = []
-    scores: dict[str, np.ndarray] = {}  # score column -> a value per input row (NaN: not scored)
-    for step in built:
-        view = dataset if len(alive) == n else dataset.select(alive)
-        before = ledger.total
-        with ledger.stage(f"step:{step.name}") as rec:
-            seconds_before = rec.seconds  # a repeated step name accumulates on one stage
-            selection = step.select(view, ctx)
-        if selection.n_rows != len(view):
-            raise RuntimeError(f"step {step.name} returned {selection.n_rows} rows, saw {len(view)}")
-        after = ledger.total
-        if selection.scores is not None and not np.isnan(selection.scores).all():
-            column = score_column(step.name, dataset.column_names)
-            scores[column] = np.full(n, np.nan)
-            scores[column][alive] = np.asarray(selection.scores, dtype=np.float64)
-            # a zero-copy column of the one table, so later steps (deita) can read it
-            dataset = dataset.add_column(column, scores[column])
+def runs_on_table(built: Sequence[Step]) -> bool:
+    """Whether every step is a per-row map plus a reduce, so the run needs no ``Dataset``."""
+    return all(step.splits_into_row_features() for step in built)
+
+
+class _StepBook:
+    """What the runner writes down for each step, whichever rows it ran on: the manifest
+    entry, every removed row with its input row, id and reason, and each score column."""
+
+    def __init__(self, ids: pa.ChunkedArray, manifest: Manifest, ctx: StepContext) -> None:
+        self.ids = ids
+        self.n = len(ids)
+        self.manifest = manifest
+        self.ledger = ctx.ledger
+        self.removed_batches: list[pa.Table] = []
+        self.scores: dict[str, np.ndarray] = {}  # column -> a value per input row (NaN: not scored)
+
+    def score(self, column: str, selection: Selection, alive: np.ndarray) -> np.ndarray | None:
+        """The step's scores as a column over all input rows, or None if it gave none."""
+        if selection.scores is None or np.isnan(selection.scores).all():
+            return None
+        self.scores[column] = np.full(self.n, np.nan)
+        self.scores[column][alive] = np.asarray(selection.scores, dtype=np.float64)
+        return self.scores[column]
+
+    def record(self, step: Step, selection: Selection, alive: np.ndarray, rec: Any,
+               seconds: float, before: Any) -> np.ndarray:
+        """Write the step down; returns the input rows still alive after it."""
+        if selection.n_rows != len(alive):
+            raise RuntimeError(f"step {step.name} returned {selection.n_rows} rows, "
+                               f"saw {len(alive)}")
+        after = self.ledger.total
         removed_idx = selection.removed_indices
         if len(removed_idx):
             rows = alive[removed_idx]
-            removed_batches.append(pa.table({
-                "id": ids.take(pa.array(rows)).cast(pa.string()),
+            self.removed_batches.append(pa.table({
+                "id": self.ids.take(pa.array(rows)).cast(pa.string()),
                 "input_row": pa.array(rows, pa.int64()),
                 "step": pa.array([step.name] * len(removed_idx), pa.string()),
                 "reason": pa.array([selection.reason(int(i)) for i in removed_idx], pa.string()),
-                **{c: pa.array(v[rows]) for c, v in scores.items()},
+                **{c: pa.array(v[rows]) for c, v in self.scores.items()},
             }))
         kept = selection.kept_indices
-        manifest.steps.append(StepReport(
+        self.manifest.steps.append(StepReport(
             name=step.name,
             params=jsonable(step.params()),
-            rows_in=len(view),
+            rows_in=len(alive),
             rows_out=len(kept),
             removed=selection.removed_by_kind(),
-            seconds=round(rec.seconds - seconds_before, 4),  # model loading is its own stage
+            seconds=round(seconds, 4),  # model loading is its own stage
             tokens_scored=after.tokens - before.tokens,
             flops=after.flops - before.flops,
             peak_memory_bytes=rec.peak_memory_bytes,
             stats=jsonable(selection.stats),
         ))
-        alive = alive[kept]
+        return alive[kept]
+
+    def finish(self, rows_out: int) -> pa.Table:
+        """Close the manifest; returns the table of removed rows."""
+        self.manifest.output = {"rows": rows_out}
+        self.manifest.ledger = self.ledger.to_dict()
+        if self.removed_batches:
+            return pa.concat_tables(self.removed_batches, promote_options="default")
+        return pa.table({"id": pa.array([], pa.string()),
+                         "input_row": pa.array([], pa.int64()),
+                         "step": pa.array([], pa.string()),
+                         "reason": pa.array([], pa.string())})
+
+
+def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
+               manifest: Manifest) -> CurateResult:
+    n = len(dataset)
+    ids = dataset.select_columns([ctx.id_field]).with_format("arrow")[:][ctx.id_field]
+    book = _StepBook(ids, manifest, ctx)
+    alive = np.arange(n, dtype=np.int64)  # input rows still kept, in input order
+    for step in built:
+        view = dataset if len(alive) == n else dataset.select(alive)
+        before = ctx.ledger.total
+        with ctx.ledger.stage(f"step:{step.name}") as rec:
+            seconds_before = rec.seconds  # a repeated step name accumulates on one stage
+            selection = step.select(view, ctx)
+        column = score_column(step.name, dataset.column_names)
+        scores = book.score(column, selection, alive)
+        if scores is not None:  # a zero-copy column of the one table, so later steps can read it
+            dataset = dataset.add_column(column, scores)
+        alive = book.record(step, selection, alive, rec, rec.seconds - seconds_before, before)
     result_ds = dataset if len(alive) == n else dataset.select(alive)
-    manifest.output = {"rows": len(result_ds)}
-    manifest.ledger = ledger.to_dict()
-    removed = (pa.concat_tables(removed_batches, promote_options="default") if removed_batches
-               else pa.table({"id": pa.array([], pa.string()),
-                              "input_row": pa.array([], pa.int64()),
-                              "step": pa.array([], pa.string()),
-                              "reason": pa.array([], pa.string())}))
-    return CurateResult(result_ds, manifest, removed)
+    removed = book.finish(len(result_ds))
+    return CurateResult(manifest, removed, given_dataset=result_ds)
+
+
+#: In a table run, a step computes its per-row features on every input row (no copy of the
+#: text column) while at least this fraction is still alive; below it, on a copy of the live rows.
+FEATURES_ON_ALL_ROWS = 0.8
+#: Texts per ``row_features`` call in a table run: the compiled kernels split a batch across
+#: cores, so a batch should hold a few thousand texts; it bounds a batch's scratch memory too.
+FEATURE_BATCH = 8192
+
+
+def _run_feature_steps(table: pa.Table, built: list[Step], ctx: StepContext,
+                       manifest: Manifest) -> CurateResult:
+    """The runner for map/reduce steps on an Arrow table: each step's per-row features over
+    the text column in batches (the same map a Dask worker runs on a shard), then its reduce
+    on the live rows' features. No ``Dataset``, no copy of the rows between steps."""
+    n = len(table)
+    texts = table.column(ctx.text_field)
+    ids = table.column(ctx.id_field)
+    book = _StepBook(ids, manifest, ctx)
+    alive = np.arange(n, dtype=np.int64)
+    for step in built:
+        before = ctx.ledger.total
+        with ctx.ledger.stage(f"step:{step.name}") as rec:
+            seconds_before = rec.seconds
+            on_all = len(alive) >= FEATURES_ON_ALL_ROWS * n
+            features = _features(step, texts if on_all else texts.take(pa.array(alive)), ctx)
+            if on_all and len(alive) < n:
+                features = {name: array[alive] for name, array in features.items()}
+            named = pa.table({ctx.id_field: ids if len(alive) == n else ids.take(pa.array(alive))})
+            selection = step.select_from_features(named, ctx, features)
+        column = score_column(step.name, table.column_names)
+        scores = book.score(column, selection, alive)
+        if scores is not None:
+            table = table.append_column(column, pa.array(scores))
+        alive = book.record(step, selection, alive, rec, rec.seconds - seconds_before, before)
+    removed = book.finish(len(alive))
+    fingerprint = xxhash.xxh3_128_hexdigest(
+        f"{manifest.input.get('fingerprint')}|{manifest.spec}|".encode() + alive.tobytes())
+    return CurateResult(manifest, removed, input_table=table, kept_rows=alive,
+                        fingerprint=fingerprint)
+
+
+def _features(step: Step, texts: pa.ChunkedArray, ctx: StepContext) -> dict[str, np.ndarray]:
+    """``step.row_features`` over ``texts`` in batches, concatenated in row order."""
+    parts: list[dict[str, np.ndarray]] = []
+    batch = max(ctx.batch_size, FEATURE_BATCH)
+    with ctx.progress(len(texts), step.name) as bar:
+        for start in range(0, len(texts), batch):
+            chunk = texts.slice(start, batch)
+            parts.append(step.row_features(chunk))
+            bar.update(len(chunk))
+    if not parts:
+        return step.row_features(pa.array([], pa.string()))
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def curate_path(
@@ -412,7 +546,7 @@ def curate_path(
     info = {
         "source": loaded.source,
         "fingerprint": loaded.fingerprint,
-        "rows": len(loaded.dataset),
+        "rows": loaded.rows,
         "text_field": text_field,
         "id_field": id_field,
         "on_error": on_error,
@@ -423,19 +557,25 @@ def curate_path(
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
     ctx.record_format = fmt
-    result = _curate(loaded.dataset, built, ctx, info)
-    written = result.dataset
-    if fmt is not None and not fmt.is_text:  # the text column is our rendering, not the input's
-        written = written.remove_columns(text_field)
+    rows = loaded.table if loaded.table is not None else loaded.dataset
+    result = _curate(rows, built, ctx, info)
+    drop = [text_field] if fmt is not None and not fmt.is_text else []  # our rendering
     with AtomicOutputDir(out, overwrite=overwrite) as tmp:
-        shards = write_parquet_shards(written, tmp, rows_per_shard)
+        if result.input_table is not None and result.kept_rows is not None:
+            shards = write_table_shards(result.input_table.drop_columns(drop), result.kept_rows,
+                                        tmp, rows_per_shard)
+            fingerprint = result.fingerprint
+        else:
+            written = result.dataset.remove_columns(drop) if drop else result.dataset
+            shards = write_parquet_shards(written, tmp, rows_per_shard)
+            fingerprint = result.dataset._fingerprint
         (tmp / "removed").mkdir()
         pq.write_table(result.removed, tmp / "removed" / "removed.parquet")
         result.manifest.output = {
-            "rows": len(result.dataset),
+            "rows": result.rows_kept,
             "shards": shards,
             "removed_file": "removed/removed.parquet",
-            "fingerprint": result.dataset._fingerprint,
+            "fingerprint": fingerprint,
         }
         atomic_write_text(tmp / MANIFEST_FILE, result.manifest.to_json())
     return result

@@ -20,10 +20,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
-from datasets import Dataset
 from tqdm.auto import tqdm
 
 from datadiet.pipeline.ledger import Ledger
@@ -31,6 +30,9 @@ from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 STEP_REGISTRY: dict[str, type[Step]] = {}
 BUILTIN_STEPS_PACKAGE = "datadiet.selectors"

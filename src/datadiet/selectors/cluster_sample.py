@@ -1,5 +1,4 @@
 """Stratified sampling over k-means clusters of the rows' embeddings.
-
 A random subset of an instruction set mirrors its skew: if 40% of the rows are one task, 40% of
 the budget goes to it. Clustering the embeddings (spherical k-means, faiss) and sampling across
 clusters spreads the budget over the kinds of rows there are — proportionally (each cluster keeps
@@ -11,8 +10,9 @@ random, or by a score column (``score=judge_score``) to take each cluster's best
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.records import ensure_text
 from datadiet.pipeline.selection import Selection
@@ -24,6 +24,9 @@ from datadiet.selectors.semdedup import (
     fit_kmeans,
     resolve_n_clusters,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["ClusterSample", "allocate"]
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["resolve_keep", "row_ids", "validate_keep"]
 
@@ -42,18 +45,22 @@ def resolve_keep(keep: float | int, n_rows: int) -> int:
     return min(n_rows, max(1, math.floor(float(keep) * n_rows + 0.5)))
 
 
-def row_ids(ds: Dataset, id_field: str, rows: np.ndarray) -> np.ndarray:
+def row_ids(ds: Dataset | pa.Table, id_field: str, rows: np.ndarray) -> np.ndarray:
     """The ids of ``rows`` as an object array of strings.
 
     Takes just those rows from the (memory-mapped) Arrow column, with no Python object per row
-    of the dataset. A dataset without ``id_field`` falls back to the row index as a string, so
-    reasons still point somewhere a user can look up.
+    of the dataset. ``ds`` is a ``Dataset`` or an Arrow table (what a step's reduce half sees
+    in a table run: the live rows' ids). Without ``id_field`` the row index stands in, as a
+    string, so reasons still point somewhere a user can look up.
     """
     rows = np.asarray(rows, dtype=np.int64)
     if len(rows) == 0:
         return np.empty(0, dtype=object)
     if id_field not in ds.column_names:
         return np.array([str(r) for r in rows.tolist()], dtype=object)
-    column = ds.select_columns([id_field]).with_format("arrow")[id_field]
+    if isinstance(ds, pa.Table):
+        column = ds.column(id_field)
+    else:
+        column = ds.select_columns([id_field]).with_format("arrow")[id_field]
     values = column.take(pa.array(rows)).to_pylist()
     return np.array([str(v) for v in values], dtype=object)

@@ -19,17 +19,19 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xxhash
-from datasets import Dataset
 
 from datadiet.pipeline.io import load_corpus
 from datadiet.pipeline.records import ensure_text, parse_fields
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["Decontaminate", "ngram_hashes"]
 

@@ -15,14 +15,18 @@ matrix, in score order, so the work is ``O(n·k·dim)`` in BLAS, with no Python 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.records import ensure_text
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, row_ids, validate_keep
 from datadiet.selectors.semdedup import embed_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["Deita", "diverse_by_score"]
 

@@ -39,17 +39,19 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
-from datadiet.pipeline.io import load_corpus, no_such_path
+from datadiet.pipeline.io import is_dataset, load_corpus, no_such_path
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.hashing import fmix64
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 TOKENIZERS = ("words", "wordpunct")
 HASH_FUNCTIONS = ("poly64", "sha256")
@@ -411,7 +413,7 @@ def load_target_texts(target: Any, *, text_field: str = "text") -> list[str]:
     if isinstance(target, str | os.PathLike):
         loaded = load_corpus(target, text_field=text_field, on_duplicate_id="rename")
         return [t for t in loaded.dataset[text_field] if t]
-    if isinstance(target, Dataset):
+    if is_dataset(target):
         return [t for t in target[text_field] if t]
     texts = list(target)
     if not all(isinstance(t, str) for t in texts):
@@ -513,7 +515,7 @@ class DSIR(Step):
             target = os.fspath(target)
         if isinstance(target, str) and not Path(target).expanduser().exists():
             raise no_such_path(target, "DSIR target file or folder")
-        elif not isinstance(target, str) and not isinstance(target, Dataset):
+        elif not isinstance(target, str) and not is_dataset(target):
             target = list(target)
         self.target = target
         self.keep = keep

@@ -17,14 +17,15 @@ from __future__ import annotations
 import functools
 import re
 import unicodedata
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xxhash
-from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import normalize as normalize_text
+from datadiet.selectors import native
 from datadiet.selectors.common import row_ids
 from datadiet.selectors.hashing import (
     CASEFOLD_NEEDS_PYTHON,
@@ -42,6 +43,9 @@ from datadiet.selectors.hashing import (
     utf8_layout,
     word_char_table,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["ExactDedup", "first_occurrence", "normalized_utf8", "text_hashes"]
 
@@ -101,7 +105,8 @@ def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ask ``is_normalized``), and normalises the few that need NFKC or a fold the kernel cannot
     write in place (``ß`` -> ``ss``).
     """
-    if not numba_enabled(len(texts)):
+    kernel = native.normalize if native.available() else _nb_normalize
+    if kernel is _nb_normalize and not numba_enabled(len(texts)):
         parts = [normalize_text(t).encode("utf-8", "surrogatepass") for t in as_str_list(texts)]
         lengths = np.fromiter(map(len, parts), np.int64, len(parts))
         starts = np.zeros(len(parts), np.int64)
@@ -116,7 +121,7 @@ def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not unicodedata.is_normalized("NFKC", t):
             mode[i] = 2
             needs_nfkc[i] = t
-    out, lengths = _nb_normalize(buf, offsets, mode, *_normalize_tables())
+    out, lengths = kernel(buf, offsets, mode, *_normalize_tables())
     starts = offsets[:-1].copy()
     redo = np.flatnonzero(lengths < 0)
     if len(redo):
@@ -127,7 +132,7 @@ def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             for i in redo.tolist()
         ]
         fbuf, fstarts = utf8_layout(folded)
-        fout, flengths = _nb_normalize(
+        fout, flengths = kernel(
             fbuf, fstarts, np.ones(len(folded), np.uint8), *_normalize_tables()
         )
         base = len(out)

@@ -40,6 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datadiet.selectors import native
+
 #: Whether numba is installed, found without importing it (finding a module is cheap).
 NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None
 
@@ -346,6 +348,8 @@ def _nb_docs_with(buf, offsets, needles, any_non_ascii):  # noqa: ANN001, ANN202
 
 def non_ascii_texts(buf: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Indices of the texts of a UTF-8 layout with a byte above 0x7F."""
+    if native.available():
+        return np.flatnonzero(native.docs_with(buf, offsets, np.zeros((0, 2), np.uint8), True))
     if not numba_enabled(len(offsets) - 1):
         return np.array([i for i in range(len(offsets) - 1)
                          if (buf[offsets[i] : offsets[i + 1]] >= 0x80).any()], np.int64)
@@ -356,6 +360,8 @@ def texts_containing(buf: np.ndarray, offsets: np.ndarray, chars: str) -> np.nda
     """Indices of the texts of a UTF-8 layout containing any of ``chars`` (each a two-byte
     UTF-8 character, U+0080..U+07FF): the rare texts a kernel leaves to Python."""
     needles = np.array([list(c.encode("utf-8")) for c in chars], np.uint8).reshape(-1, 2)
+    if native.available():
+        return np.flatnonzero(native.docs_with(buf, offsets, needles, False))
     if not numba_enabled(len(offsets) - 1):
         raw = [bytes(buf[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
         wanted = [c.encode("utf-8") for c in chars]

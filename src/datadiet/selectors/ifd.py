@@ -1,5 +1,4 @@
 """Instruction-Following Difficulty (Li et al. 2023, "From Quantity to Quality", Cherry LLM).
-
 For a row with instruction ``x`` and response ``y``::
 
     IFD = mean loss of y's tokens given x  /  mean loss of y's tokens alone
@@ -36,10 +35,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.records import iter_records, sft_format, turns, turns_key
@@ -47,6 +45,9 @@ from datadiet.pipeline.score_cache import ScoreCache, cached_scores, model_ident
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["IFD", "cached_ifd_losses", "ifd_losses", "ifd_ratio", "pair_windows", "row_scorer"]
 

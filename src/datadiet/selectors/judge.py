@@ -1,5 +1,4 @@
 """LM-as-judge quality scores, read from the model's probabilities rather than sampled.
-
 The rating prompt asks for a score from 1 to 6; instead of generating an answer and parsing it
 (slow, and a coin flip at temperature > 0), the judge reads the model's next-token distribution at
 the first answer position, keeps the probabilities of the rating tokens "1".."6", renormalises
@@ -20,10 +19,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.records import iter_records, sft_format, turns, turns_key
 from datadiet.pipeline.score_cache import cached_scores
@@ -31,6 +29,9 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.ifd import open_cache, row_scorer, scorer_identity, validate_scoring_options
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["DEFAULT_TEMPLATE", "Judge", "judge_prompts", "rating_scores"]
 

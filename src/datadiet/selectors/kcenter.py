@@ -1,5 +1,4 @@
 """Greedy k-center coreset (Sener & Savarese 2018) on document embeddings.
-
 Keep ``k`` documents such that every document is close to some kept one: repeatedly add the
 document farthest from everything chosen so far. The greedy rule is a 2-approximation of the
 optimal covering radius (Gonzalez 1985), and in practice it picks a diverse, outlier-aware subset —
@@ -17,14 +16,17 @@ is a monotone function of cosine distance (``|x - c|² = 2 - 2·cos``).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.semdedup import embed_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 def greedy_k_center(

@@ -47,14 +47,14 @@ import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.pipeline.text import words
+from datadiet.selectors import native
 from datadiet.selectors.common import row_ids
 from datadiet.selectors.hashing import (
     KERNEL_BATCH,
@@ -73,6 +73,9 @@ from datadiet.selectors.hashing import (
     utf8_layout,
     word_char_table,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = [
     "MinHashClusters",
@@ -670,6 +673,8 @@ def minhash_signatures(
 def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """Fraction of equal signature slots for each pair: the MinHash estimate of Jaccard."""
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if native.available():
+        return native.pair_jaccard(signatures, pairs)
     if numba_enabled(len(signatures)):
         return _nb_pair_jaccard(np.asarray(signatures, np.uint32), pairs)
     est = np.empty(len(pairs), np.float64)
@@ -763,8 +768,9 @@ def candidate_pairs_from_keys(
     rows_idx = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
     if len(rows_idx) < 2:
         return np.empty((0, 2), np.int64)
-    if numba_enabled(n):
-        codes = _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket, n)
+    if native.available() or numba_enabled(n):
+        pair_codes = native.bucket_pairs if native.available() else _nb_bucket_pairs
+        codes = pair_codes(keys, rows_idx, all_pairs, max_bucket, n)
         codes.sort()
         return np.stack([codes // n, codes % n], axis=1)
     found: list[np.ndarray] = []
@@ -908,7 +914,8 @@ def minhash_shard(
         raise ValueError("ngram and num_perm must be positive")
     if bands * rows > num_perm:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
-    if not numba_enabled(len(texts)):
+    kernel = native.minhash_shard if native.available() else _nb_shard
+    if kernel is _nb_shard and not numba_enabled(len(texts)):
         hashes, offsets = shingle_hashes(texts, ngram=ngram, seed=seed)
         sig = signatures_from_hashes(hashes, offsets, num_perm, seed)
         return MinHashShard(sig, band_keys(sig, bands, rows, seed=seed), np.diff(offsets) > 0)
@@ -917,12 +924,12 @@ def minhash_shard(
     a, b = _perm_constants(seed, num_perm)
     constants = (word_char_table(), lower_table(), _ascii_word_table(), _CHAR_MULT, ngram, pos,
                  salt, a, b, _band_constants(seed, bands, rows), _U64(_BAND_TAG))
-    sigs, keys, counts = _nb_shard(buf, offsets, *constants)
+    sigs, keys, counts = kernel(buf, offsets, *constants)
     special = texts_containing(buf, offsets, _LOWER_IN_PYTHON)
     if len(special):
         text = text_getter(texts, buf, offsets)
         lowered = utf8_layout([text(i).lower() for i in special.tolist()])
-        sigs[special], keys[special], counts[special] = _nb_shard(*lowered, *constants)
+        sigs[special], keys[special], counts[special] = kernel(*lowered, *constants)
     return MinHashShard(sigs, keys, counts > 0)
 
 

@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 #: Before tokenising, a document is cut to ``max_tokens · CHARS_PER_TOKEN_BOUND`` characters, so a
 #: megabyte-long document does not cost a megabyte of tokenisation to score its head. A BPE token

@@ -44,10 +44,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
@@ -69,6 +68,9 @@ from datadiet.selectors.hashing import (
     utf8_layout,
     word_char_table,
 )
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 #: Gopher's stop-word rule: a document must contain at least two of these English words.
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})

@@ -8,12 +8,16 @@ possible.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 @register_step

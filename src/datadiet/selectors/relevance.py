@@ -1,5 +1,4 @@
 """Instruction relevance: is a response more likely under its own instruction than under others?
-
 For a row with instruction ``x`` and response ``y``, and ``contrast`` instructions ``x'_1..x'_K``
 of other rows of the same dataset::
 
@@ -52,16 +51,18 @@ question is still relevant.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.records import iter_records, sft_format, turns
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.ifd import cached_ifd_losses, row_scorer, validate_scoring_options
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 __all__ = ["Relevance", "as_user_turn", "contrast_partners", "relevance_scores"]
 

@@ -1,5 +1,4 @@
 """SemDeDup: remove semantic near-duplicates with k-means plus within-cluster cosine similarity.
-
 Following Abbas et al. 2023 ("SemDeDup: Data-efficient learning at web-scale through semantic
 deduplication"): embed every document, cluster the embeddings with k-means, and compare documents
 only *within* a cluster. Two documents whose cosine similarity exceeds ``1 - epsilon`` are
@@ -36,14 +35,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from datasets import Dataset
 
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import row_ids
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 #: Embedding matrices larger than this are written to an ``np.memmap`` under the run's scratch
 #: folder instead of RAM (384-dim float32 embeddings: about 350k documents per 512 MiB).

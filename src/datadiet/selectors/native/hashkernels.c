@@ -1,0 +1,315 @@
+/* datadiet's hashing kernels in C: exact-dedup normalisation, MinHash shard signatures and
+ * band keys, LSH bucket grouping, signature agreement of candidate pairs.
+ *
+ * Why C next to the numba kernels: a command-line curate of a few hundred thousand documents
+ * spends as much on loading numba (LLVM, about 0.5 CPU-seconds and 130 MiB) as on the work.
+ * A small shared library loaded through ctypes costs a millisecond and a few hundred KiB, and
+ * ctypes releases the GIL for the call, so Python threads run it on every core.
+ *
+ * Every function here is the line-for-line twin of a numba kernel in hashing.py, exact.py or
+ * minhash.py and must give the same bits; tests/selectors/test_native_kernels.py compares them
+ * on real text. Each works on a document range [lo, hi) so that the caller splits a batch
+ * across threads; nothing here allocates shared state.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define FMIX_MULT_1 0xFF51AFD7ED558CCDULL
+#define FMIX_MULT_2 0xC4CEB9FE1A85EC53ULL
+#define LEN_TAG 0x94D049BB133111EBULL
+#define CASEFOLD_NEEDS_PYTHON 0xFFFFFFFFu
+#define CODE_POINTS 0x110000
+
+static inline uint64_t fmix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= FMIX_MULT_1;
+    x ^= x >> 33;
+    x *= FMIX_MULT_2;
+    x ^= x >> 33;
+    return x;
+}
+
+/* The code point starting at buf[i] (well-formed UTF-8, as Arrow guarantees); sets *next. */
+static inline int64_t decode(const uint8_t *buf, int64_t i, int64_t *next) {
+    int64_t c0 = buf[i];
+    if (c0 < 0x80) { *next = i + 1; return c0; }
+    if (c0 < 0xE0) { *next = i + 2; return ((c0 & 0x1F) << 6) | (buf[i + 1] & 0x3F); }
+    if (c0 < 0xF0) {
+        *next = i + 3;
+        return ((c0 & 0x0F) << 12) | ((int64_t)(buf[i + 1] & 0x3F) << 6) | (buf[i + 2] & 0x3F);
+    }
+    *next = i + 4;
+    return ((c0 & 0x07) << 18) | ((int64_t)(buf[i + 1] & 0x3F) << 12)
+         | ((int64_t)(buf[i + 2] & 0x3F) << 6) | (buf[i + 3] & 0x3F);
+}
+
+static inline int64_t encode(uint8_t *out, int64_t o, int64_t cp) {
+    if (cp < 0x80) { out[o] = (uint8_t)cp; return o + 1; }
+    if (cp < 0x800) {
+        out[o] = (uint8_t)(0xC0 | (cp >> 6));
+        out[o + 1] = (uint8_t)(0x80 | (cp & 0x3F));
+        return o + 2;
+    }
+    if (cp < 0x10000) {
+        out[o] = (uint8_t)(0xE0 | (cp >> 12));
+        out[o + 1] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+        out[o + 2] = (uint8_t)(0x80 | (cp & 0x3F));
+        return o + 3;
+    }
+    out[o] = (uint8_t)(0xF0 | (cp >> 18));
+    out[o + 1] = (uint8_t)(0x80 | ((cp >> 12) & 0x3F));
+    out[o + 2] = (uint8_t)(0x80 | ((cp >> 6) & 0x3F));
+    out[o + 3] = (uint8_t)(0x80 | (cp & 0x3F));
+    return o + 4;
+}
+
+static inline int is_word(const uint8_t *word, int64_t cp) {
+    return cp >= 0 && cp < CODE_POINTS && word[cp];
+}
+
+/* Twin of exact._nb_normalize for texts [lo, hi): text d is written inside its own input span
+ * of out; lengths[d] = -1 where Python must fold (mode 2, or a fold the kernel cannot write). */
+void dd_normalize(const uint8_t *buf, const int64_t *starts, int64_t lo, int64_t hi,
+                  const uint8_t *mode, const uint32_t *fold, int64_t fold_size,
+                  const uint8_t *word, const uint8_t *ascii_word,
+                  uint8_t *out, int64_t *lengths) {
+    for (int64_t d = lo; d < hi; d++) {
+        int64_t i = starts[d], end = starts[d + 1], begin = i, o = i;
+        int gap = 0, ok = mode[d] != 2;
+        while (ok && i < end) {
+            uint8_t b0 = buf[i];
+            if (b0 < 0x80) {
+                uint8_t c = ascii_word[b0];
+                i++;
+                if (c) {
+                    if (gap && o > begin) out[o++] = 32;
+                    gap = 0;
+                    out[o++] = c;
+                } else {
+                    gap = 1;
+                }
+                continue;
+            }
+            int64_t cp = decode(buf, i, &i);
+            if (mode[d] == 0 && cp < fold_size) {
+                uint32_t folded = fold[cp];
+                if (folded == CASEFOLD_NEEDS_PYTHON) { ok = 0; break; }
+                cp = folded;
+            }
+            if (is_word(word, cp)) {
+                if (gap && o > begin) out[o++] = 32;
+                gap = 0;
+                o = encode(out, o, cp);
+            } else {
+                gap = 1;
+            }
+        }
+        lengths[d] = ok ? o - begin : -1;
+    }
+}
+
+/* Twin of hashing._nb_docs_with: found[d] = 1 where text d has a byte >= 0x80 (any_non_ascii)
+ * or one of the two-byte UTF-8 needles. */
+void dd_docs_with(const uint8_t *buf, const int64_t *offsets, int64_t lo, int64_t hi,
+                  const uint8_t *needles, int64_t n_needles, int any_non_ascii, uint8_t *found) {
+    for (int64_t d = lo; d < hi; d++) {
+        found[d] = 0;
+        int64_t end = offsets[d + 1];
+        for (int64_t i = offsets[d]; i < end && !found[d]; i++) {
+            if (buf[i] < 0x80) continue;
+            if (any_non_ascii) { found[d] = 1; break; }
+            for (int64_t k = 0; k < n_needles; k++)
+                if (buf[i] == needles[2 * k] && i + 1 < end && buf[i + 1] == needles[2 * k + 1])
+                    found[d] = 1;
+        }
+    }
+}
+
+/* Twin of minhash._nb_text_shingles: one text's word n-gram hashes into shingles[], returns
+ * how many. word_h needs room for one entry per byte of the text plus one. */
+static int64_t text_shingles(const uint8_t *buf, int64_t i, int64_t end, const uint8_t *word,
+                             const uint32_t *lower, int64_t lower_size, const uint8_t *ascii_word,
+                             const uint64_t *mult, int64_t ngram, const uint64_t *pos,
+                             uint64_t salt, uint64_t *word_h, uint32_t *shingles) {
+    int64_t nw = 0;
+    uint64_t h = 0, j = 0;
+    while (i < end) {
+        uint8_t b0 = buf[i];
+        uint64_t c;
+        if (b0 < 0x80) {
+            c = ascii_word[b0];
+            i++;
+        } else {
+            int64_t cp = decode(buf, i, &i);
+            if (cp < lower_size) cp = lower[cp];
+            c = is_word(word, cp) ? (uint64_t)cp : 0;
+        }
+        uint64_t is_w = c != 0;
+        uint64_t mask = (uint64_t)0 - is_w;
+        word_h[nw] = h + j * LEN_TAG; /* kept only if this character ends a word */
+        nw += (j != 0) & (is_w == 0);
+        h = (h + c * mult[j & 63]) & mask;
+        j = (j + 1) & mask;
+    }
+    if (j != 0) word_h[nw++] = h + j * LEN_TAG;
+    for (int64_t k = 0; k < nw; k++) word_h[k] = fmix64(word_h[k]);
+    int64_t m = nw >= ngram ? nw - ngram + 1 : (nw < 1 ? nw : 1);
+    for (int64_t s = 0; s < m; s++) {
+        uint64_t acc = salt;
+        int64_t span = nw - s < ngram ? nw - s : ngram;
+        for (int64_t k = 0; k < span; k++) acc += word_h[s + k] * pos[k];
+        shingles[s] = (uint32_t)(fmix64(acc) >> 32);
+    }
+    return m;
+}
+
+/* Twin of minhash._nb_min_into: fold shingles into a signature row, all permutations at once.
+ * The permutation loop is what the compiler vectorises; clones for AVX2 / AVX-512 are picked
+ * at load time by the CPU, so one build runs everywhere at the speed of the machine. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void min_into(const uint32_t *restrict shingles, int64_t count, const uint32_t *restrict a,
+                     const uint32_t *restrict b, int64_t num_perm, uint32_t *restrict row) {
+    for (int64_t s = 0; s < count; s++) {
+        uint32_t x = shingles[s];
+        for (int64_t k = 0; k < num_perm; k++) {
+            uint32_t v = a[k] * x + b[k];
+            row[k] = v < row[k] ? v : row[k];
+        }
+    }
+}
+
+/* Twin of minhash._nb_shard for texts [lo, hi): signature, band keys and shingle count of
+ * each. sigs must arrive filled with 0xFFFFFFFF. Returns 0, or -1 if scratch memory failed. */
+int dd_minhash_shard(const uint8_t *buf, const int64_t *doc_start, int64_t lo, int64_t hi,
+                     const uint8_t *word, const uint32_t *lower, int64_t lower_size,
+                     const uint8_t *ascii_word, const uint64_t *mult, int64_t ngram,
+                     const uint64_t *pos, uint64_t salt, const uint32_t *a, const uint32_t *b,
+                     int64_t num_perm, const uint64_t *band_mult, int64_t bands, int64_t rows,
+                     uint64_t band_tag, uint32_t *sigs, uint64_t *keys, int64_t *counts) {
+    int64_t longest = 0;
+    for (int64_t d = lo; d < hi; d++)
+        if (doc_start[d + 1] - doc_start[d] > longest) longest = doc_start[d + 1] - doc_start[d];
+    uint64_t *word_h = malloc(sizeof(uint64_t) * (size_t)(longest + 2));
+    uint32_t *shingles = malloc(sizeof(uint32_t) * (size_t)(longest + 1));
+    if (!word_h || !shingles) { free(word_h); free(shingles); return -1; }
+    for (int64_t d = lo; d < hi; d++) {
+        int64_t cnt = text_shingles(buf, doc_start[d], doc_start[d + 1], word, lower, lower_size,
+                                    ascii_word, mult, ngram, pos, salt, word_h, shingles);
+        counts[d] = cnt;
+        uint32_t *row = sigs + d * num_perm;
+        min_into(shingles, cnt, a, b, num_perm, row);
+        uint64_t *key = keys + d * bands;
+        for (int64_t bnd = 0; bnd < bands; bnd++) {
+            uint64_t acc = (uint64_t)bnd * band_tag;
+            for (int64_t r = 0; r < rows; r++)
+                acc += (uint64_t)row[bnd * rows + r] * band_mult[bnd * rows + r];
+            key[bnd] = acc;
+        }
+    }
+    free(word_h);
+    free(shingles);
+    return 0;
+}
+
+/* Twin of minhash._nb_pair_jaccard for pairs [lo, hi). */
+void dd_pair_jaccard(const uint32_t *sig, int64_t num_perm, const int64_t *pairs, int64_t lo,
+                     int64_t hi, double *out) {
+    for (int64_t p = lo; p < hi; p++) {
+        const uint32_t *x = sig + pairs[2 * p] * num_perm, *y = sig + pairs[2 * p + 1] * num_perm;
+        int64_t same = 0;
+        for (int64_t k = 0; k < num_perm; k++) same += x[k] == y[k];
+        out[p] = (double)same / (double)num_perm;
+    }
+}
+
+/* Open-addressing set of pair codes (slots hold code + 1; 0 is empty): 1 if newly inserted. */
+static int insert_code(uint64_t *table, uint64_t cap, uint64_t code) {
+    uint64_t mask = cap - 1, stored = code + 1, slot = fmix64(stored) & mask;
+    for (;;) {
+        uint64_t held = table[slot];
+        if (held == 0) { table[slot] = stored; return 1; }
+        if (held == stored) return 0;
+        slot = (slot + 1) & mask;
+    }
+}
+
+/* Twin of minhash._nb_bucket_pairs: per band, rows grouped by key in a hash table; each
+ * bucket emits its pairs (all of them up to max_bucket members, else a star), each distinct
+ * pair once, coded i * n_total + j. Returns the number of codes, *out (malloc'ed, freed with
+ * dd_free) holds them; -1 if memory failed. */
+int64_t dd_bucket_pairs(const uint64_t *keys, int64_t n_bands, const int64_t *rows_idx,
+                        int64_t n, int all_pairs, int64_t max_bucket, int64_t n_total,
+                        int64_t **out_codes) {
+    uint64_t cap = 16, seen_cap = 16;
+    while (cap < (uint64_t)(2 * n)) cap *= 2;
+    while (seen_cap < (uint64_t)(4 * n)) seen_cap *= 2;
+    uint64_t mask = cap - 1;
+    uint64_t *slot_key = malloc(sizeof(uint64_t) * cap);
+    int64_t *head = malloc(sizeof(int64_t) * cap), *tail = malloc(sizeof(int64_t) * cap);
+    int64_t *size = malloc(sizeof(int64_t) * cap);
+    int64_t *nxt = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    int64_t *used = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    uint64_t *seen = calloc(seen_cap, sizeof(uint64_t));
+    int64_t out_cap = n > 16 ? n : 16, m = 0;
+    int64_t *out = malloc(sizeof(int64_t) * (size_t)out_cap);
+    int64_t result = -1;
+    if (!slot_key || !head || !tail || !size || !nxt || !used || !seen || !out) goto done;
+    for (int64_t band = 0; band < n_bands; band++) {
+        for (uint64_t s = 0; s < cap; s++) head[s] = -1;
+        int64_t n_used = 0;
+        for (int64_t t = 0; t < n; t++) {
+            uint64_t k = keys[rows_idx[t] * n_bands + band];
+            int64_t slot = (int64_t)((k ^ (k >> 31)) & mask);
+            while (head[slot] != -1 && slot_key[slot] != k) slot = (slot + 1) & (int64_t)mask;
+            nxt[t] = -1;
+            if (head[slot] == -1) {
+                slot_key[slot] = k;
+                head[slot] = tail[slot] = t;
+                size[slot] = 1;
+                used[n_used++] = slot;
+            } else {
+                nxt[tail[slot]] = t;
+                tail[slot] = t;
+                size[slot]++;
+            }
+        }
+        for (int64_t u = 0; u < n_used; u++) {
+            int64_t slot = used[u];
+            if (size[slot] < 2) continue;
+            for (int64_t x = head[slot]; x != -1; x = nxt[x]) {
+                for (int64_t y = nxt[x]; y != -1; y = nxt[y]) {
+                    int64_t code = rows_idx[x] * n_total + rows_idx[y];
+                    if (!insert_code(seen, seen_cap, (uint64_t)code)) continue;
+                    if (m == out_cap) {
+                        int64_t *grown = realloc(out, sizeof(int64_t) * (size_t)(2 * out_cap));
+                        if (!grown) goto done;
+                        out = grown;
+                        out_cap *= 2;
+                    }
+                    out[m++] = code;
+                    if ((uint64_t)(2 * m) > seen_cap) { /* keep the set at most half full */
+                        uint64_t *bigger = calloc(2 * seen_cap, sizeof(uint64_t));
+                        if (!bigger) goto done;
+                        seen_cap *= 2;
+                        for (int64_t q = 0; q < m; q++) insert_code(bigger, seen_cap, (uint64_t)out[q]);
+                        free(seen);
+                        seen = bigger;
+                    }
+                }
+                if (!(all_pairs && size[slot] <= max_bucket)) break; /* a star */
+            }
+        }
+    }
+    result = m;
+done:
+    free(slot_key); free(head); free(tail); free(size); free(nxt); free(used); free(seen);
+    if (result < 0) { free(out); out = NULL; }
+    *out_codes = out;
+    return result;
+}
+
+void dd_free(void *p) { free(p); }
+
+/* The ABI version the Python loader checks: bump it when a signature above changes. */
+int dd_abi_version(void) { return 1; }
