@@ -52,6 +52,9 @@ def _arrow_pool_that_returns_memory() -> None:
 
     try:
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+        # Freed pages go back to the system at once rather than after jemalloc's 1 s decay:
+        # a curate run parses one block after another, and a block's pages are not reused.
+        pa.jemalloc_set_decay_ms(0)
     except NotImplementedError:  # pragma: no cover - a build without jemalloc
         pass
 

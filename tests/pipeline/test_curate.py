@@ -105,12 +105,12 @@ def test_interrupted_run_leaves_no_output(tmp_path: Path, corpus: Path) -> None:
     code = (
         "import sys, datadiet.pipeline.io as io\n"
         "from datadiet.cli import main\n"
-        "orig = io.write_table_shards\n"
+        "orig = io.write_batch_shards\n"
         "def boom(*a, **k):\n"
         "    orig(*a, **k)\n"
         "    raise KeyboardInterrupt\n"
         "import datadiet.pipeline.curate as c\n"
-        "c.write_table_shards = boom\n"
+        "c.write_batch_shards = boom\n"
         f"sys.exit(main(['curate', {str(corpus)!r}, '--spec', {str(spec)!r}, '--out', {str(out)!r}, '--quiet']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

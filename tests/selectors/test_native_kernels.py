@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
+import xxhash
 
 from datadiet.selectors import exact, hashing, minhash, native
 from tests.conftest import SHARED_DATA
@@ -151,3 +152,39 @@ def test_build_replaces_the_library_atomically(tmp_path, monkeypatch) -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and native.LIBRARY.exists(), proc.stderr
     assert not list(native.LIBRARY.parent.glob("._hashkernels-*"))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_fused_cluster_equals_pairs_then_components(texts: list[str], verify: bool) -> None:
+    """The one-pass C reduce (buckets, verification and union-find, no pair array) gives the
+    labels and pair counts of the three-stage reduce it replaces."""
+    shard = minhash.minhash_shard(pa.array(texts), bands=16, rows=8)
+    labels, candidates, merged = native.minhash_cluster(
+        shard.band_keys, np.flatnonzero(shard.has_words), shard.signatures, 0.8, verify)
+    pairs = minhash._unique_pairs(
+        np.stack(np.divmod(minhash._nb_bucket_pairs(
+            shard.band_keys, np.flatnonzero(shard.has_words), verify, 256, len(texts)),
+            len(texts)), axis=1), len(texts))
+    assert candidates == len(pairs)
+    if verify:
+        pairs = pairs[minhash._nb_pair_jaccard(shard.signatures, pairs) >= 0.8]
+    assert merged == len(pairs) and merged >= 400
+    assert np.array_equal(labels, minhash.connected_components(len(texts), pairs))
+
+
+def test_kernel_nfkc_equals_unicodedata_for_every_code_point() -> None:
+    """Every code point alone and between a letter and a combining accent (where composition
+    and reordering happen) normalises in the C kernel exactly as in ``normalize()``: the NFKC
+    classes built from ``unicodedata`` at install time leave nothing to chance."""
+    assert native.nfkc_tables() is not None, "the NFKC classes were not built with the library"
+    from datadiet.pipeline.text import normalize
+
+    chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000]
+    for texts in (chars, [f"a{c}\u0301{c}b" for c in chars]):
+        got = exact.text_hashes(pa.array(texts), True)
+        want = np.frombuffer(b"".join(
+            xxhash.xxh3_128_digest(normalize(t).encode("utf-8")) for t in texts),
+            np.uint64).reshape(-1, 2)
+        wrong = np.flatnonzero((got != want).any(axis=1))
+        assert len(wrong) == 0, [hex(ord(texts[i][0 if len(texts[i]) == 1 else 1]))
+                                 for i in wrong[:10]]

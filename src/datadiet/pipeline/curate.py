@@ -31,15 +31,18 @@ from datadiet.pipeline.io import (
     LoadedCorpus,
     OnError,
     SpecError,
+    StreamedCorpus,
     as_dataset,
     atomic_write_text,
     check_output_dir,
     corpus_from_records,
     load_corpus,
     looks_local,
+    reads_as_files,
     scratch_dir,
+    stream_corpus,
+    write_batch_shards,
     write_parquet_shards,
-    write_table_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
 from datadiet.pipeline.records import RecordFormat, parse_fields
@@ -238,32 +241,27 @@ def spec_of(steps: Sequence[Step]) -> list[dict[str, dict[str, Any]]]:
 class CurateResult:
     """What a run produced: the kept rows, the manifest, and every removed row with its reason.
 
-    A run on a ``Dataset`` holds the kept rows as one (``given_dataset``). A run on rows read
-    from files holds the input table and the kept row numbers, and makes a ``Dataset`` only
-    when :attr:`dataset` is asked for, so ``datadiet curate`` writes its output without ever
-    importing ``datasets``.
+    A run on a ``Dataset`` holds the kept rows as one (``given_dataset``). A streamed
+    ``curate_path`` run holds the kept input row numbers and reads the rows it wrote from
+    ``output_dir`` only when :attr:`dataset` is asked for, so ``datadiet curate`` never imports
+    ``datasets`` nor holds the corpus in memory.
     """
 
     manifest: Manifest
     removed: pa.Table  # id, step, reason, for every removed row
     given_dataset: Dataset | None = None
-    input_table: pa.Table | None = None
-    kept_rows: np.ndarray | None = None  # input rows kept, in input order (table runs)
-    fingerprint: str = ""
+    kept_rows: np.ndarray | None = None  # input rows kept, in input order (streamed runs)
+    output_dir: Path | None = None
 
     @property
     def dataset(self) -> Dataset:
         """The kept rows as a ``datasets.Dataset``."""
         if self.given_dataset is None:
-            assert self.input_table is not None and self.kept_rows is not None
-            self.given_dataset = as_dataset(self.kept_table(), self.fingerprint)
+            assert self.output_dir is not None
+            shards = [self.output_dir / name for name in self.manifest.output["shards"]]
+            self.given_dataset = as_dataset(pa.concat_tables(pq.read_table(p) for p in shards),
+                                            self.manifest.output["fingerprint"])
         return self.given_dataset
-
-    def kept_table(self) -> pa.Table:
-        """The kept rows as one Arrow table (a copy of them)."""
-        if self.input_table is not None and self.kept_rows is not None:
-            return self.input_table.take(pa.array(self.kept_rows))
-        return self.dataset.with_format("arrow")[:]
 
     @property
     def rows_kept(self) -> int:
@@ -338,26 +336,16 @@ def curate(
     return _curate(loaded.dataset, built, ctx, info)
 
 
-def _curate(dataset: Dataset | pa.Table, built: list[Step], ctx: StepContext,
+def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
             info: dict[str, Any]) -> CurateResult:
-    """Run checked steps on checked rows, in a scratch folder that never outlives the run.
-
-    An Arrow table (rows read from files) whose every step splits into per-row features and a
-    reduce runs on the table itself; anything else runs on a ``Dataset``.
-    """
+    """Run checked steps on a checked dataset, in a scratch folder that never outlives the run."""
     manifest = Manifest(input=info, spec=spec_of(built), datadiet_version=__version__)
-    if isinstance(dataset, pa.Table):
-        run = _run_feature_steps if runs_on_table(built) else _run_steps
-        rows: Dataset | pa.Table = dataset if run is _run_feature_steps else as_dataset(
-            dataset, info.get("fingerprint"))
-    else:
-        run, rows = _run_steps, dataset
     if ctx.work_dir is not None:
-        return run(rows, built, ctx, manifest)
+        return _run_steps(dataset, built, ctx, manifest)
     with scratch_dir("datadiet-run-") as work:
         ctx.work_dir = work
         try:
-            return run(rows, built, ctx, manifest)
+            return _run_steps(dataset, built, ctx, manifest)
         finally:
             ctx.work_dir = None
 
@@ -453,60 +441,104 @@ def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
     return CurateResult(manifest, removed, given_dataset=result_ds)
 
 
-#: In a table run, a step computes its per-row features on every input row (no copy of the
-#: text column) while at least this fraction is still alive; below it, on a copy of the live rows.
-FEATURES_ON_ALL_ROWS = 0.8
-#: Texts per ``row_features`` call in a table run: the compiled kernels split a batch across
-#: cores, so a batch should hold a few thousand texts; it bounds a batch's scratch memory too.
-FEATURE_BATCH = 8192
+class _FeatureMap:
+    """One map/reduce step's per-row features, computed batch by batch as the corpus is read
+    (the map a Dask worker runs on a shard), and its seconds, booked on the step."""
+
+    def __init__(self, step: Step, ctx: StepContext) -> None:
+        self.step = step
+        self.ctx = ctx
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.seconds = 0.0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        with self.ctx.ledger.stage(f"step:{self.step.name}", measure_memory=False,
+                                   at_root=True) as rec:
+            before = rec.seconds
+            self.parts.append(self.step.row_features(batch.column(self.ctx.text_field)))
+        self.seconds += rec.seconds - before
+
+    def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        """Every feature array over the ``alive`` input rows (of ``n``), in row order."""
+        parts, self.parts = self.parts, []  # the concatenation replaces them
+        if not parts:
+            return self.step.row_features(pa.array([], pa.string()))
+        whole = {name: np.concatenate([part[name] for part in parts]) if len(parts) > 1
+                 else parts[0][name] for name in parts[0]}
+        return whole if len(alive) == n else {name: array[alive] for name, array in whole.items()}
 
 
-def _run_feature_steps(table: pa.Table, built: list[Step], ctx: StepContext,
-                       manifest: Manifest) -> CurateResult:
-    """The runner for map/reduce steps on an Arrow table: each step's per-row features over
-    the text column in batches (the same map a Dask worker runs on a shard), then its reduce
-    on the live rows' features. No ``Dataset``, no copy of the rows between steps."""
-    n = len(table)
-    texts = table.column(ctx.text_field)
-    ids = table.column(ctx.id_field)
-    book = _StepBook(ids, manifest, ctx)
-    alive = np.arange(n, dtype=np.int64)
-    for step in built:
-        before = ctx.ledger.total
-        with ctx.ledger.stage(f"step:{step.name}") as rec:
-            seconds_before = rec.seconds
-            on_all = len(alive) >= FEATURES_ON_ALL_ROWS * n
-            features = _features(step, texts if on_all else texts.take(pa.array(alive)), ctx)
-            if on_all and len(alive) < n:
-                features = {name: array[alive] for name, array in features.items()}
-            named = pa.table({ctx.id_field: ids if len(alive) == n else ids.take(pa.array(alive))})
-            selection = step.select_from_features(named, ctx, features)
-        column = score_column(step.name, table.column_names)
-        scores = book.score(column, selection, alive)
-        if scores is not None:
-            table = table.append_column(column, pa.array(scores))
-        alive = book.record(step, selection, alive, rec, rec.seconds - seconds_before, before)
-    removed = book.finish(len(alive))
-    fingerprint = xxhash.xxh3_128_hexdigest(
-        f"{manifest.input.get('fingerprint')}|{manifest.spec}|".encode() + alive.tobytes())
-    return CurateResult(manifest, removed, input_table=table, kept_rows=alive,
-                        fingerprint=fingerprint)
+def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os.PathLike,
+                     ctx: StepContext, options: dict[str, Any], overwrite: bool,
+                     rows_per_shard: int) -> CurateResult:
+    """``curate_path`` for steps that are all a per-row map plus a reduce: the maps run on
+    each batch while it is read, the reduces on the features, and the kept rows are read back
+    from the scratch copy batch by batch into the output. Memory: a batch plus the features."""
+    with scratch_dir("datadiet-run-") as work:
+        ctx.work_dir = work
+        try:
+            maps = [_FeatureMap(step, ctx) for step in built]
+
+            def on_batch(batch: pa.RecordBatch) -> None:
+                for feature_map in maps:
+                    feature_map.add(batch)
+
+            corpus = stream_corpus(source, on_batch, work, **options)
+            fmt = corpus.record_format
+            ctx.record_format = fmt
+            manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
+                                datadiet_version=__version__)
+            n = corpus.rows
+            book = _StepBook(pa.chunked_array([corpus.ids]), manifest, ctx)
+            alive = np.arange(n, dtype=np.int64)
+            for step, feature_map in zip(built, maps, strict=True):
+                before = ctx.ledger.total
+                with ctx.ledger.stage(f"step:{step.name}") as rec:
+                    seconds_before = rec.seconds
+                    named = pa.table({ctx.id_field: corpus.ids if len(alive) == n
+                                      else corpus.ids.take(pa.array(alive))})
+                    selection = step.select_from_features(named, ctx,
+                                                          feature_map.features(alive, n))
+                book.score(score_column(step.name, corpus.schema.names), selection, alive)
+                # the step's seconds: its maps during the read, then this reduce
+                seconds = feature_map.seconds + rec.seconds - seconds_before
+                alive = book.record(step, selection, alive, rec, seconds, before)
+            removed = book.finish(len(alive))
+            keep = np.zeros(n, bool)
+            keep[alive] = True
+            drop = [ctx.text_field] if fmt is not None and not fmt.is_text else []
+            with AtomicOutputDir(out, overwrite=overwrite) as tmp:
+                shards = write_batch_shards(corpus.batches(), keep, tmp, rows_per_shard,
+                                            drop=drop, extra=book.scores)
+                (tmp / "removed").mkdir()
+                pq.write_table(removed, tmp / "removed" / "removed.parquet")
+                manifest.output = {
+                    "rows": len(alive),
+                    "shards": shards,
+                    "removed_file": "removed/removed.parquet",
+                    "fingerprint": xxhash.xxh3_128_hexdigest(
+                        f"{corpus.fingerprint}|{manifest.spec}|".encode() + alive.tobytes()),
+                }
+                atomic_write_text(tmp / MANIFEST_FILE, manifest.to_json())
+        finally:
+            ctx.work_dir = None
+    return CurateResult(manifest, removed, kept_rows=alive, output_dir=Path(out))
 
 
-def _features(step: Step, texts: pa.ChunkedArray, ctx: StepContext) -> dict[str, np.ndarray]:
-    """``step.row_features`` over ``texts`` in batches, concatenated in row order."""
-    parts: list[dict[str, np.ndarray]] = []
-    batch = max(ctx.batch_size, FEATURE_BATCH)
-    with ctx.progress(len(texts), step.name) as bar:
-        for start in range(0, len(texts), batch):
-            chunk = texts.slice(start, batch)
-            parts.append(step.row_features(chunk))
-            bar.update(len(chunk))
-    if not parts:
-        return step.row_features(pa.array([], pa.string()))
-    if len(parts) == 1:
-        return parts[0]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+def _input_info(corpus: LoadedCorpus | StreamedCorpus, options: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's account of the input: where from, how read, what was skipped."""
+    fmt = corpus.record_format
+    return {
+        "source": corpus.source,
+        "fingerprint": corpus.fingerprint,
+        "rows": corpus.rows,
+        "text_field": options["text_field"],
+        "id_field": options["id_field"],
+        "on_error": options["on_error"],
+        "skipped": corpus.skipped_summary(),
+        "renamed_ids": corpus.renamed_ids,
+        "record_format": fmt.describe() if fmt else None,
+    }
 
 
 def curate_path(
@@ -539,43 +571,28 @@ def curate_path(
         raise SpecError(f"--rows-per-shard: must be a whole number of at least 1, "
                         f"not {rows_per_shard!r}")
     check_output_dir(out, [source, *referenced_paths(built)], overwrite=overwrite)
-    loaded: LoadedCorpus = load_corpus(source, text_field=text_field, id_field=id_field,
-                                       keep_fields=keep_fields, on_error=on_error,
-                                       on_duplicate_id=on_duplicate_id, fields=fields)
-    fmt = loaded.record_format
-    info = {
-        "source": loaded.source,
-        "fingerprint": loaded.fingerprint,
-        "rows": loaded.rows,
-        "text_field": text_field,
-        "id_field": id_field,
-        "on_error": on_error,
-        "skipped": loaded.skipped_summary(),
-        "renamed_ids": loaded.renamed_ids,
-        "record_format": fmt.describe() if fmt else None,
-    }
+    options = {"text_field": text_field, "id_field": id_field, "keep_fields": keep_fields,
+               "on_error": on_error, "on_duplicate_id": on_duplicate_id, "fields": fields}
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
+    if runs_on_table(built) and reads_as_files(source) and ctx.work_dir is None:
+        return _curate_streamed(source, built, out, ctx, options, overwrite, rows_per_shard)
+    loaded: LoadedCorpus = load_corpus(source, **options)
+    fmt = loaded.record_format
     ctx.record_format = fmt
-    rows = loaded.table if loaded.table is not None else loaded.dataset
-    result = _curate(rows, built, ctx, info)
-    drop = [text_field] if fmt is not None and not fmt.is_text else []  # our rendering
+    result = _curate(loaded.dataset, built, ctx, _input_info(loaded, options))
+    written = result.dataset
+    if fmt is not None and not fmt.is_text:  # the text column is our rendering, not the input's
+        written = written.remove_columns(text_field)
     with AtomicOutputDir(out, overwrite=overwrite) as tmp:
-        if result.input_table is not None and result.kept_rows is not None:
-            shards = write_table_shards(result.input_table.drop_columns(drop), result.kept_rows,
-                                        tmp, rows_per_shard)
-            fingerprint = result.fingerprint
-        else:
-            written = result.dataset.remove_columns(drop) if drop else result.dataset
-            shards = write_parquet_shards(written, tmp, rows_per_shard)
-            fingerprint = result.dataset._fingerprint
+        shards = write_parquet_shards(written, tmp, rows_per_shard)
         (tmp / "removed").mkdir()
         pq.write_table(result.removed, tmp / "removed" / "removed.parquet")
         result.manifest.output = {
-            "rows": result.rows_kept,
+            "rows": len(result.dataset),
             "shards": shards,
             "removed_file": "removed/removed.parquet",
-            "fingerprint": fingerprint,
+            "fingerprint": result.dataset._fingerprint,
         }
         atomic_write_text(tmp / MANIFEST_FILE, result.manifest.to_json())
     return result

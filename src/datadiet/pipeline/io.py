@@ -73,7 +73,7 @@ LOCAL_SUFFIXES = (*DATA_SUFFIXES, ".gz", ".md", ".csv", ".tsv", ".arrow", ".yaml
                   ".zst", ".bz2", ".xz", ".zip", ".tar", ".gguf", ".safetensors", ".bin", ".pt")
 MANIFEST_FILE = "manifest.json"
 WRITE_BATCH_ROWS = 10_000
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 4 << 20
 MAX_SKIPPED_EXAMPLES = 1000
 UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -270,8 +270,11 @@ class _Rows:
     """
 
     def __init__(self, text_field: str, id_field: str, keep_fields: list[str],
-                 path: Path | None = None) -> None:
+                 path: Path | None = None,
+                 on_batch: Callable[[pa.RecordBatch], None] | None = None) -> None:
         self.text_field, self.id_field = text_field, id_field
+        self.on_batch = on_batch  # streaming: each batch is handed over as it is read
+        self.id_chunks: list[pa.Array] = []  # streaming: the ids, for the id rule at the end
         self.keep_fields = list(keep_fields)
         self.path = path
         self.writer: pa.ipc.RecordBatchStreamWriter | None = None
@@ -356,6 +359,9 @@ class _Rows:
                 self.keep_present[name] += n - column.null_count
             columns.append(column)
         batch = pa.record_batch(columns, schema=self.schema)
+        if self.on_batch is not None:
+            self.id_chunks.append(ids)
+            self.on_batch(batch)
         if self.path is not None:
             if self.writer is None:
                 self.writer = pa.ipc.new_stream(str(self.path), self.schema)
@@ -377,15 +383,33 @@ class _Rows:
                 table = pa.ipc.open_stream(source).read_all()
         else:
             table = pa.Table.from_batches(self.batches, schema=self.schema)
+        new_ids, renamed = self._final_ids(table.column(self.id_field), on_duplicate_id)
+        if new_ids is not None:
+            table = table.set_column(0, self.id_field, new_ids)
+        return table, renamed
+
+    def _final_ids(self, ids: pa.ChunkedArray | pa.Array, on_duplicate_id: OnDuplicateId
+                   ) -> tuple[pa.Array | None, int]:
+        """The checks that need every row: kept fields present somewhere, and the id rule."""
         for name, present in self.keep_present.items():
             if self.rows and not present:
                 raise DataError(f"--keep-fields: no record has the field {name!r}")
         from_data = np.concatenate(self.from_data) if self.from_data else np.zeros(0, bool)
-        new_ids, renamed = unique_ids(table.column(self.id_field), from_data, self.locate,
-                                      on_duplicate_id)
+        return unique_ids(ids, from_data, self.locate, on_duplicate_id)
+
+    def finish_stream(self, on_duplicate_id: OnDuplicateId) -> tuple[pa.Array, int]:
+        """Close the stream file of a streamed read; the final ids (by the id rule) and how
+        many were renamed. The rows stay in the file, read back by :class:`StreamedCorpus`."""
+        self.flush()
+        if self.writer is None:
+            assert self.path is not None
+            self.writer = pa.ipc.new_stream(str(self.path), self.schema)
+        self.writer.close()
+        ids = pa.chunked_array(self.id_chunks, pa.string())
+        new_ids, renamed = self._final_ids(ids, on_duplicate_id)
         if new_ids is not None:
-            table = table.set_column(0, self.id_field, new_ids)
-        return table, renamed
+            return new_ids, renamed
+        return ids.combine_chunks() if ids.num_chunks else pa.array([], pa.string()), 0
 
     def abort(self) -> None:
         if self.writer is not None:
@@ -942,14 +966,8 @@ def load_corpus(
     read), and the format's own columns are carried along. Options are keyword-only so formats
     can add their own.
     """
-    if on_error not in ("raise", "skip"):
-        raise SpecError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    if on_duplicate_id not in ("error", "rename"):
-        raise SpecError(f"on_duplicate_id must be 'error' or 'rename', not {on_duplicate_id!r}")
-    try:
-        fmt = fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
-    except ValueError as exc:
-        raise SpecError(str(exc)) from None
+    _check_read_options(on_error, on_duplicate_id)
+    fmt = _parse_fields(fields, text_field)
     keep = [f for f in dict.fromkeys(keep_fields) if f not in (text_field, id_field)]
     if is_dataset(source) or not isinstance(source, str | os.PathLike):
         return corpus_from_records(source, text_field=text_field, id_field=id_field,
@@ -972,31 +990,133 @@ def load_corpus(
     return _load_hub(os.fspath(source), split, text_field, id_field, keep, on_duplicate_id, fmt)
 
 
+def _read_all(path: Path, rows: _Rows, reader: _Reader) -> None:
+    """Every data file under ``path`` through ``reader`` into ``rows``; at least one row."""
+    files = list_data_files(path) if path.is_dir() else [path]
+    for f in files:
+        if f.stat().st_size == 0 and reader.on_error == "raise":
+            raise DataError(f"{f}: empty file (no records)")
+    for f in files:
+        reader.read_file(f)
+    if rows.rows == 0:
+        rows.flush()
+    if rows.rows == 0:
+        raise DataError(f"{path}: no records could be read"
+                        + (f" ({reader.skipped_count} skipped)" if reader.skipped_count else ""))
+
+
 def _read_files(path: Path, text_field: str, id_field: str, keep: list[str], on_error: OnError,
                 on_duplicate_id: OnDuplicateId, work_dir: str | os.PathLike | None,
                 fmt: RecordFormat | None) -> LoadedCorpus:
-    files = list_data_files(path) if path.is_dir() else [path]
-    for f in files:
-        if f.stat().st_size == 0 and on_error == "raise":
-            raise DataError(f"{f}: empty file (no records)")
     with scratch_dir("datadiet-load-", work_dir) as work:
         rows = _Rows(text_field, id_field, keep, work / "corpus.arrow")
         reader = _Reader(rows, on_error, fmt)
         try:
-            for f in files:
-                reader.read_file(f)
-            if rows.rows == 0:
-                rows.flush()
-            if rows.rows == 0:
-                raise DataError(f"{path}: no records could be read"
-                                + (f" ({reader.skipped_count} skipped)" if reader.skipped_count
-                                   else ""))
+            _read_all(path, rows, reader)
             table, renamed = rows.finish(on_duplicate_id)
         except BaseException:
             rows.abort()
             raise
     return LoadedCorpus(table, str(path), reader.hasher.hexdigest(), reader.skipped,
                         reader.skipped_count, renamed, reader.fmt)
+
+
+def reads_as_files(source: Any) -> bool:
+    """Whether ``source`` names local data files or a folder of them (not a saved dataset):
+    what :func:`stream_corpus` reads."""
+    if not isinstance(source, str | os.PathLike):
+        return False
+    path = Path(source).expanduser()
+    return path.exists() and not (path.is_dir() and _is_saved_dataset(path))
+
+
+@dataclass
+class StreamedCorpus:
+    """A corpus read once, in batches handed to a consumer as they were read, and kept in a
+    scratch Arrow stream file so that its rows can be read again batch by batch (to write the
+    kept ones). Memory holds the ids and one batch, never the corpus."""
+
+    path: Path
+    ids: pa.Array  #: every row's final id (after the id rule), in input order
+    source: str
+    fingerprint: str
+    skipped: list[SkippedRow] = field(default_factory=list)
+    skipped_count: int = 0
+    renamed_ids: int = 0
+    record_format: RecordFormat | None = None
+    schema: pa.Schema | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+    def skipped_summary(self, limit: int = 20) -> dict[str, Any]:
+        return LoadedCorpus.skipped_summary(self, limit)  # type: ignore[arg-type]
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The rows again, batch by batch as read, with their final ids."""
+        start = 0
+        with pa.OSFile(str(self.path)) as handle:
+            for batch in pa.ipc.open_stream(handle):
+                n = batch.num_rows
+                if self.renamed_ids:
+                    batch = batch.set_column(0, batch.schema.field(0), self.ids.slice(start, n))
+                start += n
+                yield batch
+
+
+def stream_corpus(
+    source: str | os.PathLike,
+    on_batch: Callable[[pa.RecordBatch], None],
+    work_dir: Path,
+    *,
+    text_field: str = "text",
+    id_field: str = "id",
+    keep_fields: Iterable[str] = (),
+    on_error: OnError = "raise",
+    on_duplicate_id: OnDuplicateId = "error",
+    fields: RecordFormat | str | dict | None = "auto",
+) -> StreamedCorpus:
+    """Read data files like :func:`load_corpus` — the same reader, checks, errors and id rule —
+    but hand each validated batch (id, text, kept columns) to ``on_batch`` as it is read and
+    keep the rows in ``work_dir/corpus.arrow`` instead of in memory.
+
+    Why: a step that is a per-row map plus a global reduce (exact and MinHash dedup) needs
+    each text once, while it is being read; the corpus itself is needed again only to write
+    the rows kept. Memory is then one batch plus the map's few bytes per row, whatever the
+    corpus size. Ids of a batch handed over may still change by the id rule (a repeated id
+    renamed with ``on_duplicate_id="rename"``); the final ids are in the result.
+    """
+    _check_read_options(on_error, on_duplicate_id)
+    fmt = _parse_fields(fields, text_field)
+    keep = [f for f in dict.fromkeys(keep_fields) if f not in (text_field, id_field)]
+    path = Path(source).expanduser()
+    if not reads_as_files(path):
+        raise no_such_path(source)
+    rows = _Rows(text_field, id_field, keep, work_dir / "corpus.arrow", on_batch=on_batch)
+    reader = _Reader(rows, on_error, fmt)
+    try:
+        _read_all(path, rows, reader)
+        ids, renamed = rows.finish_stream(on_duplicate_id)
+    except BaseException:
+        rows.abort()
+        raise
+    return StreamedCorpus(rows.path, ids, str(path), reader.hasher.hexdigest(),  # type: ignore[arg-type]
+                          reader.skipped, reader.skipped_count, renamed, reader.fmt, rows.schema)
+
+
+def _check_read_options(on_error: str, on_duplicate_id: str) -> None:
+    if on_error not in ("raise", "skip"):
+        raise SpecError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if on_duplicate_id not in ("error", "rename"):
+        raise SpecError(f"on_duplicate_id must be 'error' or 'rename', not {on_duplicate_id!r}")
+
+
+def _parse_fields(fields: RecordFormat | str | dict | None, text_field: str) -> RecordFormat | None:
+    try:
+        return fields if isinstance(fields, RecordFormat) else parse_fields(fields, text_field)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def corpus_from_records(
@@ -1217,33 +1337,48 @@ def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_00
     return names
 
 
-#: Rows gathered per Parquet write when writing kept rows from a table: each write is one row
-#: group, so the writer holds one group's rows at a time, never a copy of the whole output.
-WRITE_GROUP_ROWS = 16_384
-
-
-def write_table_shards(table: pa.Table, rows: np.ndarray, folder: Path,
-                       rows_per_shard: int = 100_000, prefix: str = "data") -> list[str]:
-    """Write ``table``'s ``rows`` (in that order) as ``{prefix}-00000-of-0000N.parquet`` shards.
-
-    The shards hold exactly what :func:`write_parquet_shards` writes for the same rows; rows are
-    gathered a row group at a time, so memory holds one group of the output, not all of it.
-    """
+def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, folder: Path,
+                       rows_per_shard: int = 100_000, prefix: str = "data",
+                       drop: Sequence[str] = (),
+                       extra: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    """Write the rows of ``batches`` where ``keep`` (a mask over all their rows) is True as
+    ``{prefix}-00000-of-0000N.parquet`` shards, the same files :func:`write_parquet_shards`
+    writes for those rows; ``drop`` names columns left out, ``extra`` adds columns (a value per
+    input row). One batch is in memory at a time; each becomes a row group."""
     if rows_per_shard < 1:
         raise SpecError(f"rows per shard must be at least 1, not {rows_per_shard}")
     folder.mkdir(parents=True, exist_ok=True)
-    n = len(rows)
-    n_shards = max(1, -(-n // rows_per_shard))
-    names = []
-    for i in range(n_shards):
-        name = f"{prefix}-{i:05d}-of-{n_shards:05d}.parquet"
-        shard = rows[i * rows_per_shard : min(n, (i + 1) * rows_per_shard)]
-        with pq.ParquetWriter(folder / name, table.schema) as writer:
-            for lo in range(0, len(shard), WRITE_GROUP_ROWS):
-                writer.write_table(table.take(pa.array(shard[lo : lo + WRITE_GROUP_ROWS])))
-            if len(shard) == 0:
-                writer.write_table(table.slice(0, 0))
-        names.append(name)
+    n_kept = int(np.count_nonzero(keep))
+    n_shards = max(1, -(-n_kept // rows_per_shard))
+    names = [f"{prefix}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
+    writer: pq.ParquetWriter | None = None
+    shard, in_shard, start = 0, 0, 0
+    schema: pa.Schema | None = None
+    try:
+        for batch in batches:
+            n = batch.num_rows
+            mask = keep[start : start + n]
+            table = pa.Table.from_batches([batch]).drop_columns(list(drop))
+            for name, values in (extra or {}).items():
+                table = table.append_column(name, pa.array(values[start : start + n]))
+            start += n
+            table = table.filter(pa.array(mask)) if not mask.all() else table
+            schema = table.schema
+            while len(table):
+                if writer is None:
+                    writer = pq.ParquetWriter(folder / names[shard], schema)
+                part = table.slice(0, rows_per_shard - in_shard)
+                writer.write_table(part)
+                in_shard += len(part)
+                table = table.slice(len(part))
+                if in_shard == rows_per_shard:
+                    writer.close()
+                    writer, shard, in_shard = None, shard + 1, 0
+        if n_kept == 0 and schema is not None:
+            pq.write_table(schema.empty_table(), folder / names[0])
+    finally:
+        if writer is not None:
+            writer.close()
     return names
 
 

@@ -59,16 +59,18 @@ def text_hashes(texts: Texts, normalize: bool = True) -> np.ndarray:
     :func:`datadiet.pipeline.text.normalize` (or of the raw text), however computed.
     """
     if normalize:
-        buf, starts, lengths = normalized_utf8(texts)
+        parts = _normalized_parts(texts)
     else:
         buf, offsets = utf8_layout(texts)
-        starts, lengths = offsets[:-1], np.diff(offsets)
-    view = memoryview(buf)
+        parts = [(np.arange(len(offsets) - 1), buf, offsets[:-1], np.diff(offsets))]
+    out = np.empty((sum(len(rows) for rows, *_ in parts), 2), np.uint64)
     digest = xxhash.xxh3_128_digest
-    digests = b"".join([
-        digest(view[s : s + k]) for s, k in zip(starts.tolist(), lengths.tolist(), strict=True)
-    ])
-    return np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2).copy()
+    for rows, buf, starts, lengths in parts:
+        view = memoryview(buf)
+        digests = b"".join([digest(view[s : s + k])
+                            for s, k in zip(starts.tolist(), lengths.tolist(), strict=True)])
+        out[rows] = np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2)
+    return out
 
 
 # NFKC never changes a text across an ASCII character (ASCII is never decomposed, never the
@@ -97,49 +99,68 @@ def normalized_utf8(texts: Texts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The UTF-8 bytes of ``normalize(t)`` for every text, without a Python string per text.
 
     Returns ``(buf, starts, lengths)``: text ``i`` normalises to
-    ``buf[starts[i] : starts[i] + lengths[i]]``. ``normalize`` is NFKC, ``casefold``, every
-    non-word character a separator, words joined by one space. NFKC changes a text only where
-    ``unicodedata.is_normalized`` says so (rare outside compatibility characters), and case
-    folding is one table lookup per code point, so the compiled kernel does the whole thing in
-    one pass over the bytes, documents in parallel. Python sees only the non-ASCII texts (to
-    ask ``is_normalized``), and normalises the few that need NFKC or a fold the kernel cannot
-    write in place (``ß`` -> ``ss``).
+    ``buf[starts[i] : starts[i] + lengths[i]]``. See :func:`_normalized_parts`.
+    """
+    parts = _normalized_parts(texts)
+    n = sum(len(rows) for rows, *_ in parts)
+    starts = np.zeros(n, np.int64)
+    lengths = np.zeros(n, np.int64)
+    base = 0
+    for rows, buf, part_starts, part_lengths in parts:
+        starts[rows] = part_starts + base
+        lengths[rows] = part_lengths
+        base += len(buf)
+    return np.concatenate([part[1] for part in parts]), starts, lengths
+
+
+#: ``(rows, buf, starts, lengths)``: the normalised UTF-8 of texts ``rows`` (text ``rows[k]``
+#: is ``buf[starts[k] : starts[k] + lengths[k]]``).
+NormalizedPart = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _normalized_parts(texts: Texts) -> list[NormalizedPart]:
+    """``normalize(t)`` of every text as UTF-8, in one or two parts: the texts a compiled
+    kernel normalised, and the few Python had to (kept apart: joining them into one buffer
+    would copy the whole batch again).
+
+    ``normalize`` is NFKC, ``casefold``, every non-word character a separator, words joined by
+    one space. The kernel does it in one pass over the bytes, documents in parallel: case
+    folding is a lookup per code point, and with the C kernels' NFKC classes (built from
+    ``unicodedata`` at install) so is NFKC for all but combining characters. Python normalises
+    the texts the kernel gives back: those with a character whose NFKC depends on its
+    neighbours, or a fold it cannot write in place (``ß`` -> ``ss``). Without those classes
+    (numba kernel), Python first asks ``unicodedata.is_normalized`` of every non-ASCII text.
     """
     kernel = native.normalize if native.available() else _nb_normalize
     if kernel is _nb_normalize and not numba_enabled(len(texts)):
-        parts = [normalize_text(t).encode("utf-8", "surrogatepass") for t in as_str_list(texts)]
-        lengths = np.fromiter(map(len, parts), np.int64, len(parts))
-        starts = np.zeros(len(parts), np.int64)
+        encoded = [normalize_text(t).encode("utf-8", "surrogatepass") for t in as_str_list(texts)]
+        lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
+        starts = np.zeros(len(encoded), np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
-        return np.frombuffer(b"".join(parts), np.uint8), starts, lengths
+        return [(np.arange(len(encoded)), np.frombuffer(b"".join(encoded), np.uint8), starts,
+                 lengths)]
     buf, offsets = utf8_layout(texts)
     text = text_getter(texts, buf, offsets)
     mode = np.zeros(len(offsets) - 1, np.uint8)  # 0: the kernel folds, 2: Python first
-    needs_nfkc: dict[int, str] = {}
-    for i in non_ascii_texts(buf, offsets).tolist():
-        t = text(i)
-        if not unicodedata.is_normalized("NFKC", t):
-            mode[i] = 2
-            needs_nfkc[i] = t
-    out, lengths = kernel(buf, offsets, mode, *_normalize_tables())
-    starts = offsets[:-1].copy()
+    if kernel is native.normalize and native.nfkc_tables() is not None:
+        out, lengths = native.normalize(buf, offsets, mode, *_normalize_tables(), with_nfkc=True)
+    else:
+        for i in non_ascii_texts(buf, offsets).tolist():
+            if not unicodedata.is_normalized("NFKC", text(i)):
+                mode[i] = 2
+        out, lengths = kernel(buf, offsets, mode, *_normalize_tables())
     redo = np.flatnonzero(lengths < 0)
+    kept = np.flatnonzero(lengths >= 0)
+    parts = [(kept, out, offsets[kept], lengths[kept])]
     if len(redo):
-        # NFKC and case fold in Python; then the same kernel (told not to fold again) drops
-        # punctuation and collapses white space.
-        folded = [
-            _nfkc(needs_nfkc[i]).casefold() if i in needs_nfkc else text(i).casefold()
-            for i in redo.tolist()
-        ]
+        # NFKC and case fold in Python (NFKC of an NFKC text is only a check); then the same
+        # kernel, told not to fold again, drops punctuation and collapses white space.
+        folded = [_nfkc(text(i)).casefold() for i in redo.tolist()]
         fbuf, fstarts = utf8_layout(folded)
-        fout, flengths = kernel(
-            fbuf, fstarts, np.ones(len(folded), np.uint8), *_normalize_tables()
-        )
-        base = len(out)
-        out = np.concatenate([out, fout])
-        starts[redo] = base + fstarts[:-1]
-        lengths[redo] = flengths
-    return out, starts, lengths
+        fout, flengths = kernel(fbuf, fstarts, np.ones(len(folded), np.uint8),
+                                *_normalize_tables())
+        parts.append((redo, fout, fstarts[:-1], flengths))
+    return parts
 
 
 @functools.cache

@@ -949,6 +949,10 @@ def minhash_clusters(
     besides them is a few bytes per row and per distinct candidate pair.
     """
     n = len(has_words)
+    if native.available():
+        labels, n_candidates, n_merged = native.minhash_cluster(
+            band_keys, np.flatnonzero(has_words), signatures, threshold, verify)
+        return MinHashClusters(labels, n_candidates, n_merged)
     pairs = candidate_pairs_from_keys(band_keys, has_words, all_pairs=verify)
     n_candidates = len(pairs)
     if verify and len(pairs):

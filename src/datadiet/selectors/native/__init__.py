@@ -22,18 +22,22 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LIBRARY", "available", "bucket_pairs", "build", "docs_with", "minhash_shard",
-           "normalize", "pair_jaccard", "threads"]
+__all__ = ["LIBRARY", "available", "bucket_pairs", "build", "docs_with", "minhash_cluster",
+           "minhash_shard", "normalize", "pair_jaccard", "threads"]
 
 SOURCE = Path(__file__).with_name("hashkernels.c")
 LIBRARY = Path(__file__).with_name("_hashkernels.so")
-ABI_VERSION = 1
+#: Per-code-point NFKC classes for the normalisation kernel, built with the library from this
+#: Python's ``unicodedata`` (see :func:`build_nfkc_tables`).
+NFKC_TABLES = Path(__file__).with_name("_nfkc_tables.npz")
+ABI_VERSION = 3
 #: Documents per piece of work handed to a thread: small enough that two threads finish
 #: together on skewed lengths, big enough that a call's overhead (microseconds) is noise.
 PIECE = 2048
@@ -41,7 +45,7 @@ PIECE = 2048
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
-    "dd_normalize": (None, [_P, _P, _I, _I, _P, _P, _I, _P, _P, _P, _P]),
+    "dd_normalize": (None, [_P, _P, _I, _I, _P, _P, _I, _P, _P, _P, _P, _P, _P, _I, _P, _P]),
     "dd_docs_with": (None, [_P, _P, _I, _I, _P, _I, ctypes.c_int, _P]),
     "dd_minhash_shard": (ctypes.c_int, [_P, _P, _I, _I, _P, _P, _I, _P, _P, _I, _P,
                                         ctypes.c_uint64, _P, _P, _I, _P, _I, _I,
@@ -49,6 +53,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "dd_pair_jaccard": (None, [_P, _I, _P, _I, _I, _P]),
     "dd_bucket_pairs": (_I, [_P, _I, _P, _I, ctypes.c_int, _I, _I,
                              ctypes.POINTER(ctypes.POINTER(ctypes.c_int64))]),
+    "dd_minhash_cluster": (ctypes.c_int, [_P, _I, _P, _I, _P, _I, ctypes.c_int, ctypes.c_double,
+                                          _I, _I, _P, _P]),
     "dd_free": (None, [_P]),
     "dd_abi_version": (ctypes.c_int, []),
 }
@@ -73,9 +79,86 @@ def build(compiler: str | None = None, quiet: bool = False) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     _library.cache_clear()
+    build_nfkc_tables()
     if not quiet:
-        print(f"built {LIBRARY}", file=sys.stderr)
+        print(f"built {LIBRARY} and {NFKC_TABLES.name}", file=sys.stderr)
     return LIBRARY
+
+
+def _composition_seconds() -> set[int]:
+    """Code points that may combine with the character before them in NFC/NFKC composition:
+    the second of every two-character canonical decomposition, and Hangul's vowel and
+    trailing jamo (composed by rule). A superset is safe: such characters go to Python."""
+    seconds = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))
+    for cp in range(0x110000):
+        decomposition = unicodedata.decomposition(chr(cp))
+        if decomposition and not decomposition.startswith("<"):
+            parts = decomposition.split()
+            if len(parts) == 2:
+                seconds.add(int(parts[1], 16))
+    return seconds
+
+
+def build_nfkc_tables(path: Path = NFKC_TABLES) -> Path:
+    """Classify every code point for NFKC in the kernel, and save the classes atomically.
+
+    Class 0: the character is its own NFKC in any context — canonical combining class 0,
+    ``NFKC(c) == c``, and never the second half of a composition (its NFKC quick-check is Yes,
+    so a text of such characters is NFKC already, UAX #15). Class 1: ``NFKC(c)`` differs but
+    consists of class-0 characters only (no-break space, ellipsis, superscripts, fractions,
+    ligatures, full-width forms): the kernel writes that expansion, which equals NFKC of the
+    whole text because NFKD of a text is the concatenation of its characters' NFKD. Class 2:
+    anything else (combining marks, composing jamo, expansions with combining marks): the text
+    goes to Python's ``unicodedata``. Takes a few seconds, once, at build time; the file records
+    the Unicode version, and a Python with another one ignores it.
+    """
+    seconds = _composition_seconds()
+    classes = np.zeros(0x110000, np.uint8)
+    expansions: dict[int, str] = {}
+    for cp in range(0x80, 0x110000):
+        char = chr(cp)
+        if 0xD800 <= cp < 0xE000:  # lone surrogates: their own NFKC, never composed
+            continue
+        nfkc = unicodedata.normalize("NFKC", char)
+        stable = unicodedata.combining(char) == 0 and cp not in seconds
+        if nfkc == char and stable:
+            continue
+        if stable and all(unicodedata.combining(c) == 0 and ord(c) not in seconds
+                          and unicodedata.normalize("NFKC", c) == c for c in nfkc):
+            classes[cp] = 1
+            expansions[cp] = nfkc
+        else:
+            classes[cp] = 2
+    keys = np.array(sorted(expansions), np.uint32)
+    lengths = np.array([len(expansions[k]) for k in keys.tolist()], np.int64)
+    offsets = np.zeros(len(keys) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    cps = np.array([ord(c) for k in keys.tolist() for c in expansions[k]], np.uint32)
+    fd, tmp = tempfile.mkstemp(prefix="._nfkc-", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, classes=classes, keys=keys, offsets=offsets, cps=cps,
+                                unicode=np.array(unicodedata.unidata_version))
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    nfkc_tables.cache_clear()
+    return path
+
+
+@functools.cache
+def nfkc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(classes, keys, offsets, cps)`` from :func:`build_nfkc_tables`, or None when the file
+    is missing, unreadable, or from another Unicode version than this Python's."""
+    try:
+        with np.load(NFKC_TABLES) as data:
+            if str(data["unicode"]) != unicodedata.unidata_version:
+                return None
+            return data["classes"], data["keys"], data["offsets"], data["cps"]
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _umask() -> int:
@@ -145,9 +228,11 @@ def _lib() -> ctypes.CDLL:
 
 
 def normalize(buf: np.ndarray, starts: np.ndarray, mode: np.ndarray, fold: np.ndarray,
-              word: np.ndarray, ascii_word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+              word: np.ndarray, ascii_word: np.ndarray, with_nfkc: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Twin of ``exact._nb_normalize``: the normalised bytes (in each text's own span) and
-    lengths (-1 where Python must fold)."""
+    lengths (-1 where Python must normalise). ``with_nfkc``: the kernel also does NFKC, by
+    :func:`nfkc_tables` (which must exist), for the texts in mode 0."""
     lib = _lib()
     buf = np.ascontiguousarray(buf, np.uint8)
     starts = np.ascontiguousarray(starts, np.int64)
@@ -158,7 +243,13 @@ def normalize(buf: np.ndarray, starts: np.ndarray, mode: np.ndarray, fold: np.nd
     n = len(starts) - 1
     out = np.empty(len(buf), np.uint8)
     lengths = np.empty(n, np.int64)
-    args = (_ptr(mode), _ptr(fold), len(fold), _ptr(word), _ptr(ascii_word), _ptr(out),
+    tables = nfkc_tables() if with_nfkc else None
+    if with_nfkc and tables is None:
+        raise RuntimeError(f"{NFKC_TABLES} is missing or from another Unicode version")
+    classes, keys, offsets, cps = tables if tables is not None else (None, None, None, None)
+    nfkc = ((_ptr(classes), _ptr(keys), _ptr(offsets), _ptr(cps), len(keys))
+            if tables is not None else (None, None, None, None, 0))
+    args = (_ptr(mode), _ptr(fold), len(fold), _ptr(word), _ptr(ascii_word), *nfkc, _ptr(out),
             _ptr(lengths))
     _over_ranges(n, lambda lo, hi: lib.dd_normalize(_ptr(buf), _ptr(starts), lo, hi, *args))
     return out, lengths
@@ -242,3 +333,24 @@ def bucket_pairs(keys: np.ndarray, rows_idx: np.ndarray, all_pairs: bool, max_bu
         return np.ctypeslib.as_array(out, shape=(m,)).copy() if m else np.empty(0, np.int64)
     finally:
         lib.dd_free(ctypes.cast(out, ctypes.c_void_p))
+
+
+def minhash_cluster(band_keys: np.ndarray, rows_idx: np.ndarray, signatures: np.ndarray,
+                    threshold: float, verify: bool, max_bucket: int = 256
+                    ) -> tuple[np.ndarray, int, int]:
+    """The MinHash reduce fused: LSH buckets -> distinct candidate pairs -> (verified) ->
+    union-find, with no array of pairs. Returns each row's cluster label (its smallest row),
+    the distinct candidate pairs and the pairs merged — what ``minhash_clusters`` computes
+    from :func:`bucket_pairs`, ``estimated_jaccard`` and ``connected_components``."""
+    lib = _lib()
+    keys = np.ascontiguousarray(band_keys, np.uint64)
+    rows_idx = np.ascontiguousarray(rows_idx, np.int64)
+    sig = np.ascontiguousarray(signatures, np.uint32)
+    n_total = keys.shape[0]
+    labels = np.arange(n_total, dtype=np.int64)
+    counts = np.zeros(2, np.int64)
+    if lib.dd_minhash_cluster(_ptr(keys), keys.shape[1], _ptr(rows_idx), len(rows_idx), _ptr(sig),
+                              sig.shape[1], int(verify), float(threshold), max_bucket, n_total,
+                              _ptr(labels), _ptr(counts)) != 0:
+        raise MemoryError("MinHash cluster kernel: out of memory")
+    return labels, int(counts[0]), int(counts[1])

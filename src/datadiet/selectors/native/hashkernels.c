@@ -68,15 +68,56 @@ static inline int is_word(const uint8_t *word, int64_t cp) {
     return cp >= 0 && cp < CODE_POINTS && word[cp];
 }
 
+/* One code point of normalize()'s output stream: case-folded (mode 0) and written as a word
+ * character or a separator. Returns 0 when Python must fold the text (a fold the kernel
+ * cannot write in place). */
+static inline int emit_cp(int64_t cp, int fold_it, const uint32_t *fold, int64_t fold_size,
+                          const uint8_t *word, uint8_t *out, int64_t *o, int64_t begin, int *gap) {
+    if (fold_it && cp < fold_size) {
+        uint32_t folded = fold[cp];
+        if (folded == CASEFOLD_NEEDS_PYTHON) return 0;
+        cp = folded;
+    }
+    if (is_word(word, cp)) {
+        if (*gap && *o > begin) out[(*o)++] = 32;
+        *gap = 0;
+        *o = encode(out, *o, cp);
+    } else {
+        *gap = 1;
+    }
+    return 1;
+}
+
+/* The NFKC expansion of a class-1 code point (see native.nfkc_tables): binary search. */
+static int64_t expansion_of(int64_t cp, const uint32_t *keys, int64_t n_keys) {
+    int64_t lo = 0, hi = n_keys;
+    while (lo < hi) {
+        int64_t mid = (lo + hi) / 2;
+        if ((int64_t)keys[mid] < cp) lo = mid + 1; else hi = mid;
+    }
+    return lo < n_keys && (int64_t)keys[lo] == cp ? lo : -1;
+}
+
 /* Twin of exact._nb_normalize for texts [lo, hi): text d is written inside its own input span
- * of out; lengths[d] = -1 where Python must fold (mode 2, or a fold the kernel cannot write). */
+ * of out; lengths[d] = -1 where Python must normalise (mode 2, a fold the kernel cannot
+ * write, or a character whose NFKC depends on its neighbours).
+ *
+ * With NFKC classes (nfkc_class != NULL; mode 0 only) the kernel also does NFKC: class 0
+ * code points are their own NFKC in any context, class 1 code points are replaced by their
+ * expansion (exp_keys/exp_offsets/exp_cps), class 2 sends the text to Python. An expansion
+ * can be longer than its character, so a text whose output would run ahead of its input
+ * goes to Python too. Without classes the caller has already sent every text that is not NFKC to
+ * Python (mode 2), as before. */
 void dd_normalize(const uint8_t *buf, const int64_t *starts, int64_t lo, int64_t hi,
                   const uint8_t *mode, const uint32_t *fold, int64_t fold_size,
                   const uint8_t *word, const uint8_t *ascii_word,
+                  const uint8_t *nfkc_class, const uint32_t *exp_keys,
+                  const int64_t *exp_offsets, const uint32_t *exp_cps, int64_t n_exp,
                   uint8_t *out, int64_t *lengths) {
     for (int64_t d = lo; d < hi; d++) {
         int64_t i = starts[d], end = starts[d + 1], begin = i, o = i;
-        int gap = 0, ok = mode[d] != 2;
+        int gap = 0, ok = mode[d] != 2, fold_it = mode[d] == 0;
+        int classes = nfkc_class != NULL && mode[d] == 0;
         while (ok && i < end) {
             uint8_t b0 = buf[i];
             if (b0 < 0x80) {
@@ -92,17 +133,22 @@ void dd_normalize(const uint8_t *buf, const int64_t *starts, int64_t lo, int64_t
                 continue;
             }
             int64_t cp = decode(buf, i, &i);
-            if (mode[d] == 0 && cp < fold_size) {
-                uint32_t folded = fold[cp];
-                if (folded == CASEFOLD_NEEDS_PYTHON) { ok = 0; break; }
-                cp = folded;
-            }
-            if (is_word(word, cp)) {
-                if (gap && o > begin) out[o++] = 32;
-                gap = 0;
-                o = encode(out, o, cp);
+            uint8_t cls = classes && cp < CODE_POINTS ? nfkc_class[cp] : 0;
+            if (cls == 0) {
+                ok = emit_cp(cp, fold_it, fold, fold_size, word, out, &o, begin, &gap);
+            } else if (cls == 1) {
+                int64_t e = expansion_of(cp, exp_keys, n_exp);
+                if (e < 0) { ok = 0; break; }
+                for (int64_t k = exp_offsets[e]; ok && k < exp_offsets[e + 1]; k++) {
+                    if (o + 5 > end) { ok = 0; break; } /* never past the text's own span */
+                    ok = emit_cp(exp_cps[k], fold_it, fold, fold_size, word, out, &o, begin, &gap);
+                }
+                /* Output must not run ahead of the input read (then every later write stays
+                 * inside the span, as without expansions); an expansion that did goes to
+                 * Python ("1/4" is 2 bytes, its "1 4" is 3). */
+                if (o > i) ok = 0;
             } else {
-                gap = 1;
+                ok = 0;
             }
         }
         lengths[d] = ok ? o - begin : -1;
@@ -309,7 +355,193 @@ done:
     return result;
 }
 
+/* The member lists of the buckets (3+ rows) already expanded into pairs, so that a bucket
+ * repeating in another band (near copies collide in most bands) is skipped whole: all its
+ * pairs are already known. Open addressing on a hash of the members; a hit is confirmed by
+ * comparing the lists, so a skip is exact. */
+typedef struct {
+    uint64_t *hash;     /* per slot: member hash + 1, 0 = empty */
+    int64_t *start;     /* per slot: offset of its members in arena */
+    int64_t *count;     /* per slot: number of members */
+    uint64_t cap;
+    int64_t *arena;
+    int64_t arena_len, arena_cap, used;
+} BucketSet;
+
+static int bucket_set_init(BucketSet *set, uint64_t cap) {
+    set->cap = cap;
+    set->hash = calloc(cap, sizeof(uint64_t));
+    set->start = malloc(sizeof(int64_t) * cap);
+    set->count = malloc(sizeof(int64_t) * cap);
+    set->arena_cap = 1024;
+    set->arena = malloc(sizeof(int64_t) * (size_t)set->arena_cap);
+    set->arena_len = set->used = 0;
+    return set->hash && set->start && set->count && set->arena ? 0 : -1;
+}
+
+static void bucket_set_free(BucketSet *set) {
+    free(set->hash); free(set->start); free(set->count); free(set->arena);
+}
+
+/* 1 if this member list was added before, 0 if it is new (now added), -1 if memory failed. */
+static int bucket_set_seen(BucketSet *set, const int64_t *members, int64_t count) {
+    uint64_t h = (uint64_t)count;
+    for (int64_t m = 0; m < count; m++) h = fmix64(h ^ (uint64_t)members[m]) + 0x9E3779B97F4A7C15ULL;
+    uint64_t stored = h | 1, slot = h & (set->cap - 1);
+    while (set->hash[slot]) {
+        if (set->hash[slot] == stored && set->count[slot] == count
+            && !memcmp(set->arena + set->start[slot], members, sizeof(int64_t) * (size_t)count))
+            return 1;
+        slot = (slot + 1) & (set->cap - 1);
+    }
+    if (2 * (uint64_t)(set->used + 1) > set->cap) { /* grow: keep it at most half full */
+        BucketSet bigger = *set;
+        bigger.cap = 2 * set->cap;
+        bigger.hash = calloc(bigger.cap, sizeof(uint64_t));
+        bigger.start = malloc(sizeof(int64_t) * bigger.cap);
+        bigger.count = malloc(sizeof(int64_t) * bigger.cap);
+        if (!bigger.hash || !bigger.start || !bigger.count) {
+            free(bigger.hash); free(bigger.start); free(bigger.count);
+            return -1;
+        }
+        for (uint64_t q = 0; q < set->cap; q++) {
+            if (!set->hash[q]) continue;
+            uint64_t t = set->hash[q] & (bigger.cap - 1);
+            while (bigger.hash[t]) t = (t + 1) & (bigger.cap - 1);
+            bigger.hash[t] = set->hash[q];
+            bigger.start[t] = set->start[q];
+            bigger.count[t] = set->count[q];
+        }
+        free(set->hash); free(set->start); free(set->count);
+        *set = bigger;
+        slot = h & (set->cap - 1);
+        while (set->hash[slot]) slot = (slot + 1) & (set->cap - 1);
+    }
+    if (set->arena_len + count > set->arena_cap) {
+        int64_t want = set->arena_cap;
+        while (want < set->arena_len + count) want *= 2;
+        int64_t *grown = realloc(set->arena, sizeof(int64_t) * (size_t)want);
+        if (!grown) return -1;
+        set->arena = grown;
+        set->arena_cap = want;
+    }
+    memcpy(set->arena + set->arena_len, members, sizeof(int64_t) * (size_t)count);
+    set->hash[slot] = stored;
+    set->start[slot] = set->arena_len;
+    set->count[slot] = count;
+    set->arena_len += count;
+    set->used++;
+    return 0;
+}
+
+/* Union-find root of x with path halving; roots are always a component's smallest row. */
+static inline int64_t find_root(int64_t *parent, int64_t x) {
+    while (parent[x] != x) {
+        parent[x] = parent[parent[x]];
+        x = parent[x];
+    }
+    return x;
+}
+
+/* The whole MinHash reduce in one pass, without materialising the pairs: per band, rows
+ * grouped by key as in dd_bucket_pairs; each distinct pair (all pairs of buckets up to
+ * max_bucket members, else a star; a star always without verify) is counted once, checked
+ * against the threshold on the full signatures when verify is set, and merged by union-find
+ * (the larger root under the smaller). Afterwards labels[i] is the smallest row of i's
+ * component: exactly minhash.connected_components over the verified candidate_pairs.
+ * counts[0] = distinct candidate pairs, counts[1] = pairs merged (passing verification).
+ * labels must arrive as 0..n_total-1. Returns 0, or -1 if memory failed. */
+int dd_minhash_cluster(const uint64_t *keys, int64_t n_bands, const int64_t *rows_idx,
+                       int64_t n, const uint32_t *sig, int64_t num_perm, int verify,
+                       double threshold, int64_t max_bucket, int64_t n_total, int64_t *labels,
+                       int64_t *counts) {
+    uint64_t cap = 16, seen_cap = 16;
+    while (cap < (uint64_t)(2 * n)) cap *= 2;
+    while (seen_cap < (uint64_t)(4 * n)) seen_cap *= 2;
+    uint64_t mask = cap - 1;
+    uint64_t *slot_key = malloc(sizeof(uint64_t) * cap);
+    int64_t *head = malloc(sizeof(int64_t) * cap), *tail = malloc(sizeof(int64_t) * cap);
+    int64_t *size = malloc(sizeof(int64_t) * cap);
+    int64_t *nxt = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    int64_t *used = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    uint64_t *seen = calloc(seen_cap, sizeof(uint64_t));
+    int64_t n_seen = 0, n_merged = 0;
+    int64_t *members = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    BucketSet buckets;
+    int buckets_ok = bucket_set_init(&buckets, 1024) == 0;
+    int result = -1;
+    if (!slot_key || !head || !tail || !size || !nxt || !used || !seen || !members || !buckets_ok)
+        goto done;
+    for (int64_t band = 0; band < n_bands; band++) {
+        for (uint64_t s = 0; s < cap; s++) head[s] = -1;
+        int64_t n_used = 0;
+        for (int64_t t = 0; t < n; t++) {
+            uint64_t k = keys[rows_idx[t] * n_bands + band];
+            int64_t slot = (int64_t)((k ^ (k >> 31)) & mask);
+            while (head[slot] != -1 && slot_key[slot] != k) slot = (slot + 1) & (int64_t)mask;
+            nxt[t] = -1;
+            if (head[slot] == -1) {
+                slot_key[slot] = k;
+                head[slot] = tail[slot] = t;
+                size[slot] = 1;
+                used[n_used++] = slot;
+            } else {
+                nxt[tail[slot]] = t;
+                tail[slot] = t;
+                size[slot]++;
+            }
+        }
+        for (int64_t u = 0; u < n_used; u++) {
+            int64_t slot = used[u];
+            if (size[slot] < 2) continue;
+            if (size[slot] > 2) {
+                int64_t count = 0;
+                for (int64_t x = head[slot]; x != -1; x = nxt[x]) members[count++] = rows_idx[x];
+                int repeat = bucket_set_seen(&buckets, members, count);
+                if (repeat < 0) goto done;
+                if (repeat) continue; /* the same rows met in an earlier band: nothing new */
+            }
+            for (int64_t x = head[slot]; x != -1; x = nxt[x]) {
+                for (int64_t y = nxt[x]; y != -1; y = nxt[y]) {
+                    int64_t i = rows_idx[x], j = rows_idx[y];
+                    if (!insert_code(seen, seen_cap, (uint64_t)(i * n_total + j))) continue;
+                    n_seen++;
+                    if (2 * (uint64_t)n_seen > seen_cap) { /* keep the set at most half full */
+                        uint64_t *bigger = calloc(2 * seen_cap, sizeof(uint64_t));
+                        if (!bigger) goto done;
+                        for (uint64_t q = 0; q < seen_cap; q++)
+                            if (seen[q]) insert_code(bigger, 2 * seen_cap, seen[q] - 1);
+                        free(seen);
+                        seen = bigger;
+                        seen_cap *= 2;
+                    }
+                    if (verify) {
+                        const uint32_t *a = sig + i * num_perm, *b = sig + j * num_perm;
+                        int64_t same = 0;
+                        for (int64_t k = 0; k < num_perm; k++) same += a[k] == b[k];
+                        if (!((double)same / (double)num_perm >= threshold)) continue;
+                    }
+                    n_merged++;
+                    int64_t ri = find_root(labels, i), rj = find_root(labels, j);
+                    if (ri < rj) labels[rj] = ri;
+                    else if (rj < ri) labels[ri] = rj;
+                }
+                if (!(verify && size[slot] <= max_bucket)) break; /* a star */
+            }
+        }
+    }
+    for (int64_t i = 0; i < n_total; i++) labels[i] = find_root(labels, i);
+    counts[0] = n_seen;
+    counts[1] = n_merged;
+    result = 0;
+done:
+    free(slot_key); free(head); free(tail); free(size); free(nxt); free(used); free(seen);
+    free(members);
+    if (buckets_ok) bucket_set_free(&buckets);
+    return result;
+}
+
 void dd_free(void *p) { free(p); }
 
 /* The ABI version the Python loader checks: bump it when a signature above changes. */
-int dd_abi_version(void) { return 1; }
+int dd_abi_version(void) { return 3; }
