@@ -32,6 +32,9 @@ from datadiet.pipeline.io import (
     OnError,
     SpecError,
     StreamedCorpus,
+    arrow_floats,
+    arrow_ints,
+    arrow_strings,
     as_dataset,
     atomic_write_text,
     check_output_dir,
@@ -386,11 +389,11 @@ class _StepBook:
         if len(removed_idx):
             rows = alive[removed_idx]
             self.removed_batches.append(pa.table({
-                "id": self.ids.take(pa.array(rows)).cast(pa.string()),
-                "input_row": pa.array(rows, pa.int64()),
-                "step": pa.array([step.name] * len(removed_idx), pa.string()),
-                "reason": pa.array([selection.reason(int(i)) for i in removed_idx], pa.string()),
-                **{c: pa.array(v[rows]) for c, v in self.scores.items()},
+                "id": self.ids.take(arrow_ints(rows)).cast(pa.string()),
+                "input_row": arrow_ints(rows),
+                "step": arrow_strings([step.name] * len(removed_idx)),
+                "reason": arrow_strings([selection.reason(int(i)) for i in removed_idx]),
+                **{c: arrow_floats(v[rows]) for c, v in self.scores.items()},
             }))
         kept = selection.kept_indices
         self.manifest.steps.append(StepReport(
@@ -413,10 +416,8 @@ class _StepBook:
         self.manifest.ledger = self.ledger.to_dict()
         if self.removed_batches:
             return pa.concat_tables(self.removed_batches, promote_options="default")
-        return pa.table({"id": pa.array([], pa.string()),
-                         "input_row": pa.array([], pa.int64()),
-                         "step": pa.array([], pa.string()),
-                         "reason": pa.array([], pa.string())})
+        return pa.schema([("id", pa.string()), ("input_row", pa.int64()), ("step", pa.string()),
+                          ("reason", pa.string())]).empty_table()
 
 
 def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
@@ -459,13 +460,32 @@ class _FeatureMap:
         self.seconds += rec.seconds - before
 
     def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
-        """Every feature array over the ``alive`` input rows (of ``n``), in row order."""
-        parts, self.parts = self.parts, []  # the concatenation replaces them
+        """Every feature array over the ``alive`` input rows (of ``n``), in row order.
+
+        Filled part by part into arrays of the final size, each part dropped once copied, so
+        memory holds the features about once, not twice.
+        """
+        parts, self.parts = self.parts, []
         if not parts:
             return self.step.row_features(pa.array([], pa.string()))
-        whole = {name: np.concatenate([part[name] for part in parts]) if len(parts) > 1
-                 else parts[0][name] for name in parts[0]}
-        return whole if len(alive) == n else {name: array[alive] for name, array in whole.items()}
+        if len(parts) == 1 and len(alive) == n:
+            return parts[0]
+        keep = np.zeros(n, bool)
+        keep[alive] = True
+        out = {name: np.empty((len(alive), *array.shape[1:]), array.dtype)
+               for name, array in parts[0].items()}
+        start = done = 0
+        parts.reverse()  # pop() from the end takes them in row order
+        while parts:
+            part = parts.pop()
+            rows = len(next(iter(part.values())))
+            wanted = keep[start : start + rows]
+            taken = int(np.count_nonzero(wanted))
+            for name, array in part.items():
+                out[name][done : done + taken] = array if taken == rows else array[wanted]
+            start, done = start + rows, done + taken
+            del part
+        return out
 
 
 def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os.PathLike,
@@ -496,7 +516,7 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
                 with ctx.ledger.stage(f"step:{step.name}") as rec:
                     seconds_before = rec.seconds
                     named = pa.table({ctx.id_field: corpus.ids if len(alive) == n
-                                      else corpus.ids.take(pa.array(alive))})
+                                      else corpus.ids.take(arrow_ints(alive))})
                     selection = step.select_from_features(named, ctx,
                                                           feature_map.features(alive, n))
                 book.score(score_column(step.name, corpus.schema.names), selection, alive)

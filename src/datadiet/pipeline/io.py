@@ -120,6 +120,78 @@ def _where(label: str, n: int, unit: str = "line") -> str:
     return f"{label}:{n}" if unit == "line" else f"{label} row {n}"
 
 
+# -- Arrow arrays from NumPy and back, without pandas ---------------------------------------
+# pyarrow's generic conversions (``pa.array``, ``to_numpy`` of booleans) pass through its
+# pandas shim, which imports pandas on first use: 0.14 s and 30 MiB, more than a file-to-file
+# curate of 50,000 documents spends on its whole reduce. The few conversions the streamed
+# curate needs are built from buffers here instead.
+
+
+def arrow_ints(values: np.ndarray) -> pa.Array:
+    """``values`` (any integer dtype) as an Arrow int64 array (zero-copy when already int64)."""
+    data = np.ascontiguousarray(values, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
+def arrow_floats(values: np.ndarray) -> pa.Array:
+    """``values`` as an Arrow float64 array; NaN stays NaN (a value, not a null)."""
+    data = np.ascontiguousarray(values, np.float64)
+    return pa.Array.from_buffers(pa.float64(), len(data), [None, pa.py_buffer(data)])
+
+
+def arrow_bools(mask: np.ndarray) -> pa.Array:
+    """A NumPy bool mask as an Arrow boolean array (for ``filter``)."""
+    mask = np.asarray(mask, bool)
+    bits = np.packbits(mask, bitorder="little")
+    return pa.Array.from_buffers(pa.bool_(), len(mask), [None, pa.py_buffer(bits)])
+
+
+def arrow_strings(values: Sequence[str]) -> pa.Array:
+    """Python strings (valid UTF-8, no None) as an Arrow string array."""
+    encoded = [v.encode("utf-8") for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
+    if offsets[-1] < 2**31:
+        return pa.Array.from_buffers(pa.string(), len(encoded), [
+            None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))])
+    return pa.Array.from_buffers(pa.large_string(), len(encoded), [
+        None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]).cast(pa.string())
+
+
+def numpy_ints(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow integer array without nulls as NumPy (a view of its buffer when it can)."""
+    if isinstance(array, pa.ChunkedArray):
+        parts = [numpy_ints(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if array.null_count:
+        raise ValueError("numpy_ints: the array has nulls")
+    dtype = _NUMPY_INT[array.type.id]
+    return np.frombuffer(array.buffers()[1], dtype)[array.offset : array.offset + len(array)]
+
+
+_NUMPY_INT = {pa.int8().id: np.int8, pa.int16().id: np.int16, pa.int32().id: np.int32,
+              pa.int64().id: np.int64, pa.uint8().id: np.uint8, pa.uint16().id: np.uint16,
+              pa.uint32().id: np.uint32, pa.uint64().id: np.uint64}
+
+
+def null_mask(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Which entries of ``array`` are null, as a NumPy bool array.
+
+    Read from the validity bitmap directly: pyarrow's own conversions of a boolean array go
+    through its pandas shim, which imports pandas (0.14 s and 30 MiB) on first use, a cost a
+    file-to-file run should not pay for a column without nulls.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        parts = [null_mask(chunk) for chunk in array.chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, bool)
+    n = len(array)
+    validity = array.buffers()[0] if array.null_count else None
+    if validity is None:
+        return np.zeros(n, bool) if array.null_count == 0 else np.ones(n, bool)
+    bits = np.unpackbits(np.frombuffer(validity, np.uint8), bitorder="little")
+    return ~bits[array.offset : array.offset + n].astype(bool)
+
+
 def is_dataset(obj: object) -> bool:
     """Whether ``obj`` is a ``datasets.Dataset``, without importing ``datasets``: nothing can be
     one unless the caller imported it. Why: that import costs 0.7 CPU-seconds and 75 MiB, more
@@ -224,7 +296,7 @@ def unique_ids(
     encoded = pc.dictionary_encode(ids)
     if len(encoded.dictionary) == n:
         return None, 0
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    codes = numpy_ints(encoded.indices)
     counts = np.bincount(codes)
     repeated = np.flatnonzero(counts[codes] > 1)
     order = repeated[np.argsort(codes[repeated], kind="stable")]
@@ -343,7 +415,7 @@ class _Rows:
             return
         if ids is None:
             ids = pa.nulls(n, pa.string())
-        missing = ids.is_null().to_numpy(zero_copy_only=False)
+        missing = null_mask(ids)
         if missing.all():
             ids = pa.array([content_id(t) for t in texts.to_pylist()], pa.string())
         elif missing.any():
@@ -1360,9 +1432,9 @@ def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, fold
             mask = keep[start : start + n]
             table = pa.Table.from_batches([batch]).drop_columns(list(drop))
             for name, values in (extra or {}).items():
-                table = table.append_column(name, pa.array(values[start : start + n]))
+                table = table.append_column(name, arrow_floats(values[start : start + n]))
             start += n
-            table = table.filter(pa.array(mask)) if not mask.all() else table
+            table = table.filter(arrow_bools(mask)) if not mask.all() else table
             schema = table.schema
             while len(table):
                 if writer is None:

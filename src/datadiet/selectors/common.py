@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from datadiet.pipeline.io import arrow_ints
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -62,5 +64,5 @@ def row_ids(ds: Dataset | pa.Table, id_field: str, rows: np.ndarray) -> np.ndarr
         column = ds.column(id_field)
     else:
         column = ds.select_columns([id_field]).with_format("arrow")[id_field]
-    values = column.take(pa.array(rows)).to_pylist()
+    values = column.take(arrow_ints(rows)).to_pylist()
     return np.array([str(v) for v in values], dtype=object)

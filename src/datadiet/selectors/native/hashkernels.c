@@ -355,85 +355,6 @@ done:
     return result;
 }
 
-/* The member lists of the buckets (3+ rows) already expanded into pairs, so that a bucket
- * repeating in another band (near copies collide in most bands) is skipped whole: all its
- * pairs are already known. Open addressing on a hash of the members; a hit is confirmed by
- * comparing the lists, so a skip is exact. */
-typedef struct {
-    uint64_t *hash;     /* per slot: member hash + 1, 0 = empty */
-    int64_t *start;     /* per slot: offset of its members in arena */
-    int64_t *count;     /* per slot: number of members */
-    uint64_t cap;
-    int64_t *arena;
-    int64_t arena_len, arena_cap, used;
-} BucketSet;
-
-static int bucket_set_init(BucketSet *set, uint64_t cap) {
-    set->cap = cap;
-    set->hash = calloc(cap, sizeof(uint64_t));
-    set->start = malloc(sizeof(int64_t) * cap);
-    set->count = malloc(sizeof(int64_t) * cap);
-    set->arena_cap = 1024;
-    set->arena = malloc(sizeof(int64_t) * (size_t)set->arena_cap);
-    set->arena_len = set->used = 0;
-    return set->hash && set->start && set->count && set->arena ? 0 : -1;
-}
-
-static void bucket_set_free(BucketSet *set) {
-    free(set->hash); free(set->start); free(set->count); free(set->arena);
-}
-
-/* 1 if this member list was added before, 0 if it is new (now added), -1 if memory failed. */
-static int bucket_set_seen(BucketSet *set, const int64_t *members, int64_t count) {
-    uint64_t h = (uint64_t)count;
-    for (int64_t m = 0; m < count; m++) h = fmix64(h ^ (uint64_t)members[m]) + 0x9E3779B97F4A7C15ULL;
-    uint64_t stored = h | 1, slot = h & (set->cap - 1);
-    while (set->hash[slot]) {
-        if (set->hash[slot] == stored && set->count[slot] == count
-            && !memcmp(set->arena + set->start[slot], members, sizeof(int64_t) * (size_t)count))
-            return 1;
-        slot = (slot + 1) & (set->cap - 1);
-    }
-    if (2 * (uint64_t)(set->used + 1) > set->cap) { /* grow: keep it at most half full */
-        BucketSet bigger = *set;
-        bigger.cap = 2 * set->cap;
-        bigger.hash = calloc(bigger.cap, sizeof(uint64_t));
-        bigger.start = malloc(sizeof(int64_t) * bigger.cap);
-        bigger.count = malloc(sizeof(int64_t) * bigger.cap);
-        if (!bigger.hash || !bigger.start || !bigger.count) {
-            free(bigger.hash); free(bigger.start); free(bigger.count);
-            return -1;
-        }
-        for (uint64_t q = 0; q < set->cap; q++) {
-            if (!set->hash[q]) continue;
-            uint64_t t = set->hash[q] & (bigger.cap - 1);
-            while (bigger.hash[t]) t = (t + 1) & (bigger.cap - 1);
-            bigger.hash[t] = set->hash[q];
-            bigger.start[t] = set->start[q];
-            bigger.count[t] = set->count[q];
-        }
-        free(set->hash); free(set->start); free(set->count);
-        *set = bigger;
-        slot = h & (set->cap - 1);
-        while (set->hash[slot]) slot = (slot + 1) & (set->cap - 1);
-    }
-    if (set->arena_len + count > set->arena_cap) {
-        int64_t want = set->arena_cap;
-        while (want < set->arena_len + count) want *= 2;
-        int64_t *grown = realloc(set->arena, sizeof(int64_t) * (size_t)want);
-        if (!grown) return -1;
-        set->arena = grown;
-        set->arena_cap = want;
-    }
-    memcpy(set->arena + set->arena_len, members, sizeof(int64_t) * (size_t)count);
-    set->hash[slot] = stored;
-    set->start[slot] = set->arena_len;
-    set->count[slot] = count;
-    set->arena_len += count;
-    set->used++;
-    return 0;
-}
-
 /* Union-find root of x with path halving; roots are always a component's smallest row. */
 static inline int64_t find_root(int64_t *parent, int64_t x) {
     while (parent[x] != x) {
@@ -443,35 +364,45 @@ static inline int64_t find_root(int64_t *parent, int64_t x) {
     return x;
 }
 
+/* How a row met the others of its bucket in one band, for deciding in which band a pair
+ * of rows is first emitted: all pairs of its bucket, or a star whose centre it is or is not. */
+#define MET_ALL_PAIRS 0
+#define MET_AS_CENTRE 1
+#define MET_IN_STAR 2
+
 /* The whole MinHash reduce in one pass, without materialising the pairs: per band, rows
  * grouped by key as in dd_bucket_pairs; each distinct pair (all pairs of buckets up to
  * max_bucket members, else a star; a star always without verify) is counted once, checked
  * against the threshold on the full signatures when verify is set, and merged by union-find
  * (the larger root under the smaller). Afterwards labels[i] is the smallest row of i's
  * component: exactly minhash.connected_components over the verified candidate_pairs.
+ *
+ * Distinct without a set of pairs: near copies share a bucket in most bands, so a pair comes
+ * up again and again; it is handled in the first band that emits it. A pair met in band b is
+ * new unless some earlier band put both rows in one bucket (equal keys) and emitted that
+ * pair there, which the per-row, per-band `met` code says. Two rows' keys are two cache lines,
+ * so the check costs a few comparisons where a hash set of millions of pairs costs a cache
+ * miss per lookup.
+ *
  * counts[0] = distinct candidate pairs, counts[1] = pairs merged (passing verification).
  * labels must arrive as 0..n_total-1. Returns 0, or -1 if memory failed. */
 int dd_minhash_cluster(const uint64_t *keys, int64_t n_bands, const int64_t *rows_idx,
                        int64_t n, const uint32_t *sig, int64_t num_perm, int verify,
                        double threshold, int64_t max_bucket, int64_t n_total, int64_t *labels,
                        int64_t *counts) {
-    uint64_t cap = 16, seen_cap = 16;
+    uint64_t cap = 16;
     while (cap < (uint64_t)(2 * n)) cap *= 2;
-    while (seen_cap < (uint64_t)(4 * n)) seen_cap *= 2;
     uint64_t mask = cap - 1;
     uint64_t *slot_key = malloc(sizeof(uint64_t) * cap);
     int64_t *head = malloc(sizeof(int64_t) * cap), *tail = malloc(sizeof(int64_t) * cap);
     int64_t *size = malloc(sizeof(int64_t) * cap);
     int64_t *nxt = malloc(sizeof(int64_t) * (size_t)(n + 1));
     int64_t *used = malloc(sizeof(int64_t) * (size_t)(n + 1));
-    uint64_t *seen = calloc(seen_cap, sizeof(uint64_t));
+    uint8_t *met = malloc((size_t)(n + 1) * (size_t)n_bands); /* met[t * n_bands + band] */
     int64_t n_seen = 0, n_merged = 0;
-    int64_t *members = malloc(sizeof(int64_t) * (size_t)(n + 1));
-    BucketSet buckets;
-    int buckets_ok = bucket_set_init(&buckets, 1024) == 0;
     int result = -1;
-    if (!slot_key || !head || !tail || !size || !nxt || !used || !seen || !members || !buckets_ok)
-        goto done;
+    (void)n_total;
+    if (!slot_key || !head || !tail || !size || !nxt || !used || !met) goto done;
     for (int64_t band = 0; band < n_bands; band++) {
         for (uint64_t s = 0; s < cap; s++) head[s] = -1;
         int64_t n_used = 0;
@@ -491,30 +422,29 @@ int dd_minhash_cluster(const uint64_t *keys, int64_t n_bands, const int64_t *row
                 size[slot]++;
             }
         }
+        for (int64_t u = 0; u < n_used; u++) { /* how each row meets its bucket this band */
+            int64_t slot = used[u];
+            int star = !(verify && size[slot] <= max_bucket);
+            for (int64_t x = head[slot]; x != -1; x = nxt[x])
+                met[x * n_bands + band] = !star ? MET_ALL_PAIRS
+                                        : x == head[slot] ? MET_AS_CENTRE : MET_IN_STAR;
+        }
         for (int64_t u = 0; u < n_used; u++) {
             int64_t slot = used[u];
             if (size[slot] < 2) continue;
-            if (size[slot] > 2) {
-                int64_t count = 0;
-                for (int64_t x = head[slot]; x != -1; x = nxt[x]) members[count++] = rows_idx[x];
-                int repeat = bucket_set_seen(&buckets, members, count);
-                if (repeat < 0) goto done;
-                if (repeat) continue; /* the same rows met in an earlier band: nothing new */
-            }
             for (int64_t x = head[slot]; x != -1; x = nxt[x]) {
+                const uint64_t *kx = keys + rows_idx[x] * n_bands;
+                const uint8_t *mx = met + x * n_bands;
                 for (int64_t y = nxt[x]; y != -1; y = nxt[y]) {
+                    const uint64_t *ky = keys + rows_idx[y] * n_bands;
+                    const uint8_t *my = met + y * n_bands;
+                    int seen_before = 0;
+                    for (int64_t b2 = 0; b2 < band && !seen_before; b2++)
+                        seen_before = kx[b2] == ky[b2] && (mx[b2] != MET_IN_STAR
+                                                           || my[b2] == MET_AS_CENTRE);
+                    if (seen_before) continue;
                     int64_t i = rows_idx[x], j = rows_idx[y];
-                    if (!insert_code(seen, seen_cap, (uint64_t)(i * n_total + j))) continue;
                     n_seen++;
-                    if (2 * (uint64_t)n_seen > seen_cap) { /* keep the set at most half full */
-                        uint64_t *bigger = calloc(2 * seen_cap, sizeof(uint64_t));
-                        if (!bigger) goto done;
-                        for (uint64_t q = 0; q < seen_cap; q++)
-                            if (seen[q]) insert_code(bigger, 2 * seen_cap, seen[q] - 1);
-                        free(seen);
-                        seen = bigger;
-                        seen_cap *= 2;
-                    }
                     if (verify) {
                         const uint32_t *a = sig + i * num_perm, *b = sig + j * num_perm;
                         int64_t same = 0;
@@ -535,9 +465,7 @@ int dd_minhash_cluster(const uint64_t *keys, int64_t n_bands, const int64_t *row
     counts[1] = n_merged;
     result = 0;
 done:
-    free(slot_key); free(head); free(tail); free(size); free(nxt); free(used); free(seen);
-    free(members);
-    if (buckets_ok) bucket_set_free(&buckets);
+    free(slot_key); free(head); free(tail); free(size); free(nxt); free(used); free(met);
     return result;
 }
 
