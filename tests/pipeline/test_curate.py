@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, load_dataset
 
@@ -117,3 +118,56 @@ def test_interrupted_run_leaves_no_output(tmp_path: Path, corpus: Path) -> None:
     assert proc.returncode == 130, proc.stderr
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def _t0_records(shared_data: Path, n: int) -> list[dict[str, str]]:
+    rows = []
+    for path in sorted((shared_data / "sft" / "t0_train").glob("*.jsonl")):
+        with open(path, encoding="utf-8") as handle:
+            for i, line in enumerate(handle):
+                record = json.loads(line)
+                rows.append({"id": f"{path.stem}-{i}", "text": record["prompt"] + record["completion"]})
+                if len(rows) == n:
+                    return rows
+    return rows
+
+
+def test_streamed_file_curate_equals_the_dataset_run_and_stays_lean(tmp_path: Path,
+                                                                   shared_data: Path) -> None:
+    """``datadiet curate`` on a file of map/reduce steps streams (maps while reading, on a
+    second thread; kept rows read back into the output) and must give exactly what the
+    in-memory ``Dataset`` runner gives on the same records: the same kept rows in the same
+    order, the same removals and reasons. It must do so without importing ``datasets``,
+    pandas or numba (their start-up would cost more than the work)."""
+    records = _t0_records(shared_data, 3000)
+    records += [dict(r, id=f"copy-{r['id']}") for r in records[:200]]  # exact copies
+    records += [dict(r, id=f"near-{r['id']}", text=r["text"] + " (see above)")
+                for r in records[200:400]]  # near copies
+    src = tmp_path / "t0.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    spec_text = "- exact_dedup: {}\n- minhash_dedup: {threshold: 0.8}\n"
+    (tmp_path / "spec.yaml").write_text(spec_text)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "datadiet", "curate", str(src), "--spec",
+         str(tmp_path / "spec.yaml"), "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert not imported & {"datasets", "pandas", "numba", "torch"}
+    streamed = load_dataset("parquet", data_files=str(out / "*.parquet"), split="train")
+    removed = pq.read_table(out / "removed" / "removed.parquet").to_pylist()
+
+    in_memory = curate(Dataset.from_list(records), load_spec(tmp_path / "spec.yaml"))
+    assert streamed["id"] == in_memory.dataset["id"]
+    assert streamed["text"] == in_memory.dataset["text"]
+    assert sorted((r["id"], r["step"], r["reason"]) for r in removed) == sorted(
+        (r["id"], r["step"], r["reason"]) for r in in_memory.removed.to_pylist())
+    reasons = {r["id"]: r["reason"] for r in removed}
+    assert all(reasons.get(f"copy-{r['id']}", "").startswith("exact-duplicate-of")
+               for r in records[:200])
+    assert sum(reasons.get(f"near-{r['id']}", "").startswith("minhash-duplicate-of")
+               for r in records[200:400]) >= 190
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["output"]["rows"] == len(streamed) == in_memory.manifest.output["rows"]

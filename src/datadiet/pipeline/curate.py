@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import collections.abc
 import os
+import queue
 import sys
+import threading
+import time
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -450,14 +453,12 @@ class _FeatureMap:
         self.step = step
         self.ctx = ctx
         self.parts: list[dict[str, np.ndarray]] = []
-        self.seconds = 0.0
+        self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
 
     def add(self, batch: pa.RecordBatch) -> None:
-        with self.ctx.ledger.stage(f"step:{self.step.name}", measure_memory=False,
-                                   at_root=True) as rec:
-            before = rec.seconds
-            self.parts.append(self.step.row_features(batch.column(self.ctx.text_field)))
-        self.seconds += rec.seconds - before
+        start = time.perf_counter()
+        self.parts.append(self.step.row_features(batch.column(self.ctx.text_field)))
+        self.seconds += time.perf_counter() - start
 
     def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
         """Every feature array over the ``alive`` input rows (of ``n``), in row order.
@@ -488,6 +489,54 @@ class _FeatureMap:
         return out
 
 
+class _MapThread:
+    """Runs the steps' maps on a second thread, one batch behind the reader.
+
+    Why: reading (pyarrow's parser, the UTF-8 check, the scratch copy) and the maps (compiled
+    kernels) each leave a core idle much of the time; side by side they finish together.
+    At most ``depth`` batches wait in between, so memory grows by a few batches, not the
+    corpus. A map that fails stops the reader at its next batch and its exception is raised
+    in the caller's thread, traceback and all.
+    """
+
+    def __init__(self, maps: list[_FeatureMap], depth: int = 2) -> None:
+        self.maps = maps
+        self.queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.thread = threading.Thread(target=self._run, name="datadiet-maps", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None or self.cancelled:
+                continue  # drain what is queued without working on it
+            try:
+                for feature_map in self.maps:
+                    feature_map.add(batch)
+            except BaseException as exc:  # re-raised in the reader's thread
+                self.error = exc
+
+    def put(self, batch: pa.RecordBatch) -> None:
+        """Hand a batch over (the reader's ``on_batch``); raises a map's error, if one failed."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put(batch)
+
+    def finish(self) -> None:
+        """Wait until every batch is mapped; raise a map's error, if one failed."""
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self, cancel: bool = False) -> None:
+        """End the thread (idempotent); ``cancel`` skips the batches still queued."""
+        self.cancelled = self.cancelled or cancel
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+
 def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os.PathLike,
                      ctx: StepContext, options: dict[str, Any], overwrite: bool,
                      rows_per_shard: int) -> CurateResult:
@@ -498,12 +547,12 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
         ctx.work_dir = work
         try:
             maps = [_FeatureMap(step, ctx) for step in built]
-
-            def on_batch(batch: pa.RecordBatch) -> None:
-                for feature_map in maps:
-                    feature_map.add(batch)
-
-            corpus = stream_corpus(source, on_batch, work, **options)
+            mapper = _MapThread(maps)
+            try:
+                corpus = stream_corpus(source, mapper.put, work, **options)
+                mapper.finish()
+            finally:
+                mapper.stop(cancel=True)
             fmt = corpus.record_format
             ctx.record_format = fmt
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
@@ -519,9 +568,9 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
                                       else corpus.ids.take(arrow_ints(alive))})
                     selection = step.select_from_features(named, ctx,
                                                           feature_map.features(alive, n))
+                rec.seconds += feature_map.seconds  # its maps ran during the read
                 book.score(score_column(step.name, corpus.schema.names), selection, alive)
-                # the step's seconds: its maps during the read, then this reduce
-                seconds = feature_map.seconds + rec.seconds - seconds_before
+                seconds = rec.seconds - seconds_before
                 alive = book.record(step, selection, alive, rec, seconds, before)
             removed = book.finish(len(alive))
             keep = np.zeros(n, bool)
