@@ -178,6 +178,7 @@ def step_throughput(texts: list[str], rounds: int) -> dict[str, dict[str, float]
     from datasets import Dataset
 
     from datadiet.pipeline.steps import StepContext
+    from datadiet.selectors import native
     from datadiet.selectors.exact import ExactDedup
     from datadiet.selectors.hashing import KERNEL_MIN_ROWS
     from datadiet.selectors.minhash import MinHashDedup
@@ -207,7 +208,9 @@ def step_throughput(texts: list[str], rounds: int) -> dict[str, dict[str, float]
             "docs_per_s": round(len(texts) / wall),
             "docs_per_cpu_s": round(len(texts) / cpu),
         }
-    out["numba_threads"] = numba.get_num_threads()  # type: ignore[assignment]
+    out["numba_threads"] = numba.get_num_threads()  # type: ignore[assignment] - quality's
+    # exact and MinHash run the C kernels when built (all cores), else numba
+    out["c_kernel_threads"] = native.threads() if native.available() else 0  # type: ignore[assignment]
     return out
 
 

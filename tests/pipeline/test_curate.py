@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset, load_dataset
@@ -171,3 +172,35 @@ def test_streamed_file_curate_equals_the_dataset_run_and_stays_lean(tmp_path: Pa
                for r in records[200:400]) >= 190
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["output"]["rows"] == len(streamed) == in_memory.manifest.output["rows"]
+
+
+def test_streamed_features_spill_to_scratch_with_the_same_result(
+        tmp_path: Path, shared_data: Path, monkeypatch) -> None:
+    """Past ``SPILL_BYTES`` a step's features go to memory-mapped scratch files (a big corpus
+    must not need its signatures in RAM); the result is the same, and the scratch folder is
+    gone afterwards."""
+    import datadiet.pipeline.curate as runner
+    from datadiet.pipeline.curate import curate_path
+
+    records = _t0_records(shared_data, 1500)
+    records += [dict(r, id=f"copy-{r['id']}") for r in records[:100]]
+    src = tmp_path / "t0.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    steps = [{"exact_dedup": {}}, {"minhash_dedup": {"threshold": 0.8}}]
+    in_ram = curate_path(src, steps, tmp_path / "ram", show_progress=False)
+    seen_spills: list[Path] = []
+    save = np.save
+
+    def recording_save(path, array):  # noqa: ANN001, ANN202 - np.save's own signature
+        seen_spills.append(Path(path))
+        return save(path, array)
+
+    monkeypatch.setattr(runner, "SPILL_BYTES", 1)
+    monkeypatch.setattr(np, "save", recording_save)
+    spilled = curate_path(src, steps, tmp_path / "disk", show_progress=False)
+    assert seen_spills and not any(p.exists() for p in seen_spills)
+    assert spilled.manifest.output["rows"] == in_ram.manifest.output["rows"] < len(records)
+    assert spilled.removed.equals(in_ram.removed)
+    for name in in_ram.manifest.output["shards"]:
+        assert pq.read_table(tmp_path / "disk" / name).equals(
+            pq.read_table(tmp_path / "ram" / name))

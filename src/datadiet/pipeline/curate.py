@@ -445,36 +445,67 @@ def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
     return CurateResult(manifest, removed, given_dataset=result_ds)
 
 
+#: A step's per-row features past this many bytes go to scratch files as they are computed,
+#: and the arrays its reduce reads are memory-mapped there (the page cache keeps what fits):
+#: MinHash signatures are 512 bytes a row, 5 GB for ten million rows.
+SPILL_BYTES = 256 << 20
+
+
 class _FeatureMap:
     """One map/reduce step's per-row features, computed batch by batch as the corpus is read
     (the map a Dask worker runs on a shard), and its seconds, booked on the step."""
 
-    def __init__(self, step: Step, ctx: StepContext) -> None:
+    def __init__(self, step: Step, index: int, ctx: StepContext) -> None:
         self.step = step
+        self.index = index  # the step's place in the spec (names of its scratch files)
         self.ctx = ctx
         self.parts: list[dict[str, np.ndarray]] = []
+        self.bytes = 0
         self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
 
     def add(self, batch: pa.RecordBatch) -> None:
         start = time.perf_counter()
-        self.parts.append(self.step.row_features(batch.column(self.ctx.text_field)))
+        part = self.step.row_features(batch.column(self.ctx.text_field))
+        self.bytes += sum(array.nbytes for array in part.values())
+        self.parts.append(self._spill(part) if self.bytes > SPILL_BYTES else part)
         self.seconds += time.perf_counter() - start
+
+    @property
+    def spilled(self) -> bool:
+        return self.bytes > SPILL_BYTES
+
+    def _spill(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The part's arrays written to scratch and mapped back (not resident until read)."""
+        folder = self.ctx.scratch("features")
+        mapped = {}
+        for name, array in part.items():
+            path = folder / f"step{self.index}-part{len(self.parts)}-{name}.npy"
+            np.save(path, array)
+            mapped[name] = np.load(path, mmap_mode="r")
+        return mapped
+
+    def _output(self, name: str, rows: int, like: np.ndarray) -> np.ndarray:
+        if not self.spilled:
+            return np.empty((rows, *like.shape[1:]), like.dtype)
+        path = self.ctx.scratch("features") / f"step{self.index}-{name}.npy"
+        return np.lib.format.open_memmap(path, mode="w+", dtype=like.dtype,
+                                         shape=(rows, *like.shape[1:]))
 
     def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
         """Every feature array over the ``alive`` input rows (of ``n``), in row order.
 
         Filled part by part into arrays of the final size, each part dropped once copied, so
-        memory holds the features about once, not twice.
+        memory holds the features about once, not twice; features past ``SPILL_BYTES`` are
+        filled into memory-mapped scratch files instead.
         """
         parts, self.parts = self.parts, []
         if not parts:
             return self.step.row_features(pa.array([], pa.string()))
-        if len(parts) == 1 and len(alive) == n:
+        if len(parts) == 1 and len(alive) == n and not self.spilled:
             return parts[0]
         keep = np.zeros(n, bool)
         keep[alive] = True
-        out = {name: np.empty((len(alive), *array.shape[1:]), array.dtype)
-               for name, array in parts[0].items()}
+        out = {name: self._output(name, len(alive), array) for name, array in parts[0].items()}
         start = done = 0
         parts.reverse()  # pop() from the end takes them in row order
         while parts:
@@ -546,7 +577,7 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
     with scratch_dir("datadiet-run-") as work:
         ctx.work_dir = work
         try:
-            maps = [_FeatureMap(step, ctx) for step in built]
+            maps = [_FeatureMap(step, i, ctx) for i, step in enumerate(built)]
             mapper = _MapThread(maps)
             try:
                 corpus = stream_corpus(source, mapper.put, work, **options)
