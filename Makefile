@@ -17,7 +17,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 install: $(STAMP) $(NATIVE)
 
-$(NATIVE): src/datadiet/selectors/native/hashkernels.c $(STAMP)
+$(NATIVE): src/datadiet/selectors/native/hashkernels.c src/datadiet/selectors/native/__init__.py \
+		src/datadiet/selectors/hashing.py $(STAMP)
 	$(PY) -m datadiet.selectors.native build
 
 $(STAMP): pyproject.toml constraints.txt
@@ -57,4 +58,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info $(NATIVE)
+	rm -rf $(VENV) build *.egg-info src/*.egg-info $(NATIVE) src/datadiet/selectors/native/_unicode_tables.npz

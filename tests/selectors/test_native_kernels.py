@@ -148,10 +148,12 @@ def test_build_replaces_the_library_atomically(tmp_path, monkeypatch) -> None:
         native.build(str(fake_cc), quiet=True)
     assert (native.LIBRARY.read_bytes() if native.LIBRARY.exists() else None) == before
     assert not list(native.LIBRARY.parent.glob("._hashkernels-*"))
+    assert not list(native.LIBRARY.parent.glob("._unicode-*"))
     proc = subprocess.run([sys.executable, "-m", "datadiet.selectors.native", "build"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and native.LIBRARY.exists(), proc.stderr
-    assert not list(native.LIBRARY.parent.glob("._hashkernels-*"))
+    assert native.UNICODE_TABLES.exists()
+    assert not list(native.LIBRARY.parent.glob("._*"))
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -177,6 +179,8 @@ def test_kernel_nfkc_equals_unicodedata_for_every_code_point() -> None:
     and reordering happen) normalises in the C kernel exactly as in ``normalize()``: the NFKC
     classes built from ``unicodedata`` at install time leave nothing to chance."""
     assert native.nfkc_tables() is not None, "the NFKC classes were not built with the library"
+    for name, fresh in hashing.build_character_tables().items():  # the saved tables are current
+        assert np.array_equal(native.unicode_table(name), fresh), name
     from datadiet.pipeline.text import normalize
 
     chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000]

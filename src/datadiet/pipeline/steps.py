@@ -2,6 +2,9 @@
 
 A step sees a ``datasets.Dataset`` and a :class:`StepContext` and returns a
 :class:`~datadiet.pipeline.selection.Selection` — it never mutates or filters the dataset itself.
+A step that splits into a per-row map and a global reduce (:meth:`Step.row_features`,
+:meth:`Step.select_from_features`) can also run without a ``Dataset``: ``datadiet curate`` on
+files streams such specs — maps on Arrow batches as they are read, reduces on the features.
 The runner (:func:`datadiet.pipeline.curate.curate`) applies selections in order, so every step is
 testable alone and composable in any order, and the manifest records each one.
 
@@ -157,10 +160,15 @@ class Step(ABC):
         """
         raise NotImplementedError(f"step {self.name!r} has no per-row features")
 
-    def select_from_features(self, ds: Dataset, ctx: StepContext,
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
                              features: dict[str, Any]) -> Selection:
         """The global half: :meth:`select` on ``ds`` from its rows' :meth:`row_features`
-        (each array row-aligned with ``ds``)."""
+        (each array row-aligned with ``ds``).
+
+        ``ds`` names the rows: a ``Dataset``, or in a streamed file run (the maps ran while
+        the file was read, no ``Dataset`` was built) an Arrow table with just the id column.
+        The reduce may read ids from it (:func:`datadiet.selectors.common.row_ids`), nothing
+        else."""
         raise NotImplementedError(f"step {self.name!r} has no per-row features")
 
     @classmethod

@@ -12,6 +12,12 @@ a Python object per word or per character. What Python's ``str`` methods define 
 built from those same methods, so the kernels agree with the Python definitions by construction
 (and the tests compare them over every code point).
 
+Three implementations of the hot kernels give the same bits: C (``selectors/native``: exact
+normalisation, MinHash shard signatures, the MinHash reduce; a small library built at install
+and called through ctypes, so it costs no start-up and runs on every core from plain threads),
+numba (these modules; every kernel, the quality features and DSIR included), and NumPy/Python.
+The C kernels are used wherever they exist and are built.
+
 numba is optional: :func:`numba_enabled` is False without it, with ``DATADIET_NUMBA=0``, or for
 a small call in a process that has not loaded numba yet, and every caller has a NumPy/Python
 path that gives the same result. Kernels are compiled once and
@@ -392,7 +398,8 @@ def regex_char_table(char_class: str, size: int = 0x110000) -> np.ndarray:
 def word_char_table() -> np.ndarray:
     """``table[cp]`` is True where ``chr(cp)`` matches Python's ``re`` ``\\w`` (letters, digits
     and ``_`` of every script: ``str.isalnum() or '_'``)."""
-    return regex_char_table(r"\w")
+    saved = native.unicode_table("word")
+    return saved if saved is not None else regex_char_table(r"\w")
 
 
 @functools.cache
@@ -416,7 +423,8 @@ def is_word_char(cp: np.ndarray) -> np.ndarray:
 def space_table() -> np.ndarray:
     """``table[cp]`` is True where ``chr(cp)`` matches ``re``'s ``\\s``, which is
     ``str.isspace``: what ``str.split()``/``strip()`` treat as white space."""
-    return regex_char_table(r"\s")
+    saved = native.unicode_table("space")
+    return saved if saved is not None else regex_char_table(r"\s")
 
 
 @functools.cache
@@ -426,6 +434,11 @@ def lower_table() -> np.ndarray:
     Identity where ``lower`` yields two code points (only U+0130) or depends on context (final
     sigma): texts with those go through ``str.lower`` before a kernel sees them.
     """
+    saved = native.unicode_table("lower")
+    return saved if saved is not None else _build_lower_table()
+
+
+def _build_lower_table() -> np.ndarray:
     lowered = map(str.lower, _every_code_point()[:CASE_TABLE_SIZE])
     table = np.fromiter((ord(x) if len(x) == 1 else -1 for x in lowered), np.int64, CASE_TABLE_SIZE)
     ident = np.arange(CASE_TABLE_SIZE)
@@ -440,6 +453,11 @@ def casefold_table() -> np.ndarray:
 
     ``str.casefold`` has no context rules, so folding code point by code point is exact.
     """
+    saved = native.unicode_table("casefold")
+    return saved if saved is not None else _build_casefold_table()
+
+
+def _build_casefold_table() -> np.ndarray:
     table = np.arange(CASE_TABLE_SIZE, dtype=np.uint32)
     chars = _every_code_point()[:CASE_TABLE_SIZE]
     for c, (ch, folded) in enumerate(zip(chars, map(str.casefold, chars), strict=True)):
@@ -450,3 +468,9 @@ def casefold_table() -> np.ndarray:
         else:
             table[c] = ord(folded)
     return table
+
+
+def build_character_tables() -> dict[str, np.ndarray]:
+    """The tables above computed afresh (not loaded), for the install-time table file."""
+    return {"word": regex_char_table(r"\w"), "space": regex_char_table(r"\s"),
+            "lower": _build_lower_table(), "casefold": _build_casefold_table()}

@@ -34,9 +34,13 @@ __all__ = ["LIBRARY", "available", "bucket_pairs", "build", "docs_with", "minhas
 
 SOURCE = Path(__file__).with_name("hashkernels.c")
 LIBRARY = Path(__file__).with_name("_hashkernels.so")
-#: Per-code-point NFKC classes for the normalisation kernel, built with the library from this
-#: Python's ``unicodedata`` (see :func:`build_nfkc_tables`).
-NFKC_TABLES = Path(__file__).with_name("_nfkc_tables.npz")
+#: Per-code-point tables built with the library from this Python's ``unicodedata`` and ``re``:
+#: the NFKC classes of the normalisation kernel (see :func:`build_unicode_tables`) and the
+#: character tables of :mod:`datadiet.selectors.hashing`, which every process would otherwise
+#: rebuild (~0.1 s of a short run).
+UNICODE_TABLES = Path(__file__).with_name("_unicode_tables.npz")
+#: Bumped whenever a table's definition changes, so a file built by older code is not used.
+TABLES_FORMAT = 1
 ABI_VERSION = 3
 #: Most documents per piece of work handed to a thread; a batch is cut into at least four
 #: pieces per thread (of at least ``MIN_PIECE``), so threads finish together on skewed lengths
@@ -81,9 +85,9 @@ def build(compiler: str | None = None, quiet: bool = False) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     _library.cache_clear()
-    build_nfkc_tables()
+    build_unicode_tables()
     if not quiet:
-        print(f"built {LIBRARY} and {NFKC_TABLES.name}", file=sys.stderr)
+        print(f"built {LIBRARY} and {UNICODE_TABLES.name}", file=sys.stderr)
     return LIBRARY
 
 
@@ -101,8 +105,8 @@ def _composition_seconds() -> set[int]:
     return seconds
 
 
-def build_nfkc_tables(path: Path = NFKC_TABLES) -> Path:
-    """Classify every code point for NFKC in the kernel, and save the classes atomically.
+def _nfkc_classes() -> dict[str, np.ndarray]:
+    """Classify every code point for NFKC in the kernel.
 
     Class 0: the character is its own NFKC in any context — canonical combining class 0,
     ``NFKC(c) == c``, and never the second half of a composition (its NFKC quick-check is Yes,
@@ -111,8 +115,7 @@ def build_nfkc_tables(path: Path = NFKC_TABLES) -> Path:
     ligatures, full-width forms): the kernel writes that expansion, which equals NFKC of the
     whole text because NFKD of a text is the concatenation of its characters' NFKD. Class 2:
     anything else (combining marks, composing jamo, expansions with combining marks): the text
-    goes to Python's ``unicodedata``. Takes a few seconds, once, at build time; the file records
-    the Unicode version, and a Python with another one ignores it.
+    goes to Python's ``unicodedata``.
     """
     seconds = _composition_seconds()
     classes = np.zeros(0x110000, np.uint8)
@@ -136,31 +139,63 @@ def build_nfkc_tables(path: Path = NFKC_TABLES) -> Path:
     offsets = np.zeros(len(keys) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     cps = np.array([ord(c) for k in keys.tolist() for c in expansions[k]], np.uint32)
-    fd, tmp = tempfile.mkstemp(prefix="._nfkc-", suffix=".npz", dir=path.parent)
+    return {"nfkc_classes": classes, "nfkc_keys": keys, "nfkc_offsets": offsets,
+            "nfkc_cps": cps}
+
+
+def build_unicode_tables(path: Path = UNICODE_TABLES) -> Path:
+    """Build the per-code-point tables and save them atomically (a few seconds, once, at
+    install). The file records the Unicode version; a Python with another one ignores it."""
+    from datadiet.selectors import hashing  # the table definitions live with their users
+
+    tables = _nfkc_classes()
+    tables.update(hashing.build_character_tables())
+    fd, tmp = tempfile.mkstemp(prefix="._unicode-", suffix=".npz", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, classes=classes, keys=keys, offsets=offsets, cps=cps,
-                                unicode=np.array(unicodedata.unidata_version))
+            np.savez_compressed(handle, unicode=np.array(unicodedata.unidata_version),
+                                format=np.array(TABLES_FORMAT), **tables)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    unicode_tables.cache_clear()
     nfkc_tables.cache_clear()
     return path
 
 
 @functools.cache
-def nfkc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(classes, keys, offsets, cps)`` from :func:`build_nfkc_tables`, or None when the file
-    is missing, unreadable, or from another Unicode version than this Python's."""
+def unicode_tables() -> dict[str, np.ndarray] | None:
+    """Every table of :func:`build_unicode_tables`, or None when the file is missing,
+    unreadable, of an older format, or from another Unicode version than this Python's."""
+    if os.environ.get("DATADIET_NATIVE", "") == "0":
+        return None
     try:
-        with np.load(NFKC_TABLES) as data:
-            if str(data["unicode"]) != unicodedata.unidata_version:
+        with np.load(UNICODE_TABLES) as data:
+            if (str(data["unicode"]) != unicodedata.unidata_version
+                    or int(data["format"]) != TABLES_FORMAT):
                 return None
-            return data["classes"], data["keys"], data["offsets"], data["cps"]
+            return {name: data[name] for name in data.files if name not in ("unicode", "format")}
     except (OSError, KeyError, ValueError):
         return None
+
+
+def unicode_table(name: str) -> np.ndarray | None:
+    """One saved table by name (``word``, ``space``, ``lower``, ``casefold``), or None."""
+    tables = unicode_tables()
+    return None if tables is None else tables.get(name)
+
+
+@functools.cache
+def nfkc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(classes, keys, offsets, cps)`` of the kernel's NFKC, or None (see
+    :func:`unicode_tables`)."""
+    tables = unicode_tables()
+    if tables is None:
+        return None
+    return (tables["nfkc_classes"], tables["nfkc_keys"], tables["nfkc_offsets"],
+            tables["nfkc_cps"])
 
 
 def _umask() -> int:
@@ -199,6 +234,7 @@ def threads() -> int:
     if setting.isdigit() and int(setting) > 0:
         return int(setting)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
 
 
 @functools.cache
@@ -248,7 +284,7 @@ def normalize(buf: np.ndarray, starts: np.ndarray, mode: np.ndarray, fold: np.nd
     lengths = np.empty(n, np.int64)
     tables = nfkc_tables() if with_nfkc else None
     if with_nfkc and tables is None:
-        raise RuntimeError(f"{NFKC_TABLES} is missing or from another Unicode version")
+        raise RuntimeError(f"{UNICODE_TABLES} is missing or from another Unicode version")
     classes, keys, offsets, cps = tables if tables is not None else (None, None, None, None)
     nfkc = ((_ptr(classes), _ptr(keys), _ptr(offsets), _ptr(cps), len(keys))
             if tables is not None else (None, None, None, None, 0))
