@@ -691,12 +691,18 @@ class _Reader:
         lines = _object_lines(block, first_line, table.num_rows)
         if lines is None:
             return False
-        table = table.combine_chunks()
-        ids = table.column(rows.id_field).chunk(0) if table.num_rows else None
-        if ids is not None and ids.type != pa.string():
-            ids = ids.cast(pa.string())
-        extras = {k: table.column(k).chunk(0) for k in rows.keep_fields}
-        rows.add_columns(src, lines, ids, table.column(rows.text_field).chunk(0), extras)
+        done = 0
+        for batch in table.to_batches():  # pyarrow's own chunks, zero-copy (no combining)
+            n = batch.num_rows
+            if n == 0:
+                continue
+            ids = batch.column(rows.id_field)
+            if ids.type != pa.string():
+                ids = ids.cast(pa.string())
+            extras = {k: batch.column(k) for k in rows.keep_fields}
+            rows.add_columns(src, lines[done : done + n], ids, batch.column(rows.text_field),
+                             extras)
+            done += n
         return True
 
     def _slow_jsonl_block(self, path: Path, src: int, first_line: int, block: bytes) -> None:
@@ -1409,23 +1415,29 @@ def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_00
     return names
 
 
+#: Bytes of kept rows gathered before they are written as one Parquet row group: big enough
+#: for readers (a group per 1 MB batch would make a file of thousands of tiny groups), small
+#: enough that the writer holds a bounded slice of the output, not all of it.
+ROW_GROUP_BYTES = 8 << 20
+
+
 def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, folder: Path,
                        rows_per_shard: int = 100_000, prefix: str = "data",
                        drop: Sequence[str] = (),
                        extra: Mapping[str, np.ndarray] | None = None) -> list[str]:
     """Write the rows of ``batches`` where ``keep`` (a mask over all their rows) is True as
-    ``{prefix}-00000-of-0000N.parquet`` shards, the same files :func:`write_parquet_shards`
-    writes for those rows; ``drop`` names columns left out, ``extra`` adds columns (a value per
-    input row). One batch is in memory at a time; each becomes a row group."""
+    ``{prefix}-00000-of-0000N.parquet`` shards, the same rows in the same files
+    :func:`write_parquet_shards` writes; ``drop`` names columns left out, ``extra`` adds
+    columns (a value per input row). Memory: one batch plus one row group of kept rows
+    (``ROW_GROUP_BYTES``)."""
     if rows_per_shard < 1:
         raise SpecError(f"rows per shard must be at least 1, not {rows_per_shard}")
     folder.mkdir(parents=True, exist_ok=True)
     n_kept = int(np.count_nonzero(keep))
     n_shards = max(1, -(-n_kept // rows_per_shard))
     names = [f"{prefix}-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
-    writer: pq.ParquetWriter | None = None
-    shard, in_shard, start = 0, 0, 0
-    schema: pa.Schema | None = None
+    writer = _ShardWriter(folder, names, rows_per_shard)
+    start = 0
     try:
         for batch in batches:
             n = batch.num_rows
@@ -1434,24 +1446,62 @@ def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, fold
             for name, values in (extra or {}).items():
                 table = table.append_column(name, arrow_floats(values[start : start + n]))
             start += n
-            table = table.filter(arrow_bools(mask)) if not mask.all() else table
-            schema = table.schema
-            while len(table):
-                if writer is None:
-                    writer = pq.ParquetWriter(folder / names[shard], schema)
-                part = table.slice(0, rows_per_shard - in_shard)
-                writer.write_table(part)
-                in_shard += len(part)
-                table = table.slice(len(part))
-                if in_shard == rows_per_shard:
-                    writer.close()
-                    writer, shard, in_shard = None, shard + 1, 0
-        if n_kept == 0 and schema is not None:
-            pq.write_table(schema.empty_table(), folder / names[0])
+            writer.add(table.filter(arrow_bools(mask)) if not mask.all() else table)
+        writer.close()
     finally:
-        if writer is not None:
-            writer.close()
+        writer.abort()
     return names
+
+
+class _ShardWriter:
+    """Rows in, shards of ``rows_per_shard`` rows out, each written in row groups of about
+    ``ROW_GROUP_BYTES``; an empty output is one empty shard with the input's columns."""
+
+    def __init__(self, folder: Path, names: list[str], rows_per_shard: int) -> None:
+        self.folder, self.names, self.rows_per_shard = folder, names, rows_per_shard
+        self.writer: pq.ParquetWriter | None = None
+        self.shard = self.in_shard = 0
+        self.pending: list[pa.Table] = []
+        self.pending_rows = self.pending_bytes = 0
+        self.schema: pa.Schema | None = None
+
+    def add(self, table: pa.Table) -> None:
+        self.schema = table.schema
+        while len(table):
+            room = self.rows_per_shard - self.in_shard - self.pending_rows
+            part = table.slice(0, room)
+            self.pending.append(part)
+            self.pending_rows += len(part)
+            self.pending_bytes += part.nbytes
+            table = table.slice(len(part))
+            if self.pending_bytes >= ROW_GROUP_BYTES or len(part) == room:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.folder / self.names[self.shard], self.schema)
+        group = pa.concat_tables(self.pending)
+        self.writer.write_table(group, row_group_size=len(group))
+        self.in_shard += len(group)
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
+        if self.in_shard == self.rows_per_shard:
+            self.writer.close()
+            self.writer, self.shard, self.in_shard = None, self.shard + 1, 0
+
+    def close(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        elif self.shard == 0 and self.schema is not None:  # nothing kept
+            pq.write_table(self.schema.empty_table(), self.folder / self.names[0])
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class AtomicOutputDir:
