@@ -574,7 +574,8 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
     """``curate_path`` for steps that are all a per-row map plus a reduce: the maps run on
     each batch while it is read, the reduces on the features, and the kept rows are read back
     from the scratch copy batch by batch into the output. Memory: a batch plus the features."""
-    with scratch_dir("datadiet-run-") as work:
+    callers_work_dir = ctx.work_dir
+    with scratch_dir("datadiet-run-", callers_work_dir) as work:
         ctx.work_dir = work
         try:
             maps = [_FeatureMap(step, i, ctx) for i, step in enumerate(built)]
@@ -621,7 +622,7 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
                 }
                 atomic_write_text(tmp / MANIFEST_FILE, manifest.to_json())
         finally:
-            ctx.work_dir = None
+            ctx.work_dir = callers_work_dir
     return CurateResult(manifest, removed, kept_rows=alive, output_dir=Path(out))
 
 
@@ -675,7 +676,7 @@ def curate_path(
                "on_error": on_error, "on_duplicate_id": on_duplicate_id, "fields": fields}
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
-    if runs_on_table(built) and reads_as_files(source) and ctx.work_dir is None:
+    if runs_on_table(built) and reads_as_files(source):
         return _curate_streamed(source, built, out, ctx, options, overwrite, rows_per_shard)
     loaded: LoadedCorpus = load_corpus(source, **options)
     fmt = loaded.record_format
