@@ -33,8 +33,8 @@ from datadiet.pipeline.io import (
     AtomicOutputDir,
     LoadedCorpus,
     OnError,
+    ReadReport,
     SpecError,
-    StreamedCorpus,
     arrow_floats,
     arrow_ints,
     arrow_strings,
@@ -626,7 +626,7 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
     return CurateResult(manifest, removed, kept_rows=alive, output_dir=Path(out))
 
 
-def _input_info(corpus: LoadedCorpus | StreamedCorpus, options: dict[str, Any]) -> dict[str, Any]:
+def _input_info(corpus: ReadReport, options: dict[str, Any]) -> dict[str, Any]:
     """The manifest's account of the input: where from, how read, what was skipped."""
     fmt = corpus.record_format
     return {

@@ -210,8 +210,32 @@ def as_dataset(table: pa.Table, fingerprint: str | None = None) -> Dataset:
     return Dataset(InMemoryTable(table), fingerprint=fingerprint)
 
 
-@dataclass
-class LoadedCorpus:
+@dataclass(kw_only=True)
+class ReadReport:
+    """What reading a corpus found out besides its rows: where it came from, its fingerprint,
+    what was skipped or renamed, and how its records were read (the manifest's input)."""
+
+    source: str
+    fingerprint: str
+    skipped: list[SkippedRow] = field(default_factory=list)
+    skipped_count: int = 0
+    renamed_ids: int = 0
+    record_format: RecordFormat | None = None
+
+    @property
+    def rows(self) -> int:
+        """How many rows were read (each kind of corpus counts its own)."""
+        raise NotImplementedError
+
+    def skipped_summary(self, limit: int = 20) -> dict[str, Any]:
+        return {
+            "count": self.skipped_count,
+            "examples": [str(s) for s in self.skipped[:limit]],
+        }
+
+
+@dataclass(kw_only=True)
+class LoadedCorpus(ReadReport):
     """A corpus with ``id`` and text columns, plus what was skipped or renamed.
 
     Read from files it is an Arrow ``table``, and :attr:`dataset` wraps it as a
@@ -219,13 +243,7 @@ class LoadedCorpus:
     are that dataset's.
     """
 
-    table: pa.Table | None
-    source: str
-    fingerprint: str
-    skipped: list[SkippedRow] = field(default_factory=list)
-    skipped_count: int = 0
-    renamed_ids: int = 0
-    record_format: RecordFormat | None = None
+    table: pa.Table | None = None
     given_dataset: Dataset | None = field(default=None, repr=False)
 
     @property
@@ -239,12 +257,6 @@ class LoadedCorpus:
     @property
     def rows(self) -> int:
         return len(self.table) if self.table is not None else len(self.dataset)
-
-    def skipped_summary(self, limit: int = 20) -> dict[str, Any]:
-        return {
-            "count": self.skipped_count,
-            "examples": [str(s) for s in self.skipped[:limit]],
-        }
 
 
 def content_id(text: str) -> str:
@@ -1068,8 +1080,18 @@ def load_corpus(
     return _load_hub(os.fspath(source), split, text_field, id_field, keep, on_duplicate_id, fmt)
 
 
-def _read_all(path: Path, rows: _Rows, reader: _Reader) -> None:
-    """Every data file under ``path`` through ``reader`` into ``rows``; at least one row."""
+def _read_all(path: Path, rows: _Rows, reader: _Reader, finish: Callable[[], Any]) -> Any:
+    """Every data file under ``path`` through ``reader`` into ``rows`` (at least one row), then
+    ``finish()``'s result; on any failure the rows' scratch file is closed first."""
+    try:
+        _read_files_into(path, rows, reader)
+        return finish()
+    except BaseException:
+        rows.abort()
+        raise
+
+
+def _read_files_into(path: Path, rows: _Rows, reader: _Reader) -> None:
     files = list_data_files(path) if path.is_dir() else [path]
     for f in files:
         if f.stat().st_size == 0 and reader.on_error == "raise":
@@ -1089,14 +1111,8 @@ def _read_files(path: Path, text_field: str, id_field: str, keep: list[str], on_
     with scratch_dir("datadiet-load-", work_dir) as work:
         rows = _Rows(text_field, id_field, keep, work / "corpus.arrow")
         reader = _Reader(rows, on_error, fmt)
-        try:
-            _read_all(path, rows, reader)
-            table, renamed = rows.finish(on_duplicate_id)
-        except BaseException:
-            rows.abort()
-            raise
-    return LoadedCorpus(table, str(path), reader.hasher.hexdigest(), reader.skipped,
-                        reader.skipped_count, renamed, reader.fmt)
+        table, renamed = _read_all(path, rows, reader, lambda: rows.finish(on_duplicate_id))
+    return LoadedCorpus(table=table, **_report(reader, path, renamed))
 
 
 def reads_as_files(source: Any) -> bool:
@@ -1108,28 +1124,19 @@ def reads_as_files(source: Any) -> bool:
     return path.exists() and not (path.is_dir() and _is_saved_dataset(path))
 
 
-@dataclass
-class StreamedCorpus:
+@dataclass(kw_only=True)
+class StreamedCorpus(ReadReport):
     """A corpus read once, in batches handed to a consumer as they were read, and kept in a
     scratch Arrow stream file so that its rows can be read again batch by batch (to write the
     kept ones). Memory holds the ids and one batch, never the corpus."""
 
     path: Path
     ids: pa.Array  #: every row's final id (after the id rule), in input order
-    source: str
-    fingerprint: str
-    skipped: list[SkippedRow] = field(default_factory=list)
-    skipped_count: int = 0
-    renamed_ids: int = 0
-    record_format: RecordFormat | None = None
-    schema: pa.Schema | None = None
+    schema: pa.Schema
 
     @property
     def rows(self) -> int:
         return len(self.ids)
-
-    def skipped_summary(self, limit: int = 20) -> dict[str, Any]:
-        return LoadedCorpus.skipped_summary(self, limit)  # type: ignore[arg-type]
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows again, batch by batch as read, with their final ids."""
@@ -1173,14 +1180,17 @@ def stream_corpus(
         raise no_such_path(source)
     rows = _Rows(text_field, id_field, keep, work_dir / "corpus.arrow", on_batch=on_batch)
     reader = _Reader(rows, on_error, fmt)
-    try:
-        _read_all(path, rows, reader)
-        ids, renamed = rows.finish_stream(on_duplicate_id)
-    except BaseException:
-        rows.abort()
-        raise
-    return StreamedCorpus(rows.path, ids, str(path), reader.hasher.hexdigest(),  # type: ignore[arg-type]
-                          reader.skipped, reader.skipped_count, renamed, reader.fmt, rows.schema)
+    ids, renamed = _read_all(path, rows, reader, lambda: rows.finish_stream(on_duplicate_id))
+    assert rows.path is not None
+    return StreamedCorpus(path=rows.path, ids=ids, schema=rows.schema,
+                          **_report(reader, path, renamed))
+
+
+def _report(reader: _Reader, path: Path, renamed: int) -> dict[str, Any]:
+    """The :class:`ReadReport` fields of a read of ``path``."""
+    return {"source": str(path), "fingerprint": reader.hasher.hexdigest(),
+            "skipped": reader.skipped, "skipped_count": reader.skipped_count,
+            "renamed_ids": renamed, "record_format": reader.fmt}
 
 
 def _check_read_options(on_error: str, on_duplicate_id: str) -> None:
@@ -1321,7 +1331,7 @@ def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
     ids = new_ids if new_ids is not None else ids
     if keep is None and new_ids is None and from_data.all() \
             and ds.features.get(id_field) == Value("string"):
-        return LoadedCorpus(None, source, ds._fingerprint, renamed_ids=0, record_format=fmt,
+        return LoadedCorpus(source=source, fingerprint=ds._fingerprint, record_format=fmt,
                             given_dataset=ds)
     if id_field in table.column_names:
         table = table.set_column(table.column_names.index(id_field), id_field, ids)
@@ -1332,8 +1342,8 @@ def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
     info = DatasetInfo(features=type(features)({c: features[c] for c in table.column_names}))
     fingerprint = xxhash.xxh3_128_hexdigest(f"{ds._fingerprint}:{id_field}:{text_field}".encode())
     out = Dataset(InMemoryTable(table), info=info, fingerprint=fingerprint)
-    return LoadedCorpus(None, source, fingerprint, renamed_ids=renamed, record_format=fmt,
-                        given_dataset=out)
+    return LoadedCorpus(source=source, fingerprint=fingerprint, renamed_ids=renamed,
+                        record_format=fmt, given_dataset=out)
 
 
 # -- writing --------------------------------------------------------------------------------

@@ -21,13 +21,14 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from datadiet.pipeline.atomic import atomic_path
 
 __all__ = ["LIBRARY", "available", "bucket_pairs", "build", "docs_with", "minhash_cluster",
            "minhash_shard", "normalize", "pair_jaccard", "threads"]
@@ -67,23 +68,17 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
 
 
 def build(compiler: str | None = None, quiet: bool = False) -> Path:
-    """Compile ``hashkernels.c`` into ``_hashkernels.so`` next to it (atomically: a reader never
-    sees half a library). Raises ``RuntimeError`` naming the compiler's complaint."""
+    """Compile ``hashkernels.c`` into ``_hashkernels.so`` next to it, through the atomic writer (a
+    reader never sees half a library), and build the Unicode tables beside it. Raises
+    ``RuntimeError`` naming the compiler's complaint."""
     cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (cc or gcc) on PATH; the numba/NumPy kernels run instead")
-    fd, tmp = tempfile.mkstemp(prefix="._hashkernels-", suffix=".so", dir=LIBRARY.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run([cc, "-O3", "-fPIC", "-shared", "-o", tmp, str(SOURCE)],
+    with atomic_path(LIBRARY) as tmp:
+        done = subprocess.run([cc, "-O3", "-fPIC", "-shared", "-o", str(tmp), str(SOURCE)],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed on {SOURCE}:\n{done.stderr.strip()}")
-        os.chmod(tmp, 0o755 & ~_umask())
-        os.replace(tmp, LIBRARY)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     _library.cache_clear()
     build_unicode_tables()
     if not quiet:
@@ -150,16 +145,9 @@ def build_unicode_tables(path: Path = UNICODE_TABLES) -> Path:
 
     tables = _nfkc_classes()
     tables.update(hashing.build_character_tables())
-    fd, tmp = tempfile.mkstemp(prefix="._unicode-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, unicode=np.array(unicodedata.unidata_version),
-                                format=np.array(TABLES_FORMAT), **tables)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, unicode=np.array(unicodedata.unidata_version),
+                            format=np.array(TABLES_FORMAT), **tables)
     unicode_tables.cache_clear()
     nfkc_tables.cache_clear()
     return path
@@ -196,12 +184,6 @@ def nfkc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | Non
         return None
     return (tables["nfkc_classes"], tables["nfkc_keys"], tables["nfkc_offsets"],
             tables["nfkc_cps"])
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @functools.cache
@@ -255,6 +237,12 @@ def _over_ranges(n: int, work: Callable[[int, int], object]) -> None:
         future.result()
 
 
+def _contiguous(*pairs: tuple[np.ndarray, type]) -> list[np.ndarray]:
+    """Each array as a C-contiguous array of its dtype (a view when it already is one): what a
+    pointer handed to C must be."""
+    return [np.ascontiguousarray(array, dtype) for array, dtype in pairs]
+
+
 def _ptr(array: np.ndarray) -> int:
     return array.ctypes.data
 
@@ -273,12 +261,9 @@ def normalize(buf: np.ndarray, starts: np.ndarray, mode: np.ndarray, fold: np.nd
     lengths (-1 where Python must normalise). ``with_nfkc``: the kernel also does NFKC, by
     :func:`nfkc_tables` (which must exist), for the texts in mode 0."""
     lib = _lib()
-    buf = np.ascontiguousarray(buf, np.uint8)
-    starts = np.ascontiguousarray(starts, np.int64)
-    mode = np.ascontiguousarray(mode, np.uint8)
-    fold = np.ascontiguousarray(fold, np.uint32)
-    word = np.ascontiguousarray(word, np.bool_)
-    ascii_word = np.ascontiguousarray(ascii_word, np.uint8)
+    buf, starts, mode, fold, word, ascii_word = _contiguous(
+        (buf, np.uint8), (starts, np.int64), (mode, np.uint8), (fold, np.uint32),
+        (word, np.bool_), (ascii_word, np.uint8))
     n = len(starts) - 1
     out = np.empty(len(buf), np.uint8)
     lengths = np.empty(n, np.int64)
@@ -298,9 +283,8 @@ def docs_with(buf: np.ndarray, offsets: np.ndarray, needles: np.ndarray,
               any_non_ascii: bool) -> np.ndarray:
     """Twin of ``hashing._nb_docs_with``: which texts hold a non-ASCII byte or a needle."""
     lib = _lib()
-    buf = np.ascontiguousarray(buf, np.uint8)
-    offsets = np.ascontiguousarray(offsets, np.int64)
-    needles = np.ascontiguousarray(needles, np.uint8).reshape(-1, 2)
+    buf, offsets, needles = _contiguous((buf, np.uint8), (offsets, np.int64), (needles, np.uint8))
+    needles = needles.reshape(-1, 2)
     n = len(offsets) - 1
     found = np.zeros(n, np.bool_)
     _over_ranges(n, lambda lo, hi: lib.dd_docs_with(
@@ -315,16 +299,10 @@ def minhash_shard(buf: np.ndarray, offsets: np.ndarray, word: np.ndarray, lower:
                   band_tag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Twin of ``minhash._nb_shard``: signatures, band keys and shingle counts of a batch."""
     lib = _lib()
-    buf = np.ascontiguousarray(buf, np.uint8)
-    offsets = np.ascontiguousarray(offsets, np.int64)
-    word = np.ascontiguousarray(word, np.bool_)
-    lower = np.ascontiguousarray(lower, np.uint32)
-    ascii_word = np.ascontiguousarray(ascii_word, np.uint8)
-    mult = np.ascontiguousarray(mult, np.uint64)
-    pos = np.ascontiguousarray(pos, np.uint64)
-    a = np.ascontiguousarray(a, np.uint32)
-    b = np.ascontiguousarray(b, np.uint32)
-    band_mult = np.ascontiguousarray(band_mult, np.uint64)
+    buf, offsets, word, lower, ascii_word, mult, pos, a, b, band_mult = _contiguous(
+        (buf, np.uint8), (offsets, np.int64), (word, np.bool_), (lower, np.uint32),
+        (ascii_word, np.uint8), (mult, np.uint64), (pos, np.uint64), (a, np.uint32),
+        (b, np.uint32), (band_mult, np.uint64))
     n = len(offsets) - 1
     bands, rows = band_mult.shape
     sigs = np.full((n, len(a)), np.uint32(0xFFFFFFFF), np.uint32)

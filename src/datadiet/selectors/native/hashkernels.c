@@ -280,6 +280,57 @@ static int insert_code(uint64_t *table, uint64_t cap, uint64_t code) {
     }
 }
 
+/* One band's rows grouped by key: an open-addressing table of buckets, each a linked list of
+ * row positions (t, an index into rows_idx) in increasing order. */
+typedef struct {
+    uint64_t cap;
+    uint64_t *slot_key;
+    int64_t *head, *tail, *size; /* per slot: first and last member, member count */
+    int64_t *nxt;                /* per member: the next one in its bucket, or -1 */
+    int64_t *used;               /* the slots in use, in first-seen order */
+} Buckets;
+
+static int buckets_init(Buckets *b, int64_t n) {
+    b->cap = 16;
+    while (b->cap < (uint64_t)(2 * n)) b->cap *= 2;
+    b->slot_key = malloc(sizeof(uint64_t) * b->cap);
+    b->head = malloc(sizeof(int64_t) * b->cap);
+    b->tail = malloc(sizeof(int64_t) * b->cap);
+    b->size = malloc(sizeof(int64_t) * b->cap);
+    b->nxt = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    b->used = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    return b->slot_key && b->head && b->tail && b->size && b->nxt && b->used ? 0 : -1;
+}
+
+static void buckets_free(Buckets *b) {
+    free(b->slot_key); free(b->head); free(b->tail); free(b->size); free(b->nxt); free(b->used);
+}
+
+/* Group rows_idx's rows by their key in `band` (O(n), no sort); returns the slots in use. */
+static int64_t group_band(const uint64_t *keys, int64_t n_bands, const int64_t *rows_idx,
+                          int64_t n, int64_t band, Buckets *b) {
+    uint64_t mask = b->cap - 1;
+    for (uint64_t s = 0; s < b->cap; s++) b->head[s] = -1;
+    int64_t n_used = 0;
+    for (int64_t t = 0; t < n; t++) {
+        uint64_t k = keys[rows_idx[t] * n_bands + band];
+        int64_t slot = (int64_t)((k ^ (k >> 31)) & mask);
+        while (b->head[slot] != -1 && b->slot_key[slot] != k) slot = (slot + 1) & (int64_t)mask;
+        b->nxt[t] = -1;
+        if (b->head[slot] == -1) {
+            b->slot_key[slot] = k;
+            b->head[slot] = b->tail[slot] = t;
+            b->size[slot] = 1;
+            b->used[n_used++] = slot;
+        } else {
+            b->nxt[b->tail[slot]] = t;
+            b->tail[slot] = t;
+            b->size[slot]++;
+        }
+    }
+    return n_used;
+}
+
 /* Twin of minhash._nb_bucket_pairs: per band, rows grouped by key in a hash table; each
  * bucket emits its pairs (all of them up to max_bucket members, else a star), each distinct
  * pair once, coded i * n_total + j. Returns the number of codes, *out (malloc'ed, freed with
@@ -287,39 +338,18 @@ static int insert_code(uint64_t *table, uint64_t cap, uint64_t code) {
 int64_t dd_bucket_pairs(const uint64_t *keys, int64_t n_bands, const int64_t *rows_idx,
                         int64_t n, int all_pairs, int64_t max_bucket, int64_t n_total,
                         int64_t **out_codes) {
-    uint64_t cap = 16, seen_cap = 16;
-    while (cap < (uint64_t)(2 * n)) cap *= 2;
+    uint64_t seen_cap = 16;
     while (seen_cap < (uint64_t)(4 * n)) seen_cap *= 2;
-    uint64_t mask = cap - 1;
-    uint64_t *slot_key = malloc(sizeof(uint64_t) * cap);
-    int64_t *head = malloc(sizeof(int64_t) * cap), *tail = malloc(sizeof(int64_t) * cap);
-    int64_t *size = malloc(sizeof(int64_t) * cap);
-    int64_t *nxt = malloc(sizeof(int64_t) * (size_t)(n + 1));
-    int64_t *used = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    Buckets table;
+    int table_ok = buckets_init(&table, n) == 0;
+    const int64_t *head = table.head, *size = table.size, *nxt = table.nxt, *used = table.used;
     uint64_t *seen = calloc(seen_cap, sizeof(uint64_t));
     int64_t out_cap = n > 16 ? n : 16, m = 0;
     int64_t *out = malloc(sizeof(int64_t) * (size_t)out_cap);
     int64_t result = -1;
-    if (!slot_key || !head || !tail || !size || !nxt || !used || !seen || !out) goto done;
+    if (!table_ok || !seen || !out) goto done;
     for (int64_t band = 0; band < n_bands; band++) {
-        for (uint64_t s = 0; s < cap; s++) head[s] = -1;
-        int64_t n_used = 0;
-        for (int64_t t = 0; t < n; t++) {
-            uint64_t k = keys[rows_idx[t] * n_bands + band];
-            int64_t slot = (int64_t)((k ^ (k >> 31)) & mask);
-            while (head[slot] != -1 && slot_key[slot] != k) slot = (slot + 1) & (int64_t)mask;
-            nxt[t] = -1;
-            if (head[slot] == -1) {
-                slot_key[slot] = k;
-                head[slot] = tail[slot] = t;
-                size[slot] = 1;
-                used[n_used++] = slot;
-            } else {
-                nxt[tail[slot]] = t;
-                tail[slot] = t;
-                size[slot]++;
-            }
-        }
+        int64_t n_used = group_band(keys, n_bands, rows_idx, n, band, &table);
         for (int64_t u = 0; u < n_used; u++) {
             int64_t slot = used[u];
             if (size[slot] < 2) continue;
@@ -349,7 +379,8 @@ int64_t dd_bucket_pairs(const uint64_t *keys, int64_t n_bands, const int64_t *ro
     }
     result = m;
 done:
-    free(slot_key); free(head); free(tail); free(size); free(nxt); free(used); free(seen);
+    buckets_free(&table);
+    free(seen);
     if (result < 0) { free(out); out = NULL; }
     *out_codes = out;
     return result;
@@ -390,38 +421,15 @@ int dd_minhash_cluster(const uint64_t *keys, int64_t n_bands, const int64_t *row
                        int64_t n, const uint32_t *sig, int64_t num_perm, int verify,
                        double threshold, int64_t max_bucket, int64_t n_total, int64_t *labels,
                        int64_t *counts) {
-    uint64_t cap = 16;
-    while (cap < (uint64_t)(2 * n)) cap *= 2;
-    uint64_t mask = cap - 1;
-    uint64_t *slot_key = malloc(sizeof(uint64_t) * cap);
-    int64_t *head = malloc(sizeof(int64_t) * cap), *tail = malloc(sizeof(int64_t) * cap);
-    int64_t *size = malloc(sizeof(int64_t) * cap);
-    int64_t *nxt = malloc(sizeof(int64_t) * (size_t)(n + 1));
-    int64_t *used = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    Buckets table;
+    int table_ok = buckets_init(&table, n) == 0;
+    const int64_t *head = table.head, *size = table.size, *nxt = table.nxt, *used = table.used;
     uint8_t *met = malloc((size_t)(n + 1) * (size_t)n_bands); /* met[t * n_bands + band] */
     int64_t n_seen = 0, n_merged = 0;
     int result = -1;
-    (void)n_total;
-    if (!slot_key || !head || !tail || !size || !nxt || !used || !met) goto done;
+    if (!table_ok || !met) goto done;
     for (int64_t band = 0; band < n_bands; band++) {
-        for (uint64_t s = 0; s < cap; s++) head[s] = -1;
-        int64_t n_used = 0;
-        for (int64_t t = 0; t < n; t++) {
-            uint64_t k = keys[rows_idx[t] * n_bands + band];
-            int64_t slot = (int64_t)((k ^ (k >> 31)) & mask);
-            while (head[slot] != -1 && slot_key[slot] != k) slot = (slot + 1) & (int64_t)mask;
-            nxt[t] = -1;
-            if (head[slot] == -1) {
-                slot_key[slot] = k;
-                head[slot] = tail[slot] = t;
-                size[slot] = 1;
-                used[n_used++] = slot;
-            } else {
-                nxt[tail[slot]] = t;
-                tail[slot] = t;
-                size[slot]++;
-            }
-        }
+        int64_t n_used = group_band(keys, n_bands, rows_idx, n, band, &table);
         for (int64_t u = 0; u < n_used; u++) { /* how each row meets its bucket this band */
             int64_t slot = used[u];
             int star = !(verify && size[slot] <= max_bucket);
@@ -465,7 +473,8 @@ int dd_minhash_cluster(const uint64_t *keys, int64_t n_bands, const int64_t *row
     counts[1] = n_merged;
     result = 0;
 done:
-    free(slot_key); free(head); free(tail); free(size); free(nxt); free(used); free(met);
+    buckets_free(&table);
+    free(met);
     return result;
 }
 
