@@ -110,8 +110,9 @@ def box(tmp_path: Path) -> Sandbox:
 def signal_self_code(where: str, signum: int) -> str:
     """A ``python -c`` program: the CLI, with a signal raised at ``where`` mid-run.
 
-    ``where`` is ``"write"`` (after the shards of the output are written, before the rename)
-    or ``"step"`` (inside the first step's reduce, after its features were computed). The program then calls the real CLI entry point.
+    ``where`` is ``"write"`` (after the shards of the output are written, before the rename),
+    ``"map"`` (inside a step's per-batch map, on the map thread, while the file is read) or
+    ``"step"`` (inside the first step's reduce, after its features were computed). The program then calls the real CLI entry point.
     """
     return (
         "import os, signal, sys\n"
@@ -128,6 +129,15 @@ def signal_self_code(where: str, signum: int) -> str:
         "        os.kill(os.getpid(), SIG)\n"
         "        return names\n"
         "    c.write_batch_shards = hook\n"
+        "elif " + repr(where) + " == 'map':\n"
+        # the steps' maps run on a second thread while the main thread reads: the signal
+        # arrives in the main thread, which must stop the map thread and clean up
+        "    from datadiet.selectors.exact import ExactDedup\n"
+        "    orig_map = ExactDedup.row_features\n"
+        "    def hook(self, texts):\n"
+        "        os.kill(os.getpid(), SIG)\n"
+        "        return orig_map(self, texts)\n"
+        "    ExactDedup.row_features = hook\n"
         "else:\n"
         "    from datadiet.selectors.exact import ExactDedup\n"
         "    orig = ExactDedup.select_from_features\n"
