@@ -204,3 +204,37 @@ def test_streamed_features_spill_to_scratch_with_the_same_result(
     for name in in_ram.manifest.output["shards"]:
         assert pq.read_table(tmp_path / "disk" / name).equals(
             pq.read_table(tmp_path / "ram" / name))
+
+
+def test_streamed_run_defers_a_row_local_step_to_the_survivors(tmp_path: Path,
+                                                              shared_data: Path) -> None:
+    """A row-local step after dedup (quality) is mapped in a second pass over the rows still
+    alive, not on every row while reading; the result equals the in-memory runner's."""
+    from datadiet.pipeline.curate import curate_path, maps_during_read
+
+    records = _t0_records(shared_data, 2500)
+    records += [dict(r, id=f"copy-{r['id']}") for r in records[:300]]
+    src = tmp_path / "t0.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    steps = [{"exact_dedup": {}}, {"minhash_dedup": {}}, {"quality": {}}]
+    quality = QualityFilter()
+    assert maps_during_read(quality, 0) and not maps_during_read(quality, 2)
+    assert maps_during_read(ExactDedup(), 1)
+    mapped_rows: list[int] = []
+    original = QualityFilter.row_features
+
+    def counting(self, texts):  # noqa: ANN001, ANN202 - the method's own signature
+        mapped_rows.append(len(texts))
+        return original(self, texts)
+
+    QualityFilter.row_features = counting  # type: ignore[method-assign]
+    try:
+        streamed = curate_path(src, steps, tmp_path / "out", show_progress=False)
+    finally:
+        QualityFilter.row_features = original  # type: ignore[method-assign]
+    alive_before_quality = streamed.manifest.steps[2].rows_in
+    assert sum(mapped_rows) == alive_before_quality < len(records)
+    in_memory = curate(Dataset.from_list(records), steps)
+    assert streamed.removed.sort_by("input_row").equals(in_memory.removed.sort_by("input_row"))
+    assert streamed.dataset["id"] == in_memory.dataset["id"]
+    assert streamed.manifest.steps[2].removed == in_memory.manifest.steps[2].removed

@@ -35,6 +35,8 @@ from datadiet.pipeline.io import (
     OnError,
     ReadReport,
     SpecError,
+    StreamedCorpus,
+    arrow_bools,
     arrow_floats,
     arrow_ints,
     arrow_strings,
@@ -463,7 +465,7 @@ class _FeatureMap:
         self.bytes = 0
         self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
 
-    def add(self, batch: pa.RecordBatch) -> None:
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         start = time.perf_counter()
         part = self.step.row_features(batch.column(self.ctx.text_field))
         self.bytes += sum(array.nbytes for array in part.values())
@@ -572,58 +574,123 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
                      ctx: StepContext, options: dict[str, Any], overwrite: bool,
                      rows_per_shard: int) -> CurateResult:
     """``curate_path`` for steps that are all a per-row map plus a reduce: the maps run on
-    each batch while it is read, the reduces on the features, and the kept rows are read back
-    from the scratch copy batch by batch into the output. Memory: a batch plus the features."""
+    each batch while it is read (see :func:`maps_during_read`), the reduces on the features,
+    and the kept rows are read back from the scratch copy batch by batch into the output.
+    Memory: a few batches plus the features."""
     callers_work_dir = ctx.work_dir
     with scratch_dir("datadiet-run-", callers_work_dir) as work:
         ctx.work_dir = work
         try:
             maps = [_FeatureMap(step, i, ctx) for i, step in enumerate(built)]
-            mapper = _MapThread(maps)
-            try:
-                corpus = stream_corpus(source, mapper.put, work, **options)
-                mapper.finish()
-            finally:
-                mapper.stop(cancel=True)
-            fmt = corpus.record_format
-            ctx.record_format = fmt
+            corpus = _read_and_map(source, [m for m in maps if maps_during_read(m.step, m.index)],
+                                   work, options)
+            ctx.record_format = corpus.record_format
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
                                 datadiet_version=__version__)
-            n = corpus.rows
             book = _StepBook(pa.chunked_array([corpus.ids]), manifest, ctx)
-            alive = np.arange(n, dtype=np.int64)
-            for step, feature_map in zip(built, maps, strict=True):
-                before = ctx.ledger.total
-                with ctx.ledger.stage(f"step:{step.name}") as rec:
-                    seconds_before = rec.seconds
-                    named = pa.table({ctx.id_field: corpus.ids if len(alive) == n
-                                      else corpus.ids.take(arrow_ints(alive))})
-                    selection = step.select_from_features(named, ctx,
-                                                          feature_map.features(alive, n))
-                rec.seconds += feature_map.seconds  # its maps ran during the read
-                book.score(score_column(step.name, corpus.schema.names), selection, alive)
-                seconds = rec.seconds - seconds_before
-                alive = book.record(step, selection, alive, rec, seconds, before)
+            alive = np.arange(corpus.rows, dtype=np.int64)
+            for feature_map in maps:
+                alive = _reduce_step(feature_map, corpus, alive, book, ctx)
             removed = book.finish(len(alive))
-            keep = np.zeros(n, bool)
-            keep[alive] = True
-            drop = [ctx.text_field] if fmt is not None and not fmt.is_text else []
-            with AtomicOutputDir(out, overwrite=overwrite) as tmp:
-                shards = write_batch_shards(corpus.batches(), keep, tmp, rows_per_shard,
-                                            drop=drop, extra=book.scores)
-                (tmp / "removed").mkdir()
-                pq.write_table(removed, tmp / "removed" / "removed.parquet")
-                manifest.output = {
-                    "rows": len(alive),
-                    "shards": shards,
-                    "removed_file": "removed/removed.parquet",
-                    "fingerprint": xxhash.xxh3_128_hexdigest(
-                        f"{corpus.fingerprint}|{manifest.spec}|".encode() + alive.tobytes()),
-                }
-                atomic_write_text(tmp / MANIFEST_FILE, manifest.to_json())
+            _write_streamed(corpus, alive, book, manifest, removed, ctx, out, overwrite,
+                            rows_per_shard)
         finally:
             ctx.work_dir = callers_work_dir
     return CurateResult(manifest, removed, kept_rows=alive, output_dir=Path(out))
+
+
+def maps_during_read(step: Step, index: int) -> bool:
+    """Whether a step of a streamed run maps every row while the file is read, or only the
+    rows still alive when its turn comes, in a pass over the scratch copy.
+
+    A row-local step (its decision for a row reads that row alone, like the quality rules)
+    after another step decides the same on any subset of rows, so it waits for the survivors
+    and spends nothing on rows already removed (the quality features are the dearest map);
+    every other step maps during the read, side by side with the reader.
+    """
+    return not (step.row_local and index > 0)
+
+
+def _read_and_map(source: str | os.PathLike, maps: list[_FeatureMap], work: Path,
+                  options: dict[str, Any]) -> StreamedCorpus:
+    """Read the corpus into the scratch folder, running ``maps`` on a second thread."""
+    mapper = _MapThread(maps)
+    try:
+        corpus = stream_corpus(source, mapper.put, work, **options)
+        mapper.finish()
+    finally:
+        mapper.stop(cancel=True)
+    return corpus
+
+
+#: Rows per map call of a deferred step: the reader's batches (about 1 MB of text) thinned by
+#: the steps before are gathered up to this, so a compiled map runs on batches big enough to
+#: keep its threads busy (the quality kernel took twice as long on ~900-row batches).
+SURVIVOR_BATCH = 8192
+
+
+def _map_survivors(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray) -> None:
+    """A deferred step's map over the rows still alive, read back from the scratch copy."""
+    keep = np.zeros(corpus.rows, bool)
+    keep[alive] = True
+    start = 0
+    gathered: list[pa.RecordBatch] = []
+    for batch in corpus.batches():
+        mask = keep[start : start + batch.num_rows]
+        start += batch.num_rows
+        if mask.any():
+            gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
+        if sum(b.num_rows for b in gathered) >= SURVIVOR_BATCH:
+            feature_map.add(pa.Table.from_batches(gathered))
+            gathered = []
+    if gathered:
+        feature_map.add(pa.Table.from_batches(gathered))
+
+
+def _reduce_step(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray,
+                 book: _StepBook, ctx: StepContext) -> np.ndarray:
+    """One step's reduce on the live rows' features (mapping them first if it was deferred);
+    returns the rows alive after it. Its seconds: its maps plus this."""
+    step, n = feature_map.step, corpus.rows
+    deferred = not maps_during_read(step, feature_map.index)
+    before = ctx.ledger.total
+    with ctx.ledger.stage(f"step:{step.name}") as rec:
+        seconds_before = rec.seconds
+        if deferred:
+            _map_survivors(feature_map, corpus, alive)
+        features = feature_map.features(np.arange(len(alive)), len(alive)) if deferred \
+            else feature_map.features(alive, n)
+        named = pa.table({ctx.id_field: corpus.ids if len(alive) == n
+                          else corpus.ids.take(arrow_ints(alive))})
+        selection = step.select_from_features(named, ctx, features)
+    if not deferred:
+        rec.seconds += feature_map.seconds  # its maps ran during the read
+    book.score(score_column(step.name, corpus.schema.names), selection, alive)
+    return book.record(step, selection, alive, rec, rec.seconds - seconds_before, before)
+
+
+def _write_streamed(corpus: StreamedCorpus, alive: np.ndarray, book: _StepBook,
+                    manifest: Manifest, removed: pa.Table, ctx: StepContext,
+                    out: str | os.PathLike, overwrite: bool, rows_per_shard: int) -> None:
+    """The output folder, atomically: kept rows (read back from the scratch copy), removals,
+    manifest."""
+    keep = np.zeros(corpus.rows, bool)
+    keep[alive] = True
+    fmt = corpus.record_format
+    drop = [ctx.text_field] if fmt is not None and not fmt.is_text else []  # our rendering
+    with AtomicOutputDir(out, overwrite=overwrite) as tmp:
+        shards = write_batch_shards(corpus.batches(), keep, tmp, rows_per_shard, drop=drop,
+                                    extra=book.scores)
+        (tmp / "removed").mkdir()
+        pq.write_table(removed, tmp / "removed" / "removed.parquet")
+        manifest.output = {
+            "rows": len(alive),
+            "shards": shards,
+            "removed_file": "removed/removed.parquet",
+            "fingerprint": xxhash.xxh3_128_hexdigest(
+                f"{corpus.fingerprint}|{manifest.spec}|".encode() + alive.tobytes()),
+        }
+        atomic_write_text(tmp / MANIFEST_FILE, manifest.to_json())
 
 
 def _input_info(corpus: ReadReport, options: dict[str, Any]) -> dict[str, Any]:

@@ -70,6 +70,7 @@ from datadiet.selectors.hashing import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from datasets import Dataset
 
 #: Gopher's stop-word rule: a document must contain at least two of these English words.
@@ -951,28 +952,50 @@ class QualityFilter(Step):
             values[new] = v[new]
         return failed, values
 
-    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
-        kinds = np.full(n, "", dtype=object)
-        detail = np.full(n, "", dtype=object)
+    def _feature_choice(self) -> tuple[list[int], list[int], bool]:
+        """The n-gram sizes and whether C4 features are needed: only what the rules read."""
         top_ns = list((self.max_top_ngram_char_fraction or {}).keys())
         dup_ns = list((self.max_dup_ngram_char_fraction or {}).keys())
-        c4 = any(r.feature in _C4_FEATURES for r in self._rules)
+        return top_ns, dup_ns, any(r.feature in _C4_FEATURES for r in self._rules)
+
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        n = len(ds)
+        top_ns, dup_ns, c4 = self._feature_choice()
         names = quality_feature_names(top_ns, dup_ns, c4)
-        # Indexed by rule; the trailing "" is what a kept row's -1 picks.
-        kind_of_rule = np.array([self._kinds[r.name] for r in self._rules] + [""], dtype=object)
         failed = np.full(n, -1, np.int64)
+        values = np.zeros(n, np.float64)
         row = 0
         batch_size = max(ctx.batch_size, KERNEL_BATCH)
         for batch in ctx.iter_text_arrays(ds, desc="quality", batch_size=batch_size):
             features = quality_feature_matrix(batch, top_ngrams=top_ns, dup_ngrams=dup_ns, c4=c4)
-            rule_idx, values = self.first_failures(features, names)
             end = row + len(batch)
-            failed[row:end] = rule_idx
-            for i in np.flatnonzero(rule_idx >= 0).tolist():
-                detail[row + i] = _fmt(float(values[i]))
+            failed[row:end], values[row:end] = self.first_failures(features, names)
             row = end
-        kinds[:] = kind_of_rule[failed]
+        return self._selection(failed, values)
+
+    def row_features(self, texts: Texts) -> dict[str, np.ndarray]:
+        """The map half: the feature matrix of the features the rules read (one row a text)."""
+        top_ns, dup_ns, c4 = self._feature_choice()
+        return {"features": quality_feature_matrix(texts, top_ngrams=top_ns, dup_ngrams=dup_ns,
+                                                   c4=c4)}
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, np.ndarray]) -> Selection:
+        """The reduce half, row by row: each row's first failed rule (:meth:`first_failures`)."""
+        top_ns, dup_ns, c4 = self._feature_choice()
+        failed, values = self.first_failures(features["features"],
+                                             quality_feature_names(top_ns, dup_ns, c4))
+        return self._selection(failed, values)
+
+    def _selection(self, failed: np.ndarray, values: np.ndarray) -> Selection:
+        """Rows failing a rule removed as ``quality:<rule>`` with the measured value."""
+        n = len(failed)
+        # Indexed by rule; the trailing "" is what a kept row's -1 picks.
+        kind_of_rule = np.array([self._kinds[r.name] for r in self._rules] + [""], dtype=object)
+        kinds = kind_of_rule[failed]
+        detail = np.full(n, "", dtype=object)
+        for i in np.flatnonzero(failed >= 0).tolist():
+            detail[i] = _fmt(float(values[i]))
         counts = np.bincount(failed[failed >= 0], minlength=len(self._rules))
         keep = failed < 0
         stats = {
