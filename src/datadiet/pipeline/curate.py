@@ -583,7 +583,7 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
         try:
             maps = [_FeatureMap(step, i, ctx) for i, step in enumerate(built)]
             corpus = _read_and_map(source, [m for m in maps if maps_during_read(m.step, m.index)],
-                                   work, options)
+                                   work, options, ctx)
             ctx.record_format = corpus.record_format
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
                                 datadiet_version=__version__)
@@ -612,14 +612,21 @@ def maps_during_read(step: Step, index: int) -> bool:
 
 
 def _read_and_map(source: str | os.PathLike, maps: list[_FeatureMap], work: Path,
-                  options: dict[str, Any]) -> StreamedCorpus:
-    """Read the corpus into the scratch folder, running ``maps`` on a second thread."""
+                  options: dict[str, Any], ctx: StepContext) -> StreamedCorpus:
+    """Read the corpus into the scratch folder, running ``maps`` on a second thread; a progress
+    bar counts the documents read (the total is not known before the end)."""
     mapper = _MapThread(maps)
-    try:
-        corpus = stream_corpus(source, mapper.put, work, **options)
-        mapper.finish()
-    finally:
-        mapper.stop(cancel=True)
+    with ctx.progress(None, "read" + "".join(f" + {m.step.name}" for m in maps)) as bar:
+
+        def on_batch(batch: pa.RecordBatch) -> None:
+            mapper.put(batch)
+            bar.update(batch.num_rows)
+
+        try:
+            corpus = stream_corpus(source, on_batch, work, **options)
+            mapper.finish()
+        finally:
+            mapper.stop(cancel=True)
     return corpus
 
 
@@ -629,22 +636,24 @@ def _read_and_map(source: str | os.PathLike, maps: list[_FeatureMap], work: Path
 SURVIVOR_BATCH = 8192
 
 
-def _map_survivors(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray) -> None:
+def _map_survivors(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray,
+                   ctx: StepContext) -> None:
     """A deferred step's map over the rows still alive, read back from the scratch copy."""
     keep = np.zeros(corpus.rows, bool)
     keep[alive] = True
     start = 0
     gathered: list[pa.RecordBatch] = []
-    for batch in corpus.batches():
-        mask = keep[start : start + batch.num_rows]
-        start += batch.num_rows
-        if mask.any():
-            gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
-        if sum(b.num_rows for b in gathered) >= SURVIVOR_BATCH:
-            feature_map.add(pa.Table.from_batches(gathered))
-            gathered = []
-    if gathered:
-        feature_map.add(pa.Table.from_batches(gathered))
+    with ctx.progress(len(alive), feature_map.step.name) as bar:
+        for batch in corpus.batches():
+            mask = keep[start : start + batch.num_rows]
+            start += batch.num_rows
+            if mask.any():
+                gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
+            rows = sum(b.num_rows for b in gathered)
+            if rows >= SURVIVOR_BATCH or (start == corpus.rows and rows):
+                feature_map.add(pa.Table.from_batches(gathered))
+                bar.update(rows)
+                gathered = []
 
 
 def _reduce_step(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray,
@@ -657,7 +666,7 @@ def _reduce_step(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.nda
     with ctx.ledger.stage(f"step:{step.name}") as rec:
         seconds_before = rec.seconds
         if deferred:
-            _map_survivors(feature_map, corpus, alive)
+            _map_survivors(feature_map, corpus, alive, ctx)
         features = feature_map.features(np.arange(len(alive)), len(alive)) if deferred \
             else feature_map.features(alive, n)
         named = pa.table({ctx.id_field: corpus.ids if len(alive) == n

@@ -100,7 +100,8 @@ class StepContext:
                 yield batch
                 bar.update(len(batch))
 
-    def progress(self, total: int, desc: str = "") -> tqdm:
+    def progress(self, total: int | None, desc: str = "") -> tqdm:
+        """A progress bar in documents (``total=None``: a count and a rate, no time left)."""
         return tqdm(total=total, desc=desc, unit="doc", disable=not self.show_progress,
                     leave=False, dynamic_ncols=True)
 
