@@ -8,7 +8,9 @@ workers and the `datadiet serve` process they start.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 
 _HOME = Path(tempfile.mkdtemp(prefix="datadiet-prefect-home-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # nothing of the run stays in $TMPDIR
 os.environ["PREFECT_HOME"] = str(_HOME / "client")  # this process: no writes to ~/.prefect
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

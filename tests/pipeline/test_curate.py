@@ -238,3 +238,26 @@ def test_streamed_run_defers_a_row_local_step_to_the_survivors(tmp_path: Path,
     assert streamed.removed.sort_by("input_row").equals(in_memory.removed.sort_by("input_row"))
     assert streamed.dataset["id"] == in_memory.dataset["id"]
     assert streamed.manifest.steps[2].removed == in_memory.manifest.steps[2].removed
+
+
+def test_a_step_context_outside_the_runner_removes_its_scratch_folder() -> None:
+    """A step run with a bare ``StepContext`` (a test, a flow task) gets scratch space that
+    disappears with the context, or at exit if the context lives that long: no ``datadiet-*``
+    folder is left in $TMPDIR (the DSIR and decontamination steps used to leave one a run)."""
+    import gc
+
+    from datadiet.pipeline.steps import StepContext
+
+    ctx = StepContext(show_progress=False)
+    (ctx.scratch("probe") / "x.npy").write_bytes(b"data")
+    root = ctx.work_dir
+    assert root is not None and root.exists()
+    del ctx
+    gc.collect()
+    assert not root.exists()
+    proc = subprocess.run(
+        [sys.executable, "-c", "from datadiet.pipeline.steps import StepContext\n"
+         "ctx = StepContext()\nprint(ctx.scratch('probe'))"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert not Path(proc.stdout.strip()).parent.exists()

@@ -18,7 +18,9 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import inspect
+import shutil
 import tempfile
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -106,9 +108,15 @@ class StepContext:
                     leave=False, dynamic_ncols=True)
 
     def scratch(self, name: str) -> Path:
-        """A scratch folder for on-disk arrays (signatures, scores) of this run."""
+        """A scratch folder for on-disk arrays (signatures, scores) of this run.
+
+        The runner gives each run a folder it removes however the run ends. A step run outside
+        it (a test, a flow task calling ``select`` itself) gets a temp folder owned by this
+        context: removed when the context is collected, or at interpreter exit at the latest.
+        """
         if self.work_dir is None:
             self.work_dir = Path(tempfile.mkdtemp(prefix="datadiet-"))
+            weakref.finalize(self, shutil.rmtree, self.work_dir, True)
         path = self.work_dir / name
         path.mkdir(parents=True, exist_ok=True)
         return path
