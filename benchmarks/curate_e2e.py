@@ -10,7 +10,7 @@ MinHash of its word 5-grams, an LSH query (candidates checked against 0.8) and a
 lines written out. Each command runs as its own process; wall time, CPU time and peak RSS come
 from ``os.wait4`` (the kernel's accounting for that child, what ``/usr/bin/time`` reports).
 Rounds are interleaved (datadiet, rensa, datasketch, datadiet, ...) after one warm-up of each
-on a small file (imports, numba's on-disk cache), and the median of ``--rounds`` counts.
+on a small file (imports, the page cache), and the median of ``--rounds`` counts.
 
 Targets: ``vs_rensa_script`` (rensa script wall / datadiet wall) >= 3 and
 ``peak_vs_rensa_script`` (datadiet peak RSS / rensa script peak RSS) <= 2.
@@ -25,9 +25,10 @@ second of wall time and per CPU-second (per core), after a warm-up, median of th
 datadiet's memory per document, as the slope of its peak memory between the first half of the
 input and all of it (``mib_per_million_docs``).
 
-The fixed cost of each command (start-up, imports, numba's first kernel load) is the same
-measurement on the first 300 documents (``startup_300_docs``; below ``KERNEL_MIN_ROWS`` datadiet
-takes its NumPy paths and never loads numba).
+The fixed cost of each command (start-up and imports) is the same measurement on the first 300
+documents (``startup_300_docs``). This spec's file run streams on the C kernels and loads
+neither numba nor ``datasets`` at any size; the in-process step figures use the ``Dataset``
+runner (quality's kernels are numba).
 
 Usage: ``python benchmarks/curate_e2e.py [--quick] [--rounds 3]``; the last line is a JSON
 object. Record the machine's load average beside the figures (it is in the JSON).

@@ -358,8 +358,9 @@ def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
             ctx.work_dir = None
 
 
-def runs_on_table(built: Sequence[Step]) -> bool:
-    """Whether every step is a per-row map plus a reduce, so the run needs no ``Dataset``."""
+def streamable(built: Sequence[Step]) -> bool:
+    """Whether every step is a per-row map plus a reduce, so a run on files can stream (maps
+    while reading, no ``Dataset``; see :func:`_curate_streamed`)."""
     return all(step.splits_into_row_features() for step in built)
 
 
@@ -641,7 +642,7 @@ def _map_survivors(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.n
     """A deferred step's map over the rows still alive, read back from the scratch copy."""
     keep = np.zeros(corpus.rows, bool)
     keep[alive] = True
-    start = 0
+    start = rows = 0
     gathered: list[pa.RecordBatch] = []
     with ctx.progress(len(alive), feature_map.step.name) as bar:
         for batch in corpus.batches():
@@ -649,11 +650,11 @@ def _map_survivors(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.n
             start += batch.num_rows
             if mask.any():
                 gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
-            rows = sum(b.num_rows for b in gathered)
+                rows += gathered[-1].num_rows
             if rows >= SURVIVOR_BATCH or (start == corpus.rows and rows):
                 feature_map.add(pa.Table.from_batches(gathered))
                 bar.update(rows)
-                gathered = []
+                gathered, rows = [], 0
 
 
 def _reduce_step(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray,
@@ -752,7 +753,7 @@ def curate_path(
                "on_error": on_error, "on_duplicate_id": on_duplicate_id, "fields": fields}
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
-    if runs_on_table(built) and reads_as_files(source):
+    if streamable(built) and reads_as_files(source):
         return _curate_streamed(source, built, out, ctx, options, overwrite, rows_per_shard)
     loaded: LoadedCorpus = load_corpus(source, **options)
     fmt = loaded.record_format

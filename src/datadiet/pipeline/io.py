@@ -825,11 +825,10 @@ class _Reader:
         lines = np.arange(done + 1, done + 1 + batch.num_rows, dtype=np.uint32)
         texts = batch.column(rows.text_field).cast(pa.string())
         if texts.null_count:
-            null_rows = np.flatnonzero(texts.is_null().to_numpy(zero_copy_only=False))
-            for i in null_rows:
+            missing = null_mask(texts)
+            for i in np.flatnonzero(missing):
                 self.bad(path, done + 1 + int(i), f"field {rows.text_field!r} is null", "row")
-            keep = pa.array(~texts.is_null().to_numpy(zero_copy_only=False))
-            batch, lines = batch.filter(keep), lines[keep.to_numpy(zero_copy_only=False)]
+            batch, lines = batch.filter(arrow_bools(~missing)), lines[~missing]
             texts = batch.column(rows.text_field).cast(pa.string())
         ids = None
         if rows.id_field in batch.schema.names:
@@ -1306,7 +1305,7 @@ def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
     table = ds.select_columns(wanted).with_format("arrow")[:]
     texts = table.column(text_field)
     if texts.null_count:
-        row = int(np.flatnonzero(texts.is_null().to_numpy(zero_copy_only=False))[0]) + 1
+        row = int(np.flatnonzero(null_mask(texts))[0]) + 1
         raise DataError(f"{source} row {row}: field {text_field!r} is null")
     if len(table) == 0:
         raise DataError(f"{source}: no records (an empty dataset)")
@@ -1316,7 +1315,7 @@ def _from_dataset(ds: Dataset, source: str, text_field: str, id_field: str,
                 or pa.types.is_integer(ids.type)):
             raise DataError(f"{source}: column {id_field!r} is {ids.type}, not a string or integer")
         ids = ids.cast(pa.string())
-        missing = ids.is_null().to_numpy(zero_copy_only=False)
+        missing = null_mask(ids)
         if missing.any():
             idx = np.flatnonzero(missing)
             hashes = [content_id(t) for t in texts.take(pa.array(idx)).to_pylist()]

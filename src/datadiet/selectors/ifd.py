@@ -155,6 +155,18 @@ def row_scorer(model: str | None, ctx: StepContext) -> LMScorer:
     return ctx._cache[key]
 
 
+def conversation_rows(ds: Dataset, ctx: StepContext, step: str) -> list[list[tuple[str, str]]]:
+    """Every row of a fine-tuning dataset as its (prompt, response) turns, read the one way the
+    fine-tuning steps (IFD, the judge, relevance) share; ``step`` names the step in errors."""
+    fmt = sft_format(ds.column_names, ctx.record_format, ctx.text_field, step=step)
+    return [turns(r, fmt) for batch in iter_records(ds, fmt, ctx.batch_size) for r in batch]
+
+
+def uses_chat_template(wanted: bool, scorer: LMScorer) -> bool:
+    """Whether prompts go through the chat template: asked for, and the tokenizer has one."""
+    return wanted and getattr(scorer.tokenizer, "chat_template", None) is not None
+
+
 def scorer_identity(scorer: LMScorer) -> dict[str, Any]:
     """The scorer's model as the manifest and the cache key name it (plus the backend)."""
     return {**model_identity(scorer.model_name), "backend": scorer.backend}
@@ -261,8 +273,7 @@ class IFD(Step):
 
     def losses(self, ds: Dataset, ctx: StepContext) -> tuple[np.ndarray, dict[str, Any]]:
         """Per-row :func:`ifd_losses` through the cache, plus what the manifest should say."""
-        fmt = sft_format(ds.column_names, ctx.record_format, ctx.text_field, step=self.name)
-        rows = [turns(r, fmt) for batch in iter_records(ds, fmt, ctx.batch_size) for r in batch]
+        rows = conversation_rows(ds, ctx, self.name)
         return cached_ifd_losses(rows, row_scorer(self.model, ctx), ctx, self.max_length,
                                  self.cache, label=self.name)
 

@@ -23,12 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from datadiet.pipeline.records import iter_records, sft_format, turns, turns_key
+from datadiet.pipeline.records import turns_key
 from datadiet.pipeline.score_cache import cached_scores
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
-from datadiet.selectors.ifd import open_cache, row_scorer, scorer_identity, validate_scoring_options
+from datadiet.selectors.ifd import (
+    conversation_rows,
+    open_cache,
+    row_scorer,
+    scorer_identity,
+    uses_chat_template,
+    validate_scoring_options,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -190,10 +197,9 @@ class Judge(Step):
         n = len(ds)
         if n == 0:
             return Selection.keep_all(0)
-        fmt = sft_format(ds.column_names, ctx.record_format, ctx.text_field, step=self.name)
-        rows = [turns(r, fmt)[-1] for batch in iter_records(ds, fmt, ctx.batch_size) for r in batch]
+        rows = [conversation[-1] for conversation in conversation_rows(ds, ctx, self.name)]
         scorer = row_scorer(self.model, ctx)
-        chat = self.chat and getattr(scorer.tokenizer, "chat_template", None) is not None
+        chat = uses_chat_template(self.chat, scorer)
         identity = scorer_identity(scorer)
         recipe = hashlib.blake2b(f"{chat}\0{self.answer_prefix}\0{self.template}".encode(),
                                  digest_size=8).hexdigest()

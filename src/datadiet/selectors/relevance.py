@@ -55,11 +55,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from datadiet.pipeline.records import iter_records, sft_format, turns
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
-from datadiet.selectors.ifd import cached_ifd_losses, row_scorer, validate_scoring_options
+from datadiet.selectors.ifd import (
+    cached_ifd_losses,
+    conversation_rows,
+    row_scorer,
+    uses_chat_template,
+    validate_scoring_options,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -178,11 +183,10 @@ class Relevance(Step):
         n = len(ds)
         if n == 0:
             return Selection.keep_all(0)
-        fmt = sft_format(ds.column_names, ctx.record_format, ctx.text_field, step=self.name)
-        rows = [turns(r, fmt) for batch in iter_records(ds, fmt, ctx.batch_size) for r in batch]
+        rows = conversation_rows(ds, ctx, self.name)
         scorer = row_scorer(self.model, ctx)
         tok = scorer.tokenizer
-        chat = self.chat and getattr(tok, "chat_template", None) is not None
+        chat = uses_chat_template(self.chat, scorer)
         end_token = tok.eos_token_id if chat else None
         if chat:
             rows = [[(as_user_turn(tok, prompt), response) for prompt, response in pairs]
