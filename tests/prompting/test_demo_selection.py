@@ -78,9 +78,10 @@ def test_mmr_trades_relevance_for_diversity_with_lambda(sst2, embedder):
             rel.append(np.mean([d.score for d in demos]))
         relevance[lam], redundancy[lam] = np.mean(rel), np.mean(red)
     lams = sorted(relevance, reverse=True)
-    # less lambda: less relevant, and less similar to each other
-    assert all(relevance[a] >= relevance[b] - 1e-9 for a, b in zip(lams, lams[1:], strict=False))
-    assert all(redundancy[a] >= redundancy[b] - 1e-9 for a, b in zip(lams, lams[1:], strict=False))
+    # less lambda: less relevant, and less similar to each other; float32 means of the same rows
+    # differ by ~1e-8 between BLAS builds and thread counts, so equal picks compare within 1e-5
+    assert all(relevance[a] >= relevance[b] - 1e-5 for a, b in zip(lams, lams[1:], strict=False))
+    assert all(redundancy[a] >= redundancy[b] - 1e-5 for a, b in zip(lams, lams[1:], strict=False))
     assert relevance[1.0] > relevance[0.0] and redundancy[1.0] > redundancy[0.0]
 
 
