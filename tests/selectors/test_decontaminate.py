@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+from datadiet.cli import main
 from datadiet.pipeline.curate import curate
 from datadiet.pipeline.io import iter_jsonl
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
@@ -82,3 +83,23 @@ def test_mapped_eval_records_and_spec_errors(rows: list[dict], shared_data: Path
     bad.write_text(json.dumps({"question": "q"}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1: missing text field"):
         Decontaminate(eval_sets=[str(bad)]).select(ds, StepContext(show_progress=False))
+
+
+def test_the_specs_field_mapping_reaches_eval_sets(shared_data: Path, tmp_path: Path) -> None:
+    """GSM8K train with a leaked test row, read through `fields:`; the eval set has no `fields`.
+
+    The eval set has the training data's shape, so the spec's mapping must read it too (before,
+    the run stopped at `gsm8k_test.jsonl:1: missing text field 'text'`).
+    """
+    train_rows = list(iter_jsonl(shared_data / "math" / "gsm8k_train.jsonl"))[:30]
+    leaked = next(iter_jsonl(shared_data / "math" / "gsm8k_test.jsonl"))
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in [*train_rows, leaked]))
+    spec = tmp_path / "sft.yaml"
+    spec.write_text(f"fields: {{prompt: question, completion: answer}}\nsteps:\n"
+                    f"  - decontaminate: {{eval_sets: [{shared_data / 'math' / 'gsm8k_test.jsonl'}]}}\n")
+    out = tmp_path / "out"
+    assert main(["curate", str(corpus), "--spec", str(spec), "--out", str(out)]) == 0
+    kept = Dataset.from_parquet([str(p) for p in sorted(out.rglob("data-*.parquet"))])
+    assert leaked["question"] not in kept["question"]
+    assert len(kept) >= 28  # GSM8K train shares a 13-gram with its test set now and then

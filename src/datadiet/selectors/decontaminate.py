@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xxhash
 
-from datadiet.pipeline.io import load_corpus
+from datadiet.pipeline.io import DataError, LoadedCorpus, load_corpus
 from datadiet.pipeline.records import ensure_text, parse_fields
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
@@ -97,11 +97,34 @@ class Decontaminate(Step):
         self.eval_sets = [_eval_entry(e) for e in entries]
         self.n = n
 
+    @staticmethod
+    def _load_eval_set(entry: dict[str, Any], ctx: StepContext) -> LoadedCorpus:
+        """Read one eval set; without its own ``fields``, the corpus's mapping is tried too.
+
+        An eval set usually has the training data's shape (GSM8K test beside GSM8K train), so a
+        spec's ``fields: {prompt: question, completion: answer}`` must reach it: detection runs
+        first, and where it finds no known shape the corpus's own mapping is tried before the
+        detection's error is raised.
+        """
+        def load(fields: Any) -> LoadedCorpus:
+            return load_corpus(entry["path"], text_field=entry["text_field"], fields=fields,
+                               work_dir=ctx.scratch("decontaminate"))
+
+        corpus_format = ctx.record_format
+        if entry["fields"] != "auto" or corpus_format is None or corpus_format.is_text:
+            return load(entry["fields"])
+        try:
+            return load("auto")
+        except DataError as detection_error:
+            try:
+                return load(corpus_format)
+            except DataError:
+                raise detection_error from None
+
     def _eval_ngrams(self, ctx: StepContext) -> list[tuple[str, np.ndarray]]:
         out = []
         for entry in self.eval_sets:
-            loaded = load_corpus(entry["path"], text_field=entry["text_field"],
-                                 fields=entry["fields"], work_dir=ctx.scratch("decontaminate"))
+            loaded = self._load_eval_set(entry, ctx)
             parts = [ngram_hashes(t, self.n) for batch in ctx.iter_texts(
                 loaded.dataset.rename_column(entry["text_field"], ctx.text_field)
                 if entry["text_field"] != ctx.text_field else loaded.dataset,
