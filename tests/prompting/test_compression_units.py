@@ -189,3 +189,18 @@ def test_sentence_spans_keep_abbreviated_names_whole():
     assert [text[a:b] for a, b in sentence_spans(text)] == [
         "The closest relative of H. gammarus is the American lobster.", "It is blue!", "Is it?",
         "Yes"]
+
+
+def test_render_keeps_words_apart_where_only_dropped_units_held_the_space() -> None:
+    text = "The treaty of 1648 was signed.\n\nHistorians argue."
+    pieces = ["The", " treaty", " of", " ", "1648", " was", " signed", ".", "\n\n",
+              "Historians", " argue", "."]
+    offsets, at = [], 0
+    for piece in pieces:
+        offsets.append((at, at + len(piece)))
+        at += len(piece)
+    units = build_units(text, list(range(len(pieces))), offsets)
+    keep = np.array([1, 1, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1], dtype=bool)
+    assert units.render(keep) == "The treaty 1648 was signed\nHistorians argue."
+    everything = np.ones(len(pieces), dtype=bool)
+    assert units.render(everything) == text  # nothing added where nothing was dropped

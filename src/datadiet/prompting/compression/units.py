@@ -37,9 +37,27 @@ class Units:
         return len(self.starts)
 
     def render(self, keep: np.ndarray) -> str:
-        """The text made of the kept units, in order (always valid Unicode)."""
+        """The text made of the kept units, in order (always valid Unicode).
+
+        Where dropped units held the only whitespace between two kept words, one separator
+        takes its place (a newline if the gap had one, else a space): a protected number often
+        starts without the space token before it, and without this "The treaty of 1648"
+        would read "The treaty1648". Budgets count this rendered text, so the separator is
+        paid for.
+        """
         text, starts, ends = self.text, self.starts, self.ends
-        return "".join(text[starts[k] : ends[k]] for k in np.flatnonzero(keep))
+        parts: list[str] = []
+        previous = -1
+        for k in np.flatnonzero(keep):
+            piece = text[starts[k] : ends[k]]
+            if parts and k > previous + 1 and piece and not piece[0].isspace() \
+                    and not parts[-1][-1:].isspace():
+                gap = text[ends[previous] : starts[k]]
+                if any(ch.isspace() for ch in gap):
+                    parts.append("\n" if "\n" in gap else " ")
+            parts.append(piece)
+            previous = int(k)
+        return "".join(parts)
 
     def kept_spans(self, keep: np.ndarray) -> list[tuple[int, int]]:
         """Character ranges of ``text`` that survive, adjacent kept units merged."""
