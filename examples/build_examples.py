@@ -92,6 +92,27 @@ def finetuning_set(rng: random.Random) -> tuple[list[dict[str, str]], list[dict[
     return rows, evals
 
 
+POSITIVE = ["a gorgeous", "a witty", "a moving", "a warm", "a superb", "a delightful",
+            "a sharp and funny", "a tender"]
+NEGATIVE = ["a dull", "a tedious", "a lifeless", "a clumsy", "a forgettable", "a shallow",
+            "a muddled", "an overlong"]
+THINGS = ["film", "comedy", "thriller", "drama", "documentary", "story", "performance",
+          "script"]
+ENDINGS = ["that stays with you", "from start to finish", "with a great cast",
+           "about family and loss", "set in a small town", "with too many subplots",
+           "for a rainy evening", "that nobody asked for"]
+
+
+def reviews(rng: random.Random, n: int) -> list[str]:
+    """`LABEL TEXT` lines (1 = positive), the layout SST-2's files have."""
+    lines = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        adjective = rng.choice(POSITIVE if label else NEGATIVE)
+        lines.append(f"{label} {adjective} {rng.choice(THINGS)} {rng.choice(ENDINGS)}")
+    return lines
+
+
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -102,6 +123,8 @@ def main() -> None:
     rows, evals = finetuning_set(rng)
     write_jsonl(HERE / "sft.jsonl", rows)
     write_jsonl(HERE / "sft_eval.jsonl", evals)
+    (HERE / "reviews_train.txt").write_text("\n".join(reviews(rng, 60)) + "\n")
+    (HERE / "reviews_test.txt").write_text("\n".join(reviews(rng, 16)) + "\n")
 
 
 if __name__ == "__main__":
