@@ -242,6 +242,7 @@ async def serve_until_stopped(deployments: list[Any], limit: int | None) -> None
         while not runner.started:
             await asyncio.sleep(0.05)
         loop.add_signal_handler(signal.SIGTERM, stop)
+        print(f"serving {len(deployments)} deployments; stop with Ctrl-C or SIGTERM", flush=True)
 
     installer = loop.create_task(install_handlers())
     try:
