@@ -28,7 +28,14 @@ from datadiet.flows.common import (
     stored,
     task_run_namer,
 )
-from datadiet.flows.curation import DEFAULT_SPEC, CurateParams, Runner, Shards, Workers, curate
+from datadiet.flows.curation import (
+    DEFAULT_SPEC,
+    CurateParams,
+    RunnerKind,
+    Shards,
+    Workers,
+    curate,
+)
 from datadiet.flows.prompts import Demos, Limit, PromptParams, Rate, build_prompts
 from datadiet.flows.report import before_after_rows, markdown_table, publish
 from datadiet.flows.training import TrainBudget, train_and_measure
@@ -53,7 +60,7 @@ class EfficiencyParams(FlowParams):
     eval_data: str
     spec: str
     budget: TrainBudget | None
-    runner: Runner
+    runner: RunnerKind
     dask_address: str | None
     workers: Workers
     shards: Shards
@@ -163,7 +170,7 @@ def efficiency(
     eval_data: str,
     spec: str = DEFAULT_SPEC,
     budget: TrainBudget | None = None,
-    runner: Runner = "local",
+    runner: RunnerKind = "local",
     dask_address: str | None = None,
     workers: Workers = 2,
     shards: Shards = 0,

@@ -71,7 +71,7 @@ DEFAULT_SPEC = """\
 """
 
 
-Runner = Literal["local", "dask"]
+RunnerKind = Literal["local", "dask"]
 Workers = Annotated[int, Field(ge=1, le=512)]
 Shards = Annotated[int, Field(ge=0, le=100_000)]
 Positive = Annotated[int, Field(ge=1)]
@@ -84,7 +84,7 @@ class ScaleOut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runner: Runner = "local"
+    runner: RunnerKind = "local"
     address: str | None = None
     workers: Workers = 2
     shards: Shards = 0
@@ -148,7 +148,7 @@ class CurateParams(FlowParams):
     on_error: Literal["raise", "skip"]
     overwrite: bool
     rows_per_shard: Positive
-    runner: Runner
+    runner: RunnerKind
     dask_address: str | None
     workers: Workers
     shards: Shards
@@ -282,7 +282,7 @@ def curate(
     on_error: Literal["raise", "skip"] = "raise",
     overwrite: bool = False,
     rows_per_shard: Positive = 100_000,
-    runner: Runner = "local",
+    runner: RunnerKind = "local",
     dask_address: str | None = None,
     workers: Workers = 2,
     shards: Shards = 0,
