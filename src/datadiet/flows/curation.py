@@ -296,8 +296,8 @@ def curate(
     Args:
         source: The corpus: JSONL(.gz), Parquet or text file or folder, or a saved Hugging Face
             dataset.
-        out: Output folder: Parquet shards, manifest.json, removed/removed.parquet (written
-            atomically).
+        out: Output folder: the curated dataset (Parquet shards), its manifest and the removed
+            rows, written atomically.
         spec: The steps: YAML text like `- exact_dedup: {}`, or the path of a spec file or of a
             manifest.json to repeat.
         text_field: The field holding each row's text.
