@@ -52,17 +52,15 @@ def write_corpus(path: Path, docs: int) -> int:
 def run_once(corpus: Path, root: Path, runner: str, workers: int) -> tuple[float, list, list]:
     import pyarrow.parquet as pq
 
-    from datadiet.flows.curate import CurateParams, ScaleOut, curate
+    from datadiet.flows import curate
 
     out = root / f"out-{runner}"
     storage = root / f"storage-{runner}"
     for folder in (out, storage):
         shutil.rmtree(folder, ignore_errors=True)
-    params = CurateParams(source=str(corpus), out=str(out), spec=SPEC, storage=str(storage),
-                          tokenizer="bytes", rows_per_shard=1_000_000,
-                          scale=ScaleOut(runner=runner, workers=workers))
     start = time.perf_counter()
-    curate(params)
+    curate(source=str(corpus), out=str(out), spec=SPEC, storage=str(storage), tokenizer="bytes",
+           rows_per_shard=1_000_000, runner=runner, workers=workers)
     seconds = time.perf_counter() - start
     removed = pq.read_table(out / "removed" / "removed.parquet").to_pylist()
     kept = [i for s in sorted(out.glob("*.parquet")) for i in pq.read_table(s).column("id").to_pylist()]

@@ -27,6 +27,9 @@ atexit.register(shutil.rmtree, _HOME, ignore_errors=True)  # nothing of the run 
 os.environ["PREFECT_HOME"] = str(_HOME / "client")  # this process: no writes to ~/.prefect
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# ... except the runs' own loggers: what a flow says about its run is what the tests read back.
+os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
 
 SERVER_START_TIMEOUT_S = 180
 

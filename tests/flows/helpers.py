@@ -51,3 +51,29 @@ def artifacts_of(flow_run_id: UUID | str) -> dict[str, dict]:
     found = api_post("/artifacts/filter", {"artifacts": {"flow_run_id": {
         "any_": run_ids(flow_run_id)}}})
     return {a["key"]: a for a in found}
+
+
+def log_lines(flow_run_id: UUID | str) -> list[str]:
+    """Every log message of a flow run and its subflows (task runs' included), oldest first."""
+    logs = api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": run_ids(flow_run_id)}},
+                                     "sort": "TIMESTAMP_ASC", "limit": 200})
+    return [entry["message"] for entry in logs]
+
+
+def runs_named(flow_run_id: UUID | str) -> dict[str, list[str]]:
+    """Names of the flow run and its subflows ("flows") and of all their task runs ("tasks")."""
+    ids = run_ids(flow_run_id)
+    flows = api_post("/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
+    tasks = api_post("/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
+    return {"flows": [r["name"] for r in flows], "tasks": [r["name"] for r in tasks]}
+
+
+def wait_until(check, timeout: float, what: str, interval: float = 1.0):  # noqa: ANN001, ANN201
+    """``check()``'s first true value, polled until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

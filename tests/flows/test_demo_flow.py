@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from datadiet.flows import efficiency
 from datadiet.flows.demo import demo_params
-from datadiet.flows.efficiency import efficiency
 from datadiet.pipeline.demo.mixture import MixtureSizes
 from tests.flows.helpers import artifacts_of
 
@@ -15,7 +15,7 @@ TINY = MixtureSizes(wikitext=40, shakespeare=30, sherlock=20, gsm8k=40, t0=40, t
 
 def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path) -> None:
     params = demo_params(tmp_path / "demo-out", sizes=TINY, steps=6, prompts=2)
-    state = efficiency(params, return_state=True)
+    state = efficiency(**params, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     out = tmp_path / "demo-out"
@@ -32,6 +32,6 @@ def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path
     assert (out / "pretraining_loss_vs_flops.png").stat().st_size > 10_000
 
     artifacts = artifacts_of(state.state_details.flow_run_id)
-    published = artifacts["datadiet-efficiency-report"]["data"]
+    published = artifacts["efficiency-corpus-jsonl-report"]["data"]
     assert "## Savings" in published and "data:image/png;base64," in published
-    assert artifacts["datadiet-efficiency-progress"]["data"] == 100.0  # every stage done
+    assert artifacts["efficiency-corpus-jsonl-progress"]["data"] == 100.0  # every stage done

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from datadiet.flows.prompts import PromptParams, build_prompts
-from tests.flows.helpers import artifacts_of, task_run_states
+from datadiet.flows import PromptParams, build_prompts
+from tests.flows.helpers import artifacts_of, runs_named, task_run_states
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def sst2(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 
 
 def test_prompts_are_compressed_and_reported(prefect_api: str, sst2: dict, tmp_path: Path) -> None:
-    params = PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
-                          k=3, strategy="bm25", ordering="as_selected", template="sentiment",
-                          compress_rate=0.5, storage=str(tmp_path / "storage"))
-    state = build_prompts(params, return_state=True)
+    params = dict(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path / "out"),
+                  k=3, strategy="bm25", ordering="as_selected", template="sentiment",
+                  compress_rate=0.5, storage=str(tmp_path / "storage"))
+    state = build_prompts(**params, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     rows = [json.loads(line) for line in Path(result["prompts"]).read_text().splitlines()]
@@ -48,17 +48,19 @@ def test_prompts_are_compressed_and_reported(prefect_api: str, sst2: dict, tmp_p
     assert len({tuple(r["demonstrations"]) for r in rows}) > 1
     assert result["tokens_after"] < result["tokens_before"]
 
-    report = artifacts_of(state.state_details.flow_run_id)["datadiet-prompts-report"]["data"]
+    report = artifacts_of(state.state_details.flow_run_id)["prompts-eval-jsonl-report"]["data"]
     assert "Tokens per prompt" in report and "data:image/png;base64," in report
-    again = build_prompts(params, return_state=True)
+    names = runs_named(state.state_details.flow_run_id)
+    assert names == {"flows": ["prompts for eval.jsonl from pool.jsonl → out/"],
+                     "tasks": ["build prompts for eval.jsonl"]}
+    again = build_prompts(**params, return_state=True)
     assert again.result() == result
     assert set(task_run_states(again.state_details.flow_run_id)) == {"Cached"}
 
 
 def test_prompt_parameters_are_validated(sst2: dict, tmp_path: Path) -> None:
+    files = dict(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path))
     with pytest.raises(ValidationError, match="unknown template 'sentimnet'"):
-        PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
-                     template="sentimnet")
+        PromptParams.of_call(build_prompts.fn, {**files, "template": "sentimnet"})
     with pytest.raises(ValidationError, match="strategy"):
-        PromptParams(pool=str(sst2["pool"]), eval_set=str(sst2["eval"]), out=str(tmp_path),
-                     strategy="nearest")
+        PromptParams.of_call(build_prompts.fn, {**files, "strategy": "nearest"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from datadiet.flows.training import TrainBudget, TrainMeasureParams, train_and_measure
+from datadiet.flows import TrainBudget, TrainMeasureParams, train_and_measure
 from tests.flows.helpers import artifacts_of, task_run_states
 
 BUDGET = TrainBudget(model="tiny", tokenizer="bytes", seq_len=64, batch_size=4, max_steps=8,
@@ -33,10 +33,10 @@ def datasets(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 
 def test_train_and_measure_compares_two_runs_and_caches(prefect_api: str, datasets: dict,
                                                         tmp_path: Path) -> None:
-    params = TrainMeasureParams(baseline=str(datasets["full"]), candidate=str(datasets["half"]),
-                                eval_data=str(datasets["eval"]), out=str(tmp_path / "runs"),
-                                budget=BUDGET, storage=str(tmp_path / "storage"))
-    state = train_and_measure(params, return_state=True)
+    params = dict(baseline=str(datasets["full"]), candidate=str(datasets["half"]),
+                  eval_data=str(datasets["eval"]), out=str(tmp_path / "runs"), budget=BUDGET,
+                  storage=str(tmp_path / "storage"))
+    state = train_and_measure(**params, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     saved = json.loads((tmp_path / "runs" / "comparison.json").read_text())
@@ -50,22 +50,22 @@ def test_train_and_measure_compares_two_runs_and_caches(prefect_api: str, datase
     assert result["comparison"]["target_eval_loss"] > 0
 
     artifacts = artifacts_of(state.state_details.flow_run_id)
-    assert "Loss vs training FLOPs" in artifacts["datadiet-train-report"]["data"]
-    assert "data:image/png;base64," in artifacts["datadiet-train-report"]["data"]
+    assert "Loss vs training FLOPs" in artifacts["train-half-jsonl-report"]["data"]
+    assert "data:image/png;base64," in artifacts["train-half-jsonl-report"]["data"]
     assert (tmp_path / "runs" / "report" / "loss_vs_flops.png").stat().st_size > 1000
-    assert "final eval loss" in str(artifacts["datadiet-train-table"]["data"])
+    assert "final eval loss" in str(artifacts["train-half-jsonl-table"]["data"])
 
-    again = train_and_measure(params, return_state=True)
+    again = train_and_measure(**params, return_state=True)
     assert again.result()["comparison"] == result["comparison"]
     assert set(task_run_states(again.state_details.flow_run_id)) == {"Cached"}
 
 
 def test_budget_is_validated_before_training(datasets: dict, tmp_path: Path) -> None:
+    files = dict(baseline=str(datasets["full"]), candidate=str(datasets["half"]),
+                 eval_data=str(datasets["eval"]), out=str(tmp_path))
     with pytest.raises(ValidationError, match="enormous"):
-        TrainMeasureParams(baseline=str(datasets["full"]), candidate=str(datasets["half"]),
-                           eval_data=str(datasets["eval"]), out=str(tmp_path),
-                           budget=TrainBudget(model="enormous"))
+        TrainMeasureParams.of_call(train_and_measure.fn,
+                                   {**files, "budget": TrainBudget(model="enormous")})
     with pytest.raises(ValidationError, match="learning_rate"):
-        TrainMeasureParams(baseline=str(datasets["full"]), candidate=str(datasets["half"]),
-                           eval_data=str(datasets["eval"]), out=str(tmp_path),
-                           budget=TrainBudget(extra={"learning_rate": 1.0}))
+        TrainMeasureParams.of_call(train_and_measure.fn,
+                                   {**files, "budget": {"extra": {"learning_rate": 1.0}}})

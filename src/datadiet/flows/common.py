@@ -9,13 +9,21 @@ those values, checked to be plain JSON so that a big object passed by mistake fa
 Results are persisted (Prefect's cache needs them) as JSON under a storage folder the user
 chooses per run (``storage`` parameter, else ``$DATADIET_FLOW_STORAGE``, else
 ``~/.cache/datadiet/flows``), next to the work files of sharded runs.
+
+Parameters are flat, one typed parameter per setting, as Prefect's own flows take them: that is
+what the UI renders as a form and what ``prefect deployment run --param name=value`` sets. Each
+flow also has a pydantic model of the same fields (``CurateParams`` ...) that checks what a type
+cannot (a file exists, a spec builds, two fields agree); the flow builds it from its arguments
+before any task runs, and ``datadiet serve`` builds it from a schedule's parameters at start-up.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,7 @@ from typing import Any
 from prefect import Task, task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
+from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, ConfigDict, Field
 
 from datadiet import __version__
@@ -39,18 +48,64 @@ def default_storage() -> str:
 
 
 class FlowParams(BaseModel):
-    """Base of every flow's parameters: unknown fields are errors, storage is configurable."""
+    """Base of every flow's checked parameters: unknown fields are errors, every field is given
+    (the defaults live in the flow's signature only), storage is configurable."""
 
     model_config = ConfigDict(extra="forbid")
 
-    storage: str = Field(
-        default_factory=default_storage,
-        description="Folder for persisted task results (the cache) and the work files of "
-        f"sharded runs. Default: ${STORAGE_ENV} or ~/.cache/datadiet/flows.",
-    )
+    storage: str | None = Field(description="Folder for persisted task results (the cache) and "
+                                f"the work files of sharded runs; empty = ${STORAGE_ENV} or "
+                                "~/.cache/datadiet/flows.")
 
     def storage_path(self) -> Path:
-        return Path(self.storage).expanduser().resolve()
+        return Path(self.storage or default_storage()).expanduser().resolve()
+
+    @classmethod
+    def of_call(cls, flow_fn: Callable, parameters: dict[str, Any]) -> FlowParams:
+        """Check ``parameters`` as a call of ``flow_fn`` would take them (its defaults filled
+        in); an unknown name or a bad value raises ValueError naming it."""
+        try:
+            bound = inspect.signature(flow_fn).bind(**parameters)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
+        bound.apply_defaults()
+        return cls(**bound.arguments)
+
+
+def short(value: Any) -> str:
+    """A parameter as a run name shows it: a path by its last part, anything else as is."""
+    if isinstance(value, str | os.PathLike) and os.sep in str(value).rstrip(os.sep):
+        return Path(value).name
+    return str(value)
+
+
+class _ShortValues(dict):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def flow_run_namer(template: str) -> Callable[[], str]:
+    """A ``flow_run_name`` that formats ``template`` with the run's parameters, paths
+    shortened: ``curate {source} → {out}/`` names a run ``curate corpus.jsonl → curated/``."""
+    def name() -> str:
+        return template.format_map(_ShortValues({k: short(v) for k, v in
+                                                 flow_run.parameters.items()}))
+    return name
+
+
+def task_run_namer(template: str) -> Callable[..., str]:
+    """A ``task_run_name`` like :func:`flow_run_namer`'s: short, no absolute storage paths."""
+    def name(parameters: dict[str, Any]) -> str:
+        return template.format_map(_ShortValues({k: short(v) for k, v in parameters.items()}))
+    return name
+
+
+def series_key(flow_name: str, dataset: str) -> str:
+    """Artifact key of a flow's reports on one deployment or dataset: its runs' reports form a
+    series in the UI, apart from those of other deployments and datasets."""
+    name = deployment.name or Path(str(dataset).rstrip(os.sep)).name or "data"
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{flow_name}-{name}".lower()).strip("-")
+    return slug[:80].rstrip("-")
 
 
 def stable_hash(obj: Any) -> str:
@@ -100,6 +155,9 @@ def retry_transient_io(task_: Task, task_run: TaskRun, state: State) -> bool:
 def cached_task(fn: Callable | None = None, **options: Any) -> Any:
     """``@task`` with datadiet's defaults: keyed on small inputs, JSON results, I/O retries."""
     defaults: dict[str, Any] = dict(
+        # print() must not become log lines: the `datasets` fingerprinting inside the readers
+        # and trainers lets dill print a bytecode listing (see the note above the curate flow).
+        log_prints=False,
         cache_key_fn=small_inputs_key,
         persist_result=True,
         result_serializer="json",

@@ -21,10 +21,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from datadiet.flows.efficiency import EfficiencyParams, efficiency
+from datadiet.flows.chain import efficiency
 from datadiet.flows.training import TrainBudget
 from datadiet.pipeline.demo.comparison import (
     curation_spec,
@@ -45,8 +46,9 @@ def _sst2_jsonl(source: Path, target: Path, n: int) -> Path:
 
 
 def demo_params(out: Path, sizes: MixtureSizes | None = None, steps: int = 100,
-                prompts: int = 6) -> EfficiencyParams:
-    """Lay out the demo's inputs under ``out/inputs`` and return the flow's parameters.
+                prompts: int = 6) -> dict[str, Any]:
+    """Lay out the demo's inputs under ``out/inputs`` and return the flow's parameters
+    (``efficiency(**params)`` runs it).
 
     The corpus is the end-to-end benchmark's raw mixture (WikiText-2, Shakespeare, Sherlock
     Holmes, GSM8K, T0 with planted copies and junk; :mod:`datadiet.pipeline.demo.mixture`),
@@ -66,7 +68,7 @@ def demo_params(out: Path, sizes: MixtureSizes | None = None, steps: int = 100,
         pool = str(_sst2_jsonl(data / "icl" / "sst2" / "train.txt", inputs / "sst2_pool.jsonl", 200))
         eval_set = str(_sst2_jsonl(data / "icl" / "sst2" / "dev.txt", inputs / "sst2_dev.jsonl",
                                    prompts))
-    return EfficiencyParams(
+    return dict(
         source=str(mixture.corpus), out=str(out), eval_data=str(mixture.eval), spec=spec,
         storage=str(out / "storage"), tokenizer=tokenizer,
         budget=TrainBudget(model=config.model, tokenizer=config.tokenizer, seq_len=config.seq_len,
@@ -88,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     params = demo_params(out, steps=args.steps, prompts=args.prompts)
     where = os.environ.get("PREFECT_API_URL") or "Prefect's embedded API (no server)"
-    print(f"efficiency flow on {params.source} -> {params.out} ({where})")
-    result = efficiency(params)
+    print(f"efficiency flow on {params['source']} -> {params['out']} ({where})")
+    result = efficiency(**params)
     cur, runs = result["curate"], result["train"]["runs"]
     comparison = result["train"]["comparison"]
     print(f"curated: {cur['rows_out']} of {cur['rows_in']} rows, {cur['tokens_out']:,} of "

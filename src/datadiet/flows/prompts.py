@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from pydantic import Field, field_validator
 
-from datadiet.flows.common import FlowParams, cached_task, run_checked, stored
+from datadiet.flows.common import (
+    FlowParams,
+    cached_task,
+    flow_run_namer,
+    run_checked,
+    series_key,
+    stored,
+    task_run_namer,
+)
 from datadiet.flows.report import (
     before_after_rows,
     histogram,
@@ -36,30 +44,29 @@ Strategy = Literal["random", "bm25", "knn", "mmr", "votek", "dpp"]
 Ordering = Literal["as_selected", "similar_last", "random", "globale", "locale"]
 
 
-class PromptParams(FlowParams):
-    """Parameters of ``build_prompts``."""
+Demos = Annotated[int, Field(ge=0, le=64)]
+Rate = Annotated[float, Field(gt=0.0, le=1.0)]
+Limit = Annotated[int, Field(ge=1)] | None
 
-    pool: str = Field(description="Labelled examples to draw demonstrations from (any reader "
-                      "format with `text` and `label` fields).")
-    eval_set: str = Field(description="The queries (same format; their labels are carried to "
-                          "the prompts file for scoring, never shown in the prompt).")
-    out: str = Field(description="Folder for prompts.jsonl and the token report.")
-    k: int = Field(4, ge=0, le=64, description="Demonstrations per prompt.")
-    strategy: Strategy = Field("knn", description="How demonstrations are chosen: random, bm25, "
-                               "knn (KATE), mmr, votek, dpp.")
-    ordering: Ordering = Field("as_selected", description="How they are ordered; globale/locale "
-                               "score candidate orders with the model (slow on CPU).")
-    balanced: bool = Field(False, description="Keep the demonstrations' label mix even.")
-    template: str = Field("sentiment", description="A preset (sentiment, topic, question, nli) "
-                          "or a JSON file with instruction, demo_format, verbalizers.")
-    seed: int = 0
-    compress_rate: float = Field(0.5, gt=0.0, le=1.0, description="Keep this fraction of the "
-                                 "demonstrations' tokens (1 = no compression).")
-    model: str | None = Field(None, description="Model for compression, ordering and token "
-                              "counts (HF id or folder); empty = the offline SmolLM2-135M-Instruct.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N queries.")
-    text_field: str = "text"
-    label_field: str = "label"
+
+class PromptParams(FlowParams):
+    """The ``build_prompts`` flow's parameters, checked together: both files exist, the
+    template loads. The flow builds one from its arguments before any task runs."""
+
+    pool: str
+    eval_set: str
+    out: str
+    k: Demos
+    strategy: Strategy
+    ordering: Ordering
+    balanced: bool
+    template: str
+    seed: int
+    compress_rate: Rate
+    model: str | None
+    limit: Limit
+    text_field: str
+    label_field: str
 
     @field_validator("pool", "eval_set")
     @classmethod
@@ -82,7 +89,7 @@ def _rows(path: str, text_field: str, label_field: str, limit: int | None = None
     return ds.select(range(n)).to_list()
 
 
-@cached_task(task_run_name="build prompts for {eval_set}")
+@cached_task(task_run_name=task_run_namer("build prompts for {eval_set}"))
 def build_prompt_file(pool: str, pool_fingerprint: str, eval_set: str, eval_fingerprint: str,
                       settings: dict, out: str) -> dict:
     """Select, order, lay out and compress every prompt; write ``prompts.jsonl``."""
@@ -122,9 +129,51 @@ def build_prompt_file(pool: str, pool_fingerprint: str, eval_set: str, eval_fing
             "tokens_before": before, "tokens_after": after}
 
 
-@flow(name="datadiet-build-prompts", log_prints=True, validate_parameters=True)
-def build_prompts(params: PromptParams) -> dict:
-    """Few-shot prompts for an evaluation set, compressed; prompts file + token report."""
+@flow(name="datadiet-build-prompts", flow_run_name=flow_run_namer(
+    "prompts for {eval_set} from {pool} → {out}/"), log_prints=False, validate_parameters=True)
+def build_prompts(
+    pool: str,
+    eval_set: str,
+    out: str,
+    k: Demos = 4,
+    strategy: Strategy = "knn",
+    ordering: Ordering = "as_selected",
+    balanced: bool = False,
+    template: str = "sentiment",
+    seed: int = 0,
+    compress_rate: Rate = 0.5,
+    model: str | None = None,
+    limit: Limit = None,
+    text_field: str = "text",
+    label_field: str = "label",
+    storage: str | None = None,
+) -> dict:
+    """Few-shot prompts for an evaluation set, compressed; prompts file + token report.
+
+    Args:
+        pool: Labelled examples to draw demonstrations from (any reader format with `text` and
+            `label` fields).
+        eval_set: The queries (same format; their labels are carried to the prompts file for
+            scoring, never shown in the prompt).
+        out: Folder for prompts.jsonl and the token report.
+        k: Demonstrations per prompt.
+        strategy: How demonstrations are chosen: random, bm25, knn (KATE), mmr, votek, dpp.
+        ordering: How they are ordered; globale/locale score candidate orders with the model
+            (slow on CPU).
+        balanced: Keep the demonstrations' label mix even.
+        template: A preset (sentiment, topic, question, nli) or a JSON file with instruction,
+            demo_format, verbalizers.
+        seed: Seed of the random choices.
+        compress_rate: Keep this fraction of the demonstrations' tokens (1 = no compression).
+        model: Model for compression, ordering and token counts (HF id or folder); empty = the
+            offline SmolLM2-135M-Instruct.
+        limit: Use only the first N queries.
+        text_field: The field holding each row's text.
+        label_field: The field holding each row's label.
+        storage: Folder for the task cache; empty = $DATADIET_FLOW_STORAGE or
+            ~/.cache/datadiet/flows.
+    """
+    params = PromptParams.of_call(build_prompts.fn, locals())
     settings = params.model_dump(include={"k", "strategy", "ordering", "balanced", "template",
                                           "seed", "compress_rate", "model", "limit",
                                           "text_field", "label_field"})
@@ -133,8 +182,11 @@ def build_prompts(params: PromptParams) -> dict:
         pool=params.pool, pool_fingerprint=source_fingerprint(params.pool),
         eval_set=params.eval_set, eval_fingerprint=source_fingerprint(params.eval_set),
         settings=settings, out=params.out)
-    publish_prompt_report(params, result)
     before, after = sum(result["tokens_before"]), sum(result["tokens_after"])
+    get_run_logger().info("%d prompts with %d demonstrations each: %s -> %s tokens (%s)",
+                          len(result["tokens_before"]), params.k, f"{before:,}", f"{after:,}",
+                          result["tokenizer"])
+    publish_prompt_report(params, result)
     return {"prompts": result["prompts"], "n": len(result["tokens_before"]),
             "tokens_before": before, "tokens_after": after}
 
@@ -158,7 +210,7 @@ def publish_prompt_report(params: PromptParams, result: dict) -> None:
         "## Tokens before and after\n\n" + markdown_table(table),
         image_section("Tokens per prompt", plot),
     ]
-    publish("datadiet-prompts", "Prompt report: demonstrations and compression", sections, table,
+    publish(series_key("prompts", params.eval_set), "Prompt report: demonstrations and compression", sections, table,
             "Prompt tokens before and after compression")
 
 

@@ -8,14 +8,15 @@ Prefect UI shows them without any file server.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from datadiet.pipeline.report import (  # noqa: F401 - re-exported for the flows
     bar_plot,
     before_after_rows,
-    cell,
     histogram,
     line_plot,
     markdown_table,
@@ -25,15 +26,31 @@ from datadiet.pipeline.report import (  # noqa: F401 - re-exported for the flows
 
 def publish(key: str, title: str, sections: Sequence[str], table: list[dict],
             table_description: str) -> None:
-    """Publish the run's markdown report and its before/after table under stable keys.
+    """Publish the run's markdown report and its before/after table under ``key``.
 
-    Keys make reports of the same deployment a series in the UI's artifact view, so the newest
-    report and its history sit on one page.
+    ``key`` names one deployment or dataset (:func:`datadiet.flows.common.series_key`), so the
+    reports of its runs form a series in the UI's artifact view: the newest and its history on
+    one page, apart from other datasets'. Table cells stay numbers (the UI sorts and copies them
+    as such); only the markdown report formats them.
     """
     create_markdown_artifact(markdown=f"# {title}\n\n" + "\n\n".join(s for s in sections if s),
                              key=f"{key}-report", description=title)
-    create_table_artifact(table=[{k: cell(v) for k, v in row.items()} for row in table],
+    create_table_artifact(table=[{k: table_value(v) for k, v in row.items()} for row in table],
                           key=f"{key}-table", description=table_description)
+
+
+def table_value(value: Any) -> Any:
+    """A table artifact cell: numbers as JSON numbers (non-finite ones, which JSON lacks, as
+    text), None as null, anything else as its text."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if hasattr(value, "item"):  # a NumPy scalar
+        return table_value(value.item())
+    return str(value)
 
 
 def image_section(caption: str, data_uri: str) -> str:

@@ -1,6 +1,6 @@
 """``datadiet serve``: register every flow as a Prefect deployment, with schedules, and serve them.
 
-Deployments come from a YAML config (see ``deployments.example.yaml``)::
+Deployments come from a YAML config (see ``examples/deployments.yaml``)::
 
     deployments:
       - flow: curate                 # curate | build_prompts | train_and_measure | efficiency
@@ -9,34 +9,46 @@ Deployments come from a YAML config (see ``deployments.example.yaml``)::
         timezone: UTC
         parameters: {source: data/corpus.jsonl, out: runs/curated, overwrite: true}
 
-Every flow not named in the config is still registered (as ``<flow>/datadiet``, no schedule),
-so the UI offers all four with their typed forms. ``--cron``/``--interval`` give a schedule to
+The parameters are the flow's own, flat (``prefect deployment run datadiet-curate/nightly
+--param source=other.jsonl`` overrides one). Every flow not named in the config is still
+registered, on demand, under a name of its own (``datadiet-curate/curate``,
+``datadiet-build-prompts/build-prompts`` ...), so the UI offers all four with their forms. ``--cron``/``--interval`` give a schedule to
 the config's deployments that have none. A scheduled deployment's parameters are validated
 here, before serving: a schedule that would fail every night fails now instead.
 
 With ``PREFECT_API_URL`` unset the deployments live in Prefect's local (ephemeral) database,
 which is only useful for a quick look; point it at ``prefect server start`` to see them in the UI.
+
+SIGTERM or Ctrl-C stops serving cleanly: runs in flight are cancelled, the runner's temporary
+folder is removed, and the exit status is 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
+import signal
+import tempfile
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from datadiet.pipeline.io import SpecError
 
+if TYPE_CHECKING:  # the flows import Prefect; the CLI mounts this parser without paying for it
+    from datadiet.flows.common import FlowParams
+
 FLOW_NAMES = ("curate", "build_prompts", "train_and_measure", "efficiency")
 
 
-def flows() -> dict[str, tuple[Any, type[BaseModel]]]:
-    """Each flow and its parameter model, by the name the config uses."""
-    from datadiet.flows.curate import CurateParams, curate
-    from datadiet.flows.efficiency import EfficiencyParams, efficiency
+def flows() -> dict[str, tuple[Any, type[FlowParams]]]:
+    """Each flow and the model that checks its parameters, by the name the config uses."""
+    from datadiet.flows.chain import EfficiencyParams, efficiency
+    from datadiet.flows.curation import CurateParams, curate
     from datadiet.flows.prompts import PromptParams, build_prompts
     from datadiet.flows.training import TrainMeasureParams, train_and_measure
 
@@ -45,13 +57,18 @@ def flows() -> dict[str, tuple[Any, type[BaseModel]]]:
             "efficiency": (efficiency, EfficiencyParams)}
 
 
+def default_name(flow_name: str) -> str:
+    """The deployment name of a flow the config does not name: the flow's, hyphenated."""
+    return flow_name.replace("_", "-")
+
+
 class DeploymentSpec(BaseModel):
     """One deployment in the config file."""
 
     model_config = ConfigDict(extra="forbid")
 
     flow: str
-    name: str = Field("datadiet", min_length=1)
+    name: str | None = Field(None, min_length=1, description="default: the flow's name")
     cron: str | None = None
     interval: float | None = Field(None, gt=0, description="seconds between runs")
     timezone: str = "UTC"
@@ -63,6 +80,8 @@ class DeploymentSpec(BaseModel):
     def _check(self) -> DeploymentSpec:
         if self.flow not in FLOW_NAMES:
             raise SpecError(f"flow {self.flow!r}: expected one of {', '.join(FLOW_NAMES)}")
+        if self.name is None:
+            self.name = default_name(self.flow)
         if self.cron and self.interval:
             raise SpecError(f"{self.flow}/{self.name}: give cron or interval, not both")
         if self.cron:
@@ -135,7 +154,7 @@ def build_deployments(specs: list[DeploymentSpec]) -> list[Any]:
         label = f"{spec.flow}/{spec.name}"
         if spec.cron or spec.interval:
             try:
-                params_model(**spec.parameters)
+                params_model.of_call(flow_obj.fn, spec.parameters)
             except (ValidationError, ValueError) as exc:
                 raise SpecError(f"{label}: scheduled with parameters that do not validate: "
                                  f"{exc}") from exc
@@ -148,7 +167,7 @@ def build_deployments(specs: list[DeploymentSpec]) -> list[Any]:
         deployments.append(flow_obj.to_deployment(
             name=spec.name,
             schedules=schedules or None,
-            parameters={"params": spec.parameters} if spec.parameters else None,
+            parameters=spec.parameters or None,
             description=spec.description or (flow_obj.description or "").strip().splitlines()[0],
             tags=["datadiet", *spec.tags],
             enforce_parameter_schema=True,
@@ -186,14 +205,54 @@ def run_serve(args: argparse.Namespace) -> int:
     for spec in specs:
         when = (f"cron {spec.cron!r} ({spec.timezone})" if spec.cron else
                 f"every {spec.interval:g}s" if spec.interval else "on demand")
-        print(f"{spec.flow}/{spec.name}: {when}")
+        print(f"{spec.flow}/{spec.name}: {when}", flush=True)
     if args.dry_run:
         return 0
-    from prefect import serve
-
-    serve(*deployments, limit=args.limit)
+    try:
+        asyncio.run(serve_until_stopped(deployments, args.limit))
+    except KeyboardInterrupt:  # Ctrl-C: the runner has cleaned up on its way out
+        return 130
     return 0
 
 
+async def serve_until_stopped(deployments: list[Any], limit: int | None) -> None:
+    """Serve ``deployments`` until SIGTERM (or Ctrl-C), then stop the runner inside its loop.
+
+    Why not ``prefect.serve``: its SIGTERM handler calls the runner's stop from inside the
+    running loop, where that only creates a coroutine nobody awaits ("coroutine 'Runner.astop'
+    was never awaited"), then exits the interpreter from the signal handler. Here the signal
+    only schedules ``astop`` on the loop; the runner's own exit then cancels runs in flight and
+    removes its temporary folder, and ``runner_storage/`` (shared by every runner of this
+    machine) goes too if nothing else is in it.
+    """
+    from prefect.runner import Runner
+
+    runner = Runner(limit=limit)
+    for deployment in deployments:
+        await runner.add_deployment(deployment)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        if runner.started:
+            loop.create_task(runner.astop())
+
+    # Runner.start installs its own SIGTERM handler with signal.signal as it begins; the loop's
+    # handler is installed once the runner has started, so it is the one that stays.
+    async def install_handlers() -> None:
+        while not runner.started:
+            await asyncio.sleep(0.05)
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        print(f"serving {len(deployments)} deployments; stop with Ctrl-C or SIGTERM", flush=True)
+
+    installer = loop.create_task(install_handlers())
+    try:
+        await runner.start()
+    finally:
+        installer.cancel()
+        loop.remove_signal_handler(signal.SIGTERM)
+        with suppress(OSError):  # not empty: another runner of this machine is using it
+            (Path(tempfile.gettempdir()) / "runner_storage").rmdir()
+
+
 __all__ = ["DeploymentSpec", "add_serve_parser", "build_deployments", "load_config", "plan",
-           "run_serve"]
+           "run_serve", "serve_until_stopped"]

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 from datasets.table import InMemoryTable
 
-from datadiet.flows.common import cached_task
+from datadiet.flows.common import cached_task, task_run_namer
 from datadiet.pipeline.io import load_corpus
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, build_step
@@ -95,7 +95,7 @@ def read_decisions(paths: list[str]) -> dict[str, tuple[str, str]]:
     return decisions
 
 
-@cached_task(task_run_name="split into {n_shards} shards")
+@cached_task(task_run_name=task_run_namer("split {source} into {n_shards} shards"))
 def write_shards(source: str, fingerprint: str, text_field: str, id_field: str, on_error: str,
                  n_shards: int, folder: str) -> list[str]:
     """Read the corpus once and write it as ``n_shards`` contiguous Parquet shards (id, text)."""
@@ -111,7 +111,7 @@ def write_shards(source: str, fingerprint: str, text_field: str, id_field: str, 
     return paths
 
 
-@cached_task(task_run_name="{step_name} on {shard_path}")
+@cached_task(task_run_name=task_run_namer("{step_name} on {shard_path}"))
 def decide_shard(step_name: str, step_params: dict, shard_path: str, fingerprint: str,
                  text_field: str, id_field: str, out_path: str) -> dict:
     """Run one row-local step on one shard; write the removed rows' ids and reasons."""
@@ -132,7 +132,7 @@ def decide_shard(step_name: str, step_params: dict, shard_path: str, fingerprint
     return {"path": out_path, "rows": len(shard), "removed": len(removed)}
 
 
-@cached_task(task_run_name="{step_name} features of {shard_path}")
+@cached_task(task_run_name=task_run_namer("{step_name} features of {shard_path}"))
 def shard_features(step_name: str, step_params: dict, shard_path: str, fingerprint: str,
                    text_field: str, out_path: str) -> dict:
     """The map half of one map/reduce step on one shard: its per-row arrays, saved as .npz."""

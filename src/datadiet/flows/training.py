@@ -10,12 +10,19 @@ the same eval loss. The flow only wires these calls into cached tasks and publis
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from datadiet.flows.common import FlowParams, cached_task, run_checked, stored
+from datadiet.flows.common import (
+    FlowParams,
+    cached_task,
+    flow_run_namer,
+    run_checked,
+    series_key,
+    stored,
+)
 from datadiet.flows.report import (
     before_after_rows,
     image_section,
@@ -57,18 +64,17 @@ class TrainBudget(BaseModel):
 
 
 class TrainMeasureParams(FlowParams):
-    """Parameters of ``train_and_measure``."""
+    """The ``train_and_measure`` flow's parameters, checked together: the three datasets exist,
+    the budget builds a training config. The flow builds one from its arguments before any task
+    runs."""
 
-    baseline: str = Field(description="The reference dataset (e.g. the full corpus): a file, "
-                          "folder, or a `datadiet curate` output folder.")
-    candidate: str = Field(description="The dataset to compare (e.g. the curated corpus).")
-    eval_data: str = Field(description="Held-out text both runs are evaluated on (losses on "
-                           "different held-out sets do not compare).")
-    out: str = Field(description="Folder for both runs and comparison.json.")
-    budget: TrainBudget = Field(default_factory=TrainBudget)
-    text_field: str = "text"
-    target_loss: float | None = Field(None, gt=0, description="Eval loss to reach; empty = the "
-                                      "worse of the two final losses.")
+    baseline: str
+    candidate: str
+    eval_data: str
+    out: str
+    budget: TrainBudget | None
+    text_field: str
+    target_loss: Annotated[float, Field(gt=0)] | None
 
     @field_validator("baseline", "candidate", "eval_data")
     @classmethod
@@ -78,13 +84,15 @@ class TrainMeasureParams(FlowParams):
 
     @model_validator(mode="after")
     def _budget_builds(self) -> TrainMeasureParams:
-        self.budget.config(self.baseline, self.eval_data)  # unknown preset, bad extra field...
+        self.train_budget.config(self.baseline, self.eval_data)  # unknown preset, bad extra...
         return self
 
+    @property
+    def train_budget(self) -> TrainBudget:
+        return self.budget or TrainBudget()
 
-# log_prints off: datasets fingerprints the tokenizing function with dill, which disassembles it
-# with print(); under the flow's log_prints that bytecode listing would flood the run's log.
-@cached_task(task_run_name="train on {label}", log_prints=False)
+
+@cached_task(task_run_name="train on {label}")
 def train_run(label: str, config: dict, data_fingerprint: str, eval_fingerprint: str,
               out: str) -> dict:
     """Train from scratch (a stale checkpoint is never resumed) and return the report's path."""
@@ -101,23 +109,56 @@ def _load(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
-@flow(name="datadiet-train-and-measure", log_prints=True, validate_parameters=True)
-def train_and_measure(params: TrainMeasureParams) -> dict:
-    """Train the same model on both datasets with the same budget; compare FLOPs to a loss."""
-    out = Path(params.out)
+@flow(name="datadiet-train-and-measure", flow_run_name=flow_run_namer(
+    "train on {baseline} vs {candidate} → {out}/"), log_prints=False, validate_parameters=True)
+def train_and_measure(
+    baseline: str,
+    candidate: str,
+    eval_data: str,
+    out: str,
+    budget: TrainBudget | None = None,
+    text_field: str = "text",
+    target_loss: Annotated[float, Field(gt=0)] | None = None,
+    storage: str | None = None,
+) -> dict:
+    """Train the same model on both datasets with the same budget; compare FLOPs to a loss.
+
+    Args:
+        baseline: The reference dataset (e.g. the full corpus): a file, folder, or a
+            `datadiet curate` output folder.
+        candidate: The dataset to compare (e.g. the curated corpus).
+        eval_data: Held-out text both runs are evaluated on (losses on different held-out sets
+            do not compare).
+        out: Folder for both runs and comparison.json.
+        budget: The model and budget both runs share; empty = the defaults.
+        text_field: The field holding each row's text.
+        target_loss: Eval loss to reach; empty = the worse of the two final losses.
+        storage: Folder for the task cache; empty = $DATADIET_FLOW_STORAGE or
+            ~/.cache/datadiet/flows.
+    """
+    params = TrainMeasureParams.of_call(train_and_measure.fn, locals())
+    logger = get_run_logger()
+    out_dir = Path(params.out)
     eval_fp = source_fingerprint(params.eval_data)
     runs = {}
     for label, data in (("baseline", params.baseline), ("candidate", params.candidate)):
-        config = params.budget.config(data, params.eval_data).model_dump(mode="json")
+        config = params.train_budget.config(data, params.eval_data).model_dump(mode="json")
         runs[label] = run_checked(
             stored(train_run, params), lambda r: Path(r["report"]).exists(), label=label,
             config=config, data_fingerprint=source_fingerprint(data), eval_fingerprint=eval_fp,
-            out=str(out / label))
+            out=str(out_dir / label))
+        logger.info("%s (%s): final eval loss %.4f after %s training FLOPs", label,
+                    Path(data).name, runs[label]["final_eval_loss"],
+                    f"{runs[label]['train_flops']:.3g}")
     comparison = compare_runs(runs["baseline"]["report"], runs["candidate"]["report"],
                               params.target_loss)
-    atomic_write_json(out / "comparison.json", {"comparison": comparison, "runs": runs})
+    saved = comparison["flops_saved_x"]
+    logger.info("eval loss %.4g: %s", comparison["target_eval_loss"],
+                f"candidate needed {saved:.2f}x fewer FLOPs" if saved else
+                "one run never reached it; no FLOPs ratio")
+    atomic_write_json(out_dir / "comparison.json", {"comparison": comparison, "runs": runs})
     publish_training_report(params, runs, comparison)
-    return {"comparison": comparison, "runs": runs, "out": str(out)}
+    return {"comparison": comparison, "runs": runs, "out": str(out_dir)}
 
 
 def publish_training_report(params: TrainMeasureParams, runs: dict, comparison: dict) -> None:
@@ -148,12 +189,12 @@ def publish_training_report(params: TrainMeasureParams, runs: dict, comparison: 
                 "no FLOPs ratio.")
     sections = [
         f"**Baseline** `{params.baseline}` vs **candidate** `{params.candidate}`, both "
-        f"{params.budget.model} for {base['steps']} steps, evaluated on `{params.eval_data}`.",
+        f"{params.train_budget.model} for {base['steps']} steps, evaluated on `{params.eval_data}`.",
         headline,
         "## Baseline and candidate\n\n" + markdown_table(table),
         image_section("Loss vs training FLOPs", plot),
     ]
-    publish("datadiet-train", "Training report: same model, same budget, two datasets", sections,
+    publish(series_key("train", params.candidate), "Training report: same model, same budget, two datasets", sections,
             table, "Baseline (before) vs candidate (after): tokens, losses, FLOPs to a loss")
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -32,9 +32,12 @@ from datadiet.flows.common import (
     FlowParams,
     all_exist,
     cached_task,
+    flow_run_namer,
     run_checked,
+    series_key,
     stable_hash,
     stored,
+    task_run_namer,
 )
 from datadiet.flows.report import (
     bar_plot,
@@ -68,21 +71,23 @@ DEFAULT_SPEC = """\
 """
 
 
+RunnerKind = Literal["local", "dask"]
+Workers = Annotated[int, Field(ge=1, le=512)]
+Shards = Annotated[int, Field(ge=0, le=100_000)]
+Positive = Annotated[int, Field(ge=1)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
 class ScaleOut(BaseModel):
-    """Where the per-shard work runs."""
+    """Where the per-shard work runs (the flow's ``runner``, ``dask_address``, ``workers`` and
+    ``shards`` parameters)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    runner: Literal["local", "dask"] = Field(
-        "local", description="local: threads in the flow's process; dask: a Dask cluster "
-        "(prefect-dask's DaskTaskRunner).")
-    address: str | None = Field(
-        None, description="Dask scheduler address (tcp://host:8786). Empty: start a local "
-        "cluster of `workers` processes on this machine.")
-    workers: int = Field(2, ge=1, le=512, description="Workers of the local cluster (or threads "
-                         "for the local runner).")
-    shards: int = Field(0, ge=0, le=100_000, description="Shards to split the corpus into; 0 = "
-                        "one per worker with dask, no sharding with local.")
+    runner: RunnerKind = "local"
+    address: str | None = None
+    workers: Workers = 2
+    shards: Shards = 0
 
     def n_shards(self) -> int:
         if self.shards:
@@ -131,27 +136,25 @@ def normalised_spec(spec: str) -> list[dict[str, dict[str, Any]]]:
 
 
 class CurateParams(FlowParams):
-    """Parameters of the ``curate`` flow (the Prefect UI renders this as the run form)."""
+    """The ``curate`` flow's parameters, checked together: the source exists, the spec builds,
+    the output is not the input. The flow builds one from its arguments before any task runs."""
 
-    source: str = Field(description="The corpus: JSONL(.gz), Parquet or text file or folder, or "
-                        "a saved Hugging Face dataset.")
-    out: str = Field(description="Output folder: Parquet shards, manifest.json, "
-                     "removed/removed.parquet (written atomically).")
-    spec: str = Field(DEFAULT_SPEC, description="The steps: YAML text like `- exact_dedup: {}`, "
-                      "or the path of a spec file or of a manifest.json to repeat.")
-    text_field: str = Field("text", min_length=1)
-    id_field: str = Field("id", min_length=1)
-    keep_fields: list[str] = Field(default_factory=list, description="Extra fields to carry along.")
-    on_error: Literal["raise", "skip"] = Field("raise", description="Bad rows: stop with file:line, "
-                                               "or skip and count them.")
-    overwrite: bool = Field(False, description="Replace an existing output folder.")
-    rows_per_shard: int = Field(100_000, ge=1, description="Rows per output Parquet file.")
-    scale: ScaleOut = Field(default_factory=ScaleOut, description="Where per-shard work runs.")
-    tokenizer: str | None = Field(None, description="Tokenizer counting the report's tokens: a "
-                                  "folder or id; empty = SmolLM2's; `bytes` = UTF-8 bytes.")
-    report_model: str = Field("smollm2-135m", description="Model preset whose training FLOPs "
-                              "(one epoch) the report quotes.")
-    context: int = Field(2048, ge=1, description="Context length for the FLOPs of the report.")
+    source: str
+    out: str
+    spec: str
+    text_field: NonEmpty
+    id_field: NonEmpty
+    keep_fields: list[str] | None
+    on_error: Literal["raise", "skip"]
+    overwrite: bool
+    rows_per_shard: Positive
+    runner: RunnerKind
+    dask_address: str | None
+    workers: Workers
+    shards: Shards
+    tokenizer: str | None
+    report_model: str
+    context: Positive
 
     @field_validator("source")
     @classmethod
@@ -172,8 +175,13 @@ class CurateParams(FlowParams):
             raise ValueError("out: the output must not replace its own input")
         return self
 
+    @property
+    def scale(self) -> ScaleOut:
+        return ScaleOut(runner=self.runner, address=self.dask_address, workers=self.workers,
+                        shards=self.shards)
 
-@cached_task(task_run_name="curate {source}")
+
+@cached_task(task_run_name=task_run_namer("curate {source} → {out}/"))
 def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_field: str,
                   id_field: str, keep_fields: list, on_error: str, overwrite: bool,
                   rows_per_shard: int, sharded: dict) -> dict:
@@ -198,7 +206,7 @@ def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_fiel
             "rows_out": len(result.dataset), "output_fingerprint": result.manifest.output["fingerprint"]}
 
 
-@cached_task(task_run_name="count tokens of {data}")
+@cached_task(task_run_name=task_run_namer("count tokens of {data}"))
 def count_tokens(data: str, fingerprint: str, text_field: str, tokenizer: str | None) -> dict:
     """Rows and tokens (each row plus one end-of-text token, as training packs them)."""
     ds = load_text_dataset(data, text_field)
@@ -210,13 +218,15 @@ def count_tokens(data: str, fingerprint: str, text_field: str, tokenizer: str | 
     return {"rows": len(ds), "tokens": tokens}
 
 
-@flow(name="datadiet-curate-shards", log_prints=True)
-def map_over_shards(params: CurateParams, spec: list, fingerprint: str) -> dict:
+@flow(name="datadiet-curate-shards", flow_run_name="map over shards", log_prints=False)
+def map_over_shards(params: CurateParams, spec: list, fingerprint: str,
+                    progress_id: str | None = None, progress_to: float = 100.0) -> dict:
     """Split the corpus; on every shard, decide the row-local steps and compute the per-row
     features of the map/reduce steps, in parallel.
 
     Runs with the task runner the parameters choose (a subflow, so the parent's form can pick
-    it); a progress artifact moves as shard tasks finish.
+    it); the parent run's progress artifact (``progress_id``) moves from 0 to ``progress_to`` as
+    shard tasks finish.
     """
     n_shards = params.scale.n_shards()
     work = params.storage_path() / "work" / fingerprint[:32] / f"{n_shards}-shards"
@@ -242,8 +252,8 @@ def map_over_shards(params: CurateParams, spec: list, fingerprint: str) -> dict:
             else:
                 task_, kwargs = featurize, dict(common, out_path=str(step_dir / f"features-{k:05d}.npz"))
             futures[task_.submit(**kwargs)] = (kind, i, k, task_, kwargs)
-    progress = create_progress_artifact(0.0, key="datadiet-curate-shards", description=(
-        f"{len(futures)} shard tasks ({len(shards)} shards)"))
+    get_run_logger().info("%d shards, %d shard tasks on the %s runner", len(shards),
+                          len(futures), params.runner)
     results: dict = {"shards": shards, "decisions": {}, "features": {}}
     for done, future in enumerate(as_completed(list(futures)), start=1):
         kind, i, k, task_, kwargs = futures[future]
@@ -251,20 +261,77 @@ def map_over_shards(params: CurateParams, spec: list, fingerprint: str) -> dict:
         if not Path(result["path"]).exists():  # a cache hit whose file was deleted since
             result = task_.with_options(refresh_cache=True)(**kwargs)
         results[kind].setdefault(str(i), [""] * len(shards))[k] = result["path"]
-        update_progress_artifact(progress, progress=100.0 * done / len(futures))
+        if progress_id:
+            update_progress_artifact(progress_id, progress=progress_to * done / len(futures))
     return results
 
 
-@flow(name="datadiet-curate", log_prints=True, validate_parameters=True)
-def curate(params: CurateParams) -> dict:
-    """Curate a corpus with a spec of steps; publish the report as artifacts."""
-    spec = normalised_spec(params.spec)
+# Why no log_prints: a print under it becomes a log line, and the `datasets` fingerprinting
+# behind every reader lets dill disassemble functions with print() (dill.detect.nestedglobals
+# reads the listing back from a swapped sys.stdout; under log_prints it lands in the run's log
+# instead). datadiet's flows say what happened through the run logger.
+@flow(name="datadiet-curate", flow_run_name=flow_run_namer("curate {source} → {out}/"),
+      log_prints=False, validate_parameters=True)
+def curate(
+    source: str,
+    out: str,
+    spec: str = DEFAULT_SPEC,
+    text_field: NonEmpty = "text",
+    id_field: NonEmpty = "id",
+    keep_fields: list[str] | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+    overwrite: bool = False,
+    rows_per_shard: Positive = 100_000,
+    runner: RunnerKind = "local",
+    dask_address: str | None = None,
+    workers: Workers = 2,
+    shards: Shards = 0,
+    tokenizer: str | None = None,
+    report_model: str = "smollm2-135m",
+    context: Positive = 2048,
+    storage: str | None = None,
+) -> dict:
+    """Curate a corpus with a spec of steps; publish the report as artifacts.
+
+    Args:
+        source: The corpus: JSONL(.gz), Parquet or text file or folder, or a saved Hugging Face
+            dataset.
+        out: Output folder: the curated dataset (Parquet shards), its manifest and the removed
+            rows, written atomically.
+        spec: The steps: YAML text like `- exact_dedup: {}`, or the path of a spec file or of a
+            manifest.json to repeat.
+        text_field: The field holding each row's text.
+        id_field: The field holding each row's id (a content hash where absent).
+        keep_fields: Extra fields to carry into the output.
+        on_error: Bad rows: `raise` stops with file:line, `skip` skips and counts them.
+        overwrite: Replace an existing output folder.
+        rows_per_shard: Rows per output Parquet file.
+        runner: Where per-shard work runs: `local` (threads in this process) or `dask`
+            (prefect-dask's DaskTaskRunner).
+        dask_address: Dask scheduler address (tcp://host:8786); empty = start a local cluster of
+            `workers` processes on this machine.
+        workers: Workers of the local Dask cluster (threads for the local runner).
+        shards: Shards to split the corpus into; 0 = one per worker with dask, none with local.
+        tokenizer: Tokenizer counting the report's tokens: a folder or id; empty = SmolLM2's;
+            `bytes` = UTF-8 bytes.
+        report_model: Model preset whose training FLOPs (one epoch) the report quotes.
+        context: Context length for the FLOPs of the report.
+        storage: Folder for the task cache and the work files of sharded runs; empty =
+            $DATADIET_FLOW_STORAGE or ~/.cache/datadiet/flows.
+    """
+    params = CurateParams.of_call(curate.fn, locals())
+    logger = get_run_logger()
+    key = series_key("curate", params.source)
+    spec_entries = normalised_spec(params.spec)
     fingerprint = source_fingerprint(params.source)
+    progress = create_progress_artifact(0.0, key=f"{key}-progress", description=(
+        "Curation: shard tasks, then the spec's reduces, then the token counts"))
     sharded: dict = {}
     if params.scale.n_shards() > 1:
-        runner = params.scale.task_runner()
-        sharded = map_over_shards.with_options(task_runner=runner)(
-            params=params, spec=spec, fingerprint=fingerprint)
+        task_runner = params.scale.task_runner()
+        sharded = map_over_shards.with_options(task_runner=task_runner)(
+            params=params, spec=spec_entries, fingerprint=fingerprint,
+            progress_id=str(progress), progress_to=60.0)
 
     def output_intact(result: dict) -> bool:
         manifest = Path(result["manifest"])
@@ -273,17 +340,30 @@ def curate(params: CurateParams) -> dict:
 
     summary = run_checked(
         stored(curate_corpus, params), output_intact, source=params.source,
-        fingerprint=fingerprint, spec=spec, out=str(params.out), text_field=params.text_field,
-        id_field=params.id_field, keep_fields=list(params.keep_fields), on_error=params.on_error,
+        fingerprint=fingerprint, spec=spec_entries, out=str(params.out),
+        text_field=params.text_field, id_field=params.id_field,
+        keep_fields=list(params.keep_fields or []), on_error=params.on_error,
         overwrite=params.overwrite, rows_per_shard=params.rows_per_shard, sharded=sharded)
+    manifest = Manifest.load(summary["manifest"])
+    logger.info("%s", kept_line(manifest, summary["rows_in"], summary["rows_out"]))
+    update_progress_artifact(progress, progress=80.0)
     counter = stored(count_tokens, params)
     before = counter(data=params.source, fingerprint=fingerprint, text_field=params.text_field,
                      tokenizer=params.tokenizer)
     after = counter(data=summary["out"], fingerprint=summary["output_fingerprint"],
                     text_field=params.text_field, tokenizer=params.tokenizer)
-    publish_curate_report(params, summary, before, after)
+    logger.info("tokens %s -> %s (%s)", f"{before['tokens']:,}", f"{after['tokens']:,}",
+                params.tokenizer or "SmolLM2 tokenizer")
+    publish_curate_report(params, summary, before, after, key)
+    update_progress_artifact(progress, progress=100.0)
     return {**summary, "tokens_in": before["tokens"], "tokens_out": after["tokens"],
             "shards": params.scale.n_shards()}
+
+
+def kept_line(manifest: Manifest, rows_in: int, rows_out: int) -> str:
+    """``kept 270 of 421 rows; exact_dedup 49, minhash_dedup 20, quality 82``: the run's log."""
+    removed = ", ".join(f"{step.name} {sum(step.removed.values()):,}" for step in manifest.steps)
+    return f"kept {rows_out:,} of {rows_in:,} rows; removed by {removed or 'no step'}"
 
 
 def training_flops(model: str, tokens: int, context: int) -> float:
@@ -291,7 +371,8 @@ def training_flops(model: str, tokens: int, context: int) -> float:
     return LlamaConfig.preset(model).shape().flops(tokens, context, training=True)
 
 
-def publish_curate_report(params: CurateParams, summary: dict, before: dict, after: dict) -> dict:
+def publish_curate_report(params: CurateParams, summary: dict, before: dict, after: dict,
+                          key: str) -> dict:
     """Markdown summary, before/after table and a rows-per-step plot, as artifacts."""
     manifest = Manifest.load(summary["manifest"])
     curation_flops = float(sum(s.flops for s in manifest.steps))
@@ -321,10 +402,10 @@ def publish_curate_report(params: CurateParams, summary: dict, before: dict, aft
         "## Steps\n\n" + markdown_table(step_rows),
         image_section("Rows left after each step", plot),
     ]
-    publish("datadiet-curate", f"Curation report: {Path(summary['out']).name}", sections, table,
+    publish(key, f"Curation report: {Path(summary['out']).name}", sections, table,
             "Rows, tokens and training FLOPs before and after curation")
     return {"table": table}
 
 
-__all__ = ["CurateParams", "ScaleOut", "curate", "normalised_spec", "training_flops"]
+__all__ = ["CurateParams", "ScaleOut", "curate", "kept_line", "normalised_spec", "training_flops"]
 

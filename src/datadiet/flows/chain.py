@@ -13,17 +13,32 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
-from pydantic import Field, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
-from datadiet.flows.common import FlowParams, cached_task, stored
-from datadiet.flows.curate import DEFAULT_SPEC, CurateParams, ScaleOut, curate
-from datadiet.flows.prompts import PromptParams, build_prompts
+from datadiet.flows.common import (
+    FlowParams,
+    cached_task,
+    flow_run_namer,
+    series_key,
+    stored,
+    task_run_namer,
+)
+from datadiet.flows.curation import (
+    DEFAULT_SPEC,
+    CurateParams,
+    RunnerKind,
+    Shards,
+    Workers,
+    curate,
+)
+from datadiet.flows.prompts import Demos, Limit, PromptParams, Rate, build_prompts
 from datadiet.flows.report import before_after_rows, markdown_table, publish
-from datadiet.flows.training import TrainBudget, TrainMeasureParams, train_and_measure
+from datadiet.flows.training import TrainBudget, train_and_measure
 from datadiet.pipeline.demo.comparison import summarize_pretraining
 from datadiet.pipeline.demo.progress import StageClock, plan_efficiency
 from datadiet.pipeline.demo.report import PromptResults, SavingsReport, write_savings_report
@@ -36,25 +51,27 @@ from datadiet.prompting.strategies import compare_strategies
 
 
 class EfficiencyParams(FlowParams):
-    """Parameters of ``efficiency`` (the sub-flows get theirs from these)."""
+    """The ``efficiency`` flow's parameters, checked together: every subflow's parameters
+    check, and the prompt stage has both of its files or neither. The flow builds one from its
+    arguments before any stage runs."""
 
-    source: str = Field(description="The full corpus to curate and train on.")
-    out: str = Field(description="Root folder: curated/, training/, prompts/ go inside.")
-    spec: str = Field(DEFAULT_SPEC, description="Curation steps (YAML text or a spec file).")
-    eval_data: str = Field(description="Held-out text both training runs are evaluated on.")
-    budget: TrainBudget = Field(default_factory=TrainBudget, description="Model and budget of "
-                                "both training runs.")
-    scale: ScaleOut = Field(default_factory=ScaleOut)
-    tokenizer: str | None = Field(None, description="Tokenizer for the curation report's counts.")
-    overwrite: bool = Field(True, description="Replace earlier outputs under `out` when the "
-                            "inputs changed (unchanged inputs are served from the cache).")
-    pool: str | None = Field(None, description="Labelled demonstrations pool; empty = skip the "
-                             "prompt-building stage.")
-    eval_set: str | None = Field(None, description="Queries to build prompts for.")
-    k: int = Field(4, ge=0, le=64)
-    compress_rate: float = Field(0.5, gt=0.0, le=1.0)
-    compression_model: str | None = Field(None, description="Scoring model for compression.")
-    prompt_limit: int | None = Field(None, ge=1, description="Use only the first N queries.")
+    source: str
+    out: str
+    eval_data: str
+    spec: str
+    budget: TrainBudget | None
+    runner: RunnerKind
+    dask_address: str | None
+    workers: Workers
+    shards: Shards
+    tokenizer: str | None
+    overwrite: bool
+    pool: str | None
+    eval_set: str | None
+    k: Demos
+    compress_rate: Rate
+    compression_model: str | None
+    prompt_limit: Limit
 
     @field_validator("source", "eval_data")
     @classmethod
@@ -64,29 +81,34 @@ class EfficiencyParams(FlowParams):
 
     @model_validator(mode="after")
     def _parts_validate(self) -> EfficiencyParams:
-        self.curate_params()
-        self.budget.config(self.source, self.eval_data)
+        CurateParams.of_call(curate.fn, self.curate_args())
+        self.train_budget.config(self.source, self.eval_data)
         if (self.pool is None) != (self.eval_set is None):
             raise ValueError("pool and eval_set: give both (to build prompts) or neither")
         if self.pool is not None:
-            self.prompt_params()
+            PromptParams.of_call(build_prompts.fn, self.prompt_args())
         return self
 
-    def curate_params(self) -> CurateParams:
-        return CurateParams(source=self.source, out=str(Path(self.out) / "curated"),
-                            spec=self.spec, overwrite=self.overwrite, scale=self.scale,
-                            tokenizer=self.tokenizer, storage=self.storage)
+    @property
+    def train_budget(self) -> TrainBudget:
+        return self.budget or TrainBudget()
 
-    def train_params(self, curated: str) -> TrainMeasureParams:
-        return TrainMeasureParams(baseline=self.source, candidate=curated,
-                                  eval_data=self.eval_data, budget=self.budget,
-                                  out=str(Path(self.out) / "training"), storage=self.storage)
+    def curate_args(self) -> dict[str, Any]:
+        return dict(source=self.source, out=str(Path(self.out) / "curated"), spec=self.spec,
+                    overwrite=self.overwrite, runner=self.runner, dask_address=self.dask_address,
+                    workers=self.workers, shards=self.shards, tokenizer=self.tokenizer,
+                    storage=self.storage)
 
-    def prompt_params(self) -> PromptParams:
-        return PromptParams(pool=self.pool, eval_set=self.eval_set, k=self.k,
-                            compress_rate=self.compress_rate, model=self.compression_model,
-                            limit=self.prompt_limit, out=str(Path(self.out) / "prompts"),
-                            storage=self.storage)
+    def train_args(self, curated: str) -> dict[str, Any]:
+        return dict(baseline=self.source, candidate=curated, eval_data=self.eval_data,
+                    budget=self.train_budget, out=str(Path(self.out) / "training"),
+                    storage=self.storage)
+
+    def prompt_args(self) -> dict[str, Any]:
+        return dict(pool=self.pool, eval_set=self.eval_set, k=self.k,
+                    compress_rate=self.compress_rate, model=self.compression_model,
+                    limit=self.prompt_limit, out=str(Path(self.out) / "prompts"),
+                    storage=self.storage)
 
 
 def _clock(params: EfficiencyParams) -> StageClock:
@@ -95,16 +117,17 @@ def _clock(params: EfficiencyParams) -> StageClock:
     if Path(params.source).is_file():
         with open(params.source, "rb") as f:
             rows = sum(1 for _ in f)
-    config = params.budget.config(params.source, params.eval_data)
+    config = params.train_budget.config(params.source, params.eval_data)
     tokens = config.steps_for(1) * config.batch_size * config.grad_accum * config.seq_len
     plan = plan_efficiency(rows, 2, tokens, (params.prompt_limit or 20) if params.pool else 0)
-    progress = create_progress_artifact(0.0, key="datadiet-efficiency-progress",
-                                        description="Stages of the efficiency chain done")
-    return StageClock(plan, say=print,
+    progress = create_progress_artifact(
+        0.0, key=f"{series_key('efficiency', params.source)}-progress",
+        description="Stages of the efficiency chain done")
+    return StageClock(plan, say=get_run_logger().info,
                       on_fraction=lambda done: update_progress_artifact(progress, 100.0 * done))
 
 
-@cached_task(task_run_name="score prompting strategies on {eval_set}")
+@cached_task(task_run_name=task_run_namer("score prompting strategies on {eval_set}"))
 def score_strategies(pool: str, pool_fingerprint: str, eval_set: str, eval_fingerprint: str,
                      settings: dict) -> dict:
     """Accuracy and prompt tokens of zero-shot, random, best and best-compressed prompts."""
@@ -115,7 +138,7 @@ def score_strategies(pool: str, pool_fingerprint: str, eval_set: str, eval_finge
     template = load_template(s["template"], sorted(set(pool_rows.labels)))
     results = compare_strategies(pool_rows, test, template, task=Path(eval_set).name, k=s["k"],
                                  compress_rate=s["compress_rate"], model=s["model"],
-                                 progress=print)
+                                 progress=get_run_logger().info)
     return asdict(results)
 
 
@@ -139,20 +162,64 @@ def write_report(params: EfficiencyParams, curated: dict, trained: dict,
     return write_savings_report(params.out, report)
 
 
-@flow(name="datadiet-efficiency", log_prints=True, validate_parameters=True)
-def efficiency(params: EfficiencyParams) -> dict:
-    """Curate, train on full vs curated with one budget, build compressed prompts; report."""
+@flow(name="datadiet-efficiency", flow_run_name=flow_run_namer("efficiency of {source} → {out}/"),
+      log_prints=False, validate_parameters=True)
+def efficiency(
+    source: str,
+    out: str,
+    eval_data: str,
+    spec: str = DEFAULT_SPEC,
+    budget: TrainBudget | None = None,
+    runner: RunnerKind = "local",
+    dask_address: str | None = None,
+    workers: Workers = 2,
+    shards: Shards = 0,
+    tokenizer: str | None = None,
+    overwrite: bool = True,
+    pool: str | None = None,
+    eval_set: str | None = None,
+    k: Demos = 4,
+    compress_rate: Rate = 0.5,
+    compression_model: str | None = None,
+    prompt_limit: Limit = None,
+    storage: str | None = None,
+) -> dict:
+    """Curate, train on full vs curated with one budget, build compressed prompts; report.
+
+    Args:
+        source: The full corpus to curate and train on.
+        out: Root folder: curated/, training/, prompts/ and report.md go inside.
+        eval_data: Held-out text both training runs are evaluated on.
+        spec: Curation steps (YAML text or a spec file).
+        budget: Model and budget of both training runs; empty = the defaults.
+        runner: Where curation's per-shard work runs: `local` or `dask`.
+        dask_address: Dask scheduler address; empty = a local cluster of `workers` processes.
+        workers: Workers of the local Dask cluster (threads for the local runner).
+        shards: Shards to split the corpus into; 0 = one per worker with dask.
+        tokenizer: Tokenizer for the curation report's counts.
+        overwrite: Replace earlier outputs under `out` when the inputs changed (unchanged
+            inputs are served from the cache).
+        pool: Labelled demonstrations pool; empty = skip the prompt-building stage.
+        eval_set: Queries to build prompts for (with `pool`).
+        k: Demonstrations per prompt.
+        compress_rate: Keep this fraction of the demonstrations' tokens.
+        compression_model: Scoring model for compression; empty = the offline SmolLM2.
+        prompt_limit: Use only the first N queries.
+        storage: Folder for the task cache; empty = $DATADIET_FLOW_STORAGE or
+            ~/.cache/datadiet/flows.
+    """
+    params = EfficiencyParams.of_call(efficiency.fn, locals())
     clock = _clock(params)
     clock.start("curate")
-    curated = curate(params.curate_params())
+    curated = curate(**params.curate_args())
     clock.start("train", "the same model on full and curated data, same budget")
-    trained = train_and_measure(params.train_params(curated["out"]))
+    trained = train_and_measure(**params.train_args(curated["out"]))
     prompts = None
     strategies = None
     if params.pool:
         clock.start("prompts", "demonstrations and compression")
-        prompt_params = params.prompt_params()
-        prompts = build_prompts(prompt_params)
+        prompt_params = PromptParams.of_call(build_prompts.fn, params.prompt_args())
+        prompts = build_prompts(**params.prompt_args())
         clock.start("score prompts", "zero-shot, random, best, best compressed")
         strategies = stored(score_strategies, params)(
             pool=params.pool, pool_fingerprint=source_fingerprint(params.pool),
@@ -184,7 +251,7 @@ def efficiency(params: EfficiencyParams) -> dict:
         "Each stage's own report (plots included) is on its subflow run.",
         inline_images(report_path.read_text(encoding="utf-8"), report_path.parent),
     ]
-    publish("datadiet-efficiency", "Efficiency report: curation, training, prompts", sections,
+    publish(series_key("efficiency", params.source), "Efficiency report: curation, training, prompts", sections,
             table, "The chain's savings: before (full / uncompressed) and after")
     clock.finish()
     return {"curate": curated, "train": trained, "prompts": prompts, "report": str(report_path)}
