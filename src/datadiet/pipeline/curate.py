@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-import yaml
 
 from datadiet import __version__
+from datadiet.pipeline.config_files import read_config_file
 from datadiet.pipeline.io import (
     MANIFEST_FILE,
     AtomicOutputDir,
@@ -96,26 +96,7 @@ def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any
 
 def read_spec(path: str | os.PathLike) -> Any:
     """The parsed YAML/JSON of a spec file; every way it can be unreadable is a SpecError."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder, not a spec file") from None
-    except PermissionError:
-        raise SpecError(f"{path}: cannot read the spec file (permission denied)") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SpecError(f"{path}:{line}: the spec is not UTF-8 text (byte {exc.start})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise SpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return read_config_file(path, "spec file")
 
 
 def load_spec(path: str | os.PathLike) -> list[Step]:
