@@ -31,7 +31,7 @@ from typing import Any
 from datadiet.pipeline.errors import NoSpaceError, OutputError, is_no_space
 
 __all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "follow_umask",
-           "owned_temp_dir", "sweep_dead"]
+           "owned_temp_dir", "sweep_dead", "sweep_leftovers"]
 
 #: Who owns a temp name: this host (a short hash of its name) and this process.
 HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
@@ -116,11 +116,26 @@ def sweep_dead(parent: str | os.PathLike, prefix: str,
     return swept
 
 
+def sweep_leftovers(target: str | os.PathLike) -> None:
+    """The temp and backup names of ``target`` (``.NAME.tmp-*``, ``.NAME.old-*``) that
+    killed writers left beside it; a backup whose target is gone is put back."""
+    target = Path(target)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
+    sweep_dead(target.parent, f".{target.name}.tmp-")
+    sweep_dead(target.parent, f".{target.name}.old-", restore_to=target)
+
+
+#: The kinds of temp folder datadiet makes in ``$TMPDIR``: any of them makes a run sweep all.
+TEMP_KINDS = ("datadiet-run-", "datadiet-load-", "datadiet-step-")
+
+
 def owned_temp_dir(prefix: str, parent: str | os.PathLike | None = None) -> Path:
     """``mkdtemp`` under ``parent`` (default ``$TMPDIR``) with an owner in its name, after
-    sweeping this kind's folders of dead processes there."""
+    sweeping datadiet's temp folders of dead processes there."""
     folder = Path(parent) if parent is not None else Path(tempfile.gettempdir())
-    sweep_dead(folder, prefix)
+    for kind in dict.fromkeys((prefix, *TEMP_KINDS)):
+        sweep_dead(folder, kind)
     try:
         return Path(tempfile.mkdtemp(prefix=_owned(prefix), dir=folder))
     except OSError as exc:
@@ -214,8 +229,7 @@ def atomic_path(target: str | os.PathLike, *, is_dir: bool = False,
     if is_dir and target.is_symlink():
         target = Path(os.path.realpath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_dead(target.parent, f".{target.name}.tmp-")
-    sweep_dead(target.parent, f".{target.name}.old-", restore_to=target)
+    sweep_leftovers(target)
     prefix = _owned(f".{target.name}.tmp-")
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))

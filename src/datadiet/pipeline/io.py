@@ -48,6 +48,7 @@ from datadiet.pipeline.atomic import (  # noqa: F401 - the writer, re-exported h
     atomic_write_text,
     follow_umask,
     owned_temp_dir,
+    sweep_leftovers,
 )
 from datadiet.pipeline.errors import (  # noqa: F401 - re-exported: io is where users look
     DataError,
@@ -1399,6 +1400,8 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     moment it replaces the folder (:func:`output_guard`).
     """
     target = refuse_output_over_inputs(out, inputs, flag=flag)
+    if _nearest_existing(target.parent) == target.parent:
+        sweep_leftovers(out)  # a killed run's temp copy; its old output, if it was mid-swap
     if target.exists():
         refuse_to_replace(target, out, overwrite, flag)
     parent = _nearest_existing(target.parent)
