@@ -18,15 +18,19 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from datadiet.pipeline.atomic import HOST
+from datadiet.pipeline.errors import DataError, NoSpaceError, SpecError, UserError
+from datadiet.pipeline.score_cache import ScoreCache, cached_scores
 from tests.reliability.conftest import Sandbox
 from tests.reliability.test_cli_faults import (
     SPEC,
@@ -231,6 +235,9 @@ ROWS = [
     Row("overwrite-symlink-to-user-folder", symlink_to_users_folder, 2,
         r"not written by datadiet", output="run", check=users_folder_behind_link_kept),
     # 3. leftovers
+    Row("model-run-leaves-no-compile-cache", lambda box: ["generate", "--prompt", "hi",
+                                                          "--max-new-tokens", "2"], 0,
+        output="run"),  # torch inductor's cache went to $TMPDIR/torchinductor_<user>
     Row("cache-is-out", cache_is_out, 2,
         r"spec\.yaml: entry 1 \(ifd\): .*the cache is the run's --out"),
     Row("cache-inside-out", cache_inside_out, 2,
@@ -507,3 +514,104 @@ def test_the_guard_catches_a_connection(box: Sandbox) -> None:
                     "    socket.create_connection(('192.0.2.1', 80), timeout=0.1)\n"
                     "except OSError:\n    pass\n"], env=env, timeout=60)
     assert "192.0.2.1" in log.read_text()
+
+
+# -- 4. the Python API: clear errors from datadiet, before any model loads ---------------------
+
+
+@pytest.mark.parametrize(("prompt", "kwargs", "error", "message"), [
+    (None, {}, TypeError, r"prompt must be a string or a list of strings, got NoneType"),
+    (["a paragraph", None], {}, TypeError, r"prompt must be a string or a list of strings"),
+    ("bad \ud800 half", {}, ValueError, r"prompt: character 4 is a lone surrogate"),
+    ("fine", {"question": "why \udc80?"}, ValueError,
+     r"question of prompt: character 4 is a lone surrogate"),
+    ("fine text here", {"target_tokenizer": "o200k_base"}, UserError,
+     r"tiktoken encoding 'o200k_base' is not available offline"),
+    ("fine text here", {"target_tokenizer": "gpt2"}, UserError,
+     r"'gpt2' is neither a local folder nor in the Hugging Face cache"),
+], ids=["none", "none-segment", "lone-surrogate", "surrogate-in-question", "tiktoken-o200k",
+        "hub-tokenizer"])
+def test_compress_refuses_before_loading_a_model(prompt: object, kwargs: dict,
+                                                 error: type[Exception], message: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import datadiet
+    from datadiet.prompting.compression import api
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the scoring model would load before the check")
+
+    monkeypatch.setattr(api.Compressor, "__init__", no_model)
+    start = time.perf_counter()
+    with pytest.raises(error, match=message):
+        datadiet.compress(prompt, rate=0.5, **kwargs)  # type: ignore[arg-type]
+    assert time.perf_counter() - start < 10
+
+
+def test_curate_api_checks_the_plan_before_any_step() -> None:
+    import datadiet
+
+    with pytest.raises(SpecError, match=r"entry 1: ifd needs instruction data"):
+        datadiet.curate([{"text": "a document"}], ["ifd"])
+    with pytest.raises(SpecError, match=r"entry 2 \(deita\): no column 'ifd_scor'.*ifd_score"):
+        datadiet.curate(INSTRUCTIONS, ["ifd", {"deita": {"score": "ifd_scor"}}])
+
+
+# -- 4. a corrupt score cache is named, never a raw sqlite3 error --------------------------------
+
+
+def filled_cache(folder: Path, rows: int = 2000) -> Path:
+    cache = ScoreCache("model-x", "ifd-test", 64, folder)
+    cache.put_many([(i.to_bytes(16, "little"), np.arange(4.0) + i) for i in range(rows)])
+    cache.close()
+    return folder / "scores.sqlite"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "cut-in-half"])
+def test_corrupt_score_cache_is_named(damage: str, tmp_path: Path) -> None:
+    path = filled_cache(tmp_path)
+    if damage == "garbage":
+        path.write_bytes(os.urandom(4096))
+    else:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))}: the score cache is unreadable"
+                       r".*move it away.*cache: false"):
+        ScoreCache("model-x", "ifd-test", 64, tmp_path)
+
+
+def test_wrong_sized_cache_entries_are_scored_again(tmp_path: Path) -> None:
+    """Entries whose blob is not ``width`` floats (torn, or another version's) are misses:
+    computed again and replaced, never broadcast into the wrong shape."""
+    filled_cache(tmp_path, rows=3)
+    db = sqlite3.connect(tmp_path / "scores.sqlite")
+    db.execute("UPDATE scores SET value = ? WHERE row = ?", (b"\x00" * 12, (0).to_bytes(16, "little")))
+    db.execute("UPDATE scores SET value = ? WHERE row = ?", (np.arange(2.0).tobytes(),
+                                                             (1).to_bytes(16, "little")))
+    db.commit()
+    db.close()
+    cache = ScoreCache("model-x", "ifd-test", 64, tmp_path)
+    keys = [i.to_bytes(16, "little") for i in range(3)]
+    computed_rows: list[int] = []
+
+    def compute(rows: list[int]) -> np.ndarray:
+        computed_rows.extend(rows)
+        return np.stack([np.arange(4.0) + 100 + r for r in rows])
+
+    values, computed = cached_scores(keys, compute, cache, width=4, costs=[1, 1, 1], chunk_cost=10)
+    assert computed == 2 and sorted(computed_rows) == [0, 1]
+    np.testing.assert_array_equal(values[2], np.arange(4.0) + 2)  # the good entry was read
+    np.testing.assert_array_equal(cache.get_many(keys[:1])[keys[0]], np.arange(4.0) + 100)
+
+
+def test_score_cache_that_is_a_file(tmp_path: Path) -> None:
+    blocker = write(tmp_path / "cache", "not a folder")
+    with pytest.raises(SpecError, match=r"cache: the score cache must be a folder"):
+        ScoreCache("m", "x", 64, blocker)
+
+
+def test_score_cache_on_a_full_disk_is_named(tmp_path: Path, tiny_disk: Path) -> None:
+    cache = ScoreCache("m", "x", 64, tiny_disk)
+    big = [(i.to_bytes(16, "little"), np.zeros(512)) for i in range(200)]  # ~800 kB
+    with pytest.raises(NoSpaceError, match=r"scores\.sqlite: no space left for the score cache"):
+        cache.put_many(big)
+    cache.close()
