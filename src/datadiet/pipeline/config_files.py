@@ -30,7 +30,8 @@ def _read_text(path: Path, what: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise SpecError(f"{path}:{line}: the {what} is not UTF-8 text (byte {exc.start})") from None
+        noun = what.removesuffix(" file")
+        raise SpecError(f"{path}:{line}: the {noun} is not UTF-8 text (byte {exc.start})") from None
 
 
 def read_config_file(path: str | os.PathLike, what: str = "spec file",
