@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from datadiet.pipeline.cli_args import positive_int
+from datadiet.pipeline.models.loading import keep_caches_in_user_cache
 
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:
@@ -61,16 +62,22 @@ def _arrow_pool_that_returns_memory() -> None:
 
 def _run_curate(args: argparse.Namespace) -> int:
     from datadiet.pipeline.curate import curate_path, load_spec, load_spec_fields, print_report
+    from datadiet.pipeline.errors import SpecError
 
     _arrow_pool_that_returns_memory()
     steps = load_spec(args.spec)
     fields = load_spec_fields(args.spec)
     keep = [f.strip() for f in args.keep_fields.split(",") if f.strip()]
-    result = curate_path(args.input, steps, args.out, text_field=args.text_field,
-                         id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
-                         on_duplicate_id=args.on_duplicate_id, overwrite=args.overwrite,
-                         rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
-                         fields=fields or "auto")
+    try:
+        result = curate_path(args.input, steps, args.out, text_field=args.text_field,
+                             id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
+                             on_duplicate_id=args.on_duplicate_id, overwrite=args.overwrite,
+                             rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
+                             fields=fields or "auto")
+    except SpecError as exc:  # a whole-plan check names "entry N": say which spec file
+        if str(exc).startswith("entry "):
+            raise SpecError(f"{args.spec}: {exc}") from None
+        raise
     print_report(result.manifest)
     print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: {args.out}/manifest.json")
     return 0
@@ -147,6 +154,7 @@ def _add_optional(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keep_caches_in_user_cache()  # before any command imports torch
     # Our own bars (with time left) are the ones that matter. Said by the environment, read
     # when ``datasets`` is imported, so a command that never needs ``datasets`` never imports it.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -155,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    from datadiet.pipeline.io import UserError, install_signal_cleanup
+    from datadiet.pipeline.errors import UserError, is_no_space
+    from datadiet.pipeline.io import Terminated, install_signal_cleanup
 
     install_signal_cleanup()  # SIGTERM unwinds like Ctrl-C, so temp data is removed
     try:
@@ -165,9 +174,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"datadiet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if not is_no_space(exc) or os.environ.get("DATADIET_DEBUG"):
+            raise
+        # a full disk where no writer named it (a library's own file): still the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"datadiet {args.command}: error: {where}no space left on the device "
+              f"({exc.strerror or exc}); free space or point TMPDIR / --out / DATADIET_CACHE "
+              "elsewhere", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; no output was written", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print("terminated; no output was written", file=sys.stderr)
+        return int(exc.code or 143)
 
 
 if __name__ == "__main__":  # pragma: no cover

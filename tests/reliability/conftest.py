@@ -46,11 +46,11 @@ class Sandbox:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(TMPDIR=str(self.tmp), PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1",
-                   HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-                   # torch keeps its compile cache in TMPDIR by default: a cache, not run data
-                   TORCHINDUCTOR_CACHE_DIR=str(self.root / "cache" / "inductor"),
-                   TRITON_CACHE_DIR=str(self.root / "cache" / "triton"))
-        env.pop("DATADIET_DEBUG", None)
+                   HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        # datadiet itself must keep torch's and tiktoken's caches out of TMPDIR (issue 22)
+        for name in ("DATADIET_DEBUG", "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR",
+                     "TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+            env.pop(name, None)
         return env
 
     def run(self, args: list[str], stdin: bytes | None = None, code: str | None = None,

@@ -375,15 +375,15 @@ ROWS = [
     Row("exists-without-overwrite", exists_without_overwrite, 2, r"output exists", output="kept"),
     Row("overwrite-own-output", overwrite_own_output, 0, output="written"),
     Row("success-modes-and-no-temp", plain_success, 0, output="written", check=input_rows(6)),
-    Row("sigterm-during-write", signal_run, 143,
+    Row("sigterm-during-write", signal_run, 143, r"terminated; no output was written",
         program=lambda: signal_self_code("write", signal.SIGTERM)),
     Row("sigint-during-write", signal_run, 130, r"interrupted",
         program=lambda: signal_self_code("write", signal.SIGINT)),
-    Row("sigterm-during-map", signal_run, 143,
+    Row("sigterm-during-map", signal_run, 143, r"terminated; no output was written",
         program=lambda: signal_self_code("map", signal.SIGTERM)),
     Row("sigint-during-map", signal_run, 130,
         program=lambda: signal_self_code("map", signal.SIGINT)),
-    Row("sigterm-during-step", signal_run, 143,
+    Row("sigterm-during-step", signal_run, 143, r"terminated; no output was written",
         program=lambda: signal_self_code("step", signal.SIGTERM)),
     Row("sigint-during-step", signal_run, 130,
         program=lambda: signal_self_code("step", signal.SIGINT)),
@@ -479,6 +479,11 @@ ROWS = [
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
 def test_cli_row(row: Row, box: Sandbox) -> None:
+    check_row(row, box)
+
+
+def check_row(row: Row, box: Sandbox) -> str:
+    """Run a row through the CLI and check everything it promises; returns its stderr."""
     args = row.setup(box)
     before, temp_before = box.snapshot(), box.leftovers()
     out_before = sorted(str(p) for p in box.out.rglob("*")) if box.out.exists() else None
@@ -501,6 +506,7 @@ def test_cli_row(row: Row, box: Sandbox) -> None:
         assert_modes_follow_umask(box.out)
     if row.check:
         row.check(box, stdout)
+    return stderr
 
 
 def test_the_table_is_big_enough() -> None:

@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-import yaml
 
 from datadiet import __version__
+from datadiet.pipeline.config_files import read_config_file
 from datadiet.pipeline.io import (
     MANIFEST_FILE,
     AtomicOutputDir,
@@ -53,7 +53,7 @@ from datadiet.pipeline.io import (
     write_parquet_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
-from datadiet.pipeline.records import RecordFormat, parse_fields
+from datadiet.pipeline.records import RecordFormat, parse_fields, sft_format
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import (
     STEP_REGISTRY,
@@ -96,26 +96,7 @@ def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any
 
 def read_spec(path: str | os.PathLike) -> Any:
     """The parsed YAML/JSON of a spec file; every way it can be unreadable is a SpecError."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder, not a spec file") from None
-    except PermissionError:
-        raise SpecError(f"{path}: cannot read the spec file (permission denied)") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise SpecError(f"{path}:{line}: the spec is not UTF-8 text (byte {exc.start})") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise SpecError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return read_config_file(path, "spec file")
 
 
 def load_spec(path: str | os.PathLike) -> list[Step]:
@@ -238,6 +219,48 @@ def referenced_paths(steps: Sequence[Step]) -> list[Path]:
     return paths
 
 
+def check_step_paths(steps: Sequence[Step], out: str | os.PathLike | None = None) -> None:
+    """The folders steps write (score caches) are folders, and not the run's output or in it.
+
+    Why before the run: a cache inside ``--out`` was found only at the final swap, after the
+    scoring, and left a ``scores.sqlite`` there that ``--overwrite`` then refused.
+    """
+    target = Path(out).expanduser().resolve() if out is not None else None
+    for i, step in enumerate(steps, start=1):
+        for folder in step.writes_paths():
+            where = f"entry {i} ({step.name}): {folder}"
+            if folder.exists() and not folder.is_dir():
+                raise SpecError(f"{where}: is a file; the cache must be a folder")
+            resolved = folder.resolve()
+            if target is not None and (resolved == target or target in resolved.parents):
+                raise SpecError(f"{where}: the cache is the run's --out or inside it; the "
+                                "output folder is replaced as a whole, so keep the cache "
+                                "elsewhere")
+
+
+def check_plan(steps: Sequence[Step], columns: Sequence[str], fmt: RecordFormat | None,
+               text_field: str = "text") -> None:
+    """Every column a step reads will be there when it runs, and every step that needs
+    instruction data has it — checked on the input's columns before any step runs (so before
+    any model loads), each step's score column added as the runner will add it."""
+    cols = list(columns)
+    for i, step in enumerate(steps, start=1):
+        if step.needs_instruction_data:
+            try:
+                sft_format(cols, fmt, text_field, step=step.name)
+            except ValueError as exc:
+                raise SpecError(f"entry {i}: {exc}") from None
+        for column in step.reads_columns():
+            if column not in cols:
+                scored = [c for c in cols if c.endswith("_score")]
+                raise SpecError(
+                    f"entry {i} ({step.name}): no column {column!r} in the input nor from an "
+                    f"earlier step (score columns by then: {', '.join(scored) or 'none'}; a "
+                    "scoring step such as ifd or judge writes <step>_score)")
+        if step.writes_score:
+            cols.append(score_column(step.name, cols))
+
+
 def spec_of(steps: Sequence[Step]) -> list[dict[str, dict[str, Any]]]:
     return [{s.name: jsonable(s.params())} for s in steps]
 
@@ -347,6 +370,7 @@ def curate(
 def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
             info: dict[str, Any]) -> CurateResult:
     """Run checked steps on a checked dataset, in a scratch folder that never outlives the run."""
+    check_plan(built, dataset.column_names, ctx.record_format, ctx.text_field)
     manifest = Manifest(input=info, spec=spec_of(built), datadiet_version=__version__)
     if ctx.work_dir is not None:
         return _run_steps(dataset, built, ctx, manifest)
@@ -586,6 +610,7 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
             corpus = _read_and_map(source, [m for m in maps if maps_during_read(m.step, m.index)],
                                    work, options, ctx)
             ctx.record_format = corpus.record_format
+            check_plan(built, corpus.schema.names, corpus.record_format, ctx.text_field)
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
                                 datadiet_version=__version__)
             book = _StepBook(pa.chunked_array([corpus.ids]), manifest, ctx)
@@ -749,6 +774,7 @@ def curate_path(
         raise SpecError(f"--rows-per-shard: must be a whole number of at least 1, "
                         f"not {rows_per_shard!r}")
     check_output_dir(out, [source, *referenced_paths(built)], overwrite=overwrite)
+    check_step_paths(built, out)
     options = {"text_field": text_field, "id_field": id_field, "keep_fields": keep_fields,
                "on_error": on_error, "on_duplicate_id": on_duplicate_id, "fields": fields}
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)

@@ -27,7 +27,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -48,7 +47,18 @@ from datadiet.pipeline.atomic import (  # noqa: F401 - the writer, re-exported h
     atomic_write_json,
     atomic_write_text,
     follow_umask,
+    owned_temp_dir,
+    sweep_leftovers,
 )
+from datadiet.pipeline.errors import (  # noqa: F401 - re-exported: io is where users look
+    DataError,
+    NoSpaceError,
+    OutputError,
+    SpecError,
+    UserError,
+    is_no_space,
+)
+from datadiet.pipeline.models.loading import cached_hub_repos, downloads_allowed
 from datadiet.pipeline.records import (
     RecordFormat,
     detect_format,
@@ -76,27 +86,6 @@ WRITE_BATCH_ROWS = 10_000
 BLOCK_BYTES = 4 << 20
 MAX_SKIPPED_EXAMPLES = 1000
 UTF8_BOM = b"\xef\xbb\xbf"
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: the CLI prints the message and exits 2.
-
-    Why a base class of its own: only these errors are the user's to fix, so only they lose
-    their traceback. Anything else (a ``ValueError`` from a bug included) keeps its traceback
-    and exits 1, so an internal failure is never dressed up as bad input.
-    """
-
-
-class DataError(UserError, ValueError):
-    """Bad input: the message names the file and line (or row) and what is wrong."""
-
-
-class SpecError(UserError, ValueError):
-    """A bad spec or parameter: the message names the spec file, entry and field."""
-
-
-class OutputError(UserError, FileExistsError):
-    """An output that must not be written: it exists, holds an input, or cannot be written."""
 
 
 @dataclass
@@ -972,18 +961,29 @@ def list_data_files(root: Path) -> list[Path]:
 @contextmanager
 def scratch_dir(prefix: str, parent: str | os.PathLike | None = None) -> Iterator[Path]:
     """A private temp folder that is removed on success, error, Ctrl-C and (with
-    :func:`install_signal_cleanup`) SIGTERM: nothing of a run stays in ``$TMPDIR``."""
+    :func:`install_signal_cleanup`) SIGTERM: nothing of a run stays in ``$TMPDIR``. Its name
+    carries the run's owner, so a later run sweeps the folder a SIGKILLed one left."""
     if parent is not None:
         Path(parent).mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path = owned_temp_dir(prefix, parent)
     try:
         yield path
+    except OSError as exc:
+        if is_no_space(exc) and not isinstance(exc, NoSpaceError):
+            raise NoSpaceError(f"{exc.filename or path}: no space left on the device of the "
+                               f"run's scratch folder {path.parent} (TMPDIR); set TMPDIR to a "
+                               "folder on a disk with room") from exc
+        raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so every ``finally`` runs (exit status 143)."""
+
+
 def install_signal_cleanup() -> None:
-    """Turn SIGTERM (what SLURM, Kubernetes and ``kill`` send) into ``SystemExit(143)``.
+    """Turn SIGTERM (what SLURM, Kubernetes and ``kill`` send) into :class:`Terminated` (143).
 
     Python's default for SIGTERM kills the process without unwinding, so no ``finally`` runs
     and temp folders and half-written ``.OUT.tmp-*`` outputs stay behind. Raised as an
@@ -994,7 +994,7 @@ def install_signal_cleanup() -> None:
         return
 
     def _terminate(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        raise Terminated(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -1246,18 +1246,31 @@ def corpus_from_records(
 
 def _load_hub(name: str, split: str, text_field: str, id_field: str, keep: list[str],
               on_duplicate_id: OnDuplicateId, fmt: RecordFormat | None) -> LoadedCorpus:
-    """A Hugging Face hub dataset id; offline this fails with a message that says so."""
+    """A Hugging Face hub dataset id: its snapshot in the local Hugging Face cache, read by
+    the one reader; one not cached is an error at once (no retries against the network),
+    unless the user opted in to downloads (``DATADIET_ALLOW_DOWNLOADS=1``)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(name, repo_type="dataset", local_files_only=True))
+    except Exception:  # not cached (or not an id at all)
+        folder = None
+    if folder is not None and folder.is_dir():
+        return _read_files(folder, text_field, id_field, keep, "raise", on_duplicate_id, None,
+                           fmt)
+    if not downloads_allowed():
+        raise DataError(
+            f"{name}: not a local path, and not a dataset in the Hugging Face cache; datadiet "
+            f"downloads nothing at run time. Cached datasets: {', '.join(cached_hub_repos('dataset')) or 'none'}. "
+            f"To add it: `hf download {name} --repo-type dataset` once while online, give a "
+            "local file or folder, or set DATADIET_ALLOW_DOWNLOADS=1 to let datadiet fetch it")
     from datasets import load_dataset
 
     try:
         ds = load_dataset(name, split=split)
     except Exception as exc:  # datasets raises ConnectionError, FileNotFoundError, ValueError...
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = " (HF_HUB_OFFLINE is set: the hub is disabled)" if offline else ""
-        raise DataError(
-            f"{name}: not a local path, and loading it from the Hugging Face hub failed{hint}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+        raise DataError(f"{name}: not a local path, and loading it from the Hugging Face hub "
+                        f"failed: {type(exc).__name__}: {exc}") from exc
     return _from_dataset(ds, f"hf://{name}:{split}", text_field, id_field, keep, on_duplicate_id,
                          fmt)
 
@@ -1383,23 +1396,48 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     It must not be or hold an input; an existing folder is replaced only with ``overwrite``
     and only if datadiet wrote it (it has a ``manifest.json``), so ``--overwrite`` can never
     delete a folder of the user's own; and its location must be writable, so a permission
-    problem shows before the work, not after it.
+    problem shows before the work, not after it. The writer asks the same again at the
+    moment it replaces the folder (:func:`output_guard`).
     """
     target = refuse_output_over_inputs(out, inputs, flag=flag)
+    if _nearest_existing(target.parent) == target.parent:
+        sweep_leftovers(out)  # a killed run's temp copy; its old output, if it was mid-swap
     if target.exists():
-        if not target.is_dir():
-            raise OutputError(f"{flag} {out}: exists and is not a folder")
-        if not overwrite:
-            raise OutputError(f"{flag} {out}: output exists (pass --overwrite to replace it)")
-        if not (target / MANIFEST_FILE).is_file():
-            raise OutputError(f"{flag} {out}: exists and was not written by datadiet (no "
-                              f"{MANIFEST_FILE}); refusing to replace it even with --overwrite")
+        refuse_to_replace(target, out, overwrite, flag)
     parent = _nearest_existing(target.parent)
     if not parent.is_dir():
         raise OutputError(f"{flag} {out}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"{flag} {out}: cannot write in {parent} (permission denied)")
     return target
+
+
+def refuse_to_replace(existing: Path, out: str | os.PathLike, overwrite: bool,
+                      flag: str = "--out") -> None:
+    """Raise unless the folder at ``existing`` may be replaced: ``overwrite`` was given and
+    datadiet wrote it (its marker, ``manifest.json``, is there)."""
+    if not existing.is_dir():
+        raise OutputError(f"{flag} {out}: exists and is not a folder")
+    if not overwrite:
+        raise OutputError(f"{flag} {out}: output exists (pass --overwrite to replace it)")
+    if not (existing / MANIFEST_FILE).is_file():
+        raise OutputError(f"{flag} {out}: exists and was not written by datadiet (no "
+                          f"{MANIFEST_FILE}); refusing to replace it even with --overwrite")
+
+
+def output_guard(out: str | os.PathLike, overwrite: bool, flag: str = "--out"
+                 ) -> Callable[[Path], None]:
+    """The writer's check at swap time (see :func:`~datadiet.pipeline.atomic.atomic_path`):
+    what is at ``out`` now may have been made while the run went on."""
+
+    def guard(existing: Path) -> None:
+        try:
+            refuse_to_replace(existing, out, overwrite, flag)
+        except OutputError as exc:
+            raise OutputError(f"{exc} — it appeared or changed while this run was going on; "
+                              "it was left as it is and nothing was written") from None
+
+    return guard
 
 
 def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_000,
@@ -1516,8 +1554,8 @@ class _ShardWriter:
 class AtomicOutputDir:
     """An output folder written through :func:`atomic_path`, refusing to replace by accident.
 
-    An existing output is replaced only with ``overwrite=True``; the old one stays intact until
-    the new one is complete.
+    An existing output is replaced only with ``overwrite=True`` and only if it is a datadiet
+    output at the moment of the swap; the old one stays intact until the new one is complete.
     """
 
     def __init__(self, target: str | os.PathLike, overwrite: bool = False) -> None:
@@ -1528,7 +1566,8 @@ class AtomicOutputDir:
     def __enter__(self) -> Path:
         if self.target.exists() and not self.overwrite:
             raise OutputError(f"{self.target}: output exists (pass --overwrite to replace it)")
-        self._ctx = atomic_path(self.target, is_dir=True)
+        self._ctx = atomic_path(self.target, is_dir=True,
+                                guard=output_guard(self.target, self.overwrite))
         return self._ctx.__enter__()
 
     def __exit__(self, *exc: Any) -> None:

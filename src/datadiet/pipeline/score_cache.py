@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from datadiet.pipeline.errors import DataError, NoSpaceError, SpecError
 from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM, model_folder_hash, resolve_causal_lm
 from datadiet.pipeline.models.loading import cache_dir as default_cache_dir
 
@@ -62,15 +64,40 @@ class ScoreCache:
         self.model = model
         self.method = method
         self.max_length = int(max_length)
-        folder = Path(root) if root else default_cache_dir() / "scores"
+        folder = Path(root).expanduser() if root else default_cache_dir() / "scores"
+        if folder.exists() and not folder.is_dir():
+            raise SpecError(f"{folder}: the score cache must be a folder, and this is a file")
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "scores.sqlite"
-        self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS scores (row BLOB, model TEXT, method TEXT, "
-            "max_length INTEGER, value BLOB, PRIMARY KEY (row, model, method, max_length))"
-        )
-        self._db.commit()
+        with self._sqlite("opening"):
+            self._db = sqlite3.connect(self.path, timeout=60)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS scores (row BLOB, model TEXT, method TEXT, "
+                "max_length INTEGER, value BLOB, PRIMARY KEY (row, model, method, max_length))"
+            )
+            self._db.commit()
+            (check,) = self._db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+
+    @contextmanager
+    def _sqlite(self, doing: str) -> Iterator[None]:
+        """SQLite's errors as the user's: the file is named, and what to do about it."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+                raise NoSpaceError(f"{self.path}: no space left for the score cache while "
+                                   f"{doing} it ({exc}); free space there or set `cache:` "
+                                   "to a folder on another disk") from None
+            raise self._corrupt(exc) from None
+        except sqlite3.DatabaseError as exc:
+            raise self._corrupt(exc) from None
+
+    def _corrupt(self, exc: Exception) -> DataError:
+        return DataError(f"{self.path}: the score cache is unreadable ({exc}); move it away "
+                         "(its scores are then computed again into a fresh cache) or run the "
+                         "step with `cache: false`")
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         """The cached vectors of those ``keys`` that have one."""
@@ -82,13 +109,15 @@ class ScoreCache:
             rows = self._db.execute(
                 f"SELECT row, value FROM scores WHERE model = ? AND method = ? AND max_length = ? "
                 f"AND row IN ({marks})", [self.model, self.method, self.max_length, *chunk])
-            for key, blob in rows:
-                found[key] = np.frombuffer(blob, dtype=np.float64)
+            with self._sqlite("reading"):
+                for key, blob in rows:
+                    if isinstance(blob, bytes) and len(blob) % 8 == 0:  # else: a miss, rescored
+                        found[key] = np.frombuffer(blob, dtype=np.float64)
         return found
 
     def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:
         """Store vectors and commit, so they survive a kill right after this call."""
-        with self._db:
+        with self._sqlite("writing"), self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
                 [(k, self.model, self.method, self.max_length,
@@ -128,7 +157,7 @@ def cached_scores(
     found = cache.get_many(keys) if cache is not None else {}
     todo: dict[bytes, list[int]] = {}
     for i, key in enumerate(keys):
-        if key in found:
+        if key in found and found[key].shape == (width,):  # a torn entry is scored again
             values[i] = found[key]
         else:
             todo.setdefault(key, []).append(i)

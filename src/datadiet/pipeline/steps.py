@@ -19,7 +19,6 @@ import importlib
 import importlib.metadata
 import inspect
 import shutil
-import tempfile
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from datadiet.pipeline.atomic import owned_temp_dir
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.models.scoring import LMScorer
@@ -115,7 +115,7 @@ class StepContext:
         context: removed when the context is collected, or at interpreter exit at the latest.
         """
         if self.work_dir is None:
-            self.work_dir = Path(tempfile.mkdtemp(prefix="datadiet-"))
+            self.work_dir = owned_temp_dir("datadiet-step-")
             weakref.finalize(self, shutil.rmtree, self.work_dir, True)
         path = self.work_dir / name
         path.mkdir(parents=True, exist_ok=True)
@@ -146,6 +146,21 @@ class Step(ABC):
     #: threshold). Such a step gives the same answer on any shard of a corpus as on the whole,
     #: so a sharded runner may decide every shard in parallel, ahead of the steps before it.
     row_local: ClassVar[bool] = False
+    #: True when the step gives a score per row, which the runner keeps as ``<name>_score``
+    #: (so a later step, ``deita``, may read it): the spec check counts on it.
+    writes_score: ClassVar[bool] = False
+    #: True when the step reads fine-tuning turns (instruction/response), not just the text.
+    needs_instruction_data: ClassVar[bool] = False
+
+    def reads_columns(self) -> list[str]:
+        """Columns besides the id and text this step reads: the spec check makes sure each
+        exists in the input or is written by an earlier step, before any step runs."""
+        return []
+
+    def writes_paths(self) -> list[Path]:
+        """Folders this step writes besides the output (a score cache): checked before any
+        step runs to be folders, and outside the run's output and inputs."""
+        return []
 
     def params(self) -> dict[str, Any]:
         sig = inspect.signature(type(self).__init__)

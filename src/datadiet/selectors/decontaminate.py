@@ -87,6 +87,7 @@ class Decontaminate(Step):
     """
 
     name = "decontaminate"
+    writes_score = True
 
     def __init__(self, *, eval_sets: Iterable[Any] = (), n: int = 13) -> None:
         entries = [eval_sets] if isinstance(eval_sets, str | os.PathLike | Mapping) else list(eval_sets)

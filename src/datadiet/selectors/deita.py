@@ -104,6 +104,7 @@ class Deita(Step):
     """
 
     name = "deita"
+    writes_score = True
 
     def __init__(self, *, keep: float | int = 0.1, score: str = "ifd_score",
                  descending: bool = True, threshold: float = 0.9) -> None:
@@ -117,6 +118,9 @@ class Deita(Step):
         self.score = score
         self.descending = bool(descending)
         self.threshold = float(threshold)
+
+    def reads_columns(self) -> list[str]:
+        return [self.score]
 
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
         n = len(ds)

@@ -487,6 +487,7 @@ class DSIR(Step):
     """
 
     name = "dsir"
+    writes_score = True
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -181,6 +182,11 @@ def validate_scoring_options(max_length: object, cache: object, min_length: int 
         raise ValueError(f"cache must be true, false or a folder, got {cache!r}")
 
 
+def cache_folders(cache: bool | str) -> list[Path]:
+    """The folder a scoring step's ``cache:`` names (none for true/false): what it writes."""
+    return [Path(cache).expanduser()] if isinstance(cache, str) else []
+
+
 def open_cache(cache: bool | str, identity: dict[str, Any], method: str,
                max_length: int) -> ScoreCache | None:
     """The score cache for this model (keyed by its weights' hash or hub revision), or None."""
@@ -247,6 +253,8 @@ class IFD(Step):
     """
 
     name = "ifd"
+    writes_score = True
+    needs_instruction_data = True
 
     def __init__(
         self,
@@ -271,6 +279,9 @@ class IFD(Step):
         self.model = model
         self.cache = cache
 
+
+    def writes_paths(self) -> list[Path]:
+        return cache_folders(self.cache)
     def losses(self, ds: Dataset, ctx: StepContext) -> tuple[np.ndarray, dict[str, Any]]:
         """Per-row :func:`ifd_losses` through the cache, plus what the manifest should say."""
         rows = conversation_rows(ds, ctx, self.name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.ifd import (
+    cache_folders,
     conversation_rows,
     open_cache,
     row_scorer,
@@ -157,6 +159,8 @@ class Judge(Step):
     """
 
     name = "judge"
+    writes_score = True
+    needs_instruction_data = True
 
     def __init__(
         self,
@@ -193,6 +197,9 @@ class Judge(Step):
         self.model = model
         self.cache = cache
 
+
+    def writes_paths(self) -> list[Path]:
+        return cache_folders(self.cache)
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
         n = len(ds)
         if n == 0:

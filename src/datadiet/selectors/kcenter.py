@@ -97,6 +97,7 @@ class KCenterCoreset(Step):
     """
 
     name = "kcenter"
+    writes_score = True
 
     def __init__(self, *, keep: float | int = 0.1, seed: int = 0) -> None:
         validate_keep(keep)

@@ -150,6 +150,7 @@ class PerplexityFilter(Step):
     """
 
     name = "perplexity"
+    writes_score = True
 
     def __init__(
         self,

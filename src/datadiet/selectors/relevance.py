@@ -51,6 +51,7 @@ question is still relevant.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -59,6 +60,7 @@ from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.ifd import (
+    cache_folders,
     cached_ifd_losses,
     conversation_rows,
     row_scorer,
@@ -148,6 +150,8 @@ class Relevance(Step):
     """
 
     name = "relevance"
+    writes_score = True
+    needs_instruction_data = True
 
     def __init__(
         self,
@@ -179,6 +183,9 @@ class Relevance(Step):
         self.model = model
         self.cache = cache
 
+
+    def writes_paths(self) -> list[Path]:
+        return cache_folders(self.cache)
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
         n = len(ds)
         if n == 0:

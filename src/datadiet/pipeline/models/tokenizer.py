@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from datadiet.pipeline.atomic import atomic_path
-from datadiet.pipeline.models.loading import _hub_error, _offline, resolve_causal_lm
+from datadiet.pipeline.models.loading import ModelNotAvailableError, resolve_causal_lm
 
 __all__ = ["BYTE_TOKENIZER_FILE", "ByteTokenizer", "load_tokenizer", "train_bpe_tokenizer"]
 
@@ -71,9 +71,10 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=_offline() or Path(path).is_dir())
-    except OSError as exc:
-        raise _hub_error(path, exc) from exc
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotAvailableError(f"{path}: not a tokenizer folder transformers can load "
+                                     f"({exc})") from exc
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -42,6 +42,7 @@ from torch import Tensor
 from datadiet.kernels.flops import ModelShape
 from datadiet.kernels.hf_checkpoint import write_llama_files
 from datadiet.kernels.model import Llama, LlamaConfig
+from datadiet.pipeline.config_files import read_config_file
 from datadiet.pipeline.io import UserError, atomic_path, atomic_write_json, load_corpus
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.loading import load_llama
@@ -242,11 +243,7 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a training config must be a YAML mapping")
+        data = read_config_file(path, "training config", expect=dict)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
 

@@ -135,6 +135,35 @@ def _per_prompt(value: Any, n: int, name: str, scalar: tuple[type, ...]) -> list
     return values
 
 
+def check_prompts(prompts: Any, questions: Sequence[Any], instructions: Sequence[Any]) -> None:
+    """Every prompt is a string (or a list of strings) of encodable text, checked before any
+    model loads: ``None`` or a lone surrogate (half of an emoji from a bad decode) used to
+    fail deep inside the tokenizer, after the model was loaded, with its traceback."""
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
+    for i, prompt in enumerate(prompts):
+        where = "prompt" if len(prompts) == 1 else f"prompt {i}"
+        pieces = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompt, str) and (not isinstance(prompt, Sequence) or isinstance(
+                prompt, bytes) or not all(isinstance(p, str) for p in pieces)):
+            raise TypeError(f"{where} must be a string or a list of strings, got "
+                            f"{type(prompt).__name__}")
+        for label, texts in ((where, pieces), (f"question of {where}", [questions[i]]),
+                             (f"instruction of {where}", [instructions[i]])):
+            for text in texts:
+                if isinstance(text, str):
+                    _check_encodable(text, label)
+
+
+def _check_encodable(text: str, label: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{label}: character {exc.start} is a lone surrogate "
+                         f"({text[exc.start]!r}), not text; decode the prompt with "
+                         "errors='replace' or fix its source") from None
+
+
 class Compressor:
     """A reusable compressor: one scoring model and one method, for many calls.
 
@@ -186,6 +215,7 @@ class Compressor:
         per_question = _per_prompt(questions, n, "questions", (str,))
         per_instruction = _per_prompt(instruction, n, "instruction", (str,))
         per_target = _per_prompt(target_tokens, n, "target_tokens", (int, np.integer))
+        check_prompts(prompts, per_question, per_instruction)
         counter = resolve_counter(opts.target_tokenizer, self.tokenizer)
         if opts.target_tokenizer is None and self.scorer is not None:
             counter = TokenCounter(str(self.scorer.model_name or DEFAULT_CAUSAL_LM), counter.count)
@@ -321,11 +351,17 @@ def compress_batch(
     """
     call, method_options = CompressOptions.split_kwargs(options)
     call_options = {f.name: getattr(call, f.name) for f in fields(call)}
-    compressor = Compressor(method, model, ledger=ledger, **method_options)
+    if isinstance(prompts, str | bytes) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
     n = len(prompts)
     per_question = _per_prompt(questions, n, "questions", (str,))
     per_instruction = _per_prompt(instruction, n, "instruction", (str,))
     per_target = _per_prompt(target_tokens, n, "target_tokens", (int, np.integer))
+    # what can be refused without the model is refused before it loads
+    check_prompts(prompts, per_question, per_instruction)
+    if isinstance(call.target_tokenizer, str):
+        resolve_counter(call.target_tokenizer, None)
+    compressor = Compressor(method, model, ledger=ledger, **method_options)
     step = max(1, batch_size)
     out: list[Compression] = []
     for a in range(0, n, step):

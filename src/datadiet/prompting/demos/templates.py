@@ -14,13 +14,13 @@ whole prompt (BPE pre-tokenisers split at a word/newline boundary, never inside 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from datadiet.pipeline.config_files import read_config_file
 from datadiet.pipeline.io import DataError, SpecError
 from datadiet.prompting.compression import compress_batch
 
@@ -205,13 +205,8 @@ def load_template(spec: str | PromptTemplate, labels: Sequence[str] | Mapping[st
     if isinstance(spec, PromptTemplate):
         return spec.with_labels(labels)
     path = Path(spec)
-    if path.suffix == ".json" or path.exists():
-        try:
-            fields: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such template file") from None
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from exc
+    if path.suffix in (".json", ".yaml", ".yml") or path.exists():
+        fields: dict[str, Any] = read_config_file(path, "template file", expect=dict)
         allowed = {"instruction", "demo_format", "verbalizers", "separator", "query_format", "name"}
         unknown = set(fields) - allowed
         if unknown:
