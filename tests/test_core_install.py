@@ -17,7 +17,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-KIT = Path(__file__).resolve().parents[2] / "shared" / "data"
 HEAVY = ("torch", "transformers", "sentence_transformers", "numba", "prefect", "faiss")
 CORE_ONLY = os.environ.get("DATADIET_CORE_INSTALL") == "1"
 
@@ -28,10 +27,10 @@ def test_the_core_install_has_no_heavy_package() -> None:
     assert present == [], f"the core install pulled in {present}"
 
 
-def test_curate_runs_on_the_core_dependencies(tmp_path: Path) -> None:
+def test_curate_runs_on_the_core_dependencies(tmp_path: Path, shared_data: Path) -> None:
     """A real corpus through the CLI, with the heavy packages made unimportable."""
     corpus = tmp_path / "corpus.jsonl"
-    lines = (KIT / "lm" / "tinyshakespeare.txt").read_text().split("\n\n")[:400]
+    lines = (shared_data / "lm" / "tinyshakespeare.txt").read_text().split("\n\n")[:400]
     with corpus.open("w") as out:
         for i, block in enumerate(lines + lines[:50]):  # 50 exact repeats to remove
             out.write(json.dumps({"id": f"s{i}", "text": block}) + "\n")
