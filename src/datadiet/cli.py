@@ -9,6 +9,7 @@ Ctrl-C, so no temp data or half-written output stays behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,17 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
                    help="replace an existing OUT (only a folder datadiet wrote: it has a manifest)")
     p.add_argument("--rows-per-shard", type=positive_int, default=100_000)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="where maps and reduces run: this process (local), or a Dask cluster "
+                        "with the reduces distributed (dask; see docs/engine.md)")
+    p.add_argument("--scheduler", default=None,
+                   help="with --executor dask: a scheduler address (tcp://host:8786); "
+                        "without it a local cluster of --workers processes is started")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="with --executor dask and no --scheduler: local worker processes")
+    p.add_argument("--worker-memory", default="auto",
+                   help="with --executor dask and no --scheduler: memory limit per worker "
+                        "(e.g. 400MiB); past it a worker spills its features to disk")
     p.set_defaults(func=_run_curate)
 
 
@@ -66,11 +78,18 @@ def _run_curate(args: argparse.Namespace) -> int:
     steps = load_spec(args.spec)
     fields = load_spec_fields(args.spec)
     keep = [f.strip() for f in args.keep_fields.split(",") if f.strip()]
-    result = curate_path(args.input, steps, args.out, text_field=args.text_field,
-                         id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
-                         on_duplicate_id=args.on_duplicate_id, overwrite=args.overwrite,
-                         rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
-                         fields=fields or "auto")
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if args.executor == "dask":
+            from datadiet.pipeline.executors.dask import DaskExecutor  # optional dependency
+
+            executor = stack.enter_context(DaskExecutor(
+                address=args.scheduler, workers=args.workers, memory_limit=args.worker_memory))
+        result = curate_path(args.input, steps, args.out, text_field=args.text_field,
+                             id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
+                             on_duplicate_id=args.on_duplicate_id, overwrite=args.overwrite,
+                             rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
+                             fields=fields or "auto", executor=executor)
     print_report(result.manifest)
     print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: {args.out}/manifest.json")
     return 0
