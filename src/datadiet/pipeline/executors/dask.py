@@ -207,16 +207,24 @@ def _bucket_pairs(shape: NearDuplicates, bounds: np.ndarray,
         local = shape.bucket_pairs(np.ascontiguousarray(keys[here].reshape(-1, 1)))
         if len(local):
             found.append(rows[local])
-    pairs = _unique_pairs(np.concatenate(found) if found else np.empty((0, 2), np.int64))
+    del band, keys, pos
+    pairs = _unique_pairs(found, int(bounds[-1]))
     owner = np.searchsorted(bounds, pairs[:, 1], side="right") - 1
-    return [pieces_[0] for pieces_ in _split_by(owner, len(bounds) - 1, pairs)]
+    return [piece[0] for piece in _split_by(owner, len(bounds) - 1, pairs)]
 
 
-def _unique_pairs(pairs: np.ndarray) -> np.ndarray:
-    """Distinct ``(i, j)`` rows, sorted."""
-    if len(pairs) == 0:
-        return pairs.reshape(0, 2).astype(np.int64)
-    return np.unique(pairs.astype(np.int64), axis=0)
+def _unique_pairs(parts: list[np.ndarray], n: int) -> np.ndarray:
+    """Distinct ``(i, j)`` rows of ``parts`` (``i < j < n``), sorted: as one int64 code each,
+    sorted, repeats dropped (far cheaper than ``np.unique(axis=0)``)."""
+    if not parts:
+        return np.empty((0, 2), np.int64)
+    code = np.concatenate([p[:, 0].astype(np.int64) * n + p[:, 1] for p in parts])
+    code.sort()
+    first = np.empty(len(code), bool)
+    first[:1] = True
+    np.not_equal(code[1:], code[:-1], out=first[1:])
+    code = code[first]
+    return np.stack([code // n, code % n], axis=1) if len(code) else np.empty((0, 2), np.int64)
 
 
 def _live_rows(mask: np.ndarray | None, rows: int) -> np.ndarray:
@@ -227,15 +235,21 @@ def _live_rows(mask: np.ndarray | None, rows: int) -> np.ndarray:
 def _attach(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDuplicates,
             bounds: np.ndarray, *pieces: np.ndarray) -> tuple[list[tuple], int]:
     """At the owner of the pairs' second rows: the distinct pairs (their count is the step's
-    candidate pairs), each with its second row's signature, one piece per owner of the first
-    row. Without verification the pairs are the edges and carry no signature."""
-    pairs = _unique_pairs(np.concatenate(pieces) if pieces else np.empty((0, 2), np.int64))
+    candidate pairs), one piece per owner of the first row, each with the signatures of the
+    second rows it names (once per row, however many pairs name it). Without verification
+    the pairs are the edges and carry no signature."""
+    pairs = _unique_pairs([p for p in pieces if len(p)], int(bounds[-1]))
     owner = np.searchsorted(bounds, pairs[:, 0], side="right") - 1
+    split = _split_by(owner, len(bounds) - 1, pairs)
     if shape.threshold is None:
-        return _split_by(owner, len(bounds) - 1, pairs), len(pairs)
+        return split, len(pairs)
     signatures = mapped.features[shape.signatures]
-    rows = _live_rows(mask, len(signatures))[pairs[:, 1] - base]
-    return _split_by(owner, len(bounds) - 1, pairs, np.asarray(signatures[rows])), len(pairs)
+    live = _live_rows(mask, len(signatures))
+    out = []
+    for (piece,) in split:
+        named = np.unique(piece[:, 1])
+        out.append((piece, named, np.asarray(signatures[live[named - base]])))
+    return out, len(pairs)
 
 
 def _verify(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDuplicates,
@@ -244,11 +258,15 @@ def _verify(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDupli
     pairs = np.concatenate([p[0] for p in pieces]) if pieces else np.empty((0, 2), np.int64)
     if shape.threshold is None or len(pairs) == 0:
         return pairs
-    theirs = np.concatenate([p[1] for p in pieces])
+    named = np.concatenate([p[1] for p in pieces])  # distinct rows: each has one owner
+    theirs = np.concatenate([p[2] for p in pieces])
+    order = np.argsort(named)
+    named, theirs = named[order], theirs[order]
     signatures = mapped.features[shape.signatures]
-    ours = np.asarray(signatures[_live_rows(mask, len(signatures))[pairs[:, 0] - base]])
-    m = len(pairs)
-    side_by_side = np.stack([np.arange(m), np.arange(m, 2 * m)], axis=1)
+    firsts, first_index = np.unique(pairs[:, 0], return_inverse=True)
+    ours = np.asarray(signatures[_live_rows(mask, len(signatures))[firsts - base]])
+    side_by_side = np.stack([first_index, len(firsts) + np.searchsorted(named, pairs[:, 1])],
+                            axis=1)
     similar = shape.similarity(np.concatenate([ours, theirs]), side_by_side) >= shape.threshold
     return pairs[similar]
 
@@ -339,7 +357,9 @@ class DaskExecutor(Executor):
 
         def flush() -> None:
             nonlocal pending, rows
-            texts = pa.chunked_array([b.column(text_field) for b in pending])
+            # One fresh array: a reader batch may be a slice of a bigger buffer, which pickling
+            # would send whole.
+            texts = pa.concat_arrays([b.column(text_field) for b in pending])
             worker = workers[len(self.partitions) % len(workers)]
             [future] = self.client.scatter([texts], workers=[worker], hash=False)
             start = self.partitions[-1].start + self.partitions[-1].rows if self.partitions else 0
