@@ -127,6 +127,8 @@ def measure(src: Path, docs: int, work: Path, spec: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sizes", default="",
+                        help="comma-separated corpus sizes instead of 55K,1M,5M (the full run)")
     parser.add_argument("--helper-dask", nargs=4, metavar=("SRC", "OUT", "SPEC", "REPORT"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -135,6 +137,8 @@ def main() -> None:
         return
     base = t0_records()
     sizes = [len(base) // 5, 200_000] if args.quick else [len(base), 1_000_000, 5_000_000]
+    if args.sizes:
+        sizes = [int(size) for size in args.sizes.split(",")]
     load = os.getloadavg()
     results = {}
     with tempfile.TemporaryDirectory(prefix="curate-scale-") as tmp:

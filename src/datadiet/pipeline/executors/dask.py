@@ -200,15 +200,21 @@ def _bucket_pairs(shape: NearDuplicates, bounds: np.ndarray,
     band = np.concatenate([p[0] for p in pieces])
     keys = np.concatenate([p[1] for p in pieces])
     pos = np.concatenate([p[2] for p in pieces])
-    found = []
+    n = int(bounds[-1])
+    found: list[np.ndarray] = []
+    held = distinct = 0
     for b in np.unique(band).tolist():
         here = band == b
         rows = pos[here]  # ascending: pieces came in partition order, rows in order within
         local = shape.bucket_pairs(np.ascontiguousarray(keys[here].reshape(-1, 1)))
         if len(local):
             found.append(rows[local])
+            held += len(local)
+        if held > 4 * distinct + (1 << 20):  # bands repeat pairs: hold about the distinct ones
+            found = [_unique_pairs(found, n)]
+            held = distinct = len(found[0])
     del band, keys, pos
-    pairs = _unique_pairs(found, int(bounds[-1]))
+    pairs = _unique_pairs(found, n)
     owner = np.searchsorted(bounds, pairs[:, 1], side="right") - 1
     return [piece[0] for piece in _split_by(owner, len(bounds) - 1, pairs)]
 
