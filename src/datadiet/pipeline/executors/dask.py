@@ -20,9 +20,10 @@ Reduces, by the shape a step declares (see :mod:`datadiet.pipeline.executors`):
   owns a share of the buckets and emits their candidate pairs by the step's bucket rule; the
   pairs go to the partition holding the pair's second row, which drops repeats (one pair,
   many bands) and attaches that row's signature; then to the partition holding the first row,
-  which verifies the pair against its own signature. Only verified edges reach the driver,
-  where connected components run on the nodes those edges touch (an edge list the size of the
-  duplicates found, not of the corpus). Signatures never leave their partition's worker
+  which verifies the pair against its own signature and keeps a spanning forest of the verified
+  pairs (one edge per duplicate row it saw). Only those forests reach the driver, where
+  connected components run on the nodes their edges touch (union-find over an edge list about
+  the size of the duplicates found, not of the corpus). Signatures never leave their partition's worker
   except one per candidate pair.
 
 Every function a task runs is a pure function of its inputs, and the step's own functions
@@ -259,11 +260,31 @@ def _attach(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDupli
 
 
 def _verify(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDuplicates,
-            *pieces: tuple) -> np.ndarray:
-    """At the owner of the pairs' first rows: the pairs whose signatures agree enough."""
+            *pieces: tuple) -> tuple[np.ndarray, int]:
+    """At the owner of the pairs' first rows: the pairs whose signatures agree enough, as a
+    spanning forest of them (see :func:`_forest`), and how many they were."""
     pairs = np.concatenate([p[0] for p in pieces]) if pieces else np.empty((0, 2), np.int64)
-    if shape.threshold is None or len(pairs) == 0:
-        return pairs
+    if shape.threshold is not None and len(pairs):
+        pairs = _similar(mapped, mask, base, shape, pairs, pieces)
+    return _forest(pairs, shape.components), len(pairs)
+
+
+def _forest(edges: np.ndarray, components: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Edges with the same connected components as ``edges``, one per node that is not its
+    component's smallest: ``(node, smallest node)``. Near copies come in clusters with many
+    pairs each (T0's templates: ten verified pairs a row), so what the driver joins is about
+    one edge per duplicate row, not one per pair."""
+    if len(edges) == 0:
+        return edges.reshape(0, 2).astype(np.int64)
+    nodes, local = np.unique(edges, return_inverse=True)
+    labels = components(len(nodes), local.reshape(-1, 2))
+    joined = labels != np.arange(len(nodes))
+    return np.stack([nodes[joined], nodes[labels[joined]]], axis=1)
+
+
+def _similar(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDuplicates,
+             pairs: np.ndarray, pieces: tuple) -> np.ndarray:
+    """The pairs whose signatures (ours, and theirs that came with the pieces) agree enough."""
     named = np.concatenate([p[1] for p in pieces])  # distinct rows: each has one owner
     theirs = np.concatenate([p[2] for p in pieces])
     order = np.argsort(named)
@@ -488,12 +509,13 @@ class DaskExecutor(Executor):
             _verify, mapped[k], masks[k], int(bounds[k]), shape,
             *[self.client.submit(_piece, a, k, pure=False) for a in attached], pure=False)
             for k in parts]
-        edges = self.client.gather(verified)
+        forests = self.client.gather(verified)
         candidates = sum(self.client.gather([self.client.submit(_count, a) for a in attached]))
         seconds = sum(self.client.gather([self.client.submit(_seconds, s) for s in splits]))
-        edge_list = np.concatenate(edges) if edges else np.empty((0, 2), np.int64)
+        edge_list = np.concatenate([f[0] for f in forests]) if forests \
+            else np.empty((0, 2), np.int64)
         labels = _labels_from_edges(len(names), edge_list, shape.components)
-        stats = {"candidate_pairs": candidates, "merged_pairs": len(edge_list)}
+        stats = {"candidate_pairs": candidates, "merged_pairs": sum(f[1] for f in forests)}
         return step.select_from_labels(names, ctx, labels, stats), seconds
 
     def close(self) -> None:
