@@ -27,6 +27,8 @@ SPECS = {
     "exact-raw": [{"exact_dedup": {"normalize": False}}],
     "minhash": [{"minhash_dedup": {"threshold": 0.8, "num_perm": 128, "ngram": 5}}],
     "minhash-unverified": [{"minhash_dedup": {"threshold": 0.7, "verify": False}}],
+    # one band, two workers: the band's buckets split by key range over both
+    "minhash-one-band": [{"minhash_dedup": {"threshold": 0.8, "bands": 1, "rows": 6}}],
     "quality": [{"quality": {"min_words": 50}}],
     "readme": [{"exact_dedup": {}}, {"minhash_dedup": {"threshold": 0.8, "num_perm": 128,
                                                        "ngram": 5}},

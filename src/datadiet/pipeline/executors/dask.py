@@ -16,8 +16,9 @@ Reduces, by the shape a step declares (see :mod:`datadiet.pipeline.executors`):
   (rows arrive in input order, so the first row of a group is the earliest) and returns the
   (row, first row) of each copy.
 * :class:`~datadiet.pipeline.steps.NearDuplicates` (MinHash): each partition splits its live
-  rows' (band, key, row) triplets by the key's hash into one piece per worker, so worker ``r``
-  owns a share of the buckets and emits their candidate pairs by the step's bucket rule; the
+  rows' (band, key, row) triplets by bucket owner (whole bands dealt round robin, or key ranges
+  of a band when there are more workers than bands), so each worker owns a share of the
+  buckets and emits their candidate pairs by the step's bucket rule, in one pass; the
   pairs go to the partition holding the pair's second row, which drops repeats (one pair,
   many bands) and attaches that row's signature; then to the partition holding the first row,
   which verifies the pair against its own signature and keeps a spanning forest of the verified
@@ -183,39 +184,54 @@ def _group(shape: DuplicateGroups, *pieces: tuple) -> tuple[np.ndarray, np.ndarr
 def _split_bands(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDuplicates,
                  owners: int) -> tuple[list[tuple], float]:
     """A partition's (band, key, live row) of every clusterable row, one piece per owner of
-    the bucket key. Rows stay in input order within a band."""
+    the bucket (see :func:`_bucket_owner`). Rows stay in input order within a band."""
     live = _live(mapped, mask)
     valid = np.flatnonzero(np.asarray(live[shape.valid], bool))
     keys = np.asarray(live[shape.band_keys])[valid]
-    bands = keys.shape[1] if keys.ndim == 2 else 0
+    bands = keys.shape[1]
     flat = keys.ravel()
     band = np.tile(np.arange(bands, dtype=np.int16), len(valid))
     pos = np.repeat(base + valid.astype(np.int64), bands)
-    return _split_by(_owner(flat, owners), owners, band, flat, pos), mapped.seconds
+    return (_split_by(_bucket_owner(band, flat, bands, owners), owners, band, flat, pos),
+            mapped.seconds)
+
+
+def _bucket_owner(band: np.ndarray, keys: np.ndarray, bands: int, owners: int) -> np.ndarray:
+    """Which worker owns each bucket: whole bands, dealt round robin, while there are at least
+    as many bands as workers (so an owner sees every row of its bands and groups them in one
+    pass); with more workers than bands, each band's keys split by hash range over
+    ``owners // bands`` workers."""
+    if owners <= bands:
+        return band.astype(np.int64) % owners
+    share = owners // bands
+    return band.astype(np.int64) * share + _owner(keys, share)
 
 
 def _bucket_pairs(shape: NearDuplicates, bounds: np.ndarray,
                   *pieces: tuple) -> list[np.ndarray]:
-    """The candidate pairs of the buckets this worker owns, as ``(m, 2)`` live rows, one piece
-    per partition holding the pair's second row (repeats within this worker dropped)."""
+    """The distinct candidate pairs of the buckets this worker owns, as ``(m, 2)`` live rows,
+    one piece per partition holding the pair's second row.
+
+    The owner's bands, each holding the same rows (whole bands), or its one band's key range,
+    form one ``(rows, bands)`` key matrix: the step's bucket rule then runs once over it,
+    dropping the pairs that several bands repeat as it goes."""
     band = np.concatenate([p[0] for p in pieces])
     keys = np.concatenate([p[1] for p in pieces])
     pos = np.concatenate([p[2] for p in pieces])
-    n = int(bounds[-1])
-    found: list[np.ndarray] = []
-    held = distinct = 0
-    for b in np.unique(band).tolist():
-        here = band == b
-        rows = pos[here]  # ascending: pieces came in partition order, rows in order within
-        local = shape.bucket_pairs(np.ascontiguousarray(keys[here].reshape(-1, 1)))
-        if len(local):
-            found.append(rows[local])
-            held += len(local)
-        if held > 4 * distinct + (1 << 20):  # bands repeat pairs: hold about the distinct ones
-            found = [_unique_pairs(found, n)]
-            held = distinct = len(found[0])
-    del band, keys, pos
-    pairs = _unique_pairs(found, n)
+    owned = np.unique(band)
+    if len(pos) == 0:
+        pairs = np.empty((0, 2), np.int64)
+    else:
+        first = band == owned[0]
+        rows = pos[first]  # ascending: pieces came in partition order, rows in order within
+        matrix = np.empty((len(rows), len(owned)), np.uint64)
+        for column, b in enumerate(owned.tolist()):
+            here = band == b
+            if not np.array_equal(pos[here], rows):
+                raise RuntimeError("a bucket owner's bands hold different rows")
+            matrix[:, column] = keys[here]
+        del band, keys, pos
+        pairs = rows[shape.bucket_pairs(matrix)]
     owner = np.searchsorted(bounds, pairs[:, 1], side="right") - 1
     return [piece[0] for piece in _split_by(owner, len(bounds) - 1, pairs)]
 
@@ -274,12 +290,17 @@ def _forest(edges: np.ndarray, components: Callable[[int, np.ndarray], np.ndarra
     component's smallest: ``(node, smallest node)``. Near copies come in clusters with many
     pairs each (T0's templates: ten verified pairs a row), so what the driver joins is about
     one edge per duplicate row, not one per pair."""
-    if len(edges) == 0:
-        return edges.reshape(0, 2).astype(np.int64)
-    nodes, local = np.unique(edges, return_inverse=True)
-    labels = components(len(nodes), local.reshape(-1, 2))
-    joined = labels != np.arange(len(nodes))
-    return np.stack([nodes[joined], nodes[labels[joined]]], axis=1)
+    nodes, labels = _node_labels(edges, components)
+    joined = labels != nodes
+    return np.stack([nodes[joined], labels[joined]], axis=1)
+
+
+def _node_labels(edges: np.ndarray, components: Callable[[int, np.ndarray], np.ndarray]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The nodes ``edges`` touch and each one's label (its component's smallest node): the
+    step's union-find on those nodes alone, so its size is the edges', not the corpus's."""
+    nodes, local = np.unique(np.asarray(edges, np.int64).reshape(-1, 2), return_inverse=True)
+    return nodes, nodes[components(len(nodes), local.reshape(-1, 2))]
 
 
 def _similar(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDuplicates,
@@ -300,12 +321,10 @@ def _similar(mapped: Mapped, mask: np.ndarray | None, base: int, shape: NearDupl
 
 def _labels_from_edges(n: int, edges: np.ndarray,
                        components: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
-    """Each live row's label (the smallest row of its component), from the verified edges:
-    union-find on the nodes the edges touch only, so its size is the edges', not the corpus's."""
+    """Each live row's label (the smallest row of its component), from the workers' forests."""
     labels = np.arange(n, dtype=np.int64)
-    if len(edges):
-        nodes, local = np.unique(edges, return_inverse=True)
-        labels[nodes] = nodes[components(len(nodes), local.reshape(-1, 2))]
+    nodes, node_labels = _node_labels(edges, components)
+    labels[nodes] = node_labels
     return labels
 
 
