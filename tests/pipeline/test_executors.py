@@ -183,3 +183,9 @@ def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) 
         outs[executor] = json.loads((out / "manifest.json").read_text())
     assert outs["local"]["output"] == outs["dask"]["output"]
     assert outs["local"]["output"]["rows"] < outs["local"]["input"]["rows"]
+    spec.write_text("- exact_dedup: {}\n- random: {keep: 0.5}\n", encoding="utf-8")
+    refused = subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
+                              str(spec), "--out", str(tmp_path / "refused"), "--quiet",
+                              "--executor", "dask"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "random run(s) only in-process" in refused.stderr
+    assert not (tmp_path / "refused").exists()

@@ -48,7 +48,7 @@ import pyarrow as pa
 from distributed import Client, Future, LocalCluster
 
 from datadiet.pipeline.executors.plan import Executor, Plan, PlannedStep
-from datadiet.pipeline.io import StreamedCorpus, arrow_bools, stream_corpus
+from datadiet.pipeline.io import StreamedCorpus, UserError, arrow_bools, stream_corpus
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import DuplicateGroups, NearDuplicates, Step, StepContext
 
@@ -351,19 +351,34 @@ class DaskExecutor(Executor):
                  partition_rows: int = 65_536) -> None:
         if partition_rows < 1:
             raise ValueError(f"partition_rows must be at least 1, not {partition_rows}")
-        self.cluster: LocalCluster | None = None
-        if client is None and address is None:
-            self.cluster = LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                dashboard_address=None, memory_limit=memory_limit,
-                silence_logs=logging.ERROR)
-            address = self.cluster.scheduler_address
+        self._client = client
         self.owns_client = client is None
-        self.client = client or Client(address)
+        self.address = address
+        self.workers = workers
+        self.memory_limit = memory_limit
+        self.cluster: LocalCluster | None = None
         self.partition_rows = partition_rows
         self.partitions: list[_Partition] = []
         self.mapped: dict[int, list[Future]] = {}
         self.deferred_left = 0
+
+    @property
+    def client(self) -> Client:
+        """The cluster's client, connected (and a local cluster started) on first use, so that
+        a run refused before reading (a spec this executor cannot run) starts nothing."""
+        if self._client is None:
+            address = self.address
+            if address is None:
+                self.cluster = LocalCluster(
+                    n_workers=self.workers, threads_per_worker=1, processes=True,
+                    host="127.0.0.1", dashboard_address=None, memory_limit=self.memory_limit,
+                    silence_logs=logging.ERROR)
+                address = self.cluster.scheduler_address
+            try:
+                self._client = Client(address, timeout="20s")
+            except OSError as exc:  # no scheduler there: the user's to fix
+                raise UserError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        return self._client
 
     def __enter__(self) -> DaskExecutor:
         return self
@@ -374,8 +389,9 @@ class DaskExecutor(Executor):
     def shutdown(self) -> None:
         """Release the run's data; close the client and the cluster this executor started."""
         self.close()
-        if self.owns_client:
-            self.client.close()
+        if self.owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
