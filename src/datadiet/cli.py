@@ -81,9 +81,8 @@ def _run_curate(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         executor = None
         if args.executor == "dask":
-            from datadiet.pipeline.executors.dask import DaskExecutor  # optional dependency
-
-            executor = stack.enter_context(DaskExecutor(
+            executor_cls = _dask_executor()
+            executor = stack.enter_context(executor_cls(
                 address=args.scheduler, workers=args.workers, memory_limit=args.worker_memory))
         result = curate_path(args.input, steps, args.out, text_field=args.text_field,
                              id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
@@ -93,6 +92,19 @@ def _run_curate(args: argparse.Namespace) -> int:
     print_report(result.manifest)
     print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: {args.out}/manifest.json")
     return 0
+
+
+def _dask_executor() -> type:
+    """The Dask executor class, or a user error naming what to install (``distributed`` is an
+    optional dependency, imported only when asked for)."""
+    from datadiet.pipeline.io import UserError
+
+    try:
+        from datadiet.pipeline.executors.dask import DaskExecutor
+    except ImportError as exc:
+        raise UserError(f"--executor dask needs Dask's `distributed` ({exc}); install it with "
+                        "pip install 'datadiet[flows]'") from None
+    return DaskExecutor
 
 
 def _add_why(sub: argparse._SubParsersAction) -> None:
