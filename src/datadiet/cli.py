@@ -9,6 +9,7 @@ Ctrl-C, so no temp data or half-written output stays behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,17 @@ def _add_curate(sub: argparse._SubParsersAction) -> None:
                    help="replace an existing OUT (only a folder datadiet wrote: it has a manifest)")
     p.add_argument("--rows-per-shard", type=positive_int, default=100_000)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=["local", "dask"], default="local",
+                   help="where maps and reduces run: this process (local), or a Dask cluster "
+                        "with the reduces distributed (dask; see docs/engine.md)")
+    p.add_argument("--scheduler", default=None,
+                   help="with --executor dask: a scheduler address (tcp://host:8786); "
+                        "without it a local cluster of --workers processes is started")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="with --executor dask and no --scheduler: local worker processes")
+    p.add_argument("--worker-memory", default="auto",
+                   help="with --executor dask and no --scheduler: memory limit per worker "
+                        "(e.g. 400MiB); past it a worker spills its features to disk")
     p.set_defaults(func=_run_curate)
 
 
@@ -68,19 +80,38 @@ def _run_curate(args: argparse.Namespace) -> int:
     steps = load_spec(args.spec)
     fields = load_spec_fields(args.spec)
     keep = [f.strip() for f in args.keep_fields.split(",") if f.strip()]
-    try:
-        result = curate_path(args.input, steps, args.out, text_field=args.text_field,
-                             id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
-                             on_duplicate_id=args.on_duplicate_id, overwrite=args.overwrite,
-                             rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
-                             fields=fields or "auto")
-    except SpecError as exc:  # a whole-plan check names "entry N": say which spec file
-        if str(exc).startswith("entry "):
-            raise SpecError(f"{args.spec}: {exc}") from None
-        raise
+    with contextlib.ExitStack() as stack:
+        executor = None
+        if args.executor == "dask":
+            executor_cls = _dask_executor()
+            executor = stack.enter_context(executor_cls(
+                address=args.scheduler, workers=args.workers, memory_limit=args.worker_memory))
+        try:
+            result = curate_path(args.input, steps, args.out, text_field=args.text_field,
+                                 id_field=args.id_field, keep_fields=keep, on_error=args.on_error,
+                                 on_duplicate_id=args.on_duplicate_id, overwrite=args.overwrite,
+                                 rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
+                                 fields=fields or "auto", executor=executor)
+        except SpecError as exc:  # a whole-plan check names "entry N": say which spec file
+            if str(exc).startswith("entry "):
+                raise SpecError(f"{args.spec}: {exc}") from None
+            raise
     print_report(result.manifest)
     print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: {args.out}/manifest.json")
     return 0
+
+
+def _dask_executor() -> type:
+    """The Dask executor class, or a user error naming what to install (``distributed`` is an
+    optional dependency, imported only when asked for)."""
+    from datadiet.pipeline.io import UserError
+
+    try:
+        from datadiet.pipeline.executors.dask import DaskExecutor
+    except ImportError as exc:
+        raise UserError(f"--executor dask needs Dask's `distributed` ({exc}); install it with "
+                        "pip install 'datadiet[flows]'") from None
+    return DaskExecutor
 
 
 def _add_why(sub: argparse._SubParsersAction) -> None:

@@ -179,7 +179,7 @@ def test_streamed_features_spill_to_scratch_with_the_same_result(
     """Past ``SPILL_BYTES`` a step's features go to memory-mapped scratch files (a big corpus
     must not need its signatures in RAM); the result is the same, and the scratch folder is
     gone afterwards."""
-    import datadiet.pipeline.curate as runner
+    import datadiet.pipeline.executors.local as runner
     from datadiet.pipeline.curate import curate_path
 
     records = _t0_records(shared_data, 1500)
@@ -210,7 +210,8 @@ def test_streamed_run_defers_a_row_local_step_to_the_survivors(tmp_path: Path,
                                                               shared_data: Path) -> None:
     """A row-local step after dedup (quality) is mapped in a second pass over the rows still
     alive, not on every row while reading; the result equals the in-memory runner's."""
-    from datadiet.pipeline.curate import curate_path, maps_during_read
+    from datadiet.pipeline.curate import curate_path
+    from datadiet.pipeline.executors import maps_during_read
 
     records = _t0_records(shared_data, 2500)
     records += [dict(r, id=f"copy-{r['id']}") for r in records[:300]]

@@ -19,8 +19,6 @@ import pyarrow as pa
 import pytest
 
 from datadiet.selectors.hashing import (
-    CASE_TABLE_SIZE,
-    CASEFOLD_NEEDS_PYTHON,
     NUMBA_INSTALLED,
     casefold_table,
     fmix64,
@@ -30,12 +28,16 @@ from datadiet.selectors.hashing import (
     nb_encode,
     non_ascii_texts,
     numba_enabled,
-    regex_char_table,
     space_table,
     text_getter,
     texts_containing,
     utf8_layout,
     word_char_table,
+)
+from datadiet.selectors.unicode_tables import (
+    CASE_TABLE_SIZE,
+    CASEFOLD_NEEDS_PYTHON,
+    regex_char_table,
 )
 
 ALL = range(0x110000)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 import xxhash
 
-from datadiet.selectors import exact, hashing, minhash, native
+from datadiet.selectors import exact, hashing, minhash, native, unicode_tables
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.skipif(
@@ -179,7 +179,7 @@ def test_kernel_nfkc_equals_unicodedata_for_every_code_point() -> None:
     and reordering happen) normalises in the C kernel exactly as in ``normalize()``: the NFKC
     classes built from ``unicodedata`` at install time leave nothing to chance."""
     assert native.nfkc_tables() is not None, "the NFKC classes were not built with the library"
-    for name, fresh in hashing.build_character_tables().items():  # the saved tables are current
+    for name, fresh in unicode_tables.build_character_tables().items():  # the saved tables are current
         assert np.array_equal(native.unicode_table(name), fresh), name
     from datadiet.pipeline.text import normalize
 

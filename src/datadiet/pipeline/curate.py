@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import os
-import queue
 import sys
-import threading
-import time
 import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +25,12 @@ import xxhash
 
 from datadiet import __version__
 from datadiet.pipeline.config_files import read_config_file
+from datadiet.pipeline.executors import (
+    Executor,
+    LocalExecutor,
+    Plan,
+    PlannedStep,
+)
 from datadiet.pipeline.io import (
     MANIFEST_FILE,
     AtomicOutputDir,
@@ -36,7 +39,6 @@ from datadiet.pipeline.io import (
     ReadReport,
     SpecError,
     StreamedCorpus,
-    arrow_bools,
     arrow_floats,
     arrow_ints,
     arrow_strings,
@@ -48,7 +50,6 @@ from datadiet.pipeline.io import (
     looks_local,
     reads_as_files,
     scratch_dir,
-    stream_corpus,
     write_batch_shards,
     write_parquet_shards,
 )
@@ -385,7 +386,7 @@ def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
 def streamable(built: Sequence[Step]) -> bool:
     """Whether every step is a per-row map plus a reduce, so a run on files can stream (maps
     while reading, no ``Dataset``; see :func:`_curate_streamed`)."""
-    return all(step.splits_into_row_features() for step in built)
+    return Plan.compile(built).streams
 
 
 class _StepBook:
@@ -472,234 +473,52 @@ def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
     return CurateResult(manifest, removed, given_dataset=result_ds)
 
 
-#: A step's per-row features past this many bytes go to scratch files as they are computed,
-#: and the arrays its reduce reads are memory-mapped there (the page cache keeps what fits):
-#: MinHash signatures are 512 bytes a row, 5 GB for ten million rows.
-SPILL_BYTES = 256 << 20
-
-
-class _FeatureMap:
-    """One map/reduce step's per-row features, computed batch by batch as the corpus is read
-    (the map a Dask worker runs on a shard), and its seconds, booked on the step."""
-
-    def __init__(self, step: Step, index: int, ctx: StepContext) -> None:
-        self.step = step
-        self.index = index  # the step's place in the spec (names of its scratch files)
-        self.ctx = ctx
-        self.parts: list[dict[str, np.ndarray]] = []
-        self.bytes = 0
-        self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
-
-    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
-        start = time.perf_counter()
-        part = self.step.row_features(batch.column(self.ctx.text_field))
-        self.bytes += sum(array.nbytes for array in part.values())
-        self.parts.append(self._spill(part) if self.bytes > SPILL_BYTES else part)
-        self.seconds += time.perf_counter() - start
-
-    @property
-    def spilled(self) -> bool:
-        return self.bytes > SPILL_BYTES
-
-    def _spill(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The part's arrays written to scratch and mapped back (not resident until read)."""
-        folder = self.ctx.scratch("features")
-        mapped = {}
-        for name, array in part.items():
-            path = folder / f"step{self.index}-part{len(self.parts)}-{name}.npy"
-            np.save(path, array)
-            mapped[name] = np.load(path, mmap_mode="r")
-        return mapped
-
-    def _output(self, name: str, rows: int, like: np.ndarray) -> np.ndarray:
-        if not self.spilled:
-            return np.empty((rows, *like.shape[1:]), like.dtype)
-        path = self.ctx.scratch("features") / f"step{self.index}-{name}.npy"
-        return np.lib.format.open_memmap(path, mode="w+", dtype=like.dtype,
-                                         shape=(rows, *like.shape[1:]))
-
-    def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
-        """Every feature array over the ``alive`` input rows (of ``n``), in row order.
-
-        Filled part by part into arrays of the final size, each part dropped once copied, so
-        memory holds the features about once, not twice; features past ``SPILL_BYTES`` are
-        filled into memory-mapped scratch files instead.
-        """
-        parts, self.parts = self.parts, []
-        if not parts:
-            return self.step.row_features(pa.array([], pa.string()))
-        if len(parts) == 1 and len(alive) == n and not self.spilled:
-            return parts[0]
-        keep = np.zeros(n, bool)
-        keep[alive] = True
-        out = {name: self._output(name, len(alive), array) for name, array in parts[0].items()}
-        start = done = 0
-        parts.reverse()  # pop() from the end takes them in row order
-        while parts:
-            part = parts.pop()
-            rows = len(next(iter(part.values())))
-            wanted = keep[start : start + rows]
-            taken = int(np.count_nonzero(wanted))
-            for name, array in part.items():
-                out[name][done : done + taken] = array if taken == rows else array[wanted]
-            start, done = start + rows, done + taken
-            del part
-        return out
-
-
-class _MapThread:
-    """Runs the steps' maps on a second thread, one batch behind the reader.
-
-    Why: reading (pyarrow's parser, the UTF-8 check, the scratch copy) and the maps (compiled
-    kernels) each leave a core idle much of the time; side by side they finish together.
-    At most ``depth`` batches wait in between, so memory grows by a few batches, not the
-    corpus. A map that fails stops the reader at its next batch and its exception is raised
-    in the caller's thread, traceback and all.
-    """
-
-    def __init__(self, maps: list[_FeatureMap], depth: int = 2) -> None:
-        self.maps = maps
-        self.queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=depth)
-        self.error: BaseException | None = None
-        self.cancelled = False
-        self.thread = threading.Thread(target=self._run, name="datadiet-maps", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (batch := self.queue.get()) is not None:
-            if self.error is not None or self.cancelled:
-                continue  # drain what is queued without working on it
-            try:
-                for feature_map in self.maps:
-                    feature_map.add(batch)
-            except BaseException as exc:  # re-raised in the reader's thread
-                self.error = exc
-
-    def put(self, batch: pa.RecordBatch) -> None:
-        """Hand a batch over (the reader's ``on_batch``); raises a map's error, if one failed."""
-        if self.error is not None:
-            raise self.error
-        self.queue.put(batch)
-
-    def finish(self) -> None:
-        """Wait until every batch is mapped; raise a map's error, if one failed."""
-        self.stop()
-        if self.error is not None:
-            raise self.error
-
-    def stop(self, cancel: bool = False) -> None:
-        """End the thread (idempotent); ``cancel`` skips the batches still queued."""
-        self.cancelled = self.cancelled or cancel
-        if self.thread.is_alive():
-            self.queue.put(None)
-            self.thread.join()
-
-
 def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os.PathLike,
                      ctx: StepContext, options: dict[str, Any], overwrite: bool,
-                     rows_per_shard: int) -> CurateResult:
-    """``curate_path`` for steps that are all a per-row map plus a reduce: the maps run on
-    each batch while it is read (see :func:`maps_during_read`), the reduces on the features,
-    and the kept rows are read back from the scratch copy batch by batch into the output.
-    Memory: a few batches plus the features."""
+                     rows_per_shard: int, executor: Executor | None = None) -> CurateResult:
+    """``curate_path`` for a plan whose steps are all a per-row map plus a reduce: the
+    executor reads the corpus (running the read-time maps) and gives each step's Selection
+    over the rows still alive; this loop books them, and the one writer writes the kept rows,
+    read back from the scratch copy batch by batch. Memory in this process: a few batches, the
+    ids and a few bytes per row, plus whatever features the executor keeps here (the local
+    one keeps them all, spilled to scratch past ``SPILL_BYTES``; Dask keeps them on workers)."""
+    executor = executor or LocalExecutor()
+    plan = Plan.compile(built)
     callers_work_dir = ctx.work_dir
     with scratch_dir("datadiet-run-", callers_work_dir) as work:
         ctx.work_dir = work
         try:
-            maps = [_FeatureMap(step, i, ctx) for i, step in enumerate(built)]
-            corpus = _read_and_map(source, [m for m in maps if maps_during_read(m.step, m.index)],
-                                   work, options, ctx)
+            corpus = executor.read(source, plan, work, options, ctx)
             ctx.record_format = corpus.record_format
             check_plan(built, corpus.schema.names, corpus.record_format, ctx.text_field)
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
                                 datadiet_version=__version__)
             book = _StepBook(pa.chunked_array([corpus.ids]), manifest, ctx)
             alive = np.arange(corpus.rows, dtype=np.int64)
-            for feature_map in maps:
-                alive = _reduce_step(feature_map, corpus, alive, book, ctx)
+            for planned in plan.steps:
+                alive = _reduce_step(executor, planned, corpus, alive, book, ctx)
+            executor.close()
             removed = book.finish(len(alive))
             _write_streamed(corpus, alive, book, manifest, removed, ctx, out, overwrite,
                             rows_per_shard)
         finally:
+            executor.close()
             ctx.work_dir = callers_work_dir
     return CurateResult(manifest, removed, kept_rows=alive, output_dir=Path(out))
 
 
-def maps_during_read(step: Step, index: int) -> bool:
-    """Whether a step of a streamed run maps every row while the file is read, or only the
-    rows still alive when its turn comes, in a pass over the scratch copy.
-
-    A row-local step (its decision for a row reads that row alone, like the quality rules)
-    after another step decides the same on any subset of rows, so it waits for the survivors
-    and spends nothing on rows already removed (the quality features are the dearest map);
-    every other step maps during the read, side by side with the reader.
-    """
-    return not (step.row_local and index > 0)
-
-
-def _read_and_map(source: str | os.PathLike, maps: list[_FeatureMap], work: Path,
-                  options: dict[str, Any], ctx: StepContext) -> StreamedCorpus:
-    """Read the corpus into the scratch folder, running ``maps`` on a second thread; a progress
-    bar counts the documents read (the total is not known before the end)."""
-    mapper = _MapThread(maps)
-    with ctx.progress(None, "read" + "".join(f" + {m.step.name}" for m in maps)) as bar:
-
-        def on_batch(batch: pa.RecordBatch) -> None:
-            mapper.put(batch)
-            bar.update(batch.num_rows)
-
-        try:
-            corpus = stream_corpus(source, on_batch, work, **options)
-            mapper.finish()
-        finally:
-            mapper.stop(cancel=True)
-    return corpus
-
-
-#: Rows per map call of a deferred step: the reader's batches (about 1 MB of text) thinned by
-#: the steps before are gathered up to this, so a compiled map runs on batches big enough to
-#: keep its threads busy (the quality kernel took twice as long on ~900-row batches).
-SURVIVOR_BATCH = 8192
-
-
-def _map_survivors(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray,
-                   ctx: StepContext) -> None:
-    """A deferred step's map over the rows still alive, read back from the scratch copy."""
-    keep = np.zeros(corpus.rows, bool)
-    keep[alive] = True
-    start = rows = 0
-    gathered: list[pa.RecordBatch] = []
-    with ctx.progress(len(alive), feature_map.step.name) as bar:
-        for batch in corpus.batches():
-            mask = keep[start : start + batch.num_rows]
-            start += batch.num_rows
-            if mask.any():
-                gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
-                rows += gathered[-1].num_rows
-            if rows >= SURVIVOR_BATCH or (start == corpus.rows and rows):
-                feature_map.add(pa.Table.from_batches(gathered))
-                bar.update(rows)
-                gathered, rows = [], 0
-
-
-def _reduce_step(feature_map: _FeatureMap, corpus: StreamedCorpus, alive: np.ndarray,
-                 book: _StepBook, ctx: StepContext) -> np.ndarray:
-    """One step's reduce on the live rows' features (mapping them first if it was deferred);
-    returns the rows alive after it. Its seconds: its maps plus this."""
-    step, n = feature_map.step, corpus.rows
-    deferred = not maps_during_read(step, feature_map.index)
+def _reduce_step(executor: Executor, planned: PlannedStep, corpus: StreamedCorpus,
+                 alive: np.ndarray, book: _StepBook, ctx: StepContext) -> np.ndarray:
+    """One step's reduce on the live rows (the executor maps a deferred step first); returns
+    the rows alive after it. Its seconds: its maps plus this."""
+    step, n = planned.step, corpus.rows
     before = ctx.ledger.total
     with ctx.ledger.stage(f"step:{step.name}") as rec:
         seconds_before = rec.seconds
-        if deferred:
-            _map_survivors(feature_map, corpus, alive, ctx)
-        features = feature_map.features(np.arange(len(alive)), len(alive)) if deferred \
-            else feature_map.features(alive, n)
         named = pa.table({ctx.id_field: corpus.ids if len(alive) == n
                           else corpus.ids.take(arrow_ints(alive))})
-        selection = step.select_from_features(named, ctx, features)
-    if not deferred:
-        rec.seconds += feature_map.seconds  # its maps ran during the read
+        selection, map_seconds = executor.reduce(planned, alive, named, ctx)
+    rec.seconds += map_seconds  # its maps ran during the read
     book.score(score_column(step.name, corpus.schema.names), selection, alive)
     return book.record(step, selection, alive, rec, rec.seconds - seconds_before, before)
 
@@ -759,8 +578,14 @@ def curate_path(
     show_progress: bool = True,
     ctx: StepContext | None = None,
     fields: RecordFormat | str | dict | None = "auto",
+    executor: Executor | None = None,
 ) -> CurateResult:
     """Read ``source``, curate, write ``out/`` (Parquet shards, manifest, removals) atomically.
+
+    ``executor`` says where the maps and reduces run (:mod:`datadiet.pipeline.executors`):
+    in this process by default, or e.g. a :class:`~datadiet.pipeline.executors.dask.
+    DaskExecutor` on a cluster. Every spec of map/reduce steps read from files streams; a spec
+    with a model step runs in this process on a ``Dataset`` (and refuses another executor).
 
     ``fields`` says how to read records (see :func:`~datadiet.pipeline.io.load_corpus`); for
     fine-tuning records the output keeps the input's columns, not the rendered text.
@@ -780,7 +605,13 @@ def curate_path(
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
     if streamable(built) and reads_as_files(source):
-        return _curate_streamed(source, built, out, ctx, options, overwrite, rows_per_shard)
+        return _curate_streamed(source, built, out, ctx, options, overwrite, rows_per_shard,
+                                executor)
+    if executor is not None and not isinstance(executor, LocalExecutor):
+        runs_whole = [s.name for s in built if not s.splits_into_row_features()]
+        raise SpecError(f"{type(executor).__name__} runs map/reduce steps on files; "
+                        + (f"{', '.join(runs_whole)} run(s) only in-process for now"
+                           if runs_whole else f"{source} is not a file or folder of files"))
     loaded: LoadedCorpus = load_corpus(source, **options)
     fmt = loaded.record_format
     ctx.record_format = fmt

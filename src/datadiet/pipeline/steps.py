@@ -8,6 +8,10 @@ files streams such specs — maps on Arrow batches as they are read, reduces on 
 The runner (:func:`datadiet.pipeline.curate.curate`) applies selections in order, so every step is
 testable alone and composable in any order, and the manifest records each one.
 
+The step author's contract for map/reduce steps, and how executors run them (in-process, or on
+a Dask cluster with the reduces distributed), is written down once, in
+:mod:`datadiet.pipeline.executors` (and docs/engine.md).
+
 Steps read text in batches (``ctx.iter_texts``) and keep per-row numbers in NumPy arrays (or
 memory-mapped files under ``ctx.work_dir`` for big corpora), so memory stays bounded by the
 batch size plus a few bytes per row.
@@ -21,11 +25,12 @@ import inspect
 import shutil
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
@@ -134,6 +139,43 @@ class StepContext:
         return self._cache["embedder"]
 
 
+@dataclass(frozen=True)
+class DuplicateGroups:
+    """A reduce of the shape "rows with equal keys are one group; each group keeps its first
+    row" (exact dedup). An executor may hash-partition the keys so that each worker groups a
+    share of them; :meth:`Step.select_from_labels` then turns the labels into the Selection.
+
+    ``first_of_group(keys)``: for rows in input order, the index of each row's group's first
+    row (a pure function; the executor calls it on one partition's rows, sorted by row).
+    """
+
+    key: str  #: the feature holding each row's key: an ``(n, k)`` array, compared row by row
+    first_of_group: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class NearDuplicates:
+    """A reduce of the shape "LSH buckets -> candidate pairs -> verified pairs -> connected
+    components; each component keeps its smallest row" (MinHash dedup).
+
+    An executor may shuffle the band keys so that each worker owns a share of the buckets,
+    verify each candidate pair where the signatures are, and join the verified edges; every
+    function here is pure, so where it runs does not change the answer.
+    """
+
+    signatures: str  #: feature: ``(n, num_perm)`` signatures
+    band_keys: str  #: feature: ``(n, bands)`` bucket keys
+    valid: str  #: feature: ``(n,)`` bool, rows that may be clustered at all
+    #: keys ``(m, 1)`` of rows in row order -> their candidate pairs ``(p, 2)`` (``i < j``,
+    #: local indices), by the step's bucket rule (all pairs or a star)
+    bucket_pairs: Callable[[np.ndarray], np.ndarray]
+    #: ``(signatures, pairs)`` -> the similarity of each pair
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    threshold: float | None  #: pairs below it are dropped; ``None``: no verification
+    #: ``(n, pairs)`` -> each node's label, the smallest node of its component
+    components: Callable[[int, np.ndarray], np.ndarray]
+
+
 class Step(ABC):
     """One data-selection method. Subclasses set ``name`` and take keyword parameters only.
 
@@ -194,6 +236,23 @@ class Step(ABC):
         The reduce may read ids from it (:func:`datadiet.selectors.common.row_ids`), nothing
         else."""
         raise NotImplementedError(f"step {self.name!r} has no per-row features")
+
+    def distributed_reduce(self) -> DuplicateGroups | NearDuplicates | None:
+        """The shape of this step's reduce, when an executor may distribute it.
+
+        ``None`` (the default): a row-local step is decided partition by partition (its stats
+        must add up over partitions: numbers sum, equal values stay); any other step's reduce
+        runs in one process on the live rows' features. A step returning a shape implements
+        :meth:`select_from_labels`, which must give what :meth:`select_from_features` gives.
+        """
+        return None
+
+    def select_from_labels(self, ds: Dataset | pa.Table, ctx: StepContext, labels: np.ndarray,
+                           stats: dict[str, Any]) -> Selection:
+        """The last part of a distributed reduce: ``labels[i]`` is the row that row ``i`` is a
+        copy of (``i`` itself for a kept row); ``stats`` are the executor's counts (candidate
+        and merged pairs of :class:`NearDuplicates`)."""
+        raise NotImplementedError(f"step {self.name!r} has no distributed reduce")
 
     @classmethod
     def splits_into_row_features(cls) -> bool:

@@ -23,7 +23,7 @@ import numpy as np
 import xxhash
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import DuplicateGroups, Step, StepContext, register_step
 from datadiet.pipeline.text import normalize as normalize_text
 from datadiet.selectors import native
 from datadiet.selectors.common import row_ids
@@ -285,10 +285,21 @@ class ExactDedup(Step):
                              features: dict[str, np.ndarray]) -> Selection:
         """The reduce half: group equal hashes, keep each group's first row."""
         hashes = features["hashes"]
-        n = len(hashes)
+        if len(hashes) == 0:
+            return Selection.keep_all(0)
+        return self.select_from_labels(ds, ctx, first_occurrence(hashes), {})
+
+    def distributed_reduce(self) -> DuplicateGroups:
+        """Hash-partitionable: equal hashes meet on one worker, where the first row wins."""
+        return DuplicateGroups(key="hashes", first_of_group=first_occurrence)
+
+    def select_from_labels(self, ds: Dataset, ctx: StepContext, labels: np.ndarray,
+                           stats: dict) -> Selection:
+        """Rows whose label is another row are copies of it, removed naming its id."""
+        rep = labels
+        n = len(rep)
         if n == 0:
             return Selection.keep_all(0)
-        rep = first_occurrence(hashes)
         keep = rep == np.arange(n)
         detail = np.full(n, "", dtype=object)
         removed = np.flatnonzero(~keep)

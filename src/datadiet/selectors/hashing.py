@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import re
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -47,6 +46,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datadiet.selectors import native
+from datadiet.selectors.unicode_tables import (
+    CASEFOLD_NEEDS_PYTHON,
+    build_casefold_table,
+    build_lower_table,
+    regex_char_table,
+)
 
 #: Whether numba is installed, found without importing it (finding a module is cheap).
 NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None
@@ -87,12 +92,6 @@ __all__ = [
 U64 = np.uint64
 FMIX_MULT_1 = 0xFF51AFD7ED558CCD
 FMIX_MULT_2 = 0xC4CEB9FE1A85EC53
-#: Code points at or above this are their own lower case and case fold (no cased character
-#: lies above U+1E943), so the case tables stop here.
-CASE_TABLE_SIZE = 0x20000
-#: ``casefold_table()[cp]`` for a code point whose case fold is several code points or a longer
-#: UTF-8 sequence: a kernel cannot fold it in place, so the text goes through ``str.casefold``.
-CASEFOLD_NEEDS_PYTHON = np.uint32(0xFFFFFFFF)
 
 
 #: Fewer texts than this in one call, in a process that has run no kernel yet: the NumPy/Python
@@ -376,25 +375,6 @@ def texts_containing(buf: np.ndarray, offsets: np.ndarray, chars: str) -> np.nda
 
 
 @functools.cache
-def _every_code_point() -> str:
-    """One string holding every code point in order (surrogates included)."""
-    return np.arange(0x110000, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass")
-
-
-def regex_char_table(char_class: str, size: int = 0x110000) -> np.ndarray:
-    """``table[cp]`` is True where ``chr(cp)`` matches the one-character ``re`` class
-    ``char_class`` (such as ``r"\\w"``), for the code points below ``size``: the class itself
-    decides, so a kernel using the table agrees with the regex by construction. One scan over
-    all code points (~0.05-0.09 s)."""
-    table = np.zeros(size, bool)
-    chars = _every_code_point() if size == 0x110000 else (
-        np.arange(size, dtype="<u4").tobytes().decode("utf-32-le", "surrogatepass"))
-    for m in re.finditer(f"(?:{char_class})+", chars):
-        table[m.start() : m.end()] = True
-    return table
-
-
-@functools.cache
 def word_char_table() -> np.ndarray:
     """``table[cp]`` is True where ``chr(cp)`` matches Python's ``re`` ``\\w`` (letters, digits
     and ``_`` of every script: ``str.isalnum() or '_'``)."""
@@ -435,14 +415,7 @@ def lower_table() -> np.ndarray:
     sigma): texts with those go through ``str.lower`` before a kernel sees them.
     """
     saved = native.unicode_table("lower")
-    return saved if saved is not None else _build_lower_table()
-
-
-def _build_lower_table() -> np.ndarray:
-    lowered = map(str.lower, _every_code_point()[:CASE_TABLE_SIZE])
-    table = np.fromiter((ord(x) if len(x) == 1 else -1 for x in lowered), np.int64, CASE_TABLE_SIZE)
-    ident = np.arange(CASE_TABLE_SIZE)
-    return np.where(table < 0, ident, table).astype(np.uint32)
+    return saved if saved is not None else build_lower_table()
 
 
 @functools.cache
@@ -454,23 +427,4 @@ def casefold_table() -> np.ndarray:
     ``str.casefold`` has no context rules, so folding code point by code point is exact.
     """
     saved = native.unicode_table("casefold")
-    return saved if saved is not None else _build_casefold_table()
-
-
-def _build_casefold_table() -> np.ndarray:
-    table = np.arange(CASE_TABLE_SIZE, dtype=np.uint32)
-    chars = _every_code_point()[:CASE_TABLE_SIZE]
-    for c, (ch, folded) in enumerate(zip(chars, map(str.casefold, chars), strict=True)):
-        if folded == ch:
-            continue
-        if len(folded) != 1 or len(folded.encode("utf-8")) > len(ch.encode("utf-8")):
-            table[c] = CASEFOLD_NEEDS_PYTHON
-        else:
-            table[c] = ord(folded)
-    return table
-
-
-def build_character_tables() -> dict[str, np.ndarray]:
-    """The tables above computed afresh (not loaded), for the install-time table file."""
-    return {"word": regex_char_table(r"\w"), "space": regex_char_table(r"\s"),
-            "lower": _build_lower_table(), "casefold": _build_casefold_table()}
+    return saved if saved is not None else build_casefold_table()

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import NearDuplicates, Step, StepContext, register_step
 from datadiet.pipeline.text import words
 from datadiet.selectors import native
 from datadiet.selectors.common import row_ids
@@ -113,6 +113,8 @@ _BAND_TAG = 0xD6E8FEB86659FD93
 _BLOCK = 2048
 # Signatures and band keys of a corpus bigger than this go to memory-mapped files.
 IN_MEMORY_BYTES = 256 << 20
+#: Buckets up to this many members give all their pairs (when verified); bigger ones a star.
+MAX_BUCKET = 256
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1095,11 +1097,31 @@ class MinHashDedup(Step):
         n = len(features["has_words"])
         if n == 0:
             return Selection.keep_all(0)
-        bands, rows = self.banding()
         clusters = minhash_clusters(features["signatures"], features["band_keys"],
                                     features["has_words"], threshold=self.threshold,
                                     verify=self.verify)
-        labels = clusters.labels
+        return self.select_from_labels(ds, ctx, clusters.labels, {
+            "candidate_pairs": clusters.candidate_pairs, "merged_pairs": clusters.merged_pairs})
+
+    def distributed_reduce(self) -> NearDuplicates:
+        """Band keys shuffle to bucket owners, pairs are verified where the signatures are,
+        components join the verified edges: the same pair rule as :func:`minhash_clusters`
+        (all pairs of buckets up to ``MAX_BUCKET`` members with ``verify``, else a star)."""
+        return NearDuplicates(
+            signatures="signatures", band_keys="band_keys", valid="has_words",
+            bucket_pairs=functools.partial(candidate_pairs_from_keys, all_pairs=self.verify,
+                                           max_bucket=MAX_BUCKET),
+            similarity=estimated_jaccard,
+            threshold=self.threshold if self.verify else None,
+            components=connected_components)
+
+    def select_from_labels(self, ds: Dataset, ctx: StepContext, labels: np.ndarray,
+                           stats: dict) -> Selection:
+        """Each cluster keeps its earliest row; the others name it."""
+        n = len(labels)
+        if n == 0:
+            return Selection.keep_all(0)
+        bands, rows = self.banding()
         keep = labels == np.arange(n)
         detail = np.full(n, "", dtype=object)
         removed = np.flatnonzero(~keep)
@@ -1110,11 +1132,10 @@ class MinHashDedup(Step):
         stats = {
             "bands": bands,
             "rows": rows,
-            "candidate_pairs": clusters.candidate_pairs,
-            "merged_pairs": clusters.merged_pairs,
+            "candidate_pairs": int(stats["candidate_pairs"]),
+            "merged_pairs": int(stats["merged_pairs"]),
             "duplicate_clusters": n_clusters,
             "removed": int(len(removed)),
             "lsh_threshold": round(float((1.0 / bands) ** (1.0 / rows)), 4),
         }
         return Selection.from_mask(keep, "minhash-duplicate-of", detail, stats=stats)
-

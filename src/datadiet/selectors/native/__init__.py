@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from datadiet.pipeline.atomic import atomic_path
+from datadiet.selectors.unicode_tables import build_character_tables
 
 __all__ = ["LIBRARY", "available", "bucket_pairs", "build", "docs_with", "minhash_cluster",
            "minhash_shard", "normalize", "pair_jaccard", "threads"]
@@ -141,10 +142,8 @@ def _nfkc_classes() -> dict[str, np.ndarray]:
 def build_unicode_tables(path: Path = UNICODE_TABLES) -> Path:
     """Build the per-code-point tables and save them atomically (a few seconds, once, at
     install). The file records the Unicode version; a Python with another one ignores it."""
-    from datadiet.selectors import hashing  # the table definitions live with their users
-
     tables = _nfkc_classes()
-    tables.update(hashing.build_character_tables())
+    tables.update(build_character_tables())
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, unicode=np.array(unicodedata.unidata_version),
                             format=np.array(TABLES_FORMAT), **tables)

@@ -1,0 +1,213 @@
+"""The in-process executor: maps on a second thread while the reader parses, reduces here.
+
+Memory: a few batches plus the features; features past :data:`SPILL_BYTES` are written to
+scratch files and memory-mapped back (the page cache keeps what fits).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from datadiet.pipeline.executors.plan import Executor, Plan, PlannedStep
+from datadiet.pipeline.io import StreamedCorpus, arrow_bools, stream_corpus
+from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext
+
+#: A step's per-row features past this many bytes go to scratch files as they are computed,
+#: and the arrays its reduce reads are memory-mapped there (the page cache keeps what fits):
+#: MinHash signatures are 512 bytes a row, 5 GB for ten million rows.
+SPILL_BYTES = 256 << 20
+
+#: Rows per map call of a deferred step: the reader's batches (about 1 MB of text) thinned by
+#: the steps before are gathered up to this, so a compiled map runs on batches big enough to
+#: keep its threads busy (the quality kernel took twice as long on ~900-row batches).
+SURVIVOR_BATCH = 8192
+
+
+class FeatureMap:
+    """One map/reduce step's per-row features, computed batch by batch as the corpus is read,
+    and its seconds, booked on the step."""
+
+    def __init__(self, step: Step, index: int, ctx: StepContext) -> None:
+        self.step = step
+        self.index = index  # the step's place in the spec (names of its scratch files)
+        self.ctx = ctx
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.bytes = 0
+        self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        start = time.perf_counter()
+        part = self.step.row_features(batch.column(self.ctx.text_field))
+        self.bytes += sum(array.nbytes for array in part.values())
+        self.parts.append(self._spill(part) if self.bytes > SPILL_BYTES else part)
+        self.seconds += time.perf_counter() - start
+
+    @property
+    def spilled(self) -> bool:
+        return self.bytes > SPILL_BYTES
+
+    def _spill(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The part's arrays written to scratch and mapped back (not resident until read)."""
+        folder = self.ctx.scratch("features")
+        mapped = {}
+        for name, array in part.items():
+            path = folder / f"step{self.index}-part{len(self.parts)}-{name}.npy"
+            np.save(path, array)
+            mapped[name] = np.load(path, mmap_mode="r")
+        return mapped
+
+    def _output(self, name: str, rows: int, like: np.ndarray) -> np.ndarray:
+        if not self.spilled:
+            return np.empty((rows, *like.shape[1:]), like.dtype)
+        path = self.ctx.scratch("features") / f"step{self.index}-{name}.npy"
+        return np.lib.format.open_memmap(path, mode="w+", dtype=like.dtype,
+                                         shape=(rows, *like.shape[1:]))
+
+    def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        """Every feature array over the ``alive`` input rows (of ``n``), in row order.
+
+        Filled part by part into arrays of the final size, each part dropped once copied, so
+        memory holds the features about once, not twice; features past ``SPILL_BYTES`` are
+        filled into memory-mapped scratch files instead.
+        """
+        parts, self.parts = self.parts, []
+        if not parts:
+            return self.step.row_features(pa.array([], pa.string()))
+        if len(parts) == 1 and len(alive) == n and not self.spilled:
+            return parts[0]
+        keep = np.zeros(n, bool)
+        keep[alive] = True
+        out = {name: self._output(name, len(alive), array) for name, array in parts[0].items()}
+        start = done = 0
+        parts.reverse()  # pop() from the end takes them in row order
+        while parts:
+            part = parts.pop()
+            rows = len(next(iter(part.values())))
+            wanted = keep[start : start + rows]
+            taken = int(np.count_nonzero(wanted))
+            for name, array in part.items():
+                out[name][done : done + taken] = array if taken == rows else array[wanted]
+            start, done = start + rows, done + taken
+            del part
+        return out
+
+
+class MapThread:
+    """Runs the steps' maps on a second thread, one batch behind the reader.
+
+    Why: reading (pyarrow's parser, the UTF-8 check, the scratch copy) and the maps (compiled
+    kernels) each leave a core idle much of the time; side by side they finish together.
+    At most ``depth`` batches wait in between, so memory grows by a few batches, not the
+    corpus. A map that fails stops the reader at its next batch and its exception is raised
+    in the caller's thread, traceback and all.
+    """
+
+    def __init__(self, maps: list[FeatureMap], depth: int = 2) -> None:
+        self.maps = maps
+        self.queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.thread = threading.Thread(target=self._run, name="datadiet-maps", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.error is not None or self.cancelled:
+                continue  # drain what is queued without working on it
+            try:
+                for feature_map in self.maps:
+                    feature_map.add(batch)
+            except BaseException as exc:  # re-raised in the reader's thread
+                self.error = exc
+
+    def put(self, batch: pa.RecordBatch) -> None:
+        """Hand a batch over (the reader's ``on_batch``); raises a map's error, if one failed."""
+        if self.error is not None:
+            raise self.error
+        self.queue.put(batch)
+
+    def finish(self) -> None:
+        """Wait until every batch is mapped; raise a map's error, if one failed."""
+        self.stop()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self, cancel: bool = False) -> None:
+        """End the thread (idempotent); ``cancel`` skips the batches still queued."""
+        self.cancelled = self.cancelled or cancel
+        if self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
+
+class LocalExecutor(Executor):
+    """Maps and reduces in this process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.maps: dict[int, FeatureMap] = {}
+        self.corpus: StreamedCorpus | None = None
+
+    def read(self, source: str | os.PathLike, plan: Plan, work: Path, options: dict[str, Any],
+             ctx: StepContext) -> StreamedCorpus:
+        """Read the corpus into the scratch folder, running the read-time maps on a second
+        thread; a progress bar counts the documents read (the total is not known before)."""
+        self.maps = {p.index: FeatureMap(p.step, p.index, ctx) for p in plan.steps}
+        during = [self.maps[p.index] for p in plan.read_maps]
+        mapper = MapThread(during)
+        with ctx.progress(None, "read" + "".join(f" + {m.step.name}" for m in during)) as bar:
+
+            def on_batch(batch: pa.RecordBatch) -> None:
+                mapper.put(batch)
+                bar.update(batch.num_rows)
+
+            try:
+                self.corpus = stream_corpus(source, on_batch, work, **options)
+                mapper.finish()
+            finally:
+                mapper.stop(cancel=True)
+        return self.corpus
+
+    def reduce(self, planned: PlannedStep, alive: np.ndarray, names: Any,
+               ctx: StepContext) -> tuple[Selection, float]:
+        """Map a deferred step over the survivors first; then the step's own reduce."""
+        assert self.corpus is not None
+        feature_map = self.maps.pop(planned.index)
+        if planned.maps_during_read:
+            features = feature_map.features(alive, self.corpus.rows)
+            return planned.step.select_from_features(names, ctx, features), feature_map.seconds
+        self._map_survivors(feature_map, alive, ctx)
+        features = feature_map.features(np.arange(len(alive)), len(alive))
+        return planned.step.select_from_features(names, ctx, features), 0.0
+
+    def _map_survivors(self, feature_map: FeatureMap, alive: np.ndarray,
+                       ctx: StepContext) -> None:
+        """A deferred step's map over the rows still alive, read back from the scratch copy."""
+        corpus = self.corpus
+        assert corpus is not None
+        keep = np.zeros(corpus.rows, bool)
+        keep[alive] = True
+        start = rows = 0
+        gathered: list[pa.RecordBatch] = []
+        with ctx.progress(len(alive), feature_map.step.name) as bar:
+            for batch in corpus.batches():
+                mask = keep[start : start + batch.num_rows]
+                start += batch.num_rows
+                if mask.any():
+                    gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
+                    rows += gathered[-1].num_rows
+                if rows >= SURVIVOR_BATCH or (start == corpus.rows and rows):
+                    feature_map.add(pa.Table.from_batches(gathered))
+                    bar.update(rows)
+                    gathered, rows = [], 0
+
+    def close(self) -> None:
+        self.maps.clear()

@@ -1,0 +1,80 @@
+"""A curation plan (the spec's steps, compiled) and the interface every executor implements."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datadiet.pipeline.io import StreamedCorpus
+from datadiet.pipeline.selection import Selection
+from datadiet.pipeline.steps import Step, StepContext
+
+
+def maps_during_read(step: Step, index: int) -> bool:
+    """Whether a step maps every row while the file is read, or only the rows still alive when
+    its turn comes.
+
+    A row-local step (its decision for a row reads that row alone, like the quality rules)
+    after another step decides the same on any subset of rows, so it waits for the survivors
+    and spends nothing on rows already removed (the quality features are the dearest map);
+    every other step maps during the read, side by side with the reader.
+    """
+    return not (step.row_local and index > 0)
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """One step of a plan: the step, its place in the spec, and when its map runs."""
+
+    index: int
+    step: Step
+
+    @property
+    def maps_during_read(self) -> bool:
+        return maps_during_read(self.step, self.index)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The spec's steps in order, each a map plus a reduce (see :mod:`datadiet.pipeline.executors`)."""
+
+    steps: tuple[PlannedStep, ...]
+
+    @classmethod
+    def compile(cls, built: Sequence[Step]) -> Plan:
+        return cls(tuple(PlannedStep(i, step) for i, step in enumerate(built)))
+
+    @property
+    def streams(self) -> bool:
+        """Whether every step splits into a map and a reduce (no model step needs a Dataset)."""
+        return all(p.step.splits_into_row_features() for p in self.steps)
+
+    @property
+    def read_maps(self) -> list[PlannedStep]:
+        """The steps whose maps run while the corpus is read."""
+        return [p for p in self.steps if p.maps_during_read]
+
+
+class Executor(ABC):
+    """Where a plan's maps and reduces run. The runner (``curate_path``) calls, in order:
+    :meth:`read` once, :meth:`reduce` once per step, :meth:`close` always."""
+
+    @abstractmethod
+    def read(self, source: str | os.PathLike, plan: Plan, work: Path, options: dict[str, Any],
+             ctx: StepContext) -> StreamedCorpus:
+        """Read the corpus (the one reader, into ``work``), running the read-time maps."""
+
+    @abstractmethod
+    def reduce(self, planned: PlannedStep, alive: np.ndarray, names: Any,
+               ctx: StepContext) -> tuple[Selection, float]:
+        """The step's Selection over the ``alive`` input rows (``names``: their ids), and the
+        seconds its maps took before this call (booked on the step)."""
+
+    def close(self) -> None:  # noqa: B027 - most executors hold nothing
+        """Release what the run held (features, partitions); called however the run ends."""

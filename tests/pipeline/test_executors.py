@@ -1,0 +1,194 @@
+"""One plan, two executors: the in-process run and a real Dask ``LocalCluster`` (2 worker
+processes on 127.0.0.1) must keep exactly the same rows, for the same reasons, with the same
+per-step stats; and the Dask run must finish under a worker memory budget smaller than the
+signatures a single-process reduce would hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from datadiet.pipeline.curate import curate_path  # noqa: E402
+from datadiet.pipeline.executors.dask import DaskExecutor  # noqa: E402
+from datadiet.pipeline.io import SpecError  # noqa: E402
+
+#: The pre-training specs of the README (and the variants that change the reduce's shape).
+SPECS = {
+    "exact": [{"exact_dedup": {}}],
+    "exact-raw": [{"exact_dedup": {"normalize": False}}],
+    "minhash": [{"minhash_dedup": {"threshold": 0.8, "num_perm": 128, "ngram": 5}}],
+    "minhash-unverified": [{"minhash_dedup": {"threshold": 0.7, "verify": False}}],
+    # one band, two workers: the band's buckets split by key range over both
+    "minhash-one-band": [{"minhash_dedup": {"threshold": 0.8, "bands": 1, "rows": 6}}],
+    "quality": [{"quality": {"min_words": 50}}],
+    "readme": [{"exact_dedup": {}}, {"minhash_dedup": {"threshold": 0.8, "num_perm": 128,
+                                                       "ngram": 5}},
+               {"quality": {"min_words": 50}}],
+    "quality-first": [{"quality": {}}, {"minhash_dedup": {}}, {"exact_dedup": {}}],
+}
+
+
+def _t0_corpus(shared_data: Path, n: int, path: Path) -> int:
+    """T0 prompts as ``{id, text}`` JSONL, plus planted exact copies, near copies (an edited
+    tail) and stubs; returns the number of rows."""
+    rows = []
+    for source in sorted((shared_data / "sft" / "t0_train").glob("*.jsonl")):
+        with open(source, encoding="utf-8") as handle:
+            for i, line in enumerate(handle):
+                record = json.loads(line)
+                rows.append({"id": f"{source.stem}-{i}",
+                             "text": record["prompt"] + record["completion"]})
+                if len(rows) == n:
+                    break
+        if len(rows) == n:
+            break
+    rows += [dict(r, id=f"copy-{r['id']}", text=r["text"].upper()) for r in rows[:150]]
+    rows += [dict(r, id=f"near-{r['id']}", text=r["text"] + " (see above)")
+             for r in rows[150:300]]
+    rows += [dict(r, id=f"raw-copy-{r['id']}") for r in rows[300:350]]
+    rows += [{"id": f"stub-{i}", "text": "click here"} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return len(rows)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "t0.jsonl"
+    _t0_corpus(shared_data, 2500, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dask_executor() -> Iterator[DaskExecutor]:
+    # Small partitions, so every reduce crosses partitions and workers.
+    with DaskExecutor(workers=2, partition_rows=400) as executor:
+        yield executor
+
+
+def _assert_same_run(local, other, local_out: Path, other_out: Path) -> None:  # noqa: ANN001
+    assert np.array_equal(local.kept_rows, other.kept_rows)
+    assert local.removed.equals(other.removed)
+    for a, b in zip(local.manifest.steps, other.manifest.steps, strict=True):
+        assert (a.name, a.rows_in, a.rows_out, a.removed, a.stats) == \
+            (b.name, b.rows_in, b.rows_out, b.removed, b.stats)
+    assert local.manifest.output["fingerprint"] == other.manifest.output["fingerprint"]
+    for name in local.manifest.output["shards"]:
+        assert pq.read_table(local_out / name).equals(pq.read_table(other_out / name))
+
+
+@pytest.mark.parametrize("spec", list(SPECS), ids=list(SPECS))
+def test_every_pretraining_spec_keeps_the_same_rows_on_dask(
+        spec: str, corpus: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
+    steps = SPECS[spec]
+    local = curate_path(corpus, steps, tmp_path / "local", show_progress=False)
+    on_dask = curate_path(corpus, steps, tmp_path / "dask", show_progress=False,
+                          executor=dask_executor)
+    assert 0 < local.rows_kept < local.manifest.input["rows"]  # the spec removed something
+    _assert_same_run(local, on_dask, tmp_path / "local", tmp_path / "dask")
+
+
+def test_reduces_return_only_small_results_to_the_driver(
+        corpus: Path, dask_executor: DaskExecutor, tmp_path: Path, monkeypatch) -> None:
+    """The driver never gathers features: what comes back (labels of copies, verified edges,
+    counts) is far smaller than the signatures, which stay on the workers."""
+    gathered: list[int] = []
+    client = dask_executor.client
+    original = client.gather
+
+    def recording(futures, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        result = original(futures, *args, **kwargs)
+        gathered.append(_nbytes(result))
+        return result
+
+    monkeypatch.setattr(client, "gather", recording)
+    result = curate_path(corpus, SPECS["minhash"], tmp_path / "out", show_progress=False,
+                         executor=dask_executor)
+    signature_bytes = result.manifest.input["rows"] * 128 * 4
+    step = result.manifest.steps[0]
+    removed, verified_pairs = step.rows_in - step.rows_out, step.stats["merged_pairs"]
+    assert verified_pairs > 3 * removed > 300  # T0's near copies come in clusters
+    # a spanning forest of the verified pairs (two int64 per edge, about one edge per removed
+    # row) and a few counts; no signature, nothing per row
+    assert 0 < sum(gathered) <= 16 * 2 * removed + 1024 < signature_bytes / 5
+
+
+def _nbytes(value: object) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, list | tuple):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 8
+
+
+def test_a_memory_limited_cluster_spills_and_keeps_the_same_rows(
+        tmp_path: Path, shared_data: Path) -> None:
+    """Workers whose memory budget for data is a fifth of the signatures a single-process
+    reduce gathers (Dask spills features past it to disk): the run finishes, it did spill,
+    and the kept rows equal the in-process run's."""
+    import dask
+
+    source = tmp_path / "t0.jsonl"
+    rows = _t0_corpus(shared_data, 6000, source)
+    spec = SPECS["readme"]
+    local = curate_path(source, spec, tmp_path / "local", show_progress=False)
+    signatures = rows * 128 * 4  # what gathering the MinHash signatures in one process costs
+    # Dask's budget for a worker's data is a fraction ("target") of its memory limit; past it
+    # the worker spills to disk. The process limit itself (pause, restart) is left out: an
+    # idle worker's own footprint differs between machines, and this test is about the data.
+    limit = 1 << 30
+    target = signatures / 5 / limit  # data held in memory before spilling: 1/5 of the above
+    with dask.config.set({"distributed.worker.memory.target": target,
+                          "distributed.worker.memory.spill": False,
+                          "distributed.worker.memory.pause": False,
+                          "distributed.worker.memory.terminate": False}), \
+            DaskExecutor(workers=2, memory_limit=limit, partition_rows=500) as executor:
+        on_dask = curate_path(source, spec, tmp_path / "dask", show_progress=False,
+                              executor=executor)
+        spilled = executor.client.run(_spilled_bytes)
+    assert sum(spilled.values()) > 0
+    _assert_same_run(local, on_dask, tmp_path / "local", tmp_path / "dask")
+
+
+def _spilled_bytes(dask_worker) -> int:  # noqa: ANN001 - Dask passes its Worker
+    return int(dask_worker.data.cumulative_metrics["disk-write", "bytes"])
+
+
+def test_a_model_step_spec_is_refused_by_dask_with_a_clear_error(
+        corpus: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
+    """``random`` is not a map/reduce step yet: the Dask executor says so before reading."""
+    with pytest.raises(SpecError, match="random run"):
+        curate_path(corpus, [{"exact_dedup": {}}, {"random": {"keep": 0.5}}], tmp_path / "out",
+                    show_progress=False, executor=dask_executor)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) -> None:
+    """``datadiet curate --executor dask`` writes what the in-process command writes."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("- exact_dedup: {}\n- minhash_dedup: {threshold: 0.8}\n", encoding="utf-8")
+    outs = {}
+    for executor in ("local", "dask"):
+        out = tmp_path / executor
+        subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
+                        str(spec), "--out", str(out), "--quiet", "--executor", executor,
+                        "--workers", "2"], check=True, capture_output=True)
+        outs[executor] = json.loads((out / "manifest.json").read_text())
+    assert outs["local"]["output"] == outs["dask"]["output"]
+    assert outs["local"]["output"]["rows"] < outs["local"]["input"]["rows"]
+    spec.write_text("- exact_dedup: {}\n- random: {keep: 0.5}\n", encoding="utf-8")
+    refused = subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
+                              str(spec), "--out", str(tmp_path / "refused"), "--quiet",
+                              "--executor", "dask"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "random run(s) only in-process" in refused.stderr
+    assert not (tmp_path / "refused").exists()
