@@ -13,10 +13,10 @@ Parts:
   minhash_dedup, quality and DSIR (target: a WikiText-2 valid sample disjoint from the corpus);
   the same small Llama trained on full vs curated data — same tokenizer (a BPE fitted to the raw
   corpus), seeds and FLOP budget — eval loss on WikiText-2 test
-  (:mod:`datadiet.pipeline.demo.comparison`);
+  (:mod:`datadiet.experiments.comparison`);
 * fine-tuning — T0 rows: an IFD subset (scored by the base model, the pre-training part's
   full-data run) vs a random subset vs all rows, same base, budget and seeds, eval loss on
-  held-out T0 responses (:mod:`datadiet.pipeline.demo.finetuning`);
+  held-out T0 responses (:mod:`datadiet.experiments.finetuning`);
 * prompts — SST-2 dev with SmolLM2-135M-Instruct: zero-shot, random 8-shot, kNN 8-shot with the
   most similar last, and that compressed; accuracy and mean prompt tokens
   (:mod:`datadiet.prompting.icl`).
@@ -41,13 +41,14 @@ from pathlib import Path
 
 import torch
 
-from datadiet.pipeline.demo.comparison import (
+from datadiet.experiments.comparison import (
     PretrainSettings,
     pretraining_comparison,
     small_train_config,
 )
-from datadiet.pipeline.demo.finetuning import FinetuneSettings, finetuning_comparison
-from datadiet.pipeline.demo.report import (
+from datadiet.experiments.finetuning import FinetuneSettings, finetuning_comparison
+from datadiet.experiments.prompts import compare_strategies
+from datadiet.experiments.report import (
     PromptResults,
     SavingsReport,
     headline_numbers,
@@ -56,7 +57,6 @@ from datadiet.pipeline.demo.report import (
 from datadiet.pipeline.report import RunContext
 from datadiet.prompting.demos import preset
 from datadiet.prompting.icl import fixed_subset, read_labelled_lines
-from datadiet.prompting.strategies import compare_strategies
 
 DATA = Path(
     os.environ.get("DATADIET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from datadiet.experiments.mixture import MixtureSizes
 from datadiet.flows.demo import demo_params
 from datadiet.flows.efficiency import efficiency
-from datadiet.pipeline.demo.mixture import MixtureSizes
 from tests.flows.helpers import artifacts_of
 
 TINY = MixtureSizes(wikitext=40, shakespeare=30, sherlock=20, gsm8k=40, t0=40, target=30,

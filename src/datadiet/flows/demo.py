@@ -24,15 +24,15 @@ from pathlib import Path
 
 import yaml
 
-from datadiet.flows.efficiency import EfficiencyParams, efficiency
-from datadiet.flows.training import TrainBudget
-from datadiet.pipeline.demo.comparison import (
+from datadiet.experiments.comparison import (
     curation_spec,
     prepare_tokenizer,
     small_train_config,
 )
-from datadiet.pipeline.demo.corpus import find_shared_data
-from datadiet.pipeline.demo.mixture import MixtureSizes, build_mixture
+from datadiet.experiments.corpus import find_shared_data
+from datadiet.experiments.mixture import MixtureSizes, build_mixture
+from datadiet.flows.efficiency import EfficiencyParams, efficiency
+from datadiet.flows.training import TrainBudget
 from datadiet.pipeline.io import atomic_write_text
 
 
@@ -49,7 +49,7 @@ def demo_params(out: Path, sizes: MixtureSizes | None = None, steps: int = 100,
     """Lay out the demo's inputs under ``out/inputs`` and return the flow's parameters.
 
     The corpus is the end-to-end benchmark's raw mixture (WikiText-2, Shakespeare, Sherlock
-    Holmes, GSM8K, T0 with planted copies and junk; :mod:`datadiet.pipeline.demo.mixture`),
+    Holmes, GSM8K, T0 with planted copies and junk; :mod:`datadiet.experiments.mixture`),
     curated towards a WikiText-2 sample with DSIR and evaluated on WikiText-2 test; without the
     data kit, generated prose stands in for the wanted domain.
     """

@@ -4,7 +4,7 @@ It chains the three flows as subflows (each keeps its own report and cache): ``c
 corpus, ``train_and_measure`` the same model on the full and the curated corpus, and, given a
 labelled pool, ``build_prompts`` for an evaluation set. Its own report puts the savings of the
 whole chain in one table: rows, tokens and FLOPs before and after, followed by the saved-compute
-report the library writes to ``out/report.md`` (:mod:`datadiet.pipeline.demo.report`: claims
+report the library writes to ``out/report.md`` (:mod:`datadiet.experiments.report`: claims
 against targets, the loss-vs-FLOPs plot with the target line, honest notes). A progress display
 (stage lines in the log, a progress artifact in the UI) says which stage runs and the time left.
 """
@@ -19,20 +19,20 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from pydantic import Field, field_validator, model_validator
 
+from datadiet.experiments.comparison import summarize_pretraining
+from datadiet.experiments.progress import StageClock, plan_efficiency
+from datadiet.experiments.prompts import compare_strategies
+from datadiet.experiments.report import PromptResults, SavingsReport, write_savings_report
 from datadiet.flows.common import FlowParams, cached_task, stored
 from datadiet.flows.curate import DEFAULT_SPEC, CurateParams, ScaleOut, curate
 from datadiet.flows.prompts import PromptParams, build_prompts
 from datadiet.flows.report import before_after_rows, markdown_table, publish
 from datadiet.flows.training import TrainBudget, TrainMeasureParams, train_and_measure
-from datadiet.pipeline.demo.comparison import summarize_pretraining
-from datadiet.pipeline.demo.progress import StageClock, plan_efficiency
-from datadiet.pipeline.demo.report import PromptResults, SavingsReport, write_savings_report
 from datadiet.pipeline.io import source_fingerprint
 from datadiet.pipeline.report import RunContext, inline_images
 from datadiet.pipeline.savings import load_run_report
 from datadiet.prompting.demos import load_template
 from datadiet.prompting.icl import read_labelled
-from datadiet.prompting.strategies import compare_strategies
 
 
 class EfficiencyParams(FlowParams):

@@ -2,7 +2,7 @@
 
 One writer for ``benchmarks/e2e.py``, ``datadiet demo`` and the ``efficiency`` flow (which
 publishes the same markdown as a Prefect artifact). It takes plain summaries — the dict of
-:func:`~datadiet.pipeline.demo.comparison.pretraining_comparison`, a fine-tuning summary of
+:func:`~datadiet.experiments.comparison.pretraining_comparison`, a fine-tuning summary of
 the same shape, and rows of ``{strategy, accuracy, mean_prompt_tokens}`` for prompts — so it
 imports nothing from the prompting or selector rooms.
 

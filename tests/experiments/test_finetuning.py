@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from datadiet.pipeline.demo.comparison import small_train_config
-from datadiet.pipeline.demo.finetuning import (
+from datadiet.experiments.comparison import small_train_config
+from datadiet.experiments.finetuning import (
     EVAL_ROWS,
     POOL_ROWS,
     FinetuneSettings,
     finetuning_comparison,
     t0_pairs,
 )
-from datadiet.pipeline.demo.report import SavingsReport, write_savings_report
+from datadiet.experiments.report import SavingsReport, write_savings_report
 from datadiet.pipeline.models.tokenizer import train_bpe_tokenizer
 from datadiet.pipeline.report import RunContext
 from datadiet.pipeline.stages.training import train

@@ -42,7 +42,7 @@ __all__ = ["FinetuneSettings", "finetuning_comparison", "t0_pairs"]
 
 END_OF_TEXT = "<|endoftext|>"
 #: Rows of each T0 template file: the pre-training mixture takes the first 40 of every file
-#: (:mod:`~datadiet.pipeline.demo.mixture`), the pool the next 60, evaluation the 20 after.
+#: (:mod:`~datadiet.experiments.mixture`), the pool the next 60, evaluation the 20 after.
 POOL_ROWS, EVAL_ROWS = slice(40, 100), slice(100, 120)
 
 
