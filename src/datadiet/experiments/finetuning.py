@@ -18,8 +18,10 @@ Two accounts, kept apart (Yin & Rush 2025: leaving the selection out flatters it
   ``N·E >= S / (6·T·(1 - 1/r))``. The table assumes the measured ``r`` carries over to the larger
   trainee — an assumption the small runs here cannot test, and the report says so.
 
-Training: a pair is one text (prompt, newline, response), packed, every token a target, as in
-plain packed fine-tuning; only the evaluation masks the prompt.
+Training: one block per pair (the prompt's tail, the response, an end-of-text token), the loss
+on the response only, as supervised fine-tuning usually runs (``response_only``; ``False`` packs
+``prompt + newline + response`` as plain text with every token a target). Every arm pays the
+same FLOPs per step (full blocks, padding included), so FLOPs ratios are step ratios.
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ __all__ = [
     "FinetuneSettings",
     "break_even",
     "finetuning_comparison",
+    "finetuning_stage",
     "pretrain_base",
     "removal_precision",
+    "sft_train_config",
     "smollm2_scoring_flops",
 ]
 
@@ -77,6 +81,7 @@ class FinetuneSettings:
     seeds: Sequence[int] = (0, 1, 2)
     data_seed: int = 0
     methods: dict[str, list[dict[str, dict]]] = field(default_factory=dict)
+    response_only: bool = True
 
 
 def pretrain_base(out: str | os.PathLike, corpus: Any, config: TrainConfig) -> Path:
@@ -211,13 +216,20 @@ def finetuning_comparison(
     for name, method_spec in settings.methods.items():
         say(f"fine-tuning data: selecting with {name}")
         selections[name] = _select(name, method_spec, pool, out / "selections")
-    arms: dict[str, Dataset] = {"all": _as_text(rows)}
-    arms.update({name: _as_text([r for r in rows if str(r["id"]) in sel["kept"]])
-                 for name, sel in selections.items()})
     tokenizer = load_tokenizer(base_model)
     config = settings.train.model_copy(update={
         "init_from": str(base_model), "tokenizer": None,
         "max_eval_blocks": max(settings.train.max_eval_blocks, len(held_out))})  # every pair
+
+    def arm_data(subset: list[dict]) -> Any:
+        if not settings.response_only:
+            return _as_text(subset)
+        return pack_pairs([r["prompt"] for r in subset], [r["completion"] for r in subset],
+                          tokenizer, config.seq_len)
+
+    arms = {"all": arm_data(rows)}
+    arms.update({name: arm_data([r for r in rows if str(r["id"]) in sel["kept"]])
+                 for name, sel in selections.items()})
     evaluation = pack_pairs([r["prompt"] for r in held_out], [r["completion"] for r in held_out],
                             tokenizer, config.seq_len)
 
@@ -297,3 +309,41 @@ def _summarize(rows: list[dict], held_out: list[dict], base_model: Any, spec: li
         "planted": removal,
         "arms_table": table,
     }
+
+
+def sft_train_config(budget: TrainConfig, steps: int, lr: float | None = None) -> TrainConfig:
+    """The fine-tuning budget from a pre-training one: same model shape, batch and window,
+    ``steps`` steps (an eval every twentieth of them), no checkpoints, no model saved."""
+    return budget.model_copy(update={
+        "max_steps": steps, "max_tokens": None, "eval_every": max(1, steps // 20),
+        "warmup_steps": min(budget.warmup_steps, max(1, steps // 10)),
+        "lr": lr if lr is not None else budget.lr, "save_model": False, "checkpoint_every": 0,
+        "data": None, "eval_data": None})
+
+
+def finetuning_stage(
+    out: str | os.PathLike,
+    pool: str | os.PathLike,
+    eval_pairs: str | os.PathLike,
+    spec: list[dict[str, dict]],
+    budget: TrainConfig,
+    *,
+    steps: int,
+    base: str | os.PathLike | None = None,
+    base_corpus: Any = None,
+    truth: str | os.PathLike | None = None,
+    seeds: Sequence[int] = (0,),
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The efficiency chain's fine-tuning stage, one call: the base model (``base``, or the
+    budget's model pre-trained on ``base_corpus`` into ``out/base``), then
+    :func:`finetuning_comparison` with ``steps`` fine-tuning steps per arm."""
+    out = Path(out)
+    if base is None:
+        if base_corpus is None:
+            raise ValueError("fine-tuning stage: give a base model or a corpus to pre-train one")
+        (progress or (lambda message: None))("pre-training the fine-tuning base")
+        base = pretrain_base(out / "base", base_corpus, budget)
+    settings = FinetuneSettings(train=sft_train_config(budget, steps), seeds=tuple(seeds))
+    return finetuning_comparison(out, pool, eval_pairs, base, spec, settings, truth=truth,
+                                 progress=progress)

@@ -14,23 +14,26 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from pydantic import Field, field_validator, model_validator
 
 from datadiet.experiments.comparison import summarize_pretraining
+from datadiet.experiments.finetuning import DEFAULT_SFT_SPEC, finetuning_stage
 from datadiet.experiments.progress import StageClock, plan_efficiency
 from datadiet.experiments.prompts import compare_strategies
 from datadiet.experiments.report import PromptResults, SavingsReport, write_savings_report
 from datadiet.flows.common import FlowParams, cached_task, stored
-from datadiet.flows.curate import DEFAULT_SPEC, CurateParams, ScaleOut, curate
+from datadiet.flows.curate import DEFAULT_SPEC, CurateParams, ScaleOut, curate, normalised_spec
 from datadiet.flows.prompts import PromptParams, build_prompts
 from datadiet.flows.report import before_after_rows, markdown_table, publish
 from datadiet.flows.training import TrainBudget, TrainMeasureParams, train_and_measure
 from datadiet.pipeline.io import source_fingerprint
 from datadiet.pipeline.report import RunContext, inline_images
 from datadiet.pipeline.savings import load_run_report
+from datadiet.pipeline.stages.training import TrainConfig
 from datadiet.prompting.demos import load_template
 from datadiet.prompting.icl import read_labelled
 
@@ -55,6 +58,17 @@ class EfficiencyParams(FlowParams):
     compress_rate: float = Field(0.5, gt=0.0, le=1.0)
     compression_model: str | None = Field(None, description="Scoring model for compression.")
     prompt_limit: int | None = Field(None, ge=1, description="Use only the first N queries.")
+    sft_pool: str | None = Field(None, description="Instruction pool (JSONL: id, prompt, "
+                                 "completion) for the fine-tuning stage; empty = skip it.")
+    sft_eval: str | None = Field(None, description="Clean held-out pairs (same fields) the "
+                                 "fine-tuned models are evaluated on.")
+    sft_truth: str | None = Field(None, description="The pool's ground truth (truth.json of a "
+                                  "planted pool), to report which planted rows were removed.")
+    sft_spec: str = Field(yaml.safe_dump(DEFAULT_SFT_SPEC, sort_keys=False),
+                          description="Fine-tuning selection steps (YAML text or a spec file).")
+    sft_base: str | None = Field(None, description="Model folder to fine-tune; empty = the "
+                                 "budget's model pre-trained on `source` first.")
+    sft_steps: int = Field(60, ge=1, description="Fine-tuning steps of every arm.")
 
     @field_validator("source", "eval_data")
     @classmethod
@@ -70,6 +84,12 @@ class EfficiencyParams(FlowParams):
             raise ValueError("pool and eval_set: give both (to build prompts) or neither")
         if self.pool is not None:
             self.prompt_params()
+        if (self.sft_pool is None) != (self.sft_eval is None):
+            raise ValueError("sft_pool and sft_eval: give both (to fine-tune) or neither")
+        for path in (self.sft_pool, self.sft_eval, self.sft_truth, self.sft_base):
+            if path is not None:
+                source_fingerprint(path)
+        normalised_spec(self.sft_spec)
         return self
 
     def curate_params(self) -> CurateParams:
@@ -97,7 +117,10 @@ def _clock(params: EfficiencyParams) -> StageClock:
             rows = sum(1 for _ in f)
     config = params.budget.config(params.source, params.eval_data)
     tokens = config.steps_for(1) * config.batch_size * config.grad_accum * config.seq_len
-    plan = plan_efficiency(rows, 2, tokens, (params.prompt_limit or 20) if params.pool else 0)
+    sft_runs = 0 if params.sft_pool is None else 3 + (params.sft_base is None) * config.max_steps \
+        / max(params.sft_steps, 1)  # the base's pre-training, in fine-tuning runs
+    plan = plan_efficiency(rows, 2, tokens, (params.prompt_limit or 20) if params.pool else 0,
+                           sft_tokens=int(sft_runs * tokens * params.sft_steps / config.max_steps))
     progress = create_progress_artifact(0.0, key="datadiet-efficiency-progress",
                                         description="Stages of the efficiency chain done")
     return StageClock(plan, say=print,
@@ -119,8 +142,18 @@ def score_strategies(pool: str, pool_fingerprint: str, eval_set: str, eval_finge
     return asdict(results)
 
 
+@cached_task(task_run_name="fine-tune all vs selected vs random on {pool}")
+def finetune(pool: str, pool_fingerprint: str, eval_pairs: str, eval_fingerprint: str,
+             spec: list, budget: dict, settings: dict) -> dict:
+    """The fine-tuning stage (one library call); returns its summary."""
+    return finetuning_stage(settings["out"], pool, eval_pairs, spec, TrainConfig(**budget),
+                            steps=settings["steps"], base=settings["base"],
+                            base_corpus=settings["source"], truth=settings["truth"],
+                            progress=print)
+
+
 def write_report(params: EfficiencyParams, curated: dict, trained: dict,
-                 strategies: dict | None) -> Path:
+                 strategies: dict | None, finetuned: dict | None = None) -> Path:
     """``out/report.md`` and its plots, written by the library from the subflows' files."""
     runs = trained["runs"]
     summary = summarize_pretraining(params.source, curated["out"],
@@ -130,8 +163,9 @@ def write_report(params: EfficiencyParams, curated: dict, trained: dict,
         context=RunContext(command=f"efficiency flow run {flow_run.name or '-'} "
                            f"(source {params.source})", seeds=summary["seeds"],
                            data=f"{params.source}; eval {params.eval_data}"),
-        pretraining=summary,
-        missing={"sft": "the efficiency chain has no fine-tuning stage"})
+        pretraining=summary, finetuning=finetuned)
+    if finetuned is None:
+        report.missing["sft"] = "no instruction pool given (flow parameter `sft_pool`)"
     if strategies:
         report.prompts = PromptResults(**strategies)
     else:
@@ -147,6 +181,17 @@ def efficiency(params: EfficiencyParams) -> dict:
     curated = curate(params.curate_params())
     clock.start("train", "the same model on full and curated data, same budget")
     trained = train_and_measure(params.train_params(curated["out"]))
+    finetuned = None
+    if params.sft_pool:
+        clock.start("fine-tune", "all vs selected vs random instruction rows, same base")
+        finetuned = stored(finetune, params)(
+            pool=params.sft_pool, pool_fingerprint=source_fingerprint(params.sft_pool),
+            eval_pairs=params.sft_eval, eval_fingerprint=source_fingerprint(params.sft_eval),
+            spec=normalised_spec(params.sft_spec),
+            budget=params.budget.config(params.source, params.eval_data).model_dump(),
+            settings={"out": str(Path(params.out) / "finetuning"), "steps": params.sft_steps,
+                      "base": params.sft_base, "source": params.source,
+                      "truth": params.sft_truth})
     prompts = None
     strategies = None
     if params.pool:
@@ -160,7 +205,7 @@ def efficiency(params: EfficiencyParams) -> dict:
             settings=prompt_params.model_dump(include={"k", "compress_rate", "model", "limit",
                                                        "template", "label_field"}))
     clock.start("report")
-    report_path = write_report(params, curated, trained, strategies)
+    report_path = write_report(params, curated, trained, strategies, finetuned)
     comparison = trained["comparison"]
     runs = trained["runs"]
     measures = {
@@ -171,6 +216,9 @@ def efficiency(params: EfficiencyParams) -> dict:
         f"training FLOPs to eval loss {comparison['target_eval_loss']:.4g}": (
             comparison["baseline_flops"], comparison["candidate_flops"]),
     }
+    if finetuned:
+        selected = finetuned["selections"]["selected"]
+        measures["instruction rows"] = (finetuned["pool_rows"], selected["rows_out"])
     if prompts:
         measures["prompt tokens"] = (prompts["tokens_before"], prompts["tokens_after"])
     table = before_after_rows(measures)
@@ -187,7 +235,8 @@ def efficiency(params: EfficiencyParams) -> dict:
     publish("datadiet-efficiency", "Efficiency report: curation, training, prompts", sections,
             table, "The chain's savings: before (full / uncompressed) and after")
     clock.finish()
-    return {"curate": curated, "train": trained, "prompts": prompts, "report": str(report_path)}
+    return {"curate": curated, "train": trained, "finetune": finetuned, "prompts": prompts,
+            "report": str(report_path)}
 
 
 __all__ = ["EfficiencyParams", "efficiency"]
