@@ -105,6 +105,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from datadiet.experiments.corpus import data_kit
+
+    data_kit(args.data)  # no kit: exit 2 before Prefect is even imported
     from datadiet.flows.demo import main as flow_demo
 
     return flow_demo(["--out", args.out, "--steps", str(args.steps),

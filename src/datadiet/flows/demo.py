@@ -31,16 +31,12 @@ from datadiet.experiments.comparison import (
     prepare_tokenizer,
     small_train_config,
 )
-from datadiet.experiments.corpus import find_shared_data
+from datadiet.experiments.corpus import DataKitMissing, data_kit
 from datadiet.experiments.mixture import MixtureSizes, build_mixture
 from datadiet.experiments.sft_pool import PoolMix, build_sft_pool
 from datadiet.flows.efficiency import EfficiencyParams, efficiency
 from datadiet.flows.training import TrainBudget
-from datadiet.pipeline.io import UserError, atomic_write_text
-
-
-class DataKitMissing(UserError):
-    """The demo measures on real data only; where the kit is not found it stops (exit 2)."""
+from datadiet.pipeline.io import atomic_write_text
 
 
 def _sst2_jsonl(source: Path, target: Path, n: int) -> Path:
@@ -49,21 +45,6 @@ def _sst2_jsonl(source: Path, target: Path, n: int) -> Path:
              "label": "positive" if line[:1] == "1" else "negative"} for i, line in enumerate(lines)]
     atomic_write_text(target, "".join(json.dumps(r) + "\n" for r in rows))
     return target
-
-
-def data_kit(data: str | os.PathLike | None = None) -> Path:
-    """The real-data kit: ``data``, or the usual places (:func:`find_shared_data`); else stop."""
-    found = Path(data) if data else find_shared_data()
-    wanted = ("lm/wikitext2_valid.txt", "sft/t0_train", "math/gsm8k_train.jsonl",
-              "icl/sst2/train.txt")
-    if found is None or not all((found / w).exists() for w in wanted):
-        where = f"{found}" if found else (f"$DATADIET_SHARED_DATA or ../shared/data above "
-                                          f"{Path.cwd()}")
-        raise DataKitMissing(
-            f"the real-data kit was not found at {where} (it needs {', '.join(wanted)}). Run "
-            "the demo from the repository beside shared/data, or pass --data DIR or set "
-            "DATADIET_SHARED_DATA; the demo does not measure savings on made-up text.")
-    return found
 
 
 def demo_params(out: Path, sizes: MixtureSizes | None = None, steps: int = 100,
