@@ -73,14 +73,16 @@ BREAK_EVEN_TRAINEES = {"135M": 135e6, "1B": 1e9, "7B": 7e9, "70B": 70e9}
 class FinetuneSettings:
     """What one fine-tuning comparison runs (``train.init_from`` is set to the base model).
 
-    ``methods`` adds arms beside ``selected`` and ``random``: name → spec (benchmarks compare
-    several selectors on one pool). ``random`` always draws as many rows as ``selected`` kept.
+    ``methods`` adds arms beside ``selected`` and ``random`` (benchmarks compare several
+    selectors on one pool): name → a function of ``k`` that returns the spec, ``k`` being the
+    rows ``selected`` kept, so a ranking method gets the same budget. ``random`` always draws
+    ``k`` rows.
     """
 
     train: TrainConfig
     seeds: Sequence[int] = (0, 1, 2)
     data_seed: int = 0
-    methods: dict[str, list[dict[str, dict]]] = field(default_factory=dict)
+    methods: dict[str, Callable[[int], list[dict[str, dict]]]] = field(default_factory=dict)
     response_only: bool = True
 
 
@@ -215,7 +217,7 @@ def finetuning_comparison(
     selections["random"] = _select("random", random_spec, pool, out / "selections")
     for name, method_spec in settings.methods.items():
         say(f"fine-tuning data: selecting with {name}")
-        selections[name] = _select(name, method_spec, pool, out / "selections")
+        selections[name] = _select(name, method_spec(k), pool, out / "selections")
     tokenizer = load_tokenizer(base_model)
     config = settings.train.model_copy(update={
         "init_from": str(base_model), "tokenizer": None,

@@ -65,18 +65,20 @@ RESTATE_PREFIXES = ("", "", "You asked: ", "The question is: ", "Question: ")
 class PoolMix:
     """Rows in the pool and the share of each kind (the clean T0 rows are the rest).
 
-    The defaults plant 45 % of the rows as problems — about what audits of merged public
-    instruction sets report for "low quality" — and give 10 % to long worked answers.
+    The defaults plant 30 % of the rows as problems (6 % near-duplicate instructions, 5 % each
+    swapped, truncated and generic responses, 4.5 % each restated and off-topic rows) and give
+    10 % to long worked answers; 60 % are clean T0 rows. At 30 % a random removal is right 30 %
+    of the time, so a perfect filter scores 3.3x random's precision.
     """
 
     rows: int = 800
     eval_rows: int = 160
-    near_duplicate: float = 0.10
-    swapped: float = 0.08
-    truncated: float = 0.08
-    generic: float = 0.07
-    restated: float = 0.06
-    off_topic: float = 0.06
+    near_duplicate: float = 0.06
+    swapped: float = 0.05
+    truncated: float = 0.05
+    generic: float = 0.05
+    restated: float = 0.045
+    off_topic: float = 0.045
     long_good: float = 0.10
     seed: int = 0
 
@@ -273,7 +275,11 @@ def planted_removed(truth: dict[str, Any], kept_ids: set[str]) -> list[dict[str,
     """
     kinds: dict[str, str] = truth["kinds"]
     planted: collections.Counter = collections.Counter(kinds.values())
-    removed = collections.Counter(k for i, k in kinds.items() if i not in kept_ids)
+    # an original dropped while its copy stays is the pair handled, not a good row lost
+    stood_in = {original for copy, original in truth["duplicate_of"].items()
+                if copy in kept_ids and original not in kept_ids}
+    removed = collections.Counter(k for i, k in kinds.items()
+                                  if i not in kept_ids and i not in stood_in)
     caught_pairs = sum(1 for copy, original in truth["duplicate_of"].items()
                        if copy not in kept_ids or original not in kept_ids)
     removed["near_duplicate"] = min(caught_pairs, planted["near_duplicate"])
