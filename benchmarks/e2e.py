@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from datadiet.experiments.comparison import (
     PretrainSettings,
@@ -114,7 +115,11 @@ def measure_finetuning(out: Path, args: argparse.Namespace, seeds: list[int],
             "cache": False}}],
     }
     settings = FinetuneSettings(train=tune, seeds=seeds, methods=methods)
-    return finetuning_comparison(out, pool.pool, pool.eval, base, DEFAULT_SFT_SPEC, settings,
+    spec = DEFAULT_SFT_SPEC
+    if args.sft_spec:  # another spec in the `selected` arm; `{base}` names the base model
+        text = Path(args.sft_spec).read_text(encoding="utf-8").replace("{base}", str(base))
+        spec = yaml.safe_load(text)
+    return finetuning_comparison(out, pool.pool, pool.eval, base, spec, settings,
                                  truth=pool.truth, progress=progress)
 
 
@@ -130,6 +135,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="bpe (a 1,024-token BPE fitted to the raw corpus; default) or bytes")
     parser.add_argument("--sft-epochs", type=float, default=2.0,
                         help="fine-tuning budget, in epochs of the whole pool (default 2)")
+    parser.add_argument("--sft-spec", default=None,
+                        help="YAML spec for the selected arm (default: DEFAULT_SFT_SPEC); the "
+                        "text {base} is replaced by the base model's folder")
     parser.add_argument("--sft-base-steps", type=int, default=300,
                         help="pre-training steps of the base when the pretrain part is skipped")
     parser.add_argument("--parts", default="pretrain,sft,prompts",

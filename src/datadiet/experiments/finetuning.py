@@ -270,14 +270,17 @@ def _summarize(rows: list[dict], held_out: list[dict], base_model: Any, spec: li
         losses = spread([r["final_eval_loss"] for r in runs])
         row = {"rows": len(rows) if arm == "all" else len(selections[arm]["kept"]),
                "final eval loss (mean)": losses["mean"], "spread (std)": losses["std"]}
-        if arm != "all":
-            row.update({
-                "tokens/FLOPs to all's loss, ratio (no selection)": efficiency[arm]["mean"],
-                "selection FLOPs": extra[arm],
-                "FLOPs ratio incl. selection": comparisons[arm]["ratio"]["mean"],
-                "seeds reaching all's loss": f"{comparisons[arm]['reached']}/{len(runs)}"})
-            if arm in removal:
-                row["precision at removing planted rows"] = removal[arm]["precision"]
+        other = arm != "all"  # every row has every column (the table takes the first's)
+        row.update({
+            "tokens/FLOPs to all's loss, ratio (no selection)":
+                efficiency[arm]["mean"] if other else 1.0,
+            "seeds reaching all's loss": f"{comparisons[arm]['reached']}/{len(runs)}"
+            if other else "-",
+            "selection FLOPs": extra[arm] if other else 0.0,
+            "FLOPs ratio incl. selection": comparisons[arm]["ratio"]["mean"] if other else 1.0})
+        if removal:
+            row["precision at removing planted rows"] = removal[arm]["precision"] \
+                if other else None
         table[arm] = row
     ratio = efficiency["selected"]["mean"]
     return {

@@ -90,6 +90,20 @@ def headline_numbers(report: SavingsReport) -> dict[str, Any]:
         out[f"{key}_flops_ratio"] = ratio["mean"]
         out[f"{key}_flops_ratio_spread"] = ratio
         out[f"{key}_seeds_reached"] = f"{ratio['n']}/{ratio['of']}"
+    if report.finetuning is not None:
+        part = report.finetuning
+        out["sft_data_efficiency"] = (part.get("data_efficiency") or {}).get("selected")
+        out["sft_break_even_params"] = ((part.get("break_even") or {}).get("selected")
+                                        or {}).get("params_epochs")
+        out["sft_final_eval_loss"] = {arm: row["final eval loss (mean)"]
+                                      for arm, row in part.get("arms_table", {}).items()}
+        out["sft_removal_precision"] = {name: r["precision"]
+                                        for name, r in (part.get("planted") or {}).items()}
+        out["sft_by_method"] = {name: {"data_efficiency": eff["mean"],
+                                       "flops_ratio": part["comparisons"][name]["ratio"]["mean"],
+                                       "break_even_params": part["break_even"][name]
+                                       ["params_epochs"]}
+                                for name, eff in (part.get("data_efficiency") or {}).items()}
     prompts = report.prompts
     if prompts is None:
         out["prompt_token_ratio"] = out["icl_acc_drop"] = None
