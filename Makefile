@@ -53,6 +53,7 @@ bench: $(STAMP) $(NATIVE)
 	$(PY) benchmarks/scorer_cpu.py --quick
 	$(PY) benchmarks/compression.py --quick
 	$(PY) benchmarks/icl.py --quick
+	$(PY) benchmarks/sft_quality.py --quick
 	$(PY) benchmarks/e2e.py --quick --out e2e-out
 	$(PY) benchmarks/kernels_gpu.py
 
