@@ -52,8 +52,10 @@ $(CORE_STAMP): pyproject.toml constraints.txt
 	$(CORE_PY) -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(CORE_STAMP)
 
+# The demo needs the real-data kit (../shared/data, or DATADIET_SHARED_DATA) and stops (exit 2)
+# without it. Options go through DEMO_ARGS: make demo DEMO_ARGS="--prompts 3 --sft-steps 40"
 demo: $(STAMP) $(NATIVE)
-	$(VENV)/bin/datadiet demo
+	$(VENV)/bin/datadiet demo $(DEMO_ARGS)
 
 test: $(STAMP) $(NATIVE) test-core
 	$(PY) -m ruff check src tests benchmarks
@@ -70,6 +72,7 @@ bench: $(STAMP) $(NATIVE)
 	$(PY) benchmarks/scorer_cpu.py --quick
 	$(PY) benchmarks/compression.py --quick
 	$(PY) benchmarks/icl.py --quick
+	$(PY) benchmarks/sft_quality.py --quick
 	$(PY) benchmarks/e2e.py --quick --out e2e-out
 	$(PY) benchmarks/kernels_gpu.py
 

@@ -330,7 +330,7 @@ NEEDLES = [
 
 def wikitext_paragraphs(min_chars: int = 300, max_chars: int = 1000) -> list[str]:
     """Body paragraphs of WikiText-2's validation split (detokenised, headings skipped)."""
-    from datadiet.pipeline.demo.corpus import wikitext_paragraphs as read
+    from datadiet.experiments.corpus import wikitext_paragraphs as read
 
     return [p for p in read(DATA / "lm" / "wikitext2_valid.txt", min_words=1)
             if min_chars <= len(p) <= max_chars]

@@ -13,10 +13,15 @@ Parts:
   minhash_dedup, quality and DSIR (target: a WikiText-2 valid sample disjoint from the corpus);
   the same small Llama trained on full vs curated data — same tokenizer (a BPE fitted to the raw
   corpus), seeds and FLOP budget — eval loss on WikiText-2 test
-  (:mod:`datadiet.pipeline.demo.comparison`);
-* fine-tuning — T0 rows: an IFD subset (scored by the base model, the pre-training part's
-  full-data run) vs a random subset vs all rows, same base, budget and seeds, eval loss on
-  held-out T0 responses (:mod:`datadiet.pipeline.demo.finetuning`);
+  (:mod:`datadiet.experiments.comparison`);
+* fine-tuning — the planted instruction pool (:mod:`datadiet.experiments.sft_pool`: T0 rows,
+  GSM8K worked answers, 30 % planted problems); the default fine-tuning spec (response rules,
+  then MinHash dedup) vs a random subset of the same size vs all rows, plus the longest
+  responses and Superfiltering scored by the base itself (a small scorer) at the same size;
+  the same base (the pre-training part's full-data model, or with ``--parts sft`` alone a small
+  base pre-trained on the same raw corpus), budget and seeds; eval loss on clean held-out
+  responses; data efficiency, selection FLOPs and the break-even table
+  (:mod:`datadiet.experiments.finetuning`);
 * prompts — SST-2 dev with SmolLM2-135M-Instruct: zero-shot, random 8-shot, kNN 8-shot with the
   most similar last, and that compressed; accuracy and mean prompt tokens
   (:mod:`datadiet.prompting.icl`).
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -40,23 +46,33 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
-from datadiet.pipeline.demo.comparison import (
+from datadiet.experiments.comparison import (
     PretrainSettings,
+    prepare_tokenizer,
     pretraining_comparison,
     small_train_config,
 )
-from datadiet.pipeline.demo.finetuning import FinetuneSettings, finetuning_comparison
-from datadiet.pipeline.demo.report import (
+from datadiet.experiments.finetuning import (
+    DEFAULT_SFT_SPEC,
+    FinetuneSettings,
+    finetuning_comparison,
+    pretrain_base,
+)
+from datadiet.experiments.mixture import MixtureSizes, build_mixture
+from datadiet.experiments.prompts import compare_strategies
+from datadiet.experiments.report import (
     PromptResults,
     SavingsReport,
     headline_numbers,
     write_savings_report,
 )
+from datadiet.experiments.sft_pool import PoolMix, build_sft_pool
 from datadiet.pipeline.report import RunContext
+from datadiet.pipeline.stages.training import load_text_dataset
 from datadiet.prompting.demos import preset
 from datadiet.prompting.icl import fixed_subset, read_labelled_lines
-from datadiet.prompting.strategies import compare_strategies
 
 DATA = Path(
     os.environ.get("DATADIET_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -75,6 +91,38 @@ def measure_prompts(quick: bool, seeds: list[int], progress: Callable[[str], Non
                               k=8, compress_rate=0.25, seeds=seeds, progress=progress)
 
 
+def measure_finetuning(out: Path, args: argparse.Namespace, seeds: list[int],
+                       pretraining: dict | None, progress: Callable[[str], None]) -> dict:
+    """The fine-tuning part: planted pool, default spec vs random vs all (and two baselines)."""
+    if pretraining is not None:
+        base = Path(pretraining["runs"]["full"][0]["run_dir"]) / "model"
+    else:  # --parts sft alone: a small base on the same raw corpus and tokenizer approach
+        progress("pre-training a small base for the fine-tuning part")
+        mixture = build_mixture(out / "mixture", DATA, MixtureSizes.quick())
+        tokenizer = prepare_tokenizer("bpe", mixture.corpus, out / "tokenizer")
+        base = pretrain_base(out / "base", load_text_dataset(mixture.corpus), small_train_config(
+            True, tokenizer=tokenizer, max_steps=args.sft_base_steps, eval_every=50,
+            num_threads=args.threads))
+    mix = PoolMix.quick() if args.quick else PoolMix()
+    pool = build_sft_pool(out / "pool", DATA, mix)
+    steps = math.ceil(args.sft_epochs * mix.rows / 16)  # batch 16, one pair per block
+    tune = small_train_config(args.quick, max_steps=steps, eval_every=max(1, steps // 25),
+                              lr=2e-3, warmup_steps=3, num_threads=args.threads)
+    methods = {
+        "longest": lambda k: [{"longest": {"keep": k}}],
+        "superfiltering (scorer: the base)": lambda k: [{"ifd": {
+            "keep": k, "ratio": "ppl", "max_ifd": None, "model": str(base), "max_length": 128,
+            "cache": False}}],
+    }
+    settings = FinetuneSettings(train=tune, seeds=seeds, methods=methods)
+    spec = DEFAULT_SFT_SPEC
+    if args.sft_spec:  # another spec in the `selected` arm; `{base}` names the base model
+        text = Path(args.sft_spec).read_text(encoding="utf-8").replace("{base}", str(base))
+        spec = yaml.safe_load(text)
+    return finetuning_comparison(out, pool.pool, pool.eval, base, spec, settings,
+                                 truth=pool.truth, progress=progress)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small corpus and model (minutes)")
@@ -85,6 +133,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "threads mostly measure contention)")
     parser.add_argument("--tokenizer", default="bpe",
                         help="bpe (a 1,024-token BPE fitted to the raw corpus; default) or bytes")
+    parser.add_argument("--sft-epochs", type=float, default=2.0,
+                        help="fine-tuning budget, in epochs of the whole pool (default 2)")
+    parser.add_argument("--sft-spec", default=None,
+                        help="YAML spec for the selected arm (default: DEFAULT_SFT_SPEC); the "
+                        "text {base} is replaced by the base model's folder")
+    parser.add_argument("--sft-base-steps", type=int, default=300,
+                        help="pre-training steps of the base when the pretrain part is skipped")
     parser.add_argument("--parts", default="pretrain,sft,prompts",
                         help="comma-separated subset of pretrain,sft,prompts")
     args = parser.parse_args(argv)
@@ -113,17 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
         report.missing["train"] = "skipped (--parts)"
     if "sft" not in parts:
         report.missing["sft"] = "skipped (--parts)"
-    elif report.pretraining is None:
-        report.missing["sft"] = "needs the pre-training part (its full-data model is the base)"
     else:
-        base = Path(report.pretraining["runs"]["full"][0]["run_dir"]) / "model"
-        tune = small_train_config(args.quick, max_steps=60 if args.quick else 200,
-                                  eval_every=5 if args.quick else 10, lr=1e-3, warmup_steps=5,
-                                  num_threads=args.threads)
-        sft = (FinetuneSettings.quick(tune, seeds) if args.quick
-               else FinetuneSettings(train=tune, seeds=seeds))
-        report.finetuning = finetuning_comparison(out / "finetuning", DATA, base, sft,
-                                                  progress=progress)
+        report.finetuning = measure_finetuning(out / "finetuning", args, seeds, report.pretraining,
+                                               progress)
     if "prompts" in parts:
         report.prompts = measure_prompts(args.quick, seeds, progress=progress)
     else:

@@ -32,7 +32,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def wiki_paragraphs(shared_data: Path) -> list[str]:
-    from datadiet.pipeline.demo.corpus import wikitext_paragraphs
+    from datadiet.experiments.corpus import wikitext_paragraphs
 
     return wikitext_paragraphs(shared_data / "lm" / "wikitext2_valid.txt")
 

@@ -135,14 +135,22 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo-out", help="where to write (default: demo-out)")
     p.add_argument("--steps", type=int, default=100, help="training steps of each run")
     p.add_argument("--prompts", type=int, default=6, help="SST-2 prompts to build (0: skip)")
+    p.add_argument("--sft-steps", type=int, default=60,
+                   help="fine-tuning steps of each arm (0: skip the fine-tuning stage)")
+    p.add_argument("--data", default=None, help="the real-data kit (default: "
+                   "$DATADIET_SHARED_DATA, else ../shared/data above the working folder)")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
+    from datadiet.experiments.corpus import data_kit
+
+    data_kit(args.data)  # no kit: exit 2 before Prefect is even imported
     from datadiet.flows.demo import main as flow_demo
 
     return flow_demo(["--out", args.out, "--steps", str(args.steps),
-                      "--prompts", str(args.prompts)])
+                      "--prompts", str(args.prompts), "--sft-steps", str(args.sft_steps),
+                      *(["--data", args.data] if args.data else [])])
 
 
 #: Sub-commands whose parsers live in this module: parsing one of them imports nothing else.

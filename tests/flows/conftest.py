@@ -97,7 +97,7 @@ def prefect_api(prefect_server: str) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """The demo corpus: real WikiText and Doyle paragraphs with planted copies and junk."""
-    from datadiet.pipeline.demo.corpus import build_sample_corpus
+    from datadiet.experiments.corpus import build_sample_corpus
 
     path = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     build_sample_corpus(path, n_base=120, shared_data=shared_data)

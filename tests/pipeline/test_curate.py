@@ -13,8 +13,8 @@ import pytest
 from datasets import Dataset, load_dataset
 
 from datadiet.cli import main
+from datadiet.experiments.corpus import build_sample_corpus
 from datadiet.pipeline.curate import curate, load_spec
-from datadiet.pipeline.demo.corpus import build_sample_corpus
 from datadiet.pipeline.manifest import Manifest
 from datadiet.selectors.exact import ExactDedup
 from datadiet.selectors.quality import QualityFilter

@@ -20,7 +20,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from datadiet.pipeline.demo.corpus import gutenberg_paragraphs
+from datadiet.experiments.corpus import gutenberg_paragraphs
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.pipeline.text import words
 from datadiet.selectors import minhash as mh

@@ -4,7 +4,7 @@ It chains the three flows as subflows (each keeps its own report and cache): ``c
 corpus, ``train_and_measure`` the same model on the full and the curated corpus, and, given a
 labelled pool, ``build_prompts`` for an evaluation set. Its own report puts the savings of the
 whole chain in one table: rows, tokens and FLOPs before and after, followed by the saved-compute
-report the library writes to ``out/report.md`` (:mod:`datadiet.pipeline.demo.report`: claims
+report the library writes to ``out/report.md`` (:mod:`datadiet.experiments.report`: claims
 against targets, the loss-vs-FLOPs plot with the target line, honest notes). A progress display
 (stage lines in the log, a progress artifact in the UI) says which stage runs and the time left.
 """
@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from datadiet.experiments.comparison import summarize_pretraining
+from datadiet.experiments.finetuning import DEFAULT_SFT_SPEC, finetuning_stage
+from datadiet.experiments.progress import StageClock, plan_efficiency
+from datadiet.experiments.prompts import compare_strategies
+from datadiet.experiments.report import PromptResults, SavingsReport, write_savings_report
 from datadiet.flows.common import (
     FlowParams,
     cached_task,
@@ -35,19 +41,20 @@ from datadiet.flows.curation import (
     Shards,
     Workers,
     curate,
+    normalised_spec,
 )
 from datadiet.flows.prompts import Demos, Limit, PromptParams, Rate, build_prompts
 from datadiet.flows.report import before_after_rows, markdown_table, publish
 from datadiet.flows.training import TrainBudget, train_and_measure
-from datadiet.pipeline.demo.comparison import summarize_pretraining
-from datadiet.pipeline.demo.progress import StageClock, plan_efficiency
-from datadiet.pipeline.demo.report import PromptResults, SavingsReport, write_savings_report
 from datadiet.pipeline.io import source_fingerprint
 from datadiet.pipeline.report import RunContext, inline_images
 from datadiet.pipeline.savings import load_run_report
+from datadiet.pipeline.stages.training import TrainConfig
 from datadiet.prompting.demos import load_template
 from datadiet.prompting.icl import read_labelled
-from datadiet.prompting.strategies import compare_strategies
+
+SftSteps = Annotated[int, Field(ge=1)]
+DEFAULT_SFT_SPEC_YAML = yaml.safe_dump(DEFAULT_SFT_SPEC, sort_keys=False)
 
 
 class EfficiencyParams(FlowParams):
@@ -72,6 +79,12 @@ class EfficiencyParams(FlowParams):
     compress_rate: Rate
     compression_model: str | None
     prompt_limit: Limit
+    sft_pool: str | None
+    sft_eval: str | None
+    sft_truth: str | None
+    sft_spec: str
+    sft_base: str | None
+    sft_steps: SftSteps
 
     @field_validator("source", "eval_data")
     @classmethod
@@ -87,6 +100,12 @@ class EfficiencyParams(FlowParams):
             raise ValueError("pool and eval_set: give both (to build prompts) or neither")
         if self.pool is not None:
             PromptParams.of_call(build_prompts.fn, self.prompt_args())
+        if (self.sft_pool is None) != (self.sft_eval is None):
+            raise ValueError("sft_pool and sft_eval: give both (to fine-tune) or neither")
+        for path in (self.sft_pool, self.sft_eval, self.sft_truth, self.sft_base):
+            if path is not None:
+                source_fingerprint(path)
+        normalised_spec(self.sft_spec)
         return self
 
     @property
@@ -119,7 +138,10 @@ def _clock(params: EfficiencyParams) -> StageClock:
             rows = sum(1 for _ in f)
     config = params.train_budget.config(params.source, params.eval_data)
     tokens = config.steps_for(1) * config.batch_size * config.grad_accum * config.seq_len
-    plan = plan_efficiency(rows, 2, tokens, (params.prompt_limit or 20) if params.pool else 0)
+    sft_runs = 0 if params.sft_pool is None else 3 + (params.sft_base is None) * config.max_steps \
+        / max(params.sft_steps, 1)  # the base's pre-training, in fine-tuning runs
+    plan = plan_efficiency(rows, 2, tokens, (params.prompt_limit or 20) if params.pool else 0,
+                           sft_tokens=int(sft_runs * tokens * params.sft_steps / config.max_steps))
     progress = create_progress_artifact(
         0.0, key=f"{series_key('efficiency', params.source)}-progress",
         description="Stages of the efficiency chain done")
@@ -142,8 +164,18 @@ def score_strategies(pool: str, pool_fingerprint: str, eval_set: str, eval_finge
     return asdict(results)
 
 
+@cached_task(task_run_name=task_run_namer("fine-tune all vs selected vs random on {pool}"))
+def finetune(pool: str, pool_fingerprint: str, eval_pairs: str, eval_fingerprint: str,
+             spec: list, budget: dict, settings: dict) -> dict:
+    """The fine-tuning stage (one library call); returns its summary."""
+    return finetuning_stage(settings["out"], pool, eval_pairs, spec, TrainConfig(**budget),
+                            steps=settings["steps"], base=settings["base"],
+                            base_corpus=settings["source"], truth=settings["truth"],
+                            progress=get_run_logger().info)
+
+
 def write_report(params: EfficiencyParams, curated: dict, trained: dict,
-                 strategies: dict | None) -> Path:
+                 strategies: dict | None, finetuned: dict | None = None) -> Path:
     """``out/report.md`` and its plots, written by the library from the subflows' files."""
     runs = trained["runs"]
     summary = summarize_pretraining(params.source, curated["out"],
@@ -153,8 +185,9 @@ def write_report(params: EfficiencyParams, curated: dict, trained: dict,
         context=RunContext(command=f"efficiency flow run {flow_run.name or '-'} "
                            f"(source {params.source})", seeds=summary["seeds"],
                            data=f"{params.source}; eval {params.eval_data}"),
-        pretraining=summary,
-        missing={"sft": "the efficiency chain has no fine-tuning stage"})
+        pretraining=summary, finetuning=finetuned)
+    if finetuned is None:
+        report.missing["sft"] = "no instruction pool given (flow parameter `sft_pool`)"
     if strategies:
         report.prompts = PromptResults(**strategies)
     else:
@@ -182,6 +215,12 @@ def efficiency(
     compress_rate: Rate = 0.5,
     compression_model: str | None = None,
     prompt_limit: Limit = None,
+    sft_pool: str | None = None,
+    sft_eval: str | None = None,
+    sft_truth: str | None = None,
+    sft_spec: str = DEFAULT_SFT_SPEC_YAML,
+    sft_base: str | None = None,
+    sft_steps: SftSteps = 60,
     storage: str | None = None,
 ) -> dict:
     """Curate, train on full vs curated with one budget, build compressed prompts; report.
@@ -205,6 +244,15 @@ def efficiency(
         compress_rate: Keep this fraction of the demonstrations' tokens.
         compression_model: Scoring model for compression; empty = the offline SmolLM2.
         prompt_limit: Use only the first N queries.
+        sft_pool: Instruction pool (JSONL: id, prompt, completion) for the fine-tuning stage;
+            empty = skip it.
+        sft_eval: Clean held-out pairs (same fields) the fine-tuned models are evaluated on.
+        sft_truth: The pool's ground truth (truth.json of a planted pool), to report which
+            planted rows were removed.
+        sft_spec: Fine-tuning selection steps (YAML text or a spec file).
+        sft_base: Model folder to fine-tune; empty = the budget's model pre-trained on
+            `source` first.
+        sft_steps: Fine-tuning steps of every arm.
         storage: Folder for the task cache; empty = $DATADIET_FLOW_STORAGE or
             ~/.cache/datadiet/flows.
     """
@@ -214,6 +262,17 @@ def efficiency(
     curated = curate(**params.curate_args())
     clock.start("train", "the same model on full and curated data, same budget")
     trained = train_and_measure(**params.train_args(curated["out"]))
+    finetuned = None
+    if params.sft_pool:
+        clock.start("fine-tune", "all vs selected vs random instruction rows, same base")
+        finetuned = stored(finetune, params)(
+            pool=params.sft_pool, pool_fingerprint=source_fingerprint(params.sft_pool),
+            eval_pairs=params.sft_eval, eval_fingerprint=source_fingerprint(params.sft_eval),
+            spec=normalised_spec(params.sft_spec),
+            budget=params.train_budget.config(params.source, params.eval_data).model_dump(),
+            settings={"out": str(Path(params.out) / "finetuning"), "steps": params.sft_steps,
+                      "base": params.sft_base, "source": params.source,
+                      "truth": params.sft_truth})
     prompts = None
     strategies = None
     if params.pool:
@@ -227,7 +286,7 @@ def efficiency(
             settings=prompt_params.model_dump(include={"k", "compress_rate", "model", "limit",
                                                        "template", "label_field"}))
     clock.start("report")
-    report_path = write_report(params, curated, trained, strategies)
+    report_path = write_report(params, curated, trained, strategies, finetuned)
     comparison = trained["comparison"]
     runs = trained["runs"]
     measures = {
@@ -238,6 +297,9 @@ def efficiency(
         f"training FLOPs to eval loss {comparison['target_eval_loss']:.4g}": (
             comparison["baseline_flops"], comparison["candidate_flops"]),
     }
+    if finetuned:
+        selected = finetuned["selections"]["selected"]
+        measures["instruction rows"] = (finetuned["pool_rows"], selected["rows_out"])
     if prompts:
         measures["prompt tokens"] = (prompts["tokens_before"], prompts["tokens_after"])
     table = before_after_rows(measures)
@@ -254,7 +316,8 @@ def efficiency(
     publish(series_key("efficiency", params.source), "Efficiency report: curation, training, prompts", sections,
             table, "The chain's savings: before (full / uncompressed) and after")
     clock.finish()
-    return {"curate": curated, "train": trained, "prompts": prompts, "report": str(report_path)}
+    return {"curate": curated, "train": trained, "finetune": finetuned, "prompts": prompts,
+            "report": str(report_path)}
 
 
 __all__ = ["EfficiencyParams", "efficiency"]

@@ -1,6 +1,6 @@
 """The per-shard half of the sharded ``curate`` flow: the tasks Dask workers run.
 
-Kept apart from :mod:`datadiet.flows.curate` so that a worker, which imports the module of each
+Kept apart from :mod:`datadiet.flows.curation` so that a worker, which imports the module of each
 task it runs, loads Prefect, Arrow and the selectors but not torch (the report's FLOPs need the
 model presets; shard work never does) — seconds saved on every worker start.
 """

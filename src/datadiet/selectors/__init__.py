@@ -10,11 +10,13 @@ from datadiet.selectors import (  # noqa: F401 - imported to register their step
     ifd,
     judge,
     kcenter,
+    longest,
     minhash,
     perplexity,
     quality,
     random_baseline,
     relevance,
+    response_rules,
     semdedup,
 )
 

@@ -443,6 +443,7 @@ class RunData:
     train_blocks: Tensor
     eval_blocks: Tensor
     eval_targets: Tensor | None = None
+    train_targets: Tensor | None = None  # pre-packed pairs: only the responses are learned
 
 
 @dataclass
@@ -524,8 +525,14 @@ def setup_data(cfg: TrainConfig, tokenizer: Any, dataset: Any, eval_dataset: Any
     if d.world > 1 and not d.main:
         dist.barrier()  # rank 0 tokenizes first and fills the datasets cache; the rest reuse it
     with ledger.stage("tokenize") as rec:
-        train_ds = load_text_dataset(dataset if dataset is not None else cfg.data, cfg.text_column)
-        packed = pack_dataset(train_ds, tokenizer, cfg.seq_len, text_column=cfg.text_column)
+        if isinstance(dataset, PackedData):  # pre-packed, e.g. pack_pairs: responses only
+            packed = dataset
+            if packed.targets is not None and eval_dataset is None and not cfg.eval_data:
+                raise ValueError("pre-packed training pairs need an eval set (eval_dataset)")
+        else:
+            train_ds = load_text_dataset(dataset if dataset is not None else cfg.data,
+                                         cfg.text_column)
+            packed = pack_dataset(train_ds, tokenizer, cfg.seq_len, text_column=cfg.text_column)
         if isinstance(eval_dataset, PackedData):
             data = RunData(packed, packed.blocks, eval_dataset.blocks[: cfg.max_eval_blocks],
                            None if eval_dataset.targets is None
@@ -538,6 +545,7 @@ def setup_data(cfg: TrainConfig, tokenizer: Any, dataset: Any, eval_dataset: Any
             data = RunData(packed, packed.blocks, eval_blocks)
         else:
             data = RunData(packed, *_split_blocks(packed.blocks, cfg))
+        data.train_targets = packed.targets
         rec.add(tokens=packed.n_tokens)
     if d.world > 1 and d.main:
         dist.barrier()
@@ -647,10 +655,13 @@ def train_step(run: TrainingRun, step: int) -> float:
     for micro in range(cfg.grad_accum):
         idx = run.sampler.indices(step, d.rank, micro)
         batch = run.data.train_blocks[idx].to(run.device, non_blocking=True)
+        targets = batch[:, 1:] if run.data.train_targets is None \
+            else run.data.train_targets[idx].to(run.device, non_blocking=True)
         sync = micro == cfg.grad_accum - 1 or d.world == 1
         with contextlib.nullcontext() if sync else run.train_model.no_sync():
             with run.autocast():
-                loss = run.train_model(batch[:, :-1], batch[:, 1:]).loss / cfg.grad_accum
+                loss = run.train_model(batch[:, :-1], targets,
+                                       ignore_index=IGNORE_INDEX).loss / cfg.grad_accum
             loss.backward()
         step_loss += loss.detach().double()
     if cfg.grad_clip:

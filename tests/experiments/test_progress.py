@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datadiet.pipeline.demo.progress import StageClock, format_seconds, plan_efficiency
+from datadiet.experiments.progress import StageClock, format_seconds, plan_efficiency
 
 
 class Clock:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from datadiet.pipeline.demo.comparison import (
+from datadiet.experiments.comparison import (
     PretrainSettings,
     pretraining_comparison,
     small_train_config,
 )
-from datadiet.pipeline.demo.mixture import MixtureSizes, build_mixture
-from datadiet.pipeline.demo.report import SavingsReport, headline_numbers, write_savings_report
+from datadiet.experiments.mixture import MixtureSizes, build_mixture
+from datadiet.experiments.report import SavingsReport, headline_numbers, write_savings_report
 from datadiet.pipeline.io import iter_jsonl
 from datadiet.pipeline.report import RunContext
 from datadiet.pipeline.stages.training import flops_to_reach

@@ -16,7 +16,7 @@ import random
 import re
 from pathlib import Path
 
-from datadiet.pipeline.io import atomic_write_text
+from datadiet.pipeline.io import UserError, atomic_write_text
 
 
 def find_shared_data() -> Path | None:
@@ -30,6 +30,29 @@ def find_shared_data() -> Path | None:
         if (candidate / "lm").is_dir():
             return candidate
     return None
+
+
+class DataKitMissing(UserError):
+    """The demo measures on real data only; where the kit is not found it stops (exit 2)."""
+
+
+#: What the demo reads from the kit (each stage's inputs).
+DEMO_KIT_FILES = ("lm/wikitext2_valid.txt", "sft/t0_train", "math/gsm8k_train.jsonl",
+                  "icl/sst2/train.txt")
+
+
+def data_kit(data: str | os.PathLike | None = None) -> Path:
+    """The real-data kit: ``data``, or the usual places (:func:`find_shared_data`); else stop."""
+    found = Path(data) if data else find_shared_data()
+    if found is None or not all((found / w).exists() for w in DEMO_KIT_FILES):
+        where = f"{found}" if found else (f"$DATADIET_SHARED_DATA or ../shared/data above "
+                                          f"{Path.cwd()}")
+        raise DataKitMissing(
+            f"the real-data kit was not found at {where} (it needs "
+            f"{', '.join(DEMO_KIT_FILES)}). Run the demo from the repository beside "
+            "shared/data, or pass --data DIR or set DATADIET_SHARED_DATA; the demo does not "
+            "measure savings on made-up text.")
+    return found
 
 
 def wikitext_paragraphs(path: Path, min_words: int = 60) -> list[str]:

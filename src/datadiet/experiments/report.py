@@ -2,7 +2,7 @@
 
 One writer for ``benchmarks/e2e.py``, ``datadiet demo`` and the ``efficiency`` flow (which
 publishes the same markdown as a Prefect artifact). It takes plain summaries — the dict of
-:func:`~datadiet.pipeline.demo.comparison.pretraining_comparison`, a fine-tuning summary of
+:func:`~datadiet.experiments.comparison.pretraining_comparison`, a fine-tuning summary of
 the same shape, and rows of ``{strategy, accuracy, mean_prompt_tokens}`` for prompts — so it
 imports nothing from the prompting or selector rooms.
 
@@ -90,6 +90,20 @@ def headline_numbers(report: SavingsReport) -> dict[str, Any]:
         out[f"{key}_flops_ratio"] = ratio["mean"]
         out[f"{key}_flops_ratio_spread"] = ratio
         out[f"{key}_seeds_reached"] = f"{ratio['n']}/{ratio['of']}"
+    if report.finetuning is not None:
+        part = report.finetuning
+        out["sft_data_efficiency"] = (part.get("data_efficiency") or {}).get("selected")
+        out["sft_break_even_params"] = ((part.get("break_even") or {}).get("selected")
+                                        or {}).get("params_epochs")
+        out["sft_final_eval_loss"] = {arm: row["final eval loss (mean)"]
+                                      for arm, row in part.get("arms_table", {}).items()}
+        out["sft_removal_precision"] = {name: r["precision"]
+                                        for name, r in (part.get("planted") or {}).items()}
+        out["sft_by_method"] = {name: {"data_efficiency": eff["mean"],
+                                       "flops_ratio": part["comparisons"][name]["ratio"]["mean"],
+                                       "break_even_params": part["break_even"][name]
+                                       ["params_epochs"]}
+                                for name, eff in (part.get("data_efficiency") or {}).items()}
     prompts = report.prompts
     if prompts is None:
         out["prompt_token_ratio"] = out["icl_acc_drop"] = None
@@ -312,17 +326,70 @@ def _finetuning_section(part: dict[str, Any], root: Path, ctx: RunContext) -> st
     savings = part["savings"]
     figure = root / "finetuning_loss_vs_flops.png"
     loss_vs_flops_plot(part["curves"], savings["baseline_final_loss"]["mean"], figure,
-                       title="Fine-tuning: eval loss on held-out T0 responses vs FLOPs",
+                       title="Fine-tuning: eval loss on clean held-out responses vs FLOPs",
                        extra_flops=part.get("extra_flops"), caption=ctx.caption())
-    rows = [{"arm": arm, **{k: v for k, v in stats.items()}}
-            for arm, stats in part.get("arms_table", {}).items()]
+    rows = [{"arm": arm, **dict(stats)} for arm, stats in part.get("arms_table", {}).items()]
+    efficiency = (part.get("data_efficiency") or {}).get("selected")
     return "\n\n".join(s for s in [
         "## Fine-tuning: selected vs random vs all instruction data",
         part.get("description", ""),
-        "**Saving** (selected vs all): " + _ratio_text(savings["ratio"]),
+        ("**Data efficiency** (selected vs all, training tokens and FLOPs to the all-data run's "
+         "final eval loss, selection excluded): " + _ratio_text(efficiency)) if efficiency else "",
+        "**Saving** (selected vs all, selection FLOPs included): " + _ratio_text(savings["ratio"]),
         f"![fine-tuning loss vs FLOPs]({figure.name})\n\n*{ctx.caption()}*",
         markdown_table(rows) if rows else "",
+        _planted_table(part),
+        _break_even_table(part),
+        "### Selections\n\n" + markdown_table([
+            {"arm": name, "steps": " → ".join(s["step"] for s in sel["steps"]),
+             "rows kept": sel["rows_out"], "FLOPs": sel["flops"], "seconds": sel["seconds"],
+             "manifest": _link(sel["manifest"], root)}
+            for name, sel in part.get("selections", {}).items()]) if part.get("selections") else "",
     ] if s)
+
+
+def _planted_table(part: dict[str, Any]) -> str:
+    """Per planted kind: rows planted and rows each selection removed (ground truth)."""
+    planted = part.get("planted") or {}
+    if not planted:
+        return ""
+    kinds = [row["kind"] for row in next(iter(planted.values()))["by_kind"]]
+    rows = []
+    for kind in kinds:
+        row: dict[str, Any] = {"kind": kind}
+        for name, result in planted.items():
+            found = next(r for r in result["by_kind"] if r["kind"] == kind)
+            row["rows"] = found["rows"]
+            row[f"removed by {name}"] = found["removed"]
+        rows.append(row)
+    rows.append({"kind": "precision (planted among removed)", "rows": None,
+                 **{f"removed by {n}": r["precision"] for n, r in planted.items()}})
+    return ("### Planted problems removed (ground truth from the pool builder)\n\n"
+            "`long_good` and `clean` rows removed are losses, not catches; a near copy counts "
+            "as caught when it or its original went.\n\n" + markdown_table(rows))
+
+
+def _break_even_table(part: dict[str, Any]) -> str:
+    """Epochs over the pool at which each selection's scoring FLOPs are paid back."""
+    table = part.get("break_even") or {}
+    if not table:
+        return ""
+    smollm2 = part.get("smollm2_scoring")
+    entries = dict(table)
+    if smollm2:
+        entries["selected, if scored by SmolLM2-135M"] = smollm2["break_even"]
+    trainees = list(next(iter(entries.values()))["epochs"])
+    rows = []
+    for name, result in entries.items():
+        row: dict[str, Any] = {"selection": name, "N·E at break-even": result["params_epochs"]}
+        row.update({f"epochs, {t} trainee": result["epochs"][t] for t in trainees})
+        row["note"] = result.get("note") or "-"
+        rows.append(row)
+    return ("### Break-even: when the selection pays for its scoring\n\n"
+            "A trainee of N parameters trained E epochs on the pool spends 6·N·T·E FLOPs; a "
+            "selection with data-efficiency ratio r saves 6·N·T·E·(1 − 1/r) and pays its scoring "
+            "FLOPs S once N·E ≥ S / (6·T·(1 − 1/r)). This assumes the ratio measured on the small "
+            "trainee holds for the larger one — untested here.\n\n" + markdown_table(rows))
 
 
 def _prompts_section(prompts: PromptResults, root: Path, ctx: RunContext) -> str:

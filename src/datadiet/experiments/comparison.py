@@ -1,6 +1,6 @@
 """Full versus curated pre-training data, measured: the chain ``benchmarks/e2e.py`` and the demo run.
 
-Build the raw mixture (:mod:`~datadiet.pipeline.demo.mixture`), curate it with datadiet's
+Build the raw mixture (:mod:`~datadiet.experiments.mixture`), curate it with datadiet's
 steps (exact and near dedup, quality rules, DSIR towards a WikiText-2 sample), then train the
 same small Llama on the full corpus and on the curated one — same tokenizer, same seeds, same
 FLOP budget — evaluating on WikiText-2 *test*, and compare the FLOPs each needed to reach the
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datadiet.experiments.mixture import MixtureSizes, build_mixture
 from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path
-from datadiet.pipeline.demo.mixture import MixtureSizes, build_mixture
 from datadiet.pipeline.io import atomic_write_json, iter_jsonl
 from datadiet.pipeline.manifest import Manifest
 from datadiet.pipeline.models.tokenizer import load_tokenizer, train_bpe_tokenizer

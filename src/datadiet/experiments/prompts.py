@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from datadiet.pipeline.demo.report import PromptResults
+from datadiet.experiments.report import PromptResults
 from datadiet.pipeline.models.embedding import Embedder
 from datadiet.prompting.compression import BudgetError
 from datadiet.prompting.demos import DemoSelector, PromptTemplate

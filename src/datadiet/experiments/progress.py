@@ -81,7 +81,8 @@ class StageClock:
 
 
 def plan_efficiency(rows: int, train_runs: int, train_tokens_per_run: int, prompts: int,
-                    tokens_per_second: float = 5000.0) -> list[tuple[str, float]]:
+                    tokens_per_second: float = 5000.0,
+                    sft_tokens: int = 0) -> list[tuple[str, float]]:
     """The stages of the efficiency chain with first-guess seconds (the pace corrects them).
 
     The guesses are rough on purpose — curation per row, training per token of a small model
@@ -90,6 +91,8 @@ def plan_efficiency(rows: int, train_runs: int, train_tokens_per_run: int, promp
     """
     plan = [("curate", 10.0 + 0.02 * rows),
             ("train", train_runs * train_tokens_per_run / tokens_per_second)]
+    if sft_tokens:
+        plan.append(("fine-tune", 5.0 + sft_tokens / tokens_per_second))
     if prompts:
         plan.append(("prompts", 15.0 + 3.0 * prompts))
         plan.append(("score prompts", 20.0 + 8.0 * prompts))

@@ -18,7 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from datadiet.pipeline.demo.corpus import (
+from datadiet.experiments.corpus import (
     generated_paragraphs,
     gutenberg_paragraphs,
     plant_problems,
