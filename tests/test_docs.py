@@ -85,7 +85,10 @@ def _environment(workdir: Path) -> dict[str, str]:
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ.get("PATH", ""),
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_HOME": str(workdir / ".prefect"), "MPLBACKEND": "Agg"}
+           "PREFECT_HOME": str(workdir / ".prefect"), "MPLBACKEND": "Agg",
+           # pages about the experiments build their inputs from the real-data kit
+           "DATADIET_SHARED_DATA": os.environ.get("DATADIET_SHARED_DATA",
+                                                 str(ROOT.parent / "shared" / "data"))}
     for inherited in ("PREFECT_API_URL", "VIRTUAL_ENV_PROMPT"):
         env.pop(inherited, None)
     return env
