@@ -53,6 +53,7 @@ def run_once(corpus: Path, root: Path, runner: str, workers: int) -> tuple[float
     import pyarrow.parquet as pq
 
     from datadiet.flows.curate import CurateParams, ScaleOut, curate
+    from datadiet.pipeline.io import REMOVED_FILE, read_removed
 
     out = root / f"out-{runner}"
     storage = root / f"storage-{runner}"
@@ -64,7 +65,7 @@ def run_once(corpus: Path, root: Path, runner: str, workers: int) -> tuple[float
     start = time.perf_counter()
     curate(params)
     seconds = time.perf_counter() - start
-    removed = pq.read_table(out / "removed" / "removed.parquet").to_pylist()
+    removed = read_removed(out / REMOVED_FILE).to_pylist()
     kept = [i for s in sorted(out.glob("*.parquet")) for i in pq.read_table(s).column("id").to_pylist()]
     return seconds, removed, kept
 

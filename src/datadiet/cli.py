@@ -18,10 +18,11 @@ from datadiet.pipeline.cli_args import positive_int
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curate", help="select a smaller, cleaner pre-training corpus",
-                       description="Run the steps of SPEC on INPUT and write OUT/ (Parquet shards, "
-                       "manifest.json, removed/removed.parquet).")
+                       description="Run the steps of SPEC on INPUT and write OUT/: Parquet shards "
+                       "and a dataset card (README.md) that any reader loads as the kept rows, "
+                       "and, hidden, .datadiet/manifest.json and .datadiet/removed.arrow.")
     p.add_argument("input", help="JSONL(.gz) / Parquet / text file or folder, saved dataset, or hub id")
-    p.add_argument("--spec", required=True, help="YAML list of steps, or a manifest.json to repeat")
+    p.add_argument("--spec", required=True, help="YAML list of steps, or a curated output (or its manifest) to repeat")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
@@ -61,6 +62,7 @@ def _arrow_pool_that_returns_memory() -> None:
 
 def _run_curate(args: argparse.Namespace) -> int:
     from datadiet.pipeline.curate import curate_path, load_spec, load_spec_fields, print_report
+    from datadiet.pipeline.io import MANIFEST_FILE
 
     _arrow_pool_that_returns_memory()
     steps = load_spec(args.spec)
@@ -72,7 +74,8 @@ def _run_curate(args: argparse.Namespace) -> int:
                          rows_per_shard=args.rows_per_shard, show_progress=not args.quiet,
                          fields=fields or "auto")
     print_report(result.manifest)
-    print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: {args.out}/manifest.json")
+    print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: "
+          f"{os.path.join(args.out, MANIFEST_FILE)}")
     return 0
 
 

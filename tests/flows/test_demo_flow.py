@@ -7,6 +7,7 @@ from pathlib import Path
 from datadiet.flows.demo import demo_params
 from datadiet.flows.efficiency import efficiency
 from datadiet.pipeline.demo.mixture import MixtureSizes
+from datadiet.pipeline.io import MANIFEST_FILE
 from tests.flows.helpers import artifacts_of
 
 TINY = MixtureSizes(wikitext=40, shakespeare=30, sherlock=20, gsm8k=40, t0=40, target=30,
@@ -20,7 +21,7 @@ def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path
     result = state.result()
     out = tmp_path / "demo-out"
     assert result["report"] == str(out / "report.md")
-    assert (out / "curated" / "manifest.json").exists()
+    assert (out / "curated" / MANIFEST_FILE).exists()
     assert list((out / "curated").glob("*.parquet"))
     text = (out / "report.md").read_text()
     assert "## Savings" in text and "## Where curation did not help" in text
@@ -28,7 +29,7 @@ def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path
     assert "| zero-shot |" in text and "compressed to 0." in text
     assert (out / "prompts" / "prompts.jsonl").exists()
     assert (out / "prompts_tokens_accuracy.png").stat().st_size > 10_000
-    assert "(curated/manifest.json)" in text and "training/baseline/report.json" in text
+    assert "(curated/.datadiet/manifest.json)" in text and "training/baseline/report.json" in text
     assert (out / "pretraining_loss_vs_flops.png").stat().st_size > 10_000
 
     artifacts = artifacts_of(state.state_details.flow_run_id)

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from datadiet.flows.serve import load_config, plan
+from datadiet.pipeline.io import MANIFEST_FILE
 from tests.flows.helpers import api_post, artifacts_of, request
 
 RUN_TIMEOUT_S = 240
@@ -126,7 +127,7 @@ def test_deployment_triggered_through_the_api_completes_with_artifacts(served: d
     assert run["state"]["type"] == "COMPLETED", served["log"].read_text()[-4000:]
     artifacts = artifacts_of(run_id)
     assert "Kept **" in artifacts["datadiet-curate-report"]["data"]
-    assert (served["root"] / "curated" / "manifest.json").exists()
+    assert (served["root"] / "curated" / MANIFEST_FILE).exists()
     served["run_id"] = run_id
     served["report_id"] = artifacts["datadiet-curate-report"]["id"]
 

@@ -71,7 +71,16 @@ DATA_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
 # A name ending in one of these is a local path, never a hub id (a typo must say "no such file").
 LOCAL_SUFFIXES = (*DATA_SUFFIXES, ".gz", ".md", ".csv", ".tsv", ".arrow", ".yaml", ".yml",
                   ".zst", ".bz2", ".xz", ".zip", ".tar", ".gguf", ".safetensors", ".bin", ".pt")
-MANIFEST_FILE = "manifest.json"
+# A curated output folder: data shards at the top, the dataset card (README.md), and datadiet's
+# own files in a hidden folder. Every reader's folder discovery skips names starting with ``.``
+# (Arrow, Hugging Face, Spark), and the removed rows are Arrow IPC, not Parquet, so not even a
+# recursive ``**/*.parquet`` glob (DuckDB, Polars) takes them for data.
+META_DIR = ".datadiet"
+MANIFEST_FILE = f"{META_DIR}/manifest.json"
+REMOVED_FILE = f"{META_DIR}/removed.arrow"
+CARD_FILE = "README.md"
+# Outputs written before the hidden folder kept these at the top; ``why`` still reads them.
+LEGACY_MANIFEST_FILE = "manifest.json"
 WRITE_BATCH_ROWS = 10_000
 BLOCK_BYTES = 4 << 20
 MAX_SKIPPED_EXAMPLES = 1000
@@ -913,15 +922,43 @@ def _object_lines(block: bytes, first_line: int, n_rows: int) -> np.ndarray | No
     return (first_line + np.flatnonzero(filled)).astype(np.uint32)
 
 
+def find_manifest(folder: str | os.PathLike) -> Path | None:
+    """The manifest of a folder ``datadiet curate`` wrote (``.datadiet/manifest.json``, or
+    ``manifest.json`` at the top in the older layout), or None if it has none."""
+    for name in (MANIFEST_FILE, LEGACY_MANIFEST_FILE):
+        if (path := Path(folder) / name).is_file():
+            return path
+    return None
+
+
+def write_removed(table: pa.Table, path: Path) -> None:
+    """The removed rows as a compressed Arrow IPC file (see ``REMOVED_FILE`` for why not
+    Parquet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_file(path, table.schema, options=options) as writer:
+        writer.write_table(table)
+
+
+def read_removed(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """The removed rows of a curated output (``columns`` of them, or all), in either layout
+    (Arrow IPC, or the older ``removed/removed.parquet``)."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return table if columns is None else table.select(list(columns))
+
+
 def _curated_shards(folder: Path) -> list[Path] | None:
     """The data shards of a folder ``datadiet curate`` wrote, or None if it is not one.
 
-    Such a folder has a ``manifest.json`` (a JSON object); its shards are the ones the
-    manifest lists, or, for a manifest without that list, the ``*.parquet`` files beside it.
-    The manifest and ``removed/`` are never read as data.
+    Such a folder has a manifest (a JSON object, see :func:`find_manifest`); its shards are
+    the ones the manifest lists, or, for a manifest without that list, the ``*.parquet`` files
+    beside it. The manifest, the card and the removed rows are never read as data.
     """
-    manifest = folder / MANIFEST_FILE
-    if not manifest.is_file():
+    manifest = find_manifest(folder)
+    if manifest is None:
         return None
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
@@ -939,7 +976,7 @@ def _curated_shards(folder: Path) -> list[Path] | None:
         return paths
     paths = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
     if not paths:
-        raise DataError(f"{folder}: has a {MANIFEST_FILE} but no data shards (*.parquet)")
+        raise DataError(f"{folder}: has a {manifest.name} but no data shards (*.parquet)")
     return paths
 
 
@@ -1381,7 +1418,7 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     """Everything that can be known about an output folder before any work is done.
 
     It must not be or hold an input; an existing folder is replaced only with ``overwrite``
-    and only if datadiet wrote it (it has a ``manifest.json``), so ``--overwrite`` can never
+    and only if datadiet wrote it (it has a manifest, see :func:`find_manifest`), so ``--overwrite`` can never
     delete a folder of the user's own; and its location must be writable, so a permission
     problem shows before the work, not after it.
     """
@@ -1391,9 +1428,9 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
             raise OutputError(f"{flag} {out}: exists and is not a folder")
         if not overwrite:
             raise OutputError(f"{flag} {out}: output exists (pass --overwrite to replace it)")
-        if not (target / MANIFEST_FILE).is_file():
+        if find_manifest(target) is None:
             raise OutputError(f"{flag} {out}: exists and was not written by datadiet (no "
-                              f"{MANIFEST_FILE}); refusing to replace it even with --overwrite")
+                              f"{LEGACY_MANIFEST_FILE}); refusing to replace it even with --overwrite")
     parent = _nearest_existing(target.parent)
     if not parent.is_dir():
         raise OutputError(f"{flag} {out}: {parent} is not a folder")

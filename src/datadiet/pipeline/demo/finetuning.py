@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset
 
 from datadiet.pipeline.curate import curate_path
-from datadiet.pipeline.io import atomic_write_json, atomic_write_text
+from datadiet.pipeline.io import MANIFEST_FILE, atomic_write_json, atomic_write_text
 from datadiet.pipeline.manifest import Manifest
 from datadiet.pipeline.models.tokenizer import load_tokenizer
 from datadiet.pipeline.savings import eval_curve, flops_savings, spread, train_arms
@@ -82,7 +82,7 @@ def t0_pairs(folder: Path, rows: slice, n: int, seed: int) -> list[dict[str, str
 
 
 def _kept_ids(curated: Path) -> set[str]:
-    """Ids of the rows a ``datadiet curate`` output kept (its data shards, not ``removed/``)."""
+    """Ids of the rows a ``datadiet curate`` output kept (its data shards, not the removed rows)."""
     return {str(i) for shard in sorted(curated.glob("data-*.parquet"))
             for i in pq.read_table(shard, columns=["id"]).column("id").to_pylist()}
 
@@ -128,7 +128,7 @@ def finetuning_comparison(
         kept = _kept_ids(out / name)
         arms[name] = _as_text([r for r in pool if r["id"] in kept])
         total = manifest.ledger.get("total", {})
-        selections[name] = {"out": str(out / name), "manifest": str(out / name / "manifest.json"),
+        selections[name] = {"out": str(out / name), "manifest": str(out / name / MANIFEST_FILE),
                             "rows_in": len(pool), "rows_out": len(kept),
                             "flops": float(total.get("flops", 0.0)),
                             "seconds": float(total.get("seconds", 0.0)), "spec": specs[name]}
