@@ -50,8 +50,7 @@ from datadiet.pipeline.io import (
     scratch_dir,
     stream_corpus,
 )
-from datadiet.pipeline.models.loading import DEFAULT_CAUSAL_LM
-from datadiet.pipeline.models.tokenizer import ByteTokenizer, load_tokenizer
+from datadiet.pipeline.models.tokenizer import ByteTokenizer, load_rust_tokenizer
 
 __all__ = ["FORMATS", "ExportResult", "TokenEncoder", "TokenFile", "export_tokens",
            "is_token_export", "read_token_file"]
@@ -93,18 +92,15 @@ class TokenEncoder:
     @classmethod
     def load(cls, spec: str | os.PathLike | None) -> TokenEncoder:
         """``None`` (SmolLM2's, offline), ``"bytes"``, or a local tokenizer / model folder."""
-        tok = load_tokenizer(spec)
+        try:
+            tok = load_rust_tokenizer(spec)
+        except ValueError as exc:
+            raise SpecError(f"--tokenizer: {exc}") from None
         if isinstance(tok, ByteTokenizer):
             return cls("bytes", "bytes", tok.vocab_size, tok.eos_token_id, _byte_encoder(tok))
-        backend = getattr(tok, "backend_tokenizer", None)
-        if backend is None:
-            raise SpecError(f"--tokenizer {spec}: not a fast (Rust) tokenizer; export needs one")
-        if tok.eos_token_id is None:
-            raise SpecError(f"--tokenizer {spec}: the tokenizer has no end-of-text token")
-        digest = xxhash.xxh3_128_hexdigest(backend.to_str().encode())
-        name = str(spec) if spec is not None else os.environ.get("DATADIET_LM", DEFAULT_CAUSAL_LM)
-        return cls(name, digest, len(tok), int(tok.eos_token_id),
-                   _rust_encoder(backend, int(tok.eos_token_id), len(tok)))
+        digest = xxhash.xxh3_128_hexdigest(tok.backend.to_str().encode())
+        return cls(tok.name, digest, len(tok), tok.eos_token_id,
+                   _rust_encoder(tok.backend, tok.eos_token_id, len(tok)))
 
 
 def _byte_encoder(tok: ByteTokenizer) -> Callable[[pa.Array], tuple[np.ndarray, np.ndarray]]:
