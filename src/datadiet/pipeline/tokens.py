@@ -126,12 +126,10 @@ def _rust_encoder(backend: Any, eos: int,
     batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
 
     def encode(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        encodings = batch(texts.to_pylist(), add_special_tokens=False)
-        ids = [e.ids for e in encodings]
-        lengths = np.fromiter((len(x) + 1 for x in ids), np.int32, count=len(ids))
-        tokens = np.fromiter(chain.from_iterable(x + [eos] for x in ids), dtype,
-                             count=int(lengths.sum()))
-        return tokens, lengths
+        ids = [e.ids for e in batch(texts.to_pylist(), add_special_tokens=False)]
+        lengths = np.fromiter(map(len, ids), np.int64, count=len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), dtype, count=int(lengths.sum()))
+        return np.insert(flat, np.cumsum(lengths), eos), (lengths + 1).astype(np.int32)
 
     return encode
 
