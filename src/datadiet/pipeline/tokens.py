@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import xxhash
 
 from datadiet import __version__
 from datadiet.pipeline.io import (
@@ -50,7 +49,7 @@ from datadiet.pipeline.io import (
     scratch_dir,
     stream_corpus,
 )
-from datadiet.pipeline.models.tokenizer import ByteTokenizer, load_rust_tokenizer
+from datadiet.pipeline.models.tokenizer import ByteTokenizer, load_rust_tokenizer, tokenizer_hash
 
 __all__ = ["FORMATS", "ExportResult", "TokenEncoder", "TokenFile", "export_tokens",
            "is_token_export", "read_token_file"]
@@ -98,8 +97,7 @@ class TokenEncoder:
             raise SpecError(f"--tokenizer: {exc}") from None
         if isinstance(tok, ByteTokenizer):
             return cls("bytes", "bytes", tok.vocab_size, tok.eos_token_id, _byte_encoder(tok))
-        digest = xxhash.xxh3_128_hexdigest(tok.backend.to_str().encode())
-        return cls(tok.name, digest, len(tok), tok.eos_token_id,
+        return cls(tok.name, tokenizer_hash(tok), len(tok), tok.eos_token_id,
                    _rust_encoder(tok.backend, tok.eos_token_id, len(tok)))
 
 

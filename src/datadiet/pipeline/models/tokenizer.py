@@ -22,7 +22,7 @@ from datadiet.pipeline.models.loading import (
 )
 
 __all__ = ["BYTE_TOKENIZER_FILE", "ByteTokenizer", "RustTokenizer", "load_rust_tokenizer",
-           "load_tokenizer", "train_bpe_tokenizer"]
+           "load_tokenizer", "tokenizer_hash", "train_bpe_tokenizer"]
 
 BYTE_TOKENIZER_FILE = "datadiet_tokenizer.json"
 END_OF_TEXT = "<|endoftext|>"
@@ -137,6 +137,18 @@ def load_rust_tokenizer(spec: str | os.PathLike | None = None) -> RustTokenizer 
     if backend is None or tok.eos_token_id is None:
         raise ValueError(f"{name}: not a fast (Rust) tokenizer with an end-of-text token")
     return RustTokenizer(backend, int(tok.eos_token_id), name)
+
+
+def tokenizer_hash(tok: Any) -> str:
+    """What a tokenizer *is* (its vocabulary, merges, normalizer and rules), whichever way it
+    was loaded: xxh3-128 of the Rust tokenizer's JSON; ``"bytes"`` for :class:`ByteTokenizer`.
+    Token files record it, so a run never reads ids made by another tokenizer."""
+    if isinstance(tok, ByteTokenizer):
+        return "bytes"
+    backend = tok.backend if isinstance(tok, RustTokenizer) else tok.backend_tokenizer
+    import xxhash  # as in model_folder_hash: model stages import on a box without it
+
+    return xxhash.xxh3_128_hexdigest(backend.to_str().encode())
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int,
