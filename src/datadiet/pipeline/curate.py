@@ -54,7 +54,7 @@ from datadiet.pipeline.io import (
     write_parquet_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
-from datadiet.pipeline.records import RecordFormat, parse_fields
+from datadiet.pipeline.records import RecordFormat, parse_fields, restore_messages
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import (
     STEP_REGISTRY,
@@ -699,7 +699,8 @@ def _write_streamed(corpus: StreamedCorpus, alive: np.ndarray, book: _StepBook,
     drop = [ctx.text_field] if fmt is not None and not fmt.is_text else []  # our rendering
     with AtomicOutputDir(out, overwrite=overwrite) as tmp:
         shards = write_batch_shards(corpus.batches(), keep, tmp, rows_per_shard, drop=drop,
-                                    extra=book.scores)
+                                    extra=book.scores,
+                                    transform=lambda table: restore_messages(table, fmt))
         manifest.output = {
             "rows": len(alive),
             "shards": shards,
@@ -769,7 +770,8 @@ def curate_path(
     if fmt is not None and not fmt.is_text:  # the text column is our rendering, not the input's
         written = written.remove_columns(text_field)
     with AtomicOutputDir(out, overwrite=overwrite) as tmp:
-        shards = write_parquet_shards(written, tmp, rows_per_shard)
+        shards = write_parquet_shards(written, tmp, rows_per_shard,
+                                      transform=lambda table: restore_messages(table, fmt))
         result.manifest.output = {
             "rows": len(result.dataset),
             "shards": shards,

@@ -1440,8 +1440,10 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
 
 
 def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_000,
-                         prefix: str = "data") -> list[str]:
+                         prefix: str = "data",
+                         transform: Callable[[pa.Table], pa.Table] | None = None) -> list[str]:
     """Write ``ds`` as ``{prefix}-00000-of-0000N.parquet`` shards; returns their names.
+    ``transform`` (if given) maps each shard's table before it is written.
 
     Each shard is gathered once from the dataset's Arrow data (through its indices mapping,
     if it has one), so the rows a curation run kept are copied exactly once, here.
@@ -1455,6 +1457,8 @@ def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_00
     names = []
     for i in range(n_shards):
         part = arrow[i * rows_per_shard : min(n, (i + 1) * rows_per_shard)]
+        if transform is not None:
+            part = transform(part)
         name = f"{prefix}-{i:05d}-of-{n_shards:05d}.parquet"
         pq.write_table(part, folder / name)
         names.append(name)
@@ -1470,11 +1474,13 @@ ROW_GROUP_BYTES = 8 << 20
 def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, folder: Path,
                        rows_per_shard: int = 100_000, prefix: str = "data",
                        drop: Sequence[str] = (),
-                       extra: Mapping[str, np.ndarray] | None = None) -> list[str]:
+                       extra: Mapping[str, np.ndarray] | None = None,
+                       transform: Callable[[pa.Table], pa.Table] | None = None) -> list[str]:
     """Write the rows of ``batches`` where ``keep`` (a mask over all their rows) is True as
     ``{prefix}-00000-of-0000N.parquet`` shards, the same rows in the same files
     :func:`write_parquet_shards` writes; ``drop`` names columns left out, ``extra`` adds
-    columns (a value per input row). Memory: one batch plus one row group of kept rows
+    columns (a value per input row), ``transform`` maps each batch's kept rows. Memory: one
+    batch plus one row group of kept rows
     (``ROW_GROUP_BYTES``)."""
     if rows_per_shard < 1:
         raise SpecError(f"rows per shard must be at least 1, not {rows_per_shard}")
@@ -1492,7 +1498,8 @@ def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, fold
             for name, values in (extra or {}).items():
                 table = table.append_column(name, arrow_floats(values[start : start + n]))
             start += n
-            writer.add(table.filter(arrow_bools(mask)) if not mask.all() else table)
+            kept = table.filter(arrow_bools(mask)) if not mask.all() else table
+            writer.add(transform(kept) if transform is not None else kept)
         writer.close()
     finally:
         writer.abort()
