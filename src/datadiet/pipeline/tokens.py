@@ -345,9 +345,8 @@ def is_token_export(path: str | os.PathLike) -> bool:
 def _sidecar_of(path: Path) -> Path | None:
     if path.is_dir():
         return path / SIDECAR if (path / SIDECAR).is_file() else None
-    if path.name.endswith((".bin", ".json")):
-        sidecar = path.with_suffix(".json")
-        return sidecar if sidecar.is_file() and (path.parent / TOKENS_BIN).exists() else None
+    if path.name in (TOKENS_BIN, SIDECAR) and (path.parent / SIDECAR).is_file():
+        return path.parent / SIDECAR
     return None
 
 
