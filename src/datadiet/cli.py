@@ -20,10 +20,11 @@ from datadiet.pipeline.models.loading import keep_caches_in_user_cache
 
 def _add_curate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curate", help="select a smaller, cleaner pre-training corpus",
-                       description="Run the steps of SPEC on INPUT and write OUT/ (Parquet shards, "
-                       "manifest.json, removed/removed.parquet).")
+                       description="Run the steps of SPEC on INPUT and write OUT/: Parquet shards "
+                       "and a dataset card (README.md) that any reader loads as the kept rows, "
+                       "and, hidden, .datadiet/manifest.json and .datadiet/removed.arrow.")
     p.add_argument("input", help="JSONL(.gz) / Parquet / text file or folder, saved dataset, or hub id")
-    p.add_argument("--spec", required=True, help="YAML list of steps, or a manifest.json to repeat")
+    p.add_argument("--spec", required=True, help="YAML list of steps, or a curated output (or its manifest) to repeat")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--text-field", default="text")
     p.add_argument("--id-field", default="id")
@@ -75,6 +76,7 @@ def _arrow_pool_that_returns_memory() -> None:
 def _run_curate(args: argparse.Namespace) -> int:
     from datadiet.pipeline.curate import curate_path, load_spec, load_spec_fields, print_report
     from datadiet.pipeline.errors import SpecError
+    from datadiet.pipeline.io import MANIFEST_FILE
 
     _arrow_pool_that_returns_memory()
     steps = load_spec(args.spec)
@@ -97,7 +99,8 @@ def _run_curate(args: argparse.Namespace) -> int:
                 raise SpecError(f"{args.spec}: {exc}") from None
             raise
     print_report(result.manifest)
-    print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: {args.out}/manifest.json")
+    print(f"wrote {args.out}/ ({result.rows_kept} rows); manifest: "
+          f"{os.path.join(args.out, MANIFEST_FILE)}")
     return 0
 
 
@@ -129,6 +132,46 @@ def _run_why(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="tokenize a curated dataset into the token files training jobs read",
+        description="Tokenize INPUT (a curated output, or any file/folder the reader takes) and "
+        "write OUT/: tokens.bin (each document followed by end-of-text; uint16 when the "
+        "vocabulary fits, else uint32) with tokens.json (nanoGPT-style memmap) and tokens.idx "
+        "(Megatron-LM indexed dataset), and/or litdata/ (LitData, TokensLoader); "
+        "OUT/manifest.json records the tokenizer and the counts.")
+    p.add_argument("input", help="curated output folder, JSONL/Parquet/text file or folder")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder, model folder, or 'bytes' (default: SmolLM2's, offline)")
+    p.add_argument("--format", default="megatron,memmap",
+                   help="comma-separated: megatron, memmap, litdata (default: megatron,memmap)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--id-field", default="id")
+    p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                   help="bad rows: stop with file:line (raise) or skip and count them (skip)")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="tokenizer threads (default: all cores)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing OUT written by datadiet export")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from datadiet.pipeline.tokens import export_tokens
+
+    _arrow_pool_that_returns_memory()
+    result = export_tokens(args.input, args.out, tokenizer=args.tokenizer,
+                           formats=args.format.split(","), text_field=args.text_field,
+                           id_field=args.id_field, on_error=args.on_error,
+                           workers=args.workers, overwrite=args.overwrite)
+    m = result.manifest
+    print(f"wrote {args.out}/ ({m['documents']} documents, {m['tokens']} tokens, "
+          f"{m['memmap']['dtype']}, tokenizer {m['tokenizer']['name']}; "
+          f"formats: {', '.join(m['formats'])})")
+    return 0
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="measure the saving end to end: curate, train full vs "
                        "curated, build compressed prompts; write report.md with plots")
@@ -154,7 +197,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 #: Sub-commands whose parsers live in this module: parsing one of them imports nothing else.
-CORE_COMMANDS = ("curate", "why", "demo")
+CORE_COMMANDS = ("curate", "why", "export", "demo")
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -171,6 +214,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_curate(sub)
     _add_why(sub)
+    _add_export(sub)
     _add_demo(sub)
     if argv is None or not argv or argv[0] not in CORE_COMMANDS:
         _add_optional(sub)

@@ -14,7 +14,7 @@ from datadiet.experiments.comparison import (
 )
 from datadiet.experiments.mixture import MixtureSizes, build_mixture
 from datadiet.experiments.report import SavingsReport, headline_numbers, write_savings_report
-from datadiet.pipeline.io import iter_jsonl
+from datadiet.pipeline.io import MANIFEST_FILE, iter_jsonl
 from datadiet.pipeline.report import RunContext
 from datadiet.pipeline.stages.training import flops_to_reach
 
@@ -73,7 +73,7 @@ def test_both_arms_get_the_same_budget_and_the_ratio_follows_the_curves(
     assert pair["baseline_flops"] == flops_to_reach(report, full["final_eval_loss"])
     if pair["candidate_flops"] is not None:
         assert pair["ratio"] == pytest.approx(pair["baseline_flops"] / pair["candidate_flops"])
-    assert (out / "curated" / "manifest.json").exists()
+    assert (out / "curated" / MANIFEST_FILE).exists()
 
 
 def test_report_has_the_table_plot_links_and_notes(comparison: tuple[Path, dict],
@@ -85,7 +85,7 @@ def test_report_has_the_table_plot_links_and_notes(comparison: tuple[Path, dict]
     text = path.read_text()
     assert "## Savings" in text and "## Where curation did not help" in text
     assert "prompts: not measured — not run in this test" in text
-    assert "(curated/manifest.json)" in text and "runs/full/seed-0/report.json" in text
+    assert "(curated/.datadiet/manifest.json)" in text and "runs/full/seed-0/report.json" in text
     png = out / "pretraining_loss_vs_flops.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "pretraining_loss_vs_flops.png" in text and "command: pytest" in text

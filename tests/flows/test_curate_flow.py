@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from datadiet.flows import curate
 from datadiet.flows.curation import CurateParams, normalised_spec
 from datadiet.pipeline.curate import curate_path
+from datadiet.pipeline.io import MANIFEST_FILE, REMOVED_FILE, read_removed
 from datadiet.pipeline.steps import build_step
 from tests.flows.helpers import artifacts_of, log_lines, runs_named, task_run_states
 
@@ -27,7 +28,7 @@ SPEC = """\
 
 
 def removed_and_kept(out: Path) -> tuple[list[dict], list[str]]:
-    removed = pq.read_table(out / "removed" / "removed.parquet").to_pylist()
+    removed = read_removed(out / REMOVED_FILE).to_pylist()
     kept = []
     for shard in sorted(out.glob("*.parquet")):
         kept += pq.read_table(shard, columns=["id"]).column("id").to_pylist()
@@ -105,7 +106,7 @@ def test_deleted_output_is_rebuilt_not_served_from_cache(
     curate(**params)
     shutil.rmtree(tmp_path / "curated")
     curate(**params)
-    assert (tmp_path / "curated" / "manifest.json").exists()
+    assert (tmp_path / "curated" / MANIFEST_FILE).exists()
 
 
 def test_bad_parameters_fail_before_any_task(prefect_api: str, sample_corpus: Path,

@@ -8,6 +8,7 @@ from datadiet.experiments.mixture import MixtureSizes
 from datadiet.experiments.sft_pool import PoolMix
 from datadiet.flows import efficiency
 from datadiet.flows.demo import demo_params
+from datadiet.pipeline.io import MANIFEST_FILE
 from tests.flows.helpers import artifacts_of
 
 TINY = MixtureSizes(wikitext=40, shakespeare=30, sherlock=20, gsm8k=40, t0=40, target=30,
@@ -22,7 +23,7 @@ def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path
     result = state.result()
     out = tmp_path / "demo-out"
     assert result["report"] == str(out / "report.md")
-    assert (out / "curated" / "manifest.json").exists()
+    assert (out / "curated" / MANIFEST_FILE).exists()
     assert list((out / "curated").glob("*.parquet"))
     text = (out / "report.md").read_text()
     assert "## Savings" in text and "## Where curation did not help" in text
@@ -30,7 +31,7 @@ def test_demo_writes_report_plots_and_artifacts(prefect_api: str, tmp_path: Path
     assert "| zero-shot |" in text and "compressed to 0." in text
     assert (out / "prompts" / "prompts.jsonl").exists()
     assert (out / "prompts_tokens_accuracy.png").stat().st_size > 10_000
-    assert "(curated/manifest.json)" in text and "training/baseline/report.json" in text
+    assert "(curated/.datadiet/manifest.json)" in text and "training/baseline/report.json" in text
     assert (out / "pretraining_loss_vs_flops.png").stat().st_size > 10_000
     assert "## Fine-tuning: selected vs random vs all instruction data" in text
     assert "fine-tuning: not measured" not in text

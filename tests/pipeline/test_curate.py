@@ -15,6 +15,7 @@ from datasets import Dataset, load_dataset
 from datadiet.cli import main
 from datadiet.experiments.corpus import build_sample_corpus
 from datadiet.pipeline.curate import curate, load_spec
+from datadiet.pipeline.io import MANIFEST_FILE, REMOVED_FILE, read_removed
 from datadiet.pipeline.manifest import Manifest
 from datadiet.selectors.exact import ExactDedup
 from datadiet.selectors.quality import QualityFilter
@@ -52,7 +53,7 @@ def test_cli_end_to_end_writes_loadable_output_and_manifest(tmp_path: Path, corp
     out = tmp_path / "out"
     assert main(["curate", str(corpus), "--spec", str(spec), "--out", str(out), "--quiet"]) == 0
     ds = load_dataset("parquet", data_files=f"{out}/*.parquet", split="train")
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["output"]["rows"] == len(ds)
     assert [list(s)[0] for s in manifest["spec"]] == ["exact_dedup", "minhash_dedup", "random"]
     step = manifest["steps"][0]
@@ -66,11 +67,11 @@ def test_cli_end_to_end_writes_loadable_output_and_manifest(tmp_path: Path, corp
     assert step["removed"]["exact-duplicate-of"] == planted_exact
     # the manifest repeats the run: same spec, same result
     out2 = tmp_path / "out2"
-    assert main(["curate", str(corpus), "--spec", str(out / "manifest.json"), "--out", str(out2),
+    assert main(["curate", str(corpus), "--spec", str(out / MANIFEST_FILE), "--out", str(out2),
                  "--quiet"]) == 0
     ds2 = load_dataset("parquet", data_files=f"{out2}/*.parquet", split="train")
     assert ds2["id"] == ds["id"]
-    assert Manifest.load(out2 / "manifest.json").input["fingerprint"] == manifest["input"]["fingerprint"]
+    assert Manifest.load(out2 / MANIFEST_FILE).input["fingerprint"] == manifest["input"]["fingerprint"]
 
 
 def test_cli_bad_input_fails_with_file_and_line_and_writes_nothing(tmp_path: Path, capsys) -> None:
@@ -84,7 +85,7 @@ def test_cli_bad_input_fails_with_file_and_line_and_writes_nothing(tmp_path: Pat
     assert not out.exists()
     assert main(["curate", str(bad), "--spec", str(spec), "--out", str(out), "--quiet",
                  "--on-error", "skip"]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["input"]["skipped"]["count"] == 1
     assert manifest["input"]["skipped"]["examples"][0].startswith(f"{bad}:2:")
 
@@ -158,7 +159,7 @@ def test_streamed_file_curate_equals_the_dataset_run_and_stays_lean(tmp_path: Pa
                 if line.startswith("import time:")}
     assert not imported & {"datasets", "pandas", "numba", "torch"}
     streamed = load_dataset("parquet", data_files=str(out / "*.parquet"), split="train")
-    removed = pq.read_table(out / "removed" / "removed.parquet").to_pylist()
+    removed = read_removed(out / REMOVED_FILE).to_pylist()
 
     in_memory = curate(Dataset.from_list(records), load_spec(tmp_path / "spec.yaml"))
     assert streamed["id"] == in_memory.dataset["id"]
@@ -170,7 +171,7 @@ def test_streamed_file_curate_equals_the_dataset_run_and_stays_lean(tmp_path: Pa
                for r in records[:200])
     assert sum(reasons.get(f"near-{r['id']}", "").startswith("minhash-duplicate-of")
                for r in records[200:400]) >= 190
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["output"]["rows"] == len(streamed) == in_memory.manifest.output["rows"]
 
 

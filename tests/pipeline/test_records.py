@@ -16,7 +16,7 @@ from datasets import Dataset
 
 from datadiet.cli import main
 from datadiet.pipeline.curate import curate, load_spec_fields
-from datadiet.pipeline.io import DataError, iter_jsonl, load_corpus
+from datadiet.pipeline.io import MANIFEST_FILE, DataError, iter_jsonl, load_corpus
 from datadiet.pipeline.records import (
     RecordFormat,
     detect_format,
@@ -157,7 +157,7 @@ def test_curate_t0_with_a_pretraining_step_keeps_input_columns(
     table = pq.read_table(next(out.glob("*.parquet")))
     assert table.column_names == ["id", "prompt", "completion"]
     assert table.num_rows == 10
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["input"]["record_format"]["format"] == "prompt_completion"
     assert manifest["steps"][0]["removed"] == {"exact-duplicate-of": 3}
 

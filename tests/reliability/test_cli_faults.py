@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datadiet.pipeline.io import MANIFEST_FILE
 from tests.reliability.conftest import Sandbox, assert_modes_follow_umask, signal_self_code
 
 DOCS = [
@@ -180,7 +181,7 @@ def folder_with_removed_hidden_and_notes(box: Sandbox) -> list[str]:
 
 def input_rows(n: int) -> Callable[[Sandbox, str], None]:
     def check(box: Sandbox, _: str) -> None:
-        manifest = json.loads((box.out / "manifest.json").read_text())
+        manifest = json.loads((box.out / MANIFEST_FILE).read_text())
         assert manifest["input"]["rows"] == n, manifest["input"]
     return check
 
@@ -192,14 +193,14 @@ def first_text_has_no_bom(box: Sandbox, _: str) -> None:
 
 def skipped(n: int, line: int) -> Callable[[Sandbox, str], None]:
     def check(box: Sandbox, _: str) -> None:
-        info = json.loads((box.out / "manifest.json").read_text())["input"]["skipped"]
+        info = json.loads((box.out / MANIFEST_FILE).read_text())["input"]["skipped"]
         assert info["count"] == n and f":{line}:" in info["examples"][0], info
     return check
 
 
 def renamed(n: int) -> Callable[[Sandbox, str], None]:
     def check(box: Sandbox, _: str) -> None:
-        manifest = json.loads((box.out / "manifest.json").read_text())
+        manifest = json.loads((box.out / MANIFEST_FILE).read_text())
         assert manifest["input"]["renamed_ids"] == n
         ids = pq.read_table(next(box.out.glob("*.parquet"))).column("id").to_pylist()
         assert "a-2" in ids and len(set(ids)) == len(ids)
@@ -502,7 +503,7 @@ def check_row(row: Row, box: Sandbox) -> str:
     elif row.output == "kept":
         assert sorted(str(p) for p in box.out.rglob("*")) == out_before
     elif row.output == "written":
-        assert (box.out / "manifest.json").is_file()
+        assert (box.out / MANIFEST_FILE).is_file()
         assert_modes_follow_umask(box.out)
     if row.check:
         row.check(box, stdout)
@@ -554,6 +555,6 @@ def test_small_curate_starts_lean(box: Sandbox) -> None:
     heavy = {"torch", "transformers", "prefect", "pydantic", "numba", "llvmlite", "scipy",
              "sklearn"}
     assert not imported_modules(proc.stderr) & heavy
-    steps = json.loads((box.out / "manifest.json").read_text())["steps"]
+    steps = json.loads((box.out / MANIFEST_FILE).read_text())["steps"]
     assert [s["name"] for s in steps] == ["exact_dedup", "minhash_dedup", "quality"]
     assert steps[0]["rows_in"] == 50

@@ -26,7 +26,7 @@ from typing import Any
 from datadiet.experiments.mixture import MixtureSizes, build_mixture
 from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path
-from datadiet.pipeline.io import atomic_write_json, iter_jsonl
+from datadiet.pipeline.io import MANIFEST_FILE, atomic_write_json, iter_jsonl
 from datadiet.pipeline.manifest import Manifest
 from datadiet.pipeline.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 from datadiet.pipeline.savings import eval_curve, flops_savings, train_arms
@@ -186,7 +186,7 @@ def summarize_pretraining(
     records carry a ``source`` field, the summary also says how much of each source was kept.
     """
     curated_dir = Path(curated_dir)
-    manifest = Manifest.load(curated_dir / "manifest.json")
+    manifest = Manifest.load(curated_dir / MANIFEST_FILE)
     curation_total = manifest.ledger.get("total", {})
     curation_flops = float(curation_total.get("flops", 0.0))
     if str(corpus).endswith(".jsonl"):
@@ -201,7 +201,7 @@ def summarize_pretraining(
         "spec": spec if spec is not None else manifest.spec,
         "curation": {
             "out": str(curated_dir),
-            "manifest": str(curated_dir / "manifest.json"),
+            "manifest": str(curated_dir / MANIFEST_FILE),
             "rows_in": manifest.input.get("rows"),
             "rows_out": manifest.steps[-1].rows_out if manifest.steps else len(kept_ids),
             "steps": [{"step": s.name, "rows_in": s.rows_in, "rows_out": s.rows_out,
@@ -235,7 +235,7 @@ def pretraining_comparison(
     """Build, curate, train both arms for every seed, compare; everything lands under ``out``.
 
     ``out/mixture/`` holds the raw corpus, the DSIR target and the eval set; ``out/curated/``
-    the curated dataset with ``manifest.json`` (spec, per-step removals, the curation ledger);
+    the curated dataset with ``.datadiet/manifest.json`` (spec, per-step removals, the curation ledger);
     ``out/runs/{full,curated}/seed-N/report.json`` each run's ledger and curves. Returns a
     JSON-able summary: data composition, curation cost, per-run summaries, eval curves and the
     per-seed savings.

@@ -39,7 +39,7 @@ from datasets import Dataset
 from datadiet.experiments.sft_pool import PLANTED_KINDS, planted_removed
 from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path
-from datadiet.pipeline.io import atomic_write_json, iter_jsonl
+from datadiet.pipeline.io import MANIFEST_FILE, atomic_write_json, iter_jsonl
 from datadiet.pipeline.manifest import Manifest
 from datadiet.pipeline.models.tokenizer import load_tokenizer
 from datadiet.pipeline.savings import eval_curve, flops_savings, spread, train_arms
@@ -131,7 +131,7 @@ def _select(name: str, spec: list[dict[str, dict]], pool: Path, out: Path) -> di
     result = curate_path(pool, steps, out / name, overwrite=True, show_progress=False)
     manifest: Manifest = result.manifest
     total = manifest.ledger.get("total", {})
-    return {"spec": spec, "out": str(out / name), "manifest": str(out / name / "manifest.json"),
+    return {"spec": spec, "out": str(out / name), "manifest": str(out / name / MANIFEST_FILE),
             "kept": _kept_ids(out / name), "flops": float(total.get("flops", 0.0)),
             "scored_tokens": int(total.get("tokens", 0)),
             "seconds": float(total.get("seconds", 0.0)),

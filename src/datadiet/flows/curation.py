@@ -58,7 +58,7 @@ from datadiet.flows.shards import (
 )
 from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path, parse_spec, spec_of
-from datadiet.pipeline.io import source_fingerprint
+from datadiet.pipeline.io import MANIFEST_FILE, source_fingerprint
 from datadiet.pipeline.manifest import Manifest
 from datadiet.pipeline.models.tokenizer import load_tokenizer
 from datadiet.pipeline.stages.training import load_text_dataset
@@ -201,7 +201,7 @@ def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_fiel
     result = curate_path(source, steps, out, text_field=text_field, id_field=id_field,
                          keep_fields=keep_fields, on_error=on_error, overwrite=overwrite,
                          rows_per_shard=rows_per_shard, show_progress=False)
-    manifest_path = Path(out) / "manifest.json"
+    manifest_path = Path(out) / MANIFEST_FILE
     return {"out": str(out), "manifest": str(manifest_path), "rows_in": result.manifest.input["rows"],
             "rows_out": len(result.dataset), "output_fingerprint": result.manifest.output["fingerprint"]}
 
@@ -296,8 +296,8 @@ def curate(
     Args:
         source: The corpus: JSONL(.gz), Parquet or text file or folder, or a saved Hugging Face
             dataset.
-        out: Output folder: the curated dataset (Parquet shards), its manifest and the removed
-            rows, written atomically.
+        out: Output folder: the curated dataset (Parquet shards and a dataset card), with the
+            manifest and the removed rows hidden in .datadiet/, written atomically.
         spec: The steps: YAML text like `- exact_dedup: {}`, or the path of a spec file or of a
             manifest.json to repeat.
         text_field: The field holding each row's text.

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from datadiet import __version__
+from datadiet.pipeline.card import write_curated_metadata
 from datadiet.pipeline.config_files import read_config_file
 from datadiet.pipeline.executors import (
     Executor,
@@ -32,7 +33,7 @@ from datadiet.pipeline.executors import (
     PlannedStep,
 )
 from datadiet.pipeline.io import (
-    MANIFEST_FILE,
+    LEGACY_MANIFEST_FILE,
     AtomicOutputDir,
     LoadedCorpus,
     OnError,
@@ -43,9 +44,9 @@ from datadiet.pipeline.io import (
     arrow_ints,
     arrow_strings,
     as_dataset,
-    atomic_write_text,
     check_output_dir,
     corpus_from_records,
+    find_manifest,
     load_corpus,
     looks_local,
     reads_as_files,
@@ -54,7 +55,7 @@ from datadiet.pipeline.io import (
     write_parquet_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
-from datadiet.pipeline.records import RecordFormat, parse_fields, sft_format
+from datadiet.pipeline.records import RecordFormat, parse_fields, restore_messages, sft_format
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import (
     STEP_REGISTRY,
@@ -96,7 +97,16 @@ def parse_spec(spec: Any, source: str = "spec") -> list[tuple[str, dict[str, Any
 
 
 def read_spec(path: str | os.PathLike) -> Any:
-    """The parsed YAML/JSON of a spec file; every way it can be unreadable is a SpecError."""
+    """The parsed YAML/JSON of a spec file; every way it can be unreadable is a SpecError.
+
+    A curated output folder stands for its manifest (the run it repeats); so does the path of
+    the older layout's top-level ``manifest.json``, where the folder has the newer layout.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent if path.name == LEGACY_MANIFEST_FILE \
+        and not path.exists() else None
+    if folder is not None and (manifest := find_manifest(folder)) is not None:
+        path = manifest
     return read_config_file(path, "spec file")
 
 
@@ -534,17 +544,15 @@ def _write_streamed(corpus: StreamedCorpus, alive: np.ndarray, book: _StepBook,
     drop = [ctx.text_field] if fmt is not None and not fmt.is_text else []  # our rendering
     with AtomicOutputDir(out, overwrite=overwrite) as tmp:
         shards = write_batch_shards(corpus.batches(), keep, tmp, rows_per_shard, drop=drop,
-                                    extra=book.scores)
-        (tmp / "removed").mkdir()
-        pq.write_table(removed, tmp / "removed" / "removed.parquet")
+                                    extra=book.scores,
+                                    transform=lambda table: restore_messages(table, fmt))
         manifest.output = {
             "rows": len(alive),
             "shards": shards,
-            "removed_file": "removed/removed.parquet",
             "fingerprint": xxhash.xxh3_128_hexdigest(
                 f"{corpus.fingerprint}|{manifest.spec}|".encode() + alive.tobytes()),
         }
-        atomic_write_text(tmp / MANIFEST_FILE, manifest.to_json())
+        write_curated_metadata(tmp, manifest, removed)
 
 
 def _input_info(corpus: ReadReport, options: dict[str, Any]) -> dict[str, Any]:
@@ -620,16 +628,14 @@ def curate_path(
     if fmt is not None and not fmt.is_text:  # the text column is our rendering, not the input's
         written = written.remove_columns(text_field)
     with AtomicOutputDir(out, overwrite=overwrite) as tmp:
-        shards = write_parquet_shards(written, tmp, rows_per_shard)
-        (tmp / "removed").mkdir()
-        pq.write_table(result.removed, tmp / "removed" / "removed.parquet")
+        shards = write_parquet_shards(written, tmp, rows_per_shard,
+                                      transform=lambda table: restore_messages(table, fmt))
         result.manifest.output = {
             "rows": len(result.dataset),
             "shards": shards,
-            "removed_file": "removed/removed.parquet",
             "fingerprint": result.dataset._fingerprint,
         }
-        atomic_write_text(tmp / MANIFEST_FILE, result.manifest.to_json())
+        write_curated_metadata(tmp, result.manifest, result.removed)
     return result
 
 

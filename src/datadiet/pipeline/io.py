@@ -81,7 +81,16 @@ DATA_SUFFIXES = JSONL_SUFFIXES + TEXT_SUFFIXES + PARQUET_SUFFIXES
 # A name ending in one of these is a local path, never a hub id (a typo must say "no such file").
 LOCAL_SUFFIXES = (*DATA_SUFFIXES, ".gz", ".md", ".csv", ".tsv", ".arrow", ".yaml", ".yml",
                   ".zst", ".bz2", ".xz", ".zip", ".tar", ".gguf", ".safetensors", ".bin", ".pt")
-MANIFEST_FILE = "manifest.json"
+# A curated output folder: data shards at the top, the dataset card (README.md), and datadiet's
+# own files in a hidden folder. Every reader's folder discovery skips names starting with ``.``
+# (Arrow, Hugging Face, Spark), and the removed rows are Arrow IPC, not Parquet, so not even a
+# recursive ``**/*.parquet`` glob (DuckDB, Polars) takes them for data.
+META_DIR = ".datadiet"
+MANIFEST_FILE = f"{META_DIR}/manifest.json"
+REMOVED_FILE = f"{META_DIR}/removed.arrow"
+CARD_FILE = "README.md"
+# Outputs written before the hidden folder kept these at the top; ``why`` still reads them.
+LEGACY_MANIFEST_FILE = "manifest.json"
 WRITE_BATCH_ROWS = 10_000
 BLOCK_BYTES = 4 << 20
 MAX_SKIPPED_EXAMPLES = 1000
@@ -902,15 +911,43 @@ def _object_lines(block: bytes, first_line: int, n_rows: int) -> np.ndarray | No
     return (first_line + np.flatnonzero(filled)).astype(np.uint32)
 
 
+def find_manifest(folder: str | os.PathLike) -> Path | None:
+    """The manifest of a folder ``datadiet curate`` wrote (``.datadiet/manifest.json``, or
+    ``manifest.json`` at the top in the older layout), or None if it has none."""
+    for name in (MANIFEST_FILE, LEGACY_MANIFEST_FILE):
+        if (path := Path(folder) / name).is_file():
+            return path
+    return None
+
+
+def write_removed(table: pa.Table, path: Path) -> None:
+    """The removed rows as a compressed Arrow IPC file (see ``REMOVED_FILE`` for why not
+    Parquet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = pa.ipc.IpcWriteOptions(compression="zstd")
+    with pa.ipc.new_file(path, table.schema, options=options) as writer:
+        writer.write_table(table)
+
+
+def read_removed(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """The removed rows of a curated output (``columns`` of them, or all), in either layout
+    (Arrow IPC, or the older ``removed/removed.parquet``)."""
+    if path.suffix == ".parquet":
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return table if columns is None else table.select(list(columns))
+
+
 def _curated_shards(folder: Path) -> list[Path] | None:
     """The data shards of a folder ``datadiet curate`` wrote, or None if it is not one.
 
-    Such a folder has a ``manifest.json`` (a JSON object); its shards are the ones the
-    manifest lists, or, for a manifest without that list, the ``*.parquet`` files beside it.
-    The manifest and ``removed/`` are never read as data.
+    Such a folder has a manifest (a JSON object, see :func:`find_manifest`); its shards are
+    the ones the manifest lists, or, for a manifest without that list, the ``*.parquet`` files
+    beside it. The manifest, the card and the removed rows are never read as data.
     """
-    manifest = folder / MANIFEST_FILE
-    if not manifest.is_file():
+    manifest = find_manifest(folder)
+    if manifest is None:
         return None
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
@@ -928,7 +965,7 @@ def _curated_shards(folder: Path) -> list[Path] | None:
         return paths
     paths = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
     if not paths:
-        raise DataError(f"{folder}: has a {MANIFEST_FILE} but no data shards (*.parquet)")
+        raise DataError(f"{folder}: has a {manifest.name} but no data shards (*.parquet)")
     return paths
 
 
@@ -1394,7 +1431,8 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
     """Everything that can be known about an output folder before any work is done.
 
     It must not be or hold an input; an existing folder is replaced only with ``overwrite``
-    and only if datadiet wrote it (it has a ``manifest.json``), so ``--overwrite`` can never
+    and only if datadiet wrote it (it has a manifest, see :func:`find_manifest`), so
+    ``--overwrite`` can never
     delete a folder of the user's own; and its location must be writable, so a permission
     problem shows before the work, not after it. The writer asks the same again at the
     moment it replaces the folder (:func:`output_guard`).
@@ -1415,12 +1453,12 @@ def check_output_dir(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]
 def refuse_to_replace(existing: Path, out: str | os.PathLike, overwrite: bool,
                       flag: str = "--out") -> None:
     """Raise unless the folder at ``existing`` may be replaced: ``overwrite`` was given and
-    datadiet wrote it (its marker, ``manifest.json``, is there)."""
+    datadiet wrote it (its marker, a manifest where :func:`find_manifest` looks, is there)."""
     if not existing.is_dir():
         raise OutputError(f"{flag} {out}: exists and is not a folder")
     if not overwrite:
         raise OutputError(f"{flag} {out}: output exists (pass --overwrite to replace it)")
-    if not (existing / MANIFEST_FILE).is_file():
+    if find_manifest(existing) is None:
         raise OutputError(f"{flag} {out}: exists and was not written by datadiet (no "
                           f"{MANIFEST_FILE}); refusing to replace it even with --overwrite")
 
@@ -1441,8 +1479,10 @@ def output_guard(out: str | os.PathLike, overwrite: bool, flag: str = "--out"
 
 
 def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_000,
-                         prefix: str = "data") -> list[str]:
+                         prefix: str = "data",
+                         transform: Callable[[pa.Table], pa.Table] | None = None) -> list[str]:
     """Write ``ds`` as ``{prefix}-00000-of-0000N.parquet`` shards; returns their names.
+    ``transform`` (if given) maps each shard's table before it is written.
 
     Each shard is gathered once from the dataset's Arrow data (through its indices mapping,
     if it has one), so the rows a curation run kept are copied exactly once, here.
@@ -1456,6 +1496,8 @@ def write_parquet_shards(ds: Dataset, folder: Path, rows_per_shard: int = 100_00
     names = []
     for i in range(n_shards):
         part = arrow[i * rows_per_shard : min(n, (i + 1) * rows_per_shard)]
+        if transform is not None:
+            part = transform(part)
         name = f"{prefix}-{i:05d}-of-{n_shards:05d}.parquet"
         pq.write_table(part, folder / name)
         names.append(name)
@@ -1471,11 +1513,13 @@ ROW_GROUP_BYTES = 8 << 20
 def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, folder: Path,
                        rows_per_shard: int = 100_000, prefix: str = "data",
                        drop: Sequence[str] = (),
-                       extra: Mapping[str, np.ndarray] | None = None) -> list[str]:
+                       extra: Mapping[str, np.ndarray] | None = None,
+                       transform: Callable[[pa.Table], pa.Table] | None = None) -> list[str]:
     """Write the rows of ``batches`` where ``keep`` (a mask over all their rows) is True as
     ``{prefix}-00000-of-0000N.parquet`` shards, the same rows in the same files
     :func:`write_parquet_shards` writes; ``drop`` names columns left out, ``extra`` adds
-    columns (a value per input row). Memory: one batch plus one row group of kept rows
+    columns (a value per input row), ``transform`` maps each batch's kept rows. Memory: one
+    batch plus one row group of kept rows
     (``ROW_GROUP_BYTES``)."""
     if rows_per_shard < 1:
         raise SpecError(f"rows per shard must be at least 1, not {rows_per_shard}")
@@ -1493,7 +1537,8 @@ def write_batch_shards(batches: Iterable[pa.RecordBatch], keep: np.ndarray, fold
             for name, values in (extra or {}).items():
                 table = table.append_column(name, arrow_floats(values[start : start + n]))
             start += n
-            writer.add(table.filter(arrow_bools(mask)) if not mask.all() else table)
+            kept = table.filter(arrow_bools(mask)) if not mask.all() else table
+            writer.add(transform(kept) if transform is not None else kept)
         writer.close()
     finally:
         writer.abort()

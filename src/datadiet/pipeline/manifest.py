@@ -18,11 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from datadiet.pipeline.io import MANIFEST_FILE, DataError
+from datadiet.pipeline.io import MANIFEST_FILE, DataError, find_manifest, read_removed
 
 __all__ = ["MANIFEST_VERSION", "Manifest", "StepReport", "explain", "jsonable"]
 
 MANIFEST_VERSION = 1
+#: Where the older layout kept the removed rows (its manifests may not name the file).
+LEGACY_REMOVED_FILE = "removed/removed.parquet"
 
 
 @dataclass
@@ -111,18 +113,18 @@ def explain(out: str | os.PathLike, ids: list[str]) -> list[str]:
     folder = Path(out)
     if not folder.is_dir():
         raise DataError(f"{out}: no such folder")
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
+    manifest_path = find_manifest(folder)
+    if manifest_path is None:
         raise DataError(f"{out}: not a folder written by `datadiet curate` (no {MANIFEST_FILE})")
     try:
         manifest = Manifest.load(manifest_path)
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise DataError(f"{manifest_path}: not a datadiet manifest ({exc})") from None
     wanted = pa.array(ids, pa.string())
-    removed_path = folder / manifest.output.get("removed_file", "removed/removed.parquet")
+    removed_path = folder / manifest.output.get("removed_file", LEGACY_REMOVED_FILE)
     if not removed_path.is_file():
         raise DataError(f"{removed_path}: missing (the manifest lists it)")
-    removed = pq.read_table(removed_path, columns=["id", "step", "reason"])
+    removed = read_removed(removed_path, ["id", "step", "reason"])
     removed = removed.filter(pc.is_in(removed.column("id"), value_set=wanted)).to_pylist()
     by_id = {row["id"]: row for row in removed}
     kept: set[str] = set()

@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 if TYPE_CHECKING:
     from datasets import Dataset
 
@@ -160,6 +162,30 @@ def messages_of(value: Any) -> Any:
         except json.JSONDecodeError:
             return value
     return value
+
+
+#: Chat messages as TRL's ``SFTTrainer``, ``datasets`` and chat templates read them.
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
+def restore_messages(table: pa.Table, fmt: RecordFormat | None) -> pa.Table:
+    """A chat output's messages column as a list of ``{role, content}``, as the input had it.
+
+    Why: the reader carries nested fields as JSON text (one schema of strings for every input),
+    but a fine-tuning job reads the curated folder as it is: ``SFTTrainer`` applies the chat
+    template to a list of messages, not to a string. Messages with other keys than role and
+    content (tool calls, names) stay JSON text rather than lose those keys.
+    """
+    if fmt is None or fmt.kind != "chat" or fmt.column("messages") not in table.column_names:
+        return table
+    name = fmt.column("messages")
+    values = [None if v is None else messages_of(v) for v in table.column(name).to_pylist()]
+    if any(v is not None and (not isinstance(v, list) or any(
+            not isinstance(m, Mapping) or set(m) - {"role", "content"} for m in v))
+           for v in values):
+        return table
+    index = table.column_names.index(name)
+    return table.set_column(index, pa.field(name, MESSAGES_TYPE), pa.array(values, MESSAGES_TYPE))
 
 
 def _chat_problem(column: str, messages: Any) -> str | None:

@@ -63,7 +63,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "An existing RUN/checkpoint.pt is resumed. Under torchrun, trains with DDP.",
     )
     p.add_argument("--data", default=None,
-                   help="curated output folder (OUT/*.parquet), or a JSONL/Parquet/text file or folder")
+                   help="curated output folder, a JSONL/Parquet/text file or folder, or a "
+                   "token file from `datadiet export` (its folder or tokens.bin), read as it is")
     p.add_argument("--config", default=None,
                    help="YAML training config (default: the commented built-in one, "
                    "datadiet/pipeline/stages/configs/train_tiny.yaml)")

@@ -43,10 +43,17 @@ from datadiet.kernels.flops import ModelShape
 from datadiet.kernels.hf_checkpoint import write_llama_files
 from datadiet.kernels.model import Llama, LlamaConfig
 from datadiet.pipeline.config_files import read_config_file
-from datadiet.pipeline.io import UserError, atomic_path, atomic_write_json, load_corpus
+from datadiet.pipeline.io import (
+    DataError,
+    UserError,
+    atomic_path,
+    atomic_write_json,
+    load_corpus,
+)
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.loading import load_llama
-from datadiet.pipeline.models.tokenizer import load_tokenizer
+from datadiet.pipeline.models.tokenizer import load_tokenizer, tokenizer_hash
+from datadiet.pipeline.tokens import is_token_export, read_token_file
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -132,12 +139,39 @@ def pack_dataset(
     column = tokenized.data.column("ids")
     chunks = [c.flatten() for c in column.chunks] if column.num_chunks else []
     flat = pa.concat_arrays(chunks).to_numpy() if chunks else np.zeros(0, dtype=np.int64)
-    flat = torch.from_numpy(np.array(flat, dtype=np.int64))  # a writable copy of Arrow's buffer
+    return pack_tokens(flat, seq_len, len(ds))
+
+
+def pack_tokens(tokens: np.ndarray, seq_len: int, n_documents: int) -> PackedData:
+    """Cut a token stream (documents joined by end-of-text) into overlapping blocks (see
+    :func:`pack_dataset`): the same blocks whether the stream was tokenized here or read from
+    a file ``datadiet export`` wrote."""
+    flat = torch.from_numpy(np.array(tokens, dtype=np.int64))  # a writable int64 copy
     n_blocks = (len(flat) - 1) // seq_len if len(flat) > 1 else 0
     if n_blocks == 0:
         raise ValueError(f"corpus has {len(flat)} tokens: too few for one block of {seq_len + 1}")
     idx = torch.arange(n_blocks)[:, None] * seq_len + torch.arange(seq_len + 1)[None, :]
-    return PackedData(flat[idx], int(len(flat)), len(ds))
+    return PackedData(flat[idx], int(len(flat)), n_documents)
+
+
+def pack_token_file(path: str | os.PathLike, tokenizer: Any, seq_len: int) -> PackedData:
+    """The blocks of a token file written by ``datadiet export`` (the bytes a user's Megatron
+    or nanoGPT job reads), refused if another tokenizer made it."""
+    tokens = read_token_file(path)
+    ours = tokenizer_hash(tokenizer)
+    if tokens.tokenizer_hash != ours:
+        raise DataError(f"{path}: its tokens were made by the tokenizer {tokens.tokenizer} "
+                        f"({tokens.tokenizer_hash}), not by this run's ({ours}); export again "
+                        f"with this tokenizer or set `tokenizer:` in the training config")
+    return pack_tokens(tokens.tokens, seq_len, tokens.documents)
+
+
+def pack_data(data: Any, tokenizer: Any, cfg: TrainConfig) -> PackedData:
+    """Training or eval data as blocks: a token file as it is, anything else tokenized."""
+    if isinstance(data, str | os.PathLike) and is_token_export(data):
+        return pack_token_file(data, tokenizer, cfg.seq_len)
+    return pack_dataset(load_text_dataset(data, cfg.text_column), tokenizer, cfg.seq_len,
+                        text_column=cfg.text_column)
 
 
 def pack_pairs(
@@ -530,18 +564,14 @@ def setup_data(cfg: TrainConfig, tokenizer: Any, dataset: Any, eval_dataset: Any
             if packed.targets is not None and eval_dataset is None and not cfg.eval_data:
                 raise ValueError("pre-packed training pairs need an eval set (eval_dataset)")
         else:
-            train_ds = load_text_dataset(dataset if dataset is not None else cfg.data,
-                                         cfg.text_column)
-            packed = pack_dataset(train_ds, tokenizer, cfg.seq_len, text_column=cfg.text_column)
+            packed = pack_data(dataset if dataset is not None else cfg.data, tokenizer, cfg)
         if isinstance(eval_dataset, PackedData):
             data = RunData(packed, packed.blocks, eval_dataset.blocks[: cfg.max_eval_blocks],
                            None if eval_dataset.targets is None
                            else eval_dataset.targets[: cfg.max_eval_blocks])
         elif eval_dataset is not None or cfg.eval_data:
-            eval_ds = load_text_dataset(eval_dataset if eval_dataset is not None else cfg.eval_data,
-                                        cfg.text_column)
-            eval_blocks = pack_dataset(eval_ds, tokenizer, cfg.seq_len,
-                                       text_column=cfg.text_column).blocks[: cfg.max_eval_blocks]
+            eval_data = eval_dataset if eval_dataset is not None else cfg.eval_data
+            eval_blocks = pack_data(eval_data, tokenizer, cfg).blocks[: cfg.max_eval_blocks]
             data = RunData(packed, packed.blocks, eval_blocks)
         else:
             data = RunData(packed, *_split_blocks(packed.blocks, cfg))
