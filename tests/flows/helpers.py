@@ -55,9 +55,14 @@ def artifacts_of(flow_run_id: UUID | str) -> dict[str, dict]:
 
 def log_lines(flow_run_id: UUID | str) -> list[str]:
     """Every log message of a flow run and its subflows (task runs' included), oldest first."""
-    logs = api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": run_ids(flow_run_id)}},
-                                     "sort": "TIMESTAMP_ASC", "limit": 200})
-    return [entry["message"] for entry in logs]
+    ids, messages = run_ids(flow_run_id), []
+    while True:  # the API pages at 200; a sharded run on Dask logs more than that
+        page = api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": ids}},
+                                         "sort": "TIMESTAMP_ASC", "limit": 200,
+                                         "offset": len(messages)})
+        messages += [entry["message"] for entry in page]
+        if len(page) < 200:
+            return messages
 
 
 def runs_named(flow_run_id: UUID | str) -> dict[str, list[str]]:

@@ -18,10 +18,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from datadiet.experiments.corpus import build_sample_corpus
 from datasets import load_dataset
 
 from datadiet.cli import main
+from datadiet.experiments.corpus import build_sample_corpus
 from datadiet.pipeline.io import CARD_FILE, MANIFEST_FILE, REMOVED_FILE, iter_jsonl, read_removed
 
 SPEC = "- exact_dedup: {}\n- minhash_dedup: {threshold: 0.7, num_perm: 64}\n"

@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datadiet.experiments.corpus import build_sample_corpus
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from datadiet.cli import main
+from datadiet.experiments.corpus import build_sample_corpus
 from datadiet.pipeline.curate import curate_path
 from datadiet.pipeline.models.tokenizer import load_tokenizer, train_bpe_tokenizer
 from datadiet.pipeline.tokens import read_token_file

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -22,10 +21,11 @@ from datadiet.prompting import (
     compress_prompt,
 )
 from datadiet.prompting.compression.budget import lower_bound
+from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 @pytest.fixture(scope="module")

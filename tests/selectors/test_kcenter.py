@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from datasets import Dataset
@@ -14,8 +12,9 @@ from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.common import resolve_keep as resolve_count
 from datadiet.selectors.kcenter import KCenterCoreset, greedy_k_center
 from datadiet.selectors.semdedup import embed_dataset
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 def covering_radius(emb: np.ndarray, chosen: np.ndarray) -> float:

@@ -8,7 +8,6 @@ The inputs are small (13 documents of 20–50 tokens) to keep the file fast on C
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,9 @@ from datadiet.selectors.perplexity import (
     PerplexityFilter,
     perplexity_decision,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 N_PROSE, N_SHUFFLED, N_RANDOM = 6, 3, 3
 
 

@@ -26,8 +26,9 @@ from datadiet.selectors.semdedup import (
     embed_dataset,
     semdedup_embeddings,
 )
+from tests.conftest import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = SHARED_DATA
 T0 = DATA / "sft" / "t0_train"
 EPSILON = 0.12  # threshold 0.88: planted pairs score >= 0.91, distinct docs <= 0.83
 

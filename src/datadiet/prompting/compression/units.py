@@ -36,33 +36,42 @@ class Units:
     def __len__(self) -> int:
         return len(self.starts)
 
-    def render(self, keep: np.ndarray) -> str:
-        """The text made of the kept units, in order (always valid Unicode).
+    def bridged(self, keep: np.ndarray) -> np.ndarray:
+        """``keep`` plus the whitespace-only units that keep two kept words apart.
 
-        Where dropped units held the only whitespace between two kept words, one separator
-        takes its place (a newline if the gap had one, else a space): a protected number often
-        starts without the space token before it, and without this "The treaty of 1648"
-        would read "The treaty1648". Budgets count this rendered text, so the separator is
-        paid for.
+        Where every unit between two kept ones was dropped and neither side of the join is
+        whitespace, the first whitespace-only unit of that gap is kept too: a protected number
+        often starts after a space token of its own, and without it "The treaty of 1648"
+        would read "The treaty1648". The output stays made of slices of the original text,
+        and budgets count the rendered text, so the space is paid for.
         """
+        keep = np.asarray(keep, dtype=bool)
+        kept = np.flatnonzero(keep)
+        if len(kept) < 2:
+            return keep
         text, starts, ends = self.text, self.starts, self.ends
-        parts: list[str] = []
-        previous = -1
-        for k in np.flatnonzero(keep):
-            piece = text[starts[k] : ends[k]]
-            if parts and k > previous + 1 and piece and not piece[0].isspace() \
-                    and not parts[-1][-1:].isspace():
-                gap = text[ends[previous] : starts[k]]
-                if any(ch.isspace() for ch in gap):
-                    parts.append("\n" if "\n" in gap else " ")
-            parts.append(piece)
-            previous = int(k)
-        return "".join(parts)
+        out = keep.copy()
+        for previous, k in zip(kept[:-1], kept[1:], strict=True):
+            if k == previous + 1 or starts[k] >= len(text) or ends[previous] <= 0:
+                continue
+            if text[starts[k]].isspace() or text[ends[previous] - 1].isspace():
+                continue
+            for gap in range(previous + 1, k):
+                piece = text[starts[gap] : ends[gap]]
+                if piece and piece.isspace():
+                    out[gap] = True
+                    break
+        return out
+
+    def render(self, keep: np.ndarray) -> str:
+        """The text made of the kept units, in order (always valid Unicode); see :meth:`bridged`."""
+        text, starts, ends = self.text, self.starts, self.ends
+        return "".join(text[starts[k] : ends[k]] for k in np.flatnonzero(self.bridged(keep)))
 
     def kept_spans(self, keep: np.ndarray) -> list[tuple[int, int]]:
         """Character ranges of ``text`` that survive, adjacent kept units merged."""
         spans: list[tuple[int, int]] = []
-        for k in np.flatnonzero(keep):
+        for k in np.flatnonzero(self.bridged(keep)):
             s, e = int(self.starts[k]), int(self.ends[k])
             if spans and spans[-1][1] == s:
                 spans[-1] = (spans[-1][0], e)
