@@ -46,12 +46,12 @@ def test_demo_with_a_folder_that_is_not_the_kit_refuses(tmp_path: Path,
 def test_demo_params_honour_prompts_and_sft_steps(tmp_path: Path, shared_data: Path) -> None:
     params = demo_params(tmp_path / "a", sizes=TINY, steps=4, prompts=3, sft_steps=0,
                          data=shared_data)
-    assert params.prompt_limit == 3 and params.sft_pool is None
-    assert len(Path(params.eval_set).read_text().splitlines()) == 3
+    assert params["prompt_limit"] == 3 and params["sft_pool"] is None
+    assert len(Path(params["eval_set"]).read_text().splitlines()) == 3
     params = demo_params(tmp_path / "b", sizes=TINY, steps=4, prompts=0, sft_steps=7,
                          data=shared_data)
-    assert params.pool is None and params.eval_set is None
-    assert params.sft_steps == 7 and Path(params.sft_pool).is_file()
-    assert Path(params.sft_truth).is_file()
+    assert params["pool"] is None and params["eval_set"] is None
+    assert params["sft_steps"] == 7 and Path(params["sft_pool"]).is_file()
+    assert Path(params["sft_truth"]).is_file()
     with pytest.raises(DataKitMissing, match="real-data kit"):
         demo_params(tmp_path / "c", data=tmp_path / "nowhere")

@@ -53,9 +53,8 @@ def artifacts_of(flow_run_id: UUID | str) -> dict[str, dict]:
     return {a["key"]: a for a in found}
 
 
-def log_lines(flow_run_id: UUID | str) -> list[str]:
-    """Every log message of a flow run and its subflows (task runs' included), oldest first."""
-    ids, messages = run_ids(flow_run_id), []
+def _all_log_lines(ids: list[str]) -> list[str]:
+    messages: list[str] = []
     while True:  # the API pages at 200; a sharded run on Dask logs more than that
         page = api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": ids}},
                                          "sort": "TIMESTAMP_ASC", "limit": 200,
@@ -63,6 +62,25 @@ def log_lines(flow_run_id: UUID | str) -> list[str]:
         messages += [entry["message"] for entry in page]
         if len(page) < 200:
             return messages
+
+
+def log_lines(flow_run_id: UUID | str, settle_s: float = 15.0) -> list[str]:
+    """Every log message of a flow run and its subflows (task runs' included), oldest first.
+
+    Prefect ships log lines from a background worker in batches, so right after a run ends
+    some may not be stored yet (seen on a loaded machine): read until two reads a second
+    apart agree, for at most ``settle_s`` seconds.
+    """
+    ids = run_ids(flow_run_id)
+    deadline = time.monotonic() + settle_s
+    lines = _all_log_lines(ids)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        again = _all_log_lines(ids)
+        if again == lines and lines:
+            break
+        lines = again
+    return lines
 
 
 def runs_named(flow_run_id: UUID | str) -> dict[str, list[str]]:

@@ -19,7 +19,7 @@ distributed = pytest.importorskip("distributed")
 
 from datadiet.pipeline.curate import curate_path  # noqa: E402
 from datadiet.pipeline.executors.dask import DaskExecutor  # noqa: E402
-from datadiet.pipeline.io import SpecError  # noqa: E402
+from datadiet.pipeline.io import MANIFEST_FILE, SpecError  # noqa: E402
 
 #: The pre-training specs of the README (and the variants that change the reduce's shape).
 SPECS = {
@@ -183,7 +183,7 @@ def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) 
         subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
                         str(spec), "--out", str(out), "--quiet", "--executor", executor,
                         "--workers", "2"], check=True, capture_output=True)
-        outs[executor] = json.loads((out / "manifest.json").read_text())
+        outs[executor] = json.loads((out / MANIFEST_FILE).read_text())
     assert outs["local"]["output"] == outs["dask"]["output"]
     assert outs["local"]["output"]["rows"] < outs["local"]["input"]["rows"]
     spec.write_text("- exact_dedup: {}\n- random: {keep: 0.5}\n", encoding="utf-8")

@@ -372,7 +372,7 @@ ROWS = [
     Row("out-holds-dsir-target", out_holds_dsir_target, 2, r"holds the input .*target\.txt",
         output="kept"),
     Row("overwrite-refuses-user-folder", overwrite_user_folder, 2,
-        r"not written by datadiet \(no manifest\.json\)", output="kept"),
+        r"not written by datadiet \(no \.datadiet/manifest\.json\)", output="kept"),
     Row("exists-without-overwrite", exists_without_overwrite, 2, r"output exists", output="kept"),
     Row("overwrite-own-output", overwrite_own_output, 0, output="written"),
     Row("success-modes-and-no-temp", plain_success, 0, output="written", check=input_rows(6)),

@@ -30,6 +30,7 @@ import pytest
 
 from datadiet.pipeline.atomic import HOST
 from datadiet.pipeline.errors import DataError, NoSpaceError, SpecError, UserError
+from datadiet.pipeline.io import MANIFEST_FILE
 from datadiet.pipeline.score_cache import ScoreCache, cached_scores
 from tests.reliability.conftest import Sandbox
 from tests.reliability.test_cli_faults import (
@@ -121,7 +122,7 @@ def symlinked_output(box: Sandbox) -> list[str]:
 def link_kept_and_output_written(box: Sandbox, _: str) -> None:
     link, real = box.out_parent / "link", box.out_parent / "real"
     assert link.is_symlink() and Path(os.readlink(link)) == real
-    manifest = json.loads((real / "manifest.json").read_text())
+    manifest = json.loads((real / MANIFEST_FILE).read_text())
     assert manifest["output"]["rows"] == 6
     assert sorted(p.name for p in box.out_parent.iterdir()) == ["link", "real"]
 
