@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml constraints.txt
 $(CORE_STAMP): pyproject.toml constraints.txt
 	test -x $(CORE_PY) || $(PYTHON) -m venv $(CORE_VENV)
 	$(CORE_PY) -m pip install -q --upgrade pip
-	$(CORE_PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(CORE_PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(CORE_STAMP)
 
 # The demo needs the real-data kit (../shared/data, or DATADIET_SHARED_DATA) and stops (exit 2)

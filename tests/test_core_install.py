@@ -17,6 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from datadiet.pipeline.io import MANIFEST_FILE
+
 HEAVY = ("torch", "transformers", "sentence_transformers", "numba", "prefect", "faiss")
 CORE_ONLY = os.environ.get("DATADIET_CORE_INSTALL") == "1"
 
@@ -49,7 +51,7 @@ def test_curate_runs_on_the_core_dependencies(tmp_path: Path, shared_data: Path)
         [sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec", str(spec),
          "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
     exact = next(s for s in manifest["steps"] if s["name"] == "exact_dedup")
     assert exact["rows_in"] == 450 and exact["rows_in"] - exact["rows_out"] >= 50
     kept = sum(pq.read_metadata(f).num_rows for f in out.glob("data-*.parquet"))
