@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from datadiet.experiments.corpus import gutenberg_paragraphs, wikitext_paragraphs
-from datadiet.pipeline.io import atomic_write_json, atomic_write_text
+from datadiet.pipeline.io import atomic_write_json, atomic_write_text, iter_jsonl
 
 __all__ = ["PLANTED_KINDS", "PoolFiles", "PoolMix", "build_sft_pool", "planted_removed"]
 
@@ -110,16 +110,11 @@ class PoolFiles:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-def _jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _t0_rows(folder: Path, rows: slice) -> list[dict[str, str]]:
     """(prompt, completion, task) of ``rows`` of every T0 template, short prompts, real answers."""
     out = []
     for path in sorted(folder.glob("*.jsonl")):
-        for k, record in enumerate(_jsonl(path)[rows]):
+        for k, record in enumerate(list(iter_jsonl(path))[rows]):
             prompt = record["prompt"].strip()
             answer = record["completion"].replace(END_OF_TEXT, "").strip()
             if answer and len(prompt) <= MAX_PROMPT_CHARS:
@@ -131,7 +126,7 @@ def _t0_rows(folder: Path, rows: slice) -> list[dict[str, str]]:
 def _gsm8k_rows(path: Path) -> list[dict[str, str]]:
     """GSM8K problems with their worked solutions as prose (no ``<<...>>`` calculator marks)."""
     out = []
-    for k, record in enumerate(_jsonl(path)):
+    for k, record in enumerate(iter_jsonl(path)):
         steps, _, final = record["answer"].partition("####")
         steps = re.sub(r"<<[^>]*>>", "", steps).strip()
         out.append({"prompt": record["question"].strip(),
