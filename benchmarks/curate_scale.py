@@ -81,12 +81,15 @@ def build_corpus(path: Path, base: list[tuple[str, str]], docs: int) -> int:
     return n
 
 
-def helper_dask(src: str, out: str, spec: str, report: str) -> None:
-    """The Dask run, in its own process: curate_path with a DaskExecutor on 2 local workers."""
+def helper_dask(src: str, out: str, spec: str, report: str, workers: str = "2",
+                memory_limit: str = "auto") -> None:
+    """The Dask run, in its own process: curate_path with a DaskExecutor on local workers
+    (``memory_limit`` per worker: Dask's own setting, past which a worker spills and then
+    pauses)."""
     from datadiet.pipeline.curate import curate_path, load_spec
     from datadiet.pipeline.executors.dask import DaskExecutor
 
-    with DaskExecutor(workers=2) as executor:
+    with DaskExecutor(workers=int(workers), memory_limit=memory_limit) as executor:
         result = curate_path(src, load_spec(spec), out, overwrite=True, show_progress=False,
                              executor=executor)
         workers = executor.worker_peak_mib()
@@ -97,8 +100,16 @@ def helper_dask(src: str, out: str, spec: str, report: str) -> None:
     }))
 
 
-def measure(src: Path, docs: int, work: Path, spec: Path) -> dict:
-    """Both executors on one corpus: wall, CPU and peak, and per million documents."""
+def manifest_of(out: Path) -> dict:
+    from datadiet.pipeline.io import find_manifest
+
+    return json.loads(find_manifest(out).read_text())
+
+
+def measure(src: Path, docs: int, work: Path, spec: Path, limited: tuple[int, str] | None) -> dict:
+    """Both executors on one corpus: wall, CPU and peak, and per million documents; with
+    ``limited`` = (workers, memory per worker), also a Dask run on that many workers each held
+    to that memory (issue 23: past what one process's reduce needs)."""
     local_out, dask_out = work / "out-local", work / "out-dask"
     local = run_process([sys.executable, "-m", "datadiet", "curate", str(src), "--spec",
                          str(spec), "--out", str(local_out), "--quiet", "--overwrite"])
@@ -106,15 +117,31 @@ def measure(src: Path, docs: int, work: Path, spec: Path) -> dict:
     dask = run_process([sys.executable, str(Path(__file__).resolve()), "--helper-dask", str(src),
                         str(dask_out), str(spec), str(report)])
     dask.update(json.loads(report.read_text()))
-    local_rows = json.loads((local_out / "manifest.json").read_text())["output"]["rows"]
-    same = local_rows == dask["rows_out"] and \
-        json.loads((local_out / "manifest.json").read_text())["output"]["fingerprint"] == \
-        json.loads((dask_out / "manifest.json").read_text())["output"]["fingerprint"]
-    shutil.rmtree(local_out)
+    local_output = manifest_of(local_out)["output"]
+    runs = [("local", local), ("dask", dask)]
+    same = local_output["rows"] == dask["rows_out"] and \
+        local_output["fingerprint"] == manifest_of(dask_out)["output"]["fingerprint"]
     shutil.rmtree(dask_out)
+    if limited:
+        workers, memory = limited
+        try:
+            capped = run_process([sys.executable, str(Path(__file__).resolve()),
+                                  "--helper-dask", str(src), str(dask_out), str(spec),
+                                  str(report), str(workers), memory])
+        except RuntimeError as exc:  # a figure either way: a failed capped run is one
+            print(f"memory-limited Dask run failed: {exc}", flush=True)
+            capped = {"failed": True}
+        else:
+            capped.update(json.loads(report.read_text()))
+            same = same and local_output["rows"] == capped["rows_out"] and \
+                local_output["fingerprint"] == manifest_of(dask_out)["output"]["fingerprint"]
+            runs.append(("dask_limited", capped))
+        capped["workers"], capped["memory_limit"] = workers, memory
+        shutil.rmtree(dask_out, ignore_errors=True)
+    shutil.rmtree(local_out)
     million = docs / 1e6
-    result = {"docs": docs, "rows_kept": local_rows, "same_kept_rows": same}
-    for name, run in (("local", local), ("dask", dask)):
+    result = {"docs": docs, "rows_kept": local_output["rows"], "same_kept_rows": same}
+    for name, run in runs:
         result[name] = {k: round(v, 2) if isinstance(v, float) else v for k, v in run.items()
                         if k != "rows_out"}
         result[name]["seconds_per_million_docs"] = round(run["wall_s"] / million, 2)
@@ -129,8 +156,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--sizes", default="",
                         help="comma-separated corpus sizes instead of 55K,1M,5M (the full run)")
-    parser.add_argument("--helper-dask", nargs=4, metavar=("SRC", "OUT", "SPEC", "REPORT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--limited", default="4x400MB",
+                        help="also run Dask on WORKERSxMEMORY workers at sizes of 1M and more "
+                             "(issue 23's 'past one process's memory'); 'none' to skip")
+    parser.add_argument("--helper-dask", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.helper_dask:
         helper_dask(*args.helper_dask)
@@ -158,7 +187,11 @@ def main() -> None:
                 build_corpus(src, base, docs)
             print(f"built {docs:,} documents ({src.stat().st_size / 2**30:.2f} GiB) in "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
-            results[docs] = measure(src, docs, work, spec)
+            limited = None
+            if args.limited != "none" and docs >= 1_000_000:
+                workers, memory = args.limited.split("x")
+                limited = (int(workers), memory)
+            results[docs] = measure(src, docs, work, spec, limited)
             src.unlink()
     largest = max(results)
     summary = {
@@ -178,6 +211,12 @@ def main() -> None:
         "target_dask_vs_local": TARGET_DASK_VS_LOCAL,
         "all_same_kept_rows": all(r["same_kept_rows"] for r in results.values()),
     }
+    for docs, r in results.items():
+        if "dask_limited" in r:
+            summary.setdefault("limited_worker_peak_mib", {})[str(docs)] = {
+                "memory_limit": r["dask_limited"]["memory_limit"],
+                "workers": r["dask_limited"]["worker_peak_mib"],
+                "local_peak_mib": r["local"]["peak_mib"]}
     if 1_000_000 in results and 5_000_000 in results:
         one, five = results[1_000_000]["local"], results[5_000_000]["local"]
         summary["local_time_growth_1m_to_5m"] = round(
