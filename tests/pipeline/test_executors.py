@@ -17,9 +17,14 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from datadiet.pipeline.curate import curate_path  # noqa: E402
+from datadiet.pipeline.curate import (  # noqa: E402
+    curate,
+    curate_path,
+    load_spec,
+    load_spec_fields,
+)
 from datadiet.pipeline.executors.dask import DaskExecutor  # noqa: E402
-from datadiet.pipeline.io import MANIFEST_FILE, SpecError  # noqa: E402
+from datadiet.pipeline.io import MANIFEST_FILE, iter_jsonl  # noqa: E402
 
 #: The pre-training specs of the README (and the variants that change the reduce's shape).
 SPECS = {
@@ -164,13 +169,81 @@ def _spilled_bytes(dask_worker) -> int:  # noqa: ANN001 - Dask passes its Worker
     return int(dask_worker.data.cumulative_metrics["disk-write", "bytes"])
 
 
-def test_a_model_step_spec_is_refused_by_dask_with_a_clear_error(
-        corpus: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
-    """``random`` is not a map/reduce step yet: the Dask executor says so before reading."""
-    with pytest.raises(SpecError, match="random run"):
-        curate_path(corpus, [{"exact_dedup": {}}, {"random": {"keep": 0.5}}], tmp_path / "out",
-                    show_progress=False, executor=dask_executor)
-    assert not (tmp_path / "out").exists()
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture()
+def small_partitions(dask_executor: DaskExecutor) -> DaskExecutor:
+    """The module's cluster, cut into 10-row partitions: the example files have 12-47 rows."""
+    return DaskExecutor(client=dask_executor.client, partition_rows=10)
+
+
+@pytest.mark.parametrize("example", [("sft.yaml", "sft.jsonl"), ("chat-spec.yaml", "chat.jsonl")],
+                         ids=["sft", "chat"])
+def test_the_readme_fine_tuning_specs_keep_the_same_rows_on_dask(
+        example: tuple[str, str], small_partitions: DaskExecutor, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's fine-tuning spec (exact dedup, decontamination against an eval set read
+    with the spec's fields, response rules, MinHash) and the chat spec, as the command reads
+    them, on both executors: same rows, reasons, stats, and output files."""
+    spec, data = example
+    monkeypatch.chdir(EXAMPLES)  # the spec names its eval set relative to the examples
+    steps, fields = load_spec(spec), load_spec_fields(spec) or "auto"
+    local = curate_path(data, steps, tmp_path / "local", show_progress=False, fields=fields)
+    on_dask = curate_path(data, steps, tmp_path / "dask", show_progress=False, fields=fields,
+                          executor=small_partitions)
+    assert local.kept_rows is not None and on_dask.kept_rows is not None  # both streamed
+    _assert_same_run(local, on_dask, tmp_path / "local", tmp_path / "dask")
+    if spec == "sft.yaml":  # each step before MinHash removed something: decisions compared
+        assert all(step.rows_out < step.rows_in for step in local.manifest.steps[:3])
+        assert "contaminated-by:sft_eval.jsonl" in set(local.removed.column("reason").to_pylist())
+    kept = pq.read_table(tmp_path / "dask" / local.manifest.output["shards"][0])
+    assert ("question" if spec == "sft.yaml" else "messages") in kept.column_names
+
+
+def _t0_records(shared_data: Path, n: int, path: Path) -> None:
+    """T0 prompt/completion records with planted faults: copies, echoed prompts, cut-off
+    answers."""
+    rows = []
+    for source in sorted((shared_data / "sft" / "t0_train").glob("*.jsonl"))[::7]:
+        with open(source, encoding="utf-8") as handle:
+            for i, line in zip(range(n // 10), handle, strict=False):
+                record = json.loads(line)
+                rows.append({"id": f"{source.stem}-{i}", "prompt": record["prompt"],
+                             "completion": record["completion"]})
+    rows = rows[:n]
+    rows += [dict(r, id=f"copy-{r['id']}") for r in rows[:20]]
+    rows += [dict(r, id=f"echo-{r['id']}", completion=r["prompt"]) for r in rows[20:40]]
+    rows += [dict(r, id=f"cut-{r['id']}", completion=" ".join(r["prompt"].split()[:20]) + " and")
+             for r in rows[40:60]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+@pytest.mark.parametrize("spec", [
+    [{"response_rules": {}}, {"longest": {"keep": 0.5}}, {"random": {"keep": 0.8, "seed": 3}}],
+    [{"random": {"keep": 0.9}}, {"decontaminate": {"eval_sets": ["EVAL"], "n": 8}},
+     {"exact_dedup": {}}, {"response_rules": {"checks": ["truncated", "restates"]}}],
+], ids=["rules-longest-random", "random-first"])
+def test_record_steps_keep_the_same_rows_on_dask(
+        spec: list, shared_data: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
+    """Steps whose maps read a fine-tuning row's turns (response rules, longest) and the
+    draws and decontamination, in any order, on 600 real T0 records in 50-row partitions."""
+    source = tmp_path / "t0-sft.jsonl"
+    _t0_records(shared_data, 600, source)
+    evals = tmp_path / "eval.jsonl"
+    lines = source.read_text(encoding="utf-8").splitlines()
+    evals.write_text("\n".join(lines[100:110]) + "\n", encoding="utf-8")  # a leak
+    spec = json.loads(json.dumps(spec).replace('"EVAL"', json.dumps(str(evals))))
+    executor = DaskExecutor(client=dask_executor.client, partition_rows=50)
+    local = curate_path(source, spec, tmp_path / "local", show_progress=False)
+    on_dask = curate_path(source, spec, tmp_path / "dask", show_progress=False,
+                          executor=executor)
+    assert all(step.rows_out < step.rows_in for step in local.manifest.steps)
+    _assert_same_run(local, on_dask, tmp_path / "local", tmp_path / "dask")
+    # the streamed run decides what the Python API decides on a Dataset
+    in_memory = curate(list(iter_jsonl(source)), spec)
+    assert in_memory.removed.select(["id", "step", "reason"]).equals(
+        local.removed.select(["id", "step", "reason"]))
 
 
 def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) -> None:
@@ -186,9 +259,9 @@ def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) 
         outs[executor] = json.loads((out / MANIFEST_FILE).read_text())
     assert outs["local"]["output"] == outs["dask"]["output"]
     assert outs["local"]["output"]["rows"] < outs["local"]["input"]["rows"]
-    spec.write_text("- exact_dedup: {}\n- random: {keep: 0.5}\n", encoding="utf-8")
+    spec.write_text("- exact_dedup: {}\n- perplexity: {keep: 0.5}\n", encoding="utf-8")
     refused = subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
                               str(spec), "--out", str(tmp_path / "refused"), "--quiet",
                               "--executor", "dask"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "random run(s) only in-process" in refused.stderr
+    assert refused.returncode == 2 and "perplexity run(s) only in-process" in refused.stderr
     assert not (tmp_path / "refused").exists()

@@ -493,14 +493,16 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
     ids and a few bytes per row, plus whatever features the executor keeps here (the local
     one keeps them all, spilled to scratch past ``SPILL_BYTES``; Dask keeps them on workers)."""
     executor = executor or LocalExecutor()
-    plan = Plan.compile(built)
+
+    def check(columns: Sequence[str], fmt: RecordFormat | None) -> None:
+        check_plan(built, columns, fmt, ctx.text_field)
+
+    plan = Plan.compile(built, check)  # checked by the executor before the first map
     callers_work_dir = ctx.work_dir
     with scratch_dir("datadiet-run-", callers_work_dir) as work:
         ctx.work_dir = work
         try:
             corpus = executor.read(source, plan, work, options, ctx)
-            ctx.record_format = corpus.record_format
-            check_plan(built, corpus.schema.names, corpus.record_format, ctx.text_field)
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
                                 datadiet_version=__version__)
             book = _StepBook(pa.chunked_array([corpus.ids]), manifest, ctx)

@@ -1197,10 +1197,13 @@ def stream_corpus(
     on_error: OnError = "raise",
     on_duplicate_id: OnDuplicateId = "error",
     fields: RecordFormat | str | dict | None = "auto",
+    on_start: Callable[[list[str], RecordFormat | None], None] | None = None,
 ) -> StreamedCorpus:
     """Read data files like :func:`load_corpus` — the same reader, checks, errors and id rule —
     but hand each validated batch (id, text, kept columns) to ``on_batch`` as it is read and
-    keep the rows in ``work_dir/corpus.arrow`` instead of in memory.
+    keep the rows in ``work_dir/corpus.arrow`` instead of in memory. ``on_start(columns,
+    record_format)`` is called once, just before the first batch is handed over (a curation
+    plan checks and prepares its steps there, before any map runs).
 
     Why: a step that is a per-row map plus a global reduce (exact and MinHash dedup) needs
     each text once, while it is being read; the corpus itself is needed again only to write
@@ -1216,6 +1219,14 @@ def stream_corpus(
         raise no_such_path(source)
     rows = _Rows(text_field, id_field, keep, work_dir / "corpus.arrow", on_batch=on_batch)
     reader = _Reader(rows, on_error, fmt)
+    if on_start is not None:
+
+        def first(batch: pa.RecordBatch) -> None:
+            rows.on_batch = on_batch
+            on_start(batch.schema.names, reader.fmt)
+            on_batch(batch)
+
+        rows.on_batch = first
     ids, renamed = _read_all(path, rows, reader, lambda: rows.finish_stream(on_duplicate_id))
     assert rows.path is not None
     return StreamedCorpus(path=rows.path, ids=ids, schema=rows.schema,

@@ -38,7 +38,7 @@ from datadiet.pipeline.atomic import owned_temp_dir
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.models.scoring import LMScorer
-from datadiet.pipeline.records import RecordFormat
+from datadiet.pipeline.records import RecordFormat, ensure_text, sft_format, turns
 from datadiet.pipeline.selection import Selection
 
 if TYPE_CHECKING:
@@ -140,6 +140,45 @@ class StepContext:
 
 
 @dataclass(frozen=True)
+class RecordView:
+    """How a map reads a batch's records: which column holds the rendered text, and the
+    record format the reader settled (``None``: not known, a step called on its own).
+
+    Small and picklable: an executor sends it with each map to wherever the map runs.
+    """
+
+    text_field: str = "text"
+    record_format: RecordFormat | None = None
+
+    @classmethod
+    def of(cls, ctx: StepContext) -> RecordView:
+        return cls(ctx.text_field, ctx.record_format)
+
+    def texts(self, batch: pa.RecordBatch | pa.Table) -> Any:
+        """The rendered text column of ``batch`` (an Arrow string array)."""
+        return batch.column(self.text_field)
+
+    def fine_tuning_format(self, columns: list[str], step: str) -> RecordFormat:
+        """The fine-tuning format of rows with ``columns`` (``ValueError`` when they have
+        none)."""
+        return sft_format(columns, self.record_format, self.text_field, step=step)
+
+    def turn_columns(self, columns: list[str], step: str) -> list[str]:
+        """The columns holding a row's (prompt, response) turns, of those in ``columns``."""
+        fmt = self.fine_tuning_format(columns, step)
+        return [c for c in fmt.data_columns if c in columns]
+
+    def turns(self, batch: pa.RecordBatch | pa.Table, step: str) -> list[list[tuple[str, str]]]:
+        """Every row of ``batch`` as its (prompt, response) turns (see
+        :func:`datadiet.pipeline.records.turns`), read from the fine-tuning columns."""
+        fmt = self.fine_tuning_format(batch.schema.names, step)
+        cols = {c: batch.column(c).to_pylist() for c in fmt.data_columns
+                if c in batch.schema.names}
+        return [turns({c: values[i] for c, values in cols.items()}, fmt)
+                for i in range(batch.num_rows)]
+
+
+@dataclass(frozen=True)
 class DuplicateGroups:
     """A reduce of the shape "rows with equal keys are one group; each group keeps its first
     row" (exact dedup). An executor may hash-partition the keys so that each worker groups a
@@ -220,11 +259,64 @@ class Step(ABC):
         """The per-row arrays (hashes, signatures) this step decides from, for a batch of texts.
 
         Steps whose decision splits into a pure per-row map and a global reduce override this
-        and :meth:`select_from_features`. The arrays of a row must not depend on the batch it
+        (or :meth:`record_features`, to read more than the text) and
+        :meth:`select_from_features`. The arrays of a row must not depend on the batch it
         came in, so a sharded runner may compute them shard by shard on other workers and
         concatenate them in row order. The default: the step has no such split.
         """
         raise NotImplementedError(f"step {self.name!r} has no per-row features")
+
+    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
+        """The columns of the read batches (``columns``) the map reads: by default the text.
+
+        An executor ships only these to the map (a Dask partition holds the union over the
+        plan's steps), so a text-only step costs what it did before record-aware maps."""
+        return [view.text_field]
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """The map over records: ``batch`` holds (at least) the :meth:`map_columns`.
+
+        Override this instead of :meth:`row_features` when the map reads more than the text
+        (a fine-tuning row's turns: :meth:`RecordView.turns`). Same purity rule. The default
+        maps the text column with :meth:`row_features`."""
+        return self.row_features(view.texts(batch))
+
+    def prepare(self, ctx: StepContext) -> None:  # noqa: B027 - most steps need nothing
+        """Run once, in the driver, before the first map and after the record format is
+        known (``ctx.record_format``): load what every map needs and the batch cannot give
+        (an evaluation set's n-gram hashes). What it sets on the step travels with the step
+        to every map, so keep it small; it must not change :meth:`params`."""
+
+    def empty_features(self, view: RecordView) -> dict[str, Any]:
+        """The map's arrays for no rows (what a reduce over an empty corpus reads)."""
+        columns = [view.text_field, *(view.record_format.data_columns
+                                      if view.record_format is not None else [])]
+        batch = pa.table({c: pa.array([], pa.string()) for c in dict.fromkeys(columns)})
+        try:
+            wanted = self.map_columns(view, batch.schema.names)
+        except ValueError:
+            wanted = [view.text_field]
+        return self.record_features(batch.select(wanted), view)
+
+    def select_by_map(self, ds: Dataset, ctx: StepContext) -> Selection:
+        """:meth:`select` as the map over ``ds``'s batches, then the reduce: what a step
+        whose decision is its map plus its reduce uses, so that the Python API on a
+        ``Dataset`` and the executors on files decide alike."""
+        self.prepare(ctx)
+        view = RecordView.of(ctx)
+        if ctx.text_field not in ds.column_names:  # an instruction dataset, not rendered yet
+            ds = ensure_text(ds, ctx.record_format, ctx.text_field, self.name)
+        wanted = self.map_columns(view, list(ds.column_names))
+        # a map reading no column (a draw) still gets its batches' rows counted
+        table = ds.select_columns(wanted or ds.column_names[:1]).with_format("arrow")
+        parts = [self.record_features(table[start : start + ctx.batch_size], view)
+                 for start in range(0, len(ds), ctx.batch_size)]
+        if not parts:
+            features = self.empty_features(view)
+        else:
+            features = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        return self.select_from_features(ds, ctx, features)
 
     def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
                              features: dict[str, Any]) -> Selection:
@@ -256,8 +348,10 @@ class Step(ABC):
 
     @classmethod
     def splits_into_row_features(cls) -> bool:
-        """Whether the step implements the :meth:`row_features` map / global reduce split."""
-        return cls.row_features is not Step.row_features
+        """Whether the step implements the map (:meth:`row_features` or
+        :meth:`record_features`) / global reduce split."""
+        return cls.row_features is not Step.row_features \
+            or cls.record_features is not Step.record_features
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

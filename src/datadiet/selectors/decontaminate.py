@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 import xxhash
 
 from datadiet.pipeline.io import DataError, LoadedCorpus, load_corpus
-from datadiet.pipeline.records import ensure_text, parse_fields
+from datadiet.pipeline.records import parse_fields
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.pipeline.text import words
 
 if TYPE_CHECKING:
@@ -134,29 +135,47 @@ class Decontaminate(Step):
             out.append((Path(entry["path"]).name, hashes))
         return out
 
+    def prepare(self, ctx: StepContext) -> None:
+        """The evaluation sets' n-grams, read once in the driver (8 bytes an n-gram); they
+        travel with the step to every map."""
+        self._evals = self._eval_ngrams(ctx)
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """Each row's first evaluation set it shares an n-gram with (its place in
+        ``eval_sets``; -1: none) and the share of its n-grams found in any of them."""
+        evals = getattr(self, "_evals", None)
+        if evals is None:
+            raise RuntimeError("decontaminate: prepare() must run before the map")
+        texts = view.texts(batch).to_pylist()
+        hit = np.full(len(texts), -1, dtype=np.int16)
+        overlap = np.zeros(len(texts), dtype=np.float64)
+        for row, text in enumerate(texts):
+            grams = ngram_hashes(text or "", self.n)
+            if not len(grams):
+                continue
+            found = np.zeros(len(grams), dtype=bool)
+            for index, (_, hashes) in enumerate(evals):
+                in_eval = np.isin(grams, hashes, assume_unique=False)
+                if in_eval.any() and hit[row] < 0:
+                    hit[row] = index
+                found |= in_eval
+            overlap[row] = found.mean()
+        return {"eval_set": hit, "overlap": overlap}
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
-        ds = ensure_text(ds, ctx.record_format, ctx.text_field, self.name)
-        evals = self._eval_ngrams(ctx)
-        hit_file = np.full(n, "", dtype=object)
-        overlap = np.zeros(n, dtype=np.float64)
-        per_file = {name: 0 for name, _ in evals}
-        row = 0
-        for batch in ctx.iter_texts(ds, desc="decontaminate"):
-            for text in batch:
-                grams = ngram_hashes(text or "", self.n)
-                if len(grams):
-                    found = np.zeros(len(grams), dtype=bool)
-                    for name, hashes in evals:
-                        hit = np.isin(grams, hashes, assume_unique=False)
-                        if hit.any() and not hit_file[row]:
-                            hit_file[row] = name
-                            per_file[name] += 1
-                        found |= hit
-                    overlap[row] = found.mean()
-                row += 1
-        keep = hit_file == ""
-        stats = {"n": self.n, "eval_ngrams": {name: int(len(h)) for name, h in evals},
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        names = [name for name, _ in self._evals]
+        hit = np.asarray(features["eval_set"], dtype=np.int64)
+        hit_file = np.array(["", *names], dtype=object)[hit + 1]
+        per_file = dict.fromkeys(names, 0)  # two sets of one file name count together
+        for i, name in enumerate(names):
+            per_file[name] += int(np.count_nonzero(hit == i))
+        stats = {"n": self.n, "eval_ngrams": {name: int(len(h)) for name, h in self._evals},
                  "removed_per_eval_set": per_file}
-        return Selection.from_mask(keep, CONTAMINATED, detail=hit_file, scores=overlap,
+        return Selection.from_mask(hit < 0, CONTAMINATED, detail=hit_file,
+                                   scores=np.asarray(features["overlap"], dtype=np.float64),
                                    stats=stats)

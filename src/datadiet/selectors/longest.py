@@ -10,14 +10,14 @@ ties keep the earlier row.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
-from datadiet.selectors.ifd import conversation_rows
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -36,21 +36,38 @@ class Longest(Step):
     """
 
     name = "longest"
+    needs_instruction_data = True
 
     def __init__(self, *, keep: float | int = 0.5) -> None:
         validate_keep(keep)
         self.keep = keep
 
+    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
+        return view.turn_columns(columns, self.name)
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """Each row's response words (every assistant turn), as float64."""
+        return {"words": np.array([response_words(pairs)
+                                   for pairs in view.turns(batch, self.name)], dtype=np.float64)}
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        lengths = np.asarray(features["words"], dtype=np.float64)
+        n = len(lengths)
         if n == 0:
             return Selection.keep_all(0)
-        lengths = np.array([sum(len(_WORD.findall(_MARKER.sub("", response)))
-                                for _, response in pairs)
-                            for pairs in conversation_rows(ds, ctx, self.name)], dtype=np.float64)
         k = resolve_keep(self.keep, n)
         kept = np.argsort(-lengths, kind="stable")[:k]
         mask = np.zeros(n, dtype=bool)
         mask[kept] = True
         reasons = np.where(mask, "", "longest:shorter").astype(object)
         return Selection.from_mask(mask, reasons, scores=lengths, stats={"k": int(k)})
+
+
+def response_words(pairs: list[tuple[str, str]]) -> int:
+    """Words of a row's responses, special markers left out."""
+    return sum(len(_WORD.findall(_MARKER.sub("", response))) for _, response in pairs)

@@ -8,12 +8,13 @@ possible.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 
 if TYPE_CHECKING:
@@ -35,7 +36,19 @@ class RandomSelect(Step):
         self.keep = keep
         self.seed = seed
 
+    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
+        return []  # the draw reads nothing of a row
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        return {}
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        """The draw over the live rows: it depends on their number and the seed alone."""
         n = len(ds)
         k = resolve_keep(self.keep, n)
         seed = ctx.seed if self.seed is None else self.seed

@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
-from datadiet.selectors.ifd import conversation_rows
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -113,6 +113,7 @@ class ResponseRules(Step):
 
     name = "response_rules"
     row_local = True
+    needs_instruction_data = True
 
     def __init__(
         self,
@@ -160,12 +161,26 @@ class ResponseRules(Step):
                 return failed
         return None
 
+    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
+        return view.turn_columns(columns, self.name)
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """Each row's first failed rule, as its place in ``checks`` plus one (0: none)."""
+        codes = {check: i + 1 for i, check in enumerate(self.checks)}
+        failed = [self.check_row(pairs) for pairs in view.turns(batch, self.name)]
+        return {"failed": np.array([codes[f] if f else 0 for f in failed], dtype=np.int8)}
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
-        if n == 0:
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        failed = np.asarray(features["failed"], dtype=np.int64)
+        if len(failed) == 0:
             return Selection.keep_all(0)
-        failed = [self.check_row(pairs) for pairs in conversation_rows(ds, ctx, self.name)]
-        reasons = np.array([f"{self.name}:{f}" if f else "" for f in failed], dtype=object)
-        keep = reasons == ""
-        stats = {check: int(sum(f == check for f in failed)) for check in self.checks}
-        return Selection.from_mask(keep, reasons, stats=stats)
+        labels = np.array(["", *(f"{self.name}:{c}" for c in self.checks)], dtype=object)
+        reasons = labels[failed]
+        stats = {check: int(np.count_nonzero(failed == i + 1))
+                 for i, check in enumerate(self.checks)}
+        return Selection.from_mask(failed == 0, reasons, stats=stats)

@@ -49,8 +49,15 @@ from distributed import Client, Future, LocalCluster
 
 from datadiet.pipeline.executors.plan import Executor, Plan, PlannedStep
 from datadiet.pipeline.io import StreamedCorpus, UserError, arrow_bools, stream_corpus
+from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import DuplicateGroups, NearDuplicates, Step, StepContext
+from datadiet.pipeline.steps import (
+    DuplicateGroups,
+    NearDuplicates,
+    RecordView,
+    Step,
+    StepContext,
+)
 
 Features = dict[str, np.ndarray]
 
@@ -67,15 +74,18 @@ class Mapped:
 class _Partition:
     start: int  #: first input row
     rows: int
-    text: Future | None  #: the text column on a worker (released when no map needs it)
+    #: the columns the plan's maps read (the text, and a fine-tuning row's fields where a
+    #: step reads them) on a worker; released when no map needs them
+    text: Future | None
 
 
-def _map(step: Step, texts: pa.ChunkedArray, mask: np.ndarray | None = None) -> Mapped:
-    """A step's map over a partition's texts (only the ``mask`` rows, when given)."""
+def _map(step: Step, batch: pa.RecordBatch, view: RecordView,
+         mask: np.ndarray | None = None) -> Mapped:
+    """A step's map over a partition's records (only the ``mask`` rows, when given)."""
     start = time.perf_counter()
     if mask is not None:
-        texts = texts.filter(arrow_bools(mask))
-    features = step.row_features(texts)
+        batch = batch.filter(arrow_bools(mask))
+    features = step.record_features(batch, view)
     return Mapped(features, time.perf_counter() - start)
 
 
@@ -98,10 +108,11 @@ def _seconds(parts: tuple) -> float:
 # -- row-local and gathered reduces ---------------------------------------------------------
 
 
-def _decide(step: Step, mapped: Mapped, mask: np.ndarray | None, ids: pa.Array, text_field: str,
+def _decide(step: Step, mapped: Mapped, mask: np.ndarray | None, ids: pa.Array, view: RecordView,
             id_field: str) -> tuple[Selection, float]:
     """A row-local step's decision on one partition's live rows."""
-    ctx = StepContext(text_field=text_field, id_field=id_field, show_progress=False)
+    ctx = StepContext(text_field=view.text_field, id_field=id_field, show_progress=False,
+                      record_format=view.record_format)
     selection = step.select_from_features(pa.table({id_field: ids}), ctx, _live(mapped, mask))
     return selection, mapped.seconds
 
@@ -361,6 +372,7 @@ class DaskExecutor(Executor):
         self.partitions: list[_Partition] = []
         self.mapped: dict[int, list[Future]] = {}
         self.deferred_left = 0
+        self.plan: Plan | None = None
 
     @property
     def client(self) -> Client:
@@ -409,9 +421,11 @@ class DaskExecutor(Executor):
              ctx: StepContext) -> StreamedCorpus:
         """Read on the driver; scatter each partition's texts and map it on its worker."""
         self.close()
+        self.plan = plan
         workers = self.owners
         text_field = options["text_field"]
         read_maps = plan.read_maps
+        columns: list[str] = []
         self.deferred_left = len(plan.steps) - len(read_maps)
         self.mapped = {p.index: [] for p in read_maps}
         pending: list[pa.RecordBatch] = []
@@ -419,16 +433,17 @@ class DaskExecutor(Executor):
 
         def flush() -> None:
             nonlocal pending, rows
-            # One fresh array: a reader batch may be a slice of a bigger buffer, which pickling
+            # Fresh arrays: a reader batch may be a slice of a bigger buffer, which pickling
             # would send whole.
-            texts = pa.concat_arrays([b.column(text_field) for b in pending])
+            records = pa.RecordBatch.from_arrays(
+                [pa.concat_arrays([b.column(c) for b in pending]) for c in columns], columns)
             worker = workers[len(self.partitions) % len(workers)]
-            [future] = self.client.scatter([texts], workers=[worker], hash=False)
+            [future] = self.client.scatter([records], workers=[worker], hash=False)
             start = self.partitions[-1].start + self.partitions[-1].rows if self.partitions else 0
             self.partitions.append(_Partition(start, rows, future))
             for planned in read_maps:
                 self.mapped[planned.index].append(
-                    self.client.submit(_map, planned.step, future, pure=False))
+                    self.client.submit(_map, planned.step, future, plan.view, pure=False))
             pending, rows = [], 0
 
         with ctx.progress(None, "read + scatter to Dask workers") as bar:
@@ -441,9 +456,16 @@ class DaskExecutor(Executor):
                     flush()
                 bar.update(batch.num_rows)
 
-            corpus = stream_corpus(source, on_batch, work, **options)
+            def on_start(names: list[str], fmt: RecordFormat | None) -> None:
+                plan.begin(names, fmt, ctx)
+                # the maps' columns, the text always (a partition's rows are counted by it)
+                wanted = set(plan.map_columns(plan.steps, names)) | {text_field}
+                columns.extend(c for c in names if c in wanted)
+
+            corpus = stream_corpus(source, on_batch, work, on_start=on_start, **options)
             if rows:
                 flush()
+        plan.begin(corpus.schema.names, corpus.record_format, ctx)  # no batch at all
         if not self.deferred_left:
             self._release_texts()
         return corpus
@@ -457,9 +479,10 @@ class DaskExecutor(Executor):
         """The step's reduce, distributed by its shape; its read-time maps' seconds (summed
         over workers) come back with the first stage that reads its features."""
         step = planned.step
+        view = self.plan.view if self.plan is not None else None
+        assert view is not None
         if not self.partitions:  # an empty corpus
-            empty = step.row_features(pa.array([], pa.string()))
-            return step.select_from_features(names, ctx, empty), 0.0
+            return step.select_from_features(names, ctx, step.empty_features(view)), 0.0
         keep = np.zeros(self.partitions[-1].start + self.partitions[-1].rows, bool)
         keep[alive] = True
         masks = [keep[p.start : p.start + p.rows] for p in self.partitions]
@@ -468,7 +491,7 @@ class DaskExecutor(Executor):
             mapped = self.mapped.pop(planned.index)
             masks_given: list[np.ndarray | None] = [None if m.all() else m for m in masks]
         else:
-            mapped = [self.client.submit(_map, step, p.text, m, pure=False)
+            mapped = [self.client.submit(_map, step, p.text, view, m, pure=False)
                       for p, m in zip(self.partitions, masks, strict=True)]
             masks_given = [None] * len(masks)
             self.deferred_left -= 1
@@ -476,35 +499,36 @@ class DaskExecutor(Executor):
                 self._release_texts()
         shape = step.distributed_reduce()
         if step.row_local:
-            selection, seconds = self._row_local(step, mapped, masks_given, bounds, names, ctx)
+            selection, seconds = self._row_local(step, mapped, masks_given, bounds, names, ctx,
+                                                 view)
         elif isinstance(shape, DuplicateGroups):
             selection, seconds = self._groups(step, shape, mapped, masks_given, bounds, names,
                                               ctx)
         elif isinstance(shape, NearDuplicates):
             selection, seconds = self._near(step, shape, mapped, masks_given, bounds, names, ctx)
         else:
-            selection, seconds = self._gathered(step, mapped, masks_given, names, ctx)
+            selection, seconds = self._gathered(step, mapped, masks_given, names, ctx, view)
         # A deferred map ran inside the step's ledger stage, which timed it already.
         return selection, seconds if planned.maps_during_read else 0.0
 
     def _row_local(self, step: Step, mapped: list[Future], masks: list, bounds: np.ndarray,
-                   names: pa.Table, ctx: StepContext) -> tuple[Selection, float]:
+                   names: pa.Table, ctx: StepContext,
+                   view: RecordView) -> tuple[Selection, float]:
         ids = names.column(ctx.id_field)
         futures = [self.client.submit(_decide, step, m, mask,
                                       ids.slice(int(bounds[k]), int(bounds[k + 1] - bounds[k])),
-                                      ctx.text_field, ctx.id_field, pure=False)
+                                      view, ctx.id_field, pure=False)
                    for k, (m, mask) in enumerate(zip(mapped, masks, strict=True))]
         results = self.client.gather(futures)
         return _join_selections([r[0] for r in results]), sum(r[1] for r in results)
 
     def _gathered(self, step: Step, mapped: list[Future], masks: list, names: pa.Table,
-                  ctx: StepContext) -> tuple[Selection, float]:
+                  ctx: StepContext, view: RecordView) -> tuple[Selection, float]:
         """A reduce without a distributed shape: the live rows' features in this process."""
         results = self.client.gather([self.client.submit(_take, m, mask, pure=False)
                                       for m, mask in zip(mapped, masks, strict=True)])
         if not results:
-            return step.select_from_features(names, ctx, step.row_features(
-                pa.array([], pa.string()))), 0.0
+            return step.select_from_features(names, ctx, step.empty_features(view)), 0.0
         features = {name: np.concatenate([r[0][name] for r in results]) for name in results[0][0]}
         return step.select_from_features(names, ctx, features), sum(r[1] for r in results)
 

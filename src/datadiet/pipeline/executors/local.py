@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from datadiet.pipeline.executors.plan import Executor, Plan, PlannedStep
 from datadiet.pipeline.io import StreamedCorpus, arrow_bools, stream_corpus
+from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext
 
@@ -36,19 +37,23 @@ class FeatureMap:
     """One map/reduce step's per-row features, computed batch by batch as the corpus is read,
     and its seconds, booked on the step."""
 
-    def __init__(self, step: Step, index: int, ctx: StepContext) -> None:
+    def __init__(self, step: Step, index: int, ctx: StepContext, plan: Plan) -> None:
         self.step = step
+        self.plan = plan  # its view (how to read records) is set before the first batch
         self.index = index  # the step's place in the spec (names of its scratch files)
         self.ctx = ctx
         self.parts: list[dict[str, np.ndarray]] = []
+        self.part_rows: list[int] = []  # rows of each part (a map may give no array at all)
         self.bytes = 0
         self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         start = time.perf_counter()
-        part = self.step.row_features(batch.column(self.ctx.text_field))
+        assert self.plan.view is not None
+        part = self.step.record_features(batch, self.plan.view)
         self.bytes += sum(array.nbytes for array in part.values())
         self.parts.append(self._spill(part) if self.bytes > SPILL_BYTES else part)
+        self.part_rows.append(batch.num_rows)
         self.seconds += time.perf_counter() - start
 
     @property
@@ -80,8 +85,10 @@ class FeatureMap:
         filled into memory-mapped scratch files instead.
         """
         parts, self.parts = self.parts, []
+        part_rows, self.part_rows = self.part_rows, []
         if not parts:
-            return self.step.row_features(pa.array([], pa.string()))
+            assert self.plan.view is not None
+            return self.step.empty_features(self.plan.view)
         if len(parts) == 1 and len(alive) == n and not self.spilled:
             return parts[0]
         keep = np.zeros(n, bool)
@@ -89,9 +96,8 @@ class FeatureMap:
         out = {name: self._output(name, len(alive), array) for name, array in parts[0].items()}
         start = done = 0
         parts.reverse()  # pop() from the end takes them in row order
-        while parts:
+        for rows in part_rows:
             part = parts.pop()
-            rows = len(next(iter(part.values())))
             wanted = keep[start : start + rows]
             taken = int(np.count_nonzero(wanted))
             for name, array in part.items():
@@ -160,7 +166,7 @@ class LocalExecutor(Executor):
              ctx: StepContext) -> StreamedCorpus:
         """Read the corpus into the scratch folder, running the read-time maps on a second
         thread; a progress bar counts the documents read (the total is not known before)."""
-        self.maps = {p.index: FeatureMap(p.step, p.index, ctx) for p in plan.steps}
+        self.maps = {p.index: FeatureMap(p.step, p.index, ctx, plan) for p in plan.steps}
         during = [self.maps[p.index] for p in plan.read_maps]
         mapper = MapThread(during)
         with ctx.progress(None, "read" + "".join(f" + {m.step.name}" for m in during)) as bar:
@@ -169,11 +175,16 @@ class LocalExecutor(Executor):
                 mapper.put(batch)
                 bar.update(batch.num_rows)
 
+            def on_start(columns: list[str], fmt: RecordFormat | None) -> None:
+                plan.begin(columns, fmt, ctx)
+
             try:
-                self.corpus = stream_corpus(source, on_batch, work, **options)
+                self.corpus = stream_corpus(source, on_batch, work, on_start=on_start,
+                                            **options)
                 mapper.finish()
             finally:
                 mapper.stop(cancel=True)
+        plan.begin(self.corpus.schema.names, self.corpus.record_format, ctx)  # no batch at all
         return self.corpus
 
     def reduce(self, planned: PlannedStep, alive: np.ndarray, names: Any,

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from datadiet.pipeline.io import StreamedCorpus
+from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext
+from datadiet.pipeline.steps import RecordView, Step, StepContext
+
+#: The runner's check of a plan against the input's columns and record format (every column
+#: a step reads is there, instruction data where a step needs it): raises a user error.
+PlanCheck = Callable[[Sequence[str], RecordFormat | None], None]
 
 
 def maps_during_read(step: Step, index: int) -> bool:
@@ -40,15 +45,18 @@ class PlannedStep:
         return maps_during_read(self.step, self.index)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Plan:
     """The spec's steps in order, each a map plus a reduce (see :mod:`datadiet.pipeline.executors`)."""
 
     steps: tuple[PlannedStep, ...]
+    #: the runner's check, run by :meth:`begin` before the first map
+    check: PlanCheck | None = None
+    view: RecordView | None = field(default=None, init=False)  #: set by :meth:`begin`
 
     @classmethod
-    def compile(cls, built: Sequence[Step]) -> Plan:
-        return cls(tuple(PlannedStep(i, step) for i, step in enumerate(built)))
+    def compile(cls, built: Sequence[Step], check: PlanCheck | None = None) -> Plan:
+        return cls(tuple(PlannedStep(i, step) for i, step in enumerate(built)), check)
 
     @property
     def streams(self) -> bool:
@@ -59,6 +67,32 @@ class Plan:
     def read_maps(self) -> list[PlannedStep]:
         """The steps whose maps run while the corpus is read."""
         return [p for p in self.steps if p.maps_during_read]
+
+    @property
+    def begun(self) -> bool:
+        return self.view is not None
+
+    def begin(self, columns: Sequence[str], fmt: RecordFormat | None,
+              ctx: StepContext) -> RecordView:
+        """Once the reader knows the columns and the record format, before the first map:
+        the runner's check, then each step's :meth:`~datadiet.pipeline.steps.Step.prepare`
+        (in the driver). Idempotent: an executor calls it at the first batch, or after the
+        read when there was none."""
+        if self.view is None:
+            ctx.record_format = fmt
+            if self.check is not None:
+                self.check(list(columns), fmt)
+            for planned in self.steps:
+                planned.step.prepare(ctx)
+            self.view = RecordView.of(ctx)
+        return self.view
+
+    def map_columns(self, steps: Sequence[PlannedStep], columns: Sequence[str]) -> list[str]:
+        """The columns the maps of ``steps`` read, in the batches' order (what a Dask
+        partition ships); the text column alone for text-only steps."""
+        assert self.view is not None, "begin() first"
+        wanted = {c for p in steps for c in p.step.map_columns(self.view, list(columns))}
+        return [c for c in columns if c in wanted]
 
 
 class Executor(ABC):
