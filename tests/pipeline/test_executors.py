@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -244,6 +245,51 @@ def test_record_steps_keep_the_same_rows_on_dask(
     in_memory = curate(list(iter_jsonl(source)), spec)
     assert in_memory.removed.select(["id", "step", "reason"]).equals(
         local.removed.select(["id", "step", "reason"]))
+
+
+def test_model_steps_keep_the_same_rows_on_dask(
+        shared_data: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
+    """Perplexity (SmolLM2), semantic dedup and k-center (MiniLM) as maps on the workers
+    (each worker loads each model once) and reduces in the driver, on 48 real T0 rows in
+    12-row partitions: the same rows and reasons as in-process, scores within float noise,
+    and the workers' model work booked in the run's ledger."""
+    source = tmp_path / "t0.jsonl"
+    rows = [json.loads(line) for line in open(sorted(
+        (shared_data / "sft" / "t0_train").glob("*.jsonl"))[0], encoding="utf-8")][:40]
+    run = uuid.uuid4().hex[:8]  # texts no earlier run embedded: the workers compute them
+    docs = [{"id": f"t0-{i}", "text": f"{r['prompt']}{r['completion']} ({run})"}
+            for i, r in enumerate(rows)]
+    docs += [dict(d, id=f"reworded-{d['id']}", text=d["text"].replace(".", " .")) for d in docs[:8]]
+    source.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    spec = [{"perplexity": {"keep": 0.9, "max_tokens": 64}}, {"semantic_dedup": {}},
+            {"kcenter": {"keep": 0.7}}]
+    executor = DaskExecutor(client=dask_executor.client, partition_rows=12)
+    on_dask = curate_path(source, spec, tmp_path / "dask", show_progress=False,
+                          executor=executor)
+    local = curate_path(source, spec, tmp_path / "local", show_progress=False)
+    assert all(step.rows_out < step.rows_in for step in local.manifest.steps)
+    assert np.array_equal(local.kept_rows, on_dask.kept_rows)
+    columns = ["id", "input_row", "step", "reason"]
+    assert local.removed.select(columns).equals(on_dask.removed.select(columns))
+    for column in ("perplexity_score", "semantic_dedup_score", "kcenter_score"):
+        a = np.asarray(local.removed.column(column).to_numpy(zero_copy_only=False))
+        b = np.asarray(on_dask.removed.column(column).to_numpy(zero_copy_only=False))
+        assert np.allclose(a, b, rtol=1e-4, equal_nan=True), column
+    for a, b in zip(local.manifest.steps, on_dask.manifest.steps, strict=True):
+        assert (a.rows_in, a.rows_out, a.removed) == (b.rows_in, b.rows_out, b.removed)
+    perplexity, embedding = on_dask.manifest.steps[0], on_dask.manifest.steps[1:]
+    # the LM work done on the workers is booked on the step, as in-process
+    assert perplexity.tokens_scored == perplexity.stats["tokens_scored"] \
+        == local.manifest.steps[0].tokens_scored > 40 * 20
+    assert perplexity.flops == pytest.approx(local.manifest.steps[0].flops, rel=1e-9)
+    # the workers embedded the new texts once (the first of the two steps' maps to run on a
+    # partition did; the other found them in the cache) and booked it; the in-process run
+    # then found every text in the machine's embedding cache, which all processes share
+    assert sum(step.tokens_scored for step in embedding) > 40 * 20
+    assert sum(step.tokens_scored for step in local.manifest.steps[1:]) == 0
+    stages = {s["name"] for s in on_dask.manifest.ledger["stages"]}
+    assert {"step:perplexity/lm-scoring", "step:semantic_dedup/embedding",
+            "model-loading"} <= stages
 
 
 def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) -> None:

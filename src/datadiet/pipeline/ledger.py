@@ -187,6 +187,26 @@ class Ledger:
     def add(self, name: str, tokens: int = 0, flops: float = 0.0) -> None:
         self.record(name).add(tokens, flops)
 
+    def absorb(self, other: Ledger) -> None:
+        """Book another ledger's stages here: what a curation map spent on a worker (or on
+        the map thread), merged in the driver. Its top-level stages become children of the
+        innermost open stage (the step's), except model loading, which stays top-level as
+        wherever it runs; tokens, FLOPs and seconds add up, peaks take the highest."""
+        parent = self._open[-1].record.name if self._open else None
+        for rec in other.stages.values():
+            root = rec.name.split(SEP, 1)[0]
+            name = rec.name if parent is None or root == MODEL_LOADING \
+                else parent + SEP + rec.name
+            mine = self._get(name)
+            mine.add(rec.tokens, rec.flops)
+            mine.seconds += rec.seconds
+            mine.peak_memory_bytes = max(mine.peak_memory_bytes, rec.peak_memory_bytes)
+
+    def loading_seconds(self) -> float:
+        """Seconds booked on model loading (kept out of the seconds of the work around it)."""
+        rec = self.stages.get(MODEL_LOADING)
+        return rec.seconds if rec is not None else 0.0
+
     def _seconds(self, rec: StageRecord, now: float) -> float:
         """Seconds so far, counting the running part of a stage that is still open."""
         running = sum(f.elapsed(now) for f in self._open if f.record is rec)

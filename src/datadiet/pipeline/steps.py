@@ -19,6 +19,7 @@ batch size plus a few bytes per row.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import inspect
@@ -26,6 +27,7 @@ import shutil
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -38,6 +40,7 @@ from datadiet.pipeline.atomic import owned_temp_dir
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.models.embedding import Embedder
 from datadiet.pipeline.models.scoring import LMScorer
+from datadiet.pipeline.models.shared import shared_embedder, shared_lm_scorer
 from datadiet.pipeline.records import RecordFormat, ensure_text, sft_format, turns
 from datadiet.pipeline.selection import Selection
 
@@ -149,10 +152,33 @@ class RecordView:
 
     text_field: str = "text"
     record_format: RecordFormat | None = None
+    scorer_model: str | None = None  #: the run's LM (``None``: the default)
+    embedder_model: str | None = None  #: the run's embedder (``None``: the default)
+    #: where a map books its model work: the executor gives each map its own and merges
+    #: them into the run's ledger, under the step (:meth:`Ledger.absorb`)
+    ledger: Ledger | None = None
 
     @classmethod
     def of(cls, ctx: StepContext) -> RecordView:
-        return cls(ctx.text_field, ctx.record_format)
+        return cls(ctx.text_field, ctx.record_format, ctx.scorer_model, ctx.embedder_model)
+
+    def booking_on(self, ledger: Ledger) -> RecordView:
+        """This view, its maps booking on ``ledger``."""
+        return dataclasses.replace(self, ledger=ledger)
+
+    def lm_scorer(self, model: str | None = None) -> AbstractContextManager[LMScorer]:
+        """The process's one scorer for ``model`` (``None``: the run's), loaded once per
+        process and booking on this view's ledger while the block runs."""
+        return shared_lm_scorer(model or self.scorer_model, self._ledger())
+
+    def embedder(self) -> AbstractContextManager[Embedder]:
+        """The process's one embedder (the run's model), as :meth:`lm_scorer`."""
+        return shared_embedder(self.embedder_model, self._ledger())
+
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise RuntimeError("a model map needs a ledger: view.booking_on(Ledger())")
+        return self.ledger
 
     def texts(self, batch: pa.RecordBatch | pa.Table) -> Any:
         """The rendered text column of ``batch`` (an Arrow string array)."""
@@ -297,7 +323,7 @@ class Step(ABC):
             wanted = self.map_columns(view, batch.schema.names)
         except ValueError:
             wanted = [view.text_field]
-        return self.record_features(batch.select(wanted), view)
+        return self.record_features(batch.select(wanted), view.booking_on(Ledger()))
 
     def select_by_map(self, ds: Dataset, ctx: StepContext) -> Selection:
         """:meth:`select` as the map over ``ds``'s batches, then the reduce: what a step
@@ -310,8 +336,14 @@ class Step(ABC):
         wanted = self.map_columns(view, list(ds.column_names))
         # a map reading no column (a draw) still gets its batches' rows counted
         table = ds.select_columns(wanted or ds.column_names[:1]).with_format("arrow")
-        parts = [self.record_features(table[start : start + ctx.batch_size], view)
-                 for start in range(0, len(ds), ctx.batch_size)]
+        booked = Ledger()
+        view = view.booking_on(booked)
+        with ctx.progress(len(ds), self.name) as bar:
+            parts = []
+            for start in range(0, len(ds), ctx.batch_size):
+                parts.append(self.record_features(table[start : start + ctx.batch_size], view))
+                bar.update(min(ctx.batch_size, len(ds) - start))
+        ctx.ledger.absorb(booked)
         if not parts:
             features = self.empty_features(view)
         else:

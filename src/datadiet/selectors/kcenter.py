@@ -16,14 +16,15 @@ is a monotone function of cosine distance (``|x - c|² = 2 - 2·cos``).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
-from datadiet.selectors.semdedup import embed_dataset
+from datadiet.selectors.semdedup import embedding_features
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -106,12 +107,21 @@ class KCenterCoreset(Step):
         self.keep = keep
         self.seed = int(seed)
 
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        return embedding_features(batch, view)
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        """The greedy coreset over the live rows' embeddings, gathered here."""
+        emb = features["embedding"]
+        n = len(emb)
         k = resolve_keep(self.keep, n)
         if n == 0 or k >= n:
             return Selection.keep_all(n, scores=np.full(n, np.nan))
-        emb = embed_dataset(ds, ctx, name="kcenter")
         centers, pick_dist, cover_dist = greedy_k_center(emb, k, seed=self.seed)
         scores = cover_dist.copy()
         scores[centers] = pick_dist

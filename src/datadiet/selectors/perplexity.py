@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from datadiet.pipeline.models.scoring import LMScorer
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 
 if TYPE_CHECKING:
@@ -183,32 +183,39 @@ class PerplexityFilter(Step):
         self.model = None if model is None else str(model)
         self.max_tokens = int(max_tokens)
 
-    def _scorer(self, ctx: StepContext) -> Any:
-        if self.model is None or self.model == ctx.scorer_model:
-            return ctx.lm_scorer()
-        # Another model than the run's: its own scorer, but the same ledger (and the weights are
-        # cached per process by the loader, so a second step with this model loads nothing).
-        return LMScorer(self.model, ledger=ctx.ledger)
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """Each row's perplexity, tokens scored, their FLOPs and whether it was cut, from the
+        process's one scorer (loaded once per process; its work booked on the view's
+        ledger)."""
+        n = batch.num_rows
+        if n == 0:
+            return {"ppl": np.empty(0), "tokens": np.empty(0, np.int64),
+                    "flops": np.empty(0), "truncated": np.empty(0, bool),
+                    "max_tokens": np.empty(0, np.int64)}
+        texts = view.texts(batch).to_pylist()
+        with view.lm_scorer(self.model) as scorer, scorer.ledger.stage(scorer.stage):
+            max_tokens = self.effective_max_tokens(scorer)
+            ppl, predicted, truncated = score_perplexity(scorer, texts, max_tokens)
+            tokens = predicted + 1  # the boundary token in front is read, not predicted
+            flops = np.array([scorer.shape.flops(int(k), int(k), training=False)
+                              for k in tokens], dtype=np.float64)
+        return {"ppl": ppl, "tokens": tokens, "flops": flops, "truncated": truncated,
+                "max_tokens": np.full(n, max_tokens, np.int64)}
+
+    def effective_max_tokens(self, scorer: Any) -> int:
+        """``max_tokens``, less room for the boundary token within the model's context."""
+        context = scorer.max_context
+        return min(self.max_tokens, int(context) - 1) if context else self.max_tokens
 
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
-        if n == 0:
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        ppl = np.asarray(features["ppl"], dtype=np.float64)
+        if len(ppl) == 0:
             return Selection.keep_all(0)
-        scorer = self._scorer(ctx)
-        max_tokens = self.max_tokens
-        context = scorer.max_context
-        if context:
-            max_tokens = min(max_tokens, int(context) - 1)  # room for the boundary token
-        ppl = np.empty(n, dtype=np.float64)
-        truncated = 0
-        start = 0
-        with ctx.ledger.stage(scorer.stage) as record:  # inside this step's stage when curating
-            tokens_before, flops_before = record.tokens, record.flops
-            for batch in ctx.iter_texts(ds, desc="perplexity"):
-                batch_ppl, _, batch_trunc = score_perplexity(scorer, batch, max_tokens)
-                ppl[start : start + len(batch)] = batch_ppl
-                truncated += int(batch_trunc.sum())
-                start += len(batch)
         kinds = perplexity_decision(
             ppl, keep=self.keep, band=self.band, min_ppl=self.min_ppl, max_ppl=self.max_ppl
         )
@@ -217,10 +224,10 @@ class PerplexityFilter(Step):
         finite = ppl[np.isfinite(ppl)]
         stats = {
             "scored": int(len(finite)),
-            "tokens_scored": int(record.tokens - tokens_before),
-            "flops": float(record.flops - flops_before),
-            "max_tokens": max_tokens,
-            "truncated": truncated,
+            "tokens_scored": int(np.sum(features["tokens"])),
+            "flops": float(np.sum(features["flops"])),
+            "max_tokens": int(np.max(features["max_tokens"])),
+            "truncated": int(np.count_nonzero(features["truncated"])),
             "median_ppl": float(np.median(finite)) if len(finite) else None,
             "kept_ppl_min": float(kept_ppl.min()) if len(kept_ppl) else None,
             "kept_ppl_max": float(kept_ppl.max()) if len(kept_ppl) else None,

@@ -38,9 +38,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import row_ids
 
 if TYPE_CHECKING:
@@ -88,6 +89,17 @@ def embed_dataset(
         del out
         out = np.load(path, mmap_mode="r")
     return out
+
+
+def embedding_features(batch: pa.RecordBatch | pa.Table, view: RecordView) -> dict[str, Any]:
+    """The map of the embedding steps: each row's L2-normalised embedding (``(n, dim)``
+    float32) from the process's one embedder (loaded once per process, its content-hash cache
+    shared by every process of the machine)."""
+    if batch.num_rows == 0:
+        return {"embedding": np.empty((0, 0), np.float32)}
+    texts = ["" if t is None else t for t in view.texts(batch).to_pylist()]
+    with view.embedder() as embedder:
+        return {"embedding": embedder.encode(texts)}
 
 
 # -- k-means ---------------------------------------------------------------------------------
@@ -350,11 +362,21 @@ class SemanticDedup(Step):
         self.sample = sample
         self.keep = keep
 
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        return embedding_features(batch, view)
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        """SemDeDup over the live rows' embeddings, gathered here (memory-mapped past
+        ``SPILL_BYTES`` by the in-process executor)."""
+        emb = features["embedding"]
+        n = len(emb)
         if n == 0:
             return Selection.keep_all(0)
-        emb = embed_dataset(ds, ctx, name="semdedup")
         with ctx.progress(n, "semdedup: clusters") as bar:
             result = semdedup_embeddings(
                 emb,

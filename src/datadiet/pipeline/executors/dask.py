@@ -49,6 +49,7 @@ from distributed import Client, Future, LocalCluster
 
 from datadiet.pipeline.executors.plan import Executor, Plan, PlannedStep
 from datadiet.pipeline.io import StreamedCorpus, UserError, arrow_bools, stream_corpus
+from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import (
@@ -67,7 +68,8 @@ class Mapped:
     """A partition's features for one step (on a worker), and the seconds its map took."""
 
     features: Features
-    seconds: float
+    seconds: float  #: the map's, model loading left out
+    ledger: Ledger  #: the map's model work (tokens, FLOPs, loading), merged in the driver
 
 
 @dataclass
@@ -82,11 +84,16 @@ class _Partition:
 def _map(step: Step, batch: pa.RecordBatch, view: RecordView,
          mask: np.ndarray | None = None) -> Mapped:
     """A step's map over a partition's records (only the ``mask`` rows, when given)."""
-    start = time.perf_counter()
+    start, ledger = time.perf_counter(), Ledger()
     if mask is not None:
         batch = batch.filter(arrow_bools(mask))
-    features = step.record_features(batch, view)
-    return Mapped(features, time.perf_counter() - start)
+    features = step.record_features(batch, view.booking_on(ledger))
+    return Mapped(features, time.perf_counter() - start - ledger.loading_seconds(), ledger)
+
+
+def _ledger(mapped: Mapped) -> Ledger | None:
+    """A map's ledger, when it booked anything (a model step's)."""
+    return mapped.ledger if mapped.ledger.stages else None
 
 
 def _live(mapped: Mapped, mask: np.ndarray | None) -> Features:
@@ -508,6 +515,10 @@ class DaskExecutor(Executor):
             selection, seconds = self._near(step, shape, mapped, masks_given, bounds, names, ctx)
         else:
             selection, seconds = self._gathered(step, mapped, masks_given, names, ctx, view)
+        for ledger in self.client.gather([self.client.submit(_ledger, m, pure=False)
+                                          for m in mapped]):
+            if ledger is not None:
+                ctx.ledger.absorb(ledger)
         # A deferred map ran inside the step's ledger stage, which timed it already.
         return selection, seconds if planned.maps_during_read else 0.0
 

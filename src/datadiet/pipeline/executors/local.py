@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from datadiet.pipeline.executors.plan import Executor, Plan, PlannedStep
 from datadiet.pipeline.io import StreamedCorpus, arrow_bools, stream_corpus
+from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import Step, StepContext
@@ -46,15 +47,17 @@ class FeatureMap:
         self.part_rows: list[int] = []  # rows of each part (a map may give no array at all)
         self.bytes = 0
         self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
+        self.ledger = Ledger()  # the maps' model work (this thread's), merged at the reduce
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
-        start = time.perf_counter()
+        start, loading = time.perf_counter(), self.ledger.loading_seconds()
         assert self.plan.view is not None
-        part = self.step.record_features(batch, self.plan.view)
+        part = self.step.record_features(batch, self.plan.view.booking_on(self.ledger))
         self.bytes += sum(array.nbytes for array in part.values())
         self.parts.append(self._spill(part) if self.bytes > SPILL_BYTES else part)
         self.part_rows.append(batch.num_rows)
-        self.seconds += time.perf_counter() - start
+        # loading a model is booked on its own stage, not on the step's maps
+        self.seconds += time.perf_counter() - start - (self.ledger.loading_seconds() - loading)
 
     @property
     def spilled(self) -> bool:
@@ -194,9 +197,11 @@ class LocalExecutor(Executor):
         feature_map = self.maps.pop(planned.index)
         if planned.maps_during_read:
             features = feature_map.features(alive, self.corpus.rows)
+            ctx.ledger.absorb(feature_map.ledger)
             return planned.step.select_from_features(names, ctx, features), feature_map.seconds
         self._map_survivors(feature_map, alive, ctx)
         features = feature_map.features(np.arange(len(alive)), len(alive))
+        ctx.ledger.absorb(feature_map.ledger)
         return planned.step.select_from_features(names, ctx, features), 0.0
 
     def _map_survivors(self, feature_map: FeatureMap, alive: np.ndarray,
