@@ -25,7 +25,7 @@ from datadiet.pipeline.curate import (  # noqa: E402
     load_spec_fields,
 )
 from datadiet.pipeline.executors.dask import DaskExecutor  # noqa: E402
-from datadiet.pipeline.io import MANIFEST_FILE, iter_jsonl  # noqa: E402
+from datadiet.pipeline.io import MANIFEST_FILE, SpecError, iter_jsonl  # noqa: E402
 
 #: The pre-training specs of the README (and the variants that change the reduce's shape).
 SPECS = {
@@ -247,6 +247,7 @@ def test_record_steps_keep_the_same_rows_on_dask(
         local.removed.select(["id", "step", "reason"]))
 
 
+@pytest.mark.slow
 def test_model_steps_keep_the_same_rows_on_dask(
         shared_data: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
     """Perplexity (SmolLM2), semantic dedup and k-center (MiniLM) as maps on the workers
@@ -292,6 +293,43 @@ def test_model_steps_keep_the_same_rows_on_dask(
             "model-loading"} <= stages
 
 
+@pytest.mark.slow
+def test_fine_tuning_model_steps_keep_the_same_rows_on_dask(
+        shared_data: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
+    """IFD (SmolLM2 on each row's turns, on the workers) then DEITA, whose reduce reads the
+    IFD scores the runner kept for it and embeds on the workers; after an exact dedup, so both
+    model maps run on the survivors only."""
+    source = tmp_path / "t0-sft.jsonl"
+    _t0_records(shared_data, 30, source)
+    spec = [{"exact_dedup": {}}, {"ifd": {"keep": 0.8, "max_length": 96, "cache": False}},
+            {"deita": {"keep": 0.5, "threshold": 0.95}}]
+    executor = DaskExecutor(client=dask_executor.client, partition_rows=16)
+    on_dask = curate_path(source, spec, tmp_path / "dask", show_progress=False,
+                          executor=executor)
+    local = curate_path(source, spec, tmp_path / "local", show_progress=False)
+    assert all(step.rows_out < step.rows_in for step in local.manifest.steps)
+    assert np.array_equal(local.kept_rows, on_dask.kept_rows)
+    columns = ["id", "input_row", "step", "reason"]
+    assert local.removed.select(columns).equals(on_dask.removed.select(columns))
+    ifd_local, ifd_dask = local.manifest.steps[1], on_dask.manifest.steps[1]
+    assert ifd_local.stats["rows_scored"] == ifd_dask.stats["rows_scored"] \
+        == ifd_local.rows_in  # the survivors of the exact dedup, no more
+    assert ifd_local.stats["model"] == ifd_dask.stats["model"]
+    assert ifd_dask.tokens_scored == ifd_local.tokens_scored > 0
+    assert np.allclose(local.removed.column("ifd_score").to_numpy(zero_copy_only=False),
+                       on_dask.removed.column("ifd_score").to_numpy(zero_copy_only=False),
+                       rtol=1e-4, equal_nan=True)
+
+
+def test_a_step_without_a_map_is_refused_by_dask_with_a_clear_error(
+        corpus: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
+    """``relevance`` is not a map/reduce step yet: the Dask executor says so before reading."""
+    with pytest.raises(SpecError, match="relevance run"):
+        curate_path(corpus, [{"exact_dedup": {}}, {"relevance": {}}], tmp_path / "out",
+                    show_progress=False, executor=dask_executor)
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) -> None:
     """``datadiet curate --executor dask`` writes what the in-process command writes."""
     spec = tmp_path / "spec.yaml"
@@ -305,9 +343,9 @@ def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) 
         outs[executor] = json.loads((out / MANIFEST_FILE).read_text())
     assert outs["local"]["output"] == outs["dask"]["output"]
     assert outs["local"]["output"]["rows"] < outs["local"]["input"]["rows"]
-    spec.write_text("- exact_dedup: {}\n- perplexity: {keep: 0.5}\n", encoding="utf-8")
+    spec.write_text(f"- exact_dedup: {{}}\n- dsir: {{target: [{corpus}]}}\n", encoding="utf-8")
     refused = subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
                               str(spec), "--out", str(tmp_path / "refused"), "--quiet",
                               "--executor", "dask"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "perplexity run(s) only in-process" in refused.stderr
+    assert refused.returncode == 2 and "dsir run(s) only in-process" in refused.stderr
     assert not (tmp_path / "refused").exists()

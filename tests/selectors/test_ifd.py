@@ -154,11 +154,14 @@ def test_interrupted_scoring_resumes(rows: list[dict], tmp_path: Path, shared_da
 import json, sys
 from datasets import Dataset
 from datadiet.pipeline.io import iter_jsonl
+from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.models.shared import shared_lm_scorer
 from datadiet.pipeline.steps import StepContext
 from datadiet.selectors.ifd import IFD
 rows = list(iter_jsonl({str(shared_data / "sft" / "t0_train" / T0_FILE)!r}))[:{n}]
 ctx = StepContext(show_progress=False)
-ctx.lm_scorer().tokens_per_batch = 16  # chunks of a few rows, each committed on its own
+with shared_lm_scorer(None, Ledger()) as scorer:  # the process's one scorer, which IFD's map uses
+    scorer.tokens_per_batch = 16  # chunks of a few rows, each committed on its own
 IFD(keep=1.0, cache={str(tmp_path)!r}).select(Dataset.from_list(rows), ctx)
 print("finished")
 """

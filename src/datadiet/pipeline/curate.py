@@ -528,11 +528,28 @@ def _reduce_step(executor: Executor, planned: PlannedStep, corpus: StreamedCorpu
     with ctx.ledger.stage(f"step:{step.name}") as rec:
         seconds_before = rec.seconds
         named = pa.table({ctx.id_field: corpus.ids if len(alive) == n
-                          else corpus.ids.take(arrow_ints(alive))})
+                          else corpus.ids.take(arrow_ints(alive)),
+                          **_read_columns(step, corpus, alive, book)})
         selection, map_seconds = executor.reduce(planned, alive, named, ctx)
     rec.seconds += map_seconds  # its maps ran during the read
     book.score(score_column(step.name, corpus.schema.names), selection, alive)
     return book.record(step, selection, alive, rec, rec.seconds - seconds_before, before)
+
+
+def _read_columns(step: Step, corpus: StreamedCorpus, alive: np.ndarray,
+                  book: _StepBook) -> dict[str, pa.Array]:
+    """The columns a step reads (``reads_columns``) over the live rows, for its reduce: an
+    earlier step's scores (held here, 8 bytes a row), or the input's column, read back from
+    the scratch copy."""
+    out: dict[str, pa.Array] = {}
+    for column in step.reads_columns():
+        if column in book.scores:
+            out[column] = arrow_floats(book.scores[column][alive])
+        elif column in corpus.schema.names:
+            values = pa.chunked_array([b.column(column) for b in corpus.batches()],
+                                      corpus.schema.field(column).type)
+            out[column] = values.take(arrow_ints(alive)).combine_chunks()
+    return out
 
 
 def _write_streamed(corpus: StreamedCorpus, alive: np.ndarray, book: _StepBook,

@@ -253,6 +253,9 @@ class Step(ABC):
     #: threshold). Such a step gives the same answer on any shard of a corpus as on the whole,
     #: so a sharded runner may decide every shard in parallel, ahead of the steps before it.
     row_local: ClassVar[bool] = False
+    #: True when the map is dear (a model scores or embeds each row): an executor then maps
+    #: only the rows still alive when the step's turn comes, not every row as it is read.
+    maps_survivors: ClassVar[bool] = False
     #: True when the step gives a score per row, which the runner keeps as ``<name>_score``
     #: (so a later step, ``deita``, may read it): the spec check counts on it.
     writes_score: ClassVar[bool] = False

@@ -10,17 +10,18 @@ random, or by a score column (``score=judge_score``) to take each cluster's best
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from datadiet.pipeline.records import ensure_text
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
+from datadiet.selectors.deita import score_values
 from datadiet.selectors.semdedup import (
     assign_clusters,
-    embed_dataset,
+    embedding_features,
     fit_kmeans,
     resolve_n_clusters,
 )
@@ -85,6 +86,7 @@ class ClusterSample(Step):
     """
 
     name = "cluster_sample"
+    maps_survivors = True  # a model reads every row it maps
 
     def __init__(self, *, keep: float | int = 0.1, n_clusters: int | str = "auto",
                  strategy: str = "balanced", score: str | None = None, seed: int = 0,
@@ -104,24 +106,34 @@ class ClusterSample(Step):
         self.seed = int(seed)
         self.kmeans_iters = int(kmeans_iters)
 
+    def reads_columns(self) -> list[str]:
+        return [self.score] if self.score is not None else []
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        return embedding_features(batch, view)
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        """k-means over the live rows' embeddings (gathered here), then the draw per cluster;
+        ``ds`` holds the ids and the ``score`` column, when one ranks the draw."""
+        emb = features["embedding"]
+        n = len(emb)
         k = resolve_keep(self.keep, n)
         if k >= n:
             return Selection.keep_all(n)
-        if self.score is not None and self.score not in ds.column_names:
-            raise ValueError(f"cluster_sample: no column {self.score!r} "
-                             f"(columns: {', '.join(ds.column_names)})")
-        ds = ensure_text(ds, ctx.record_format, ctx.text_field, self.name)
-        emb = embed_dataset(ds, ctx, name="cluster_sample")
+        values = None if self.score is None else score_values(ds, self.score, self.name)
         n_clusters = resolve_n_clusters(self.n_clusters, n)
         centroids = fit_kmeans(emb, n_clusters, iters=self.kmeans_iters, seed=self.seed)
         labels, _ = assign_clusters(emb, centroids)
         sizes = np.bincount(labels, minlength=len(centroids))
         take = allocate(sizes, k, self.strategy)
         rng = np.random.default_rng(self.seed)
-        if self.score is not None:
-            values = np.nan_to_num(np.asarray(ds[self.score], dtype=np.float64), nan=-np.inf)
+        if values is not None:
+            values = np.nan_to_num(values, nan=-np.inf)
             priority = np.argsort(np.argsort(-values, kind="stable"), kind="stable")
         else:
             priority = rng.permutation(n)

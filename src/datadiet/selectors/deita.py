@@ -15,15 +15,15 @@ matrix, in score order, so the work is ``O(n·k·dim)`` in BLAS, with no Python 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from datadiet.pipeline.records import ensure_text
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, row_ids, validate_keep
-from datadiet.selectors.semdedup import embed_dataset
+from datadiet.selectors.semdedup import embedding_features
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -104,6 +104,7 @@ class Deita(Step):
     """
 
     name = "deita"
+    maps_survivors = True  # a model reads every row it maps
     writes_score = True
 
     def __init__(self, *, keep: float | int = 0.1, score: str = "ifd_score",
@@ -122,23 +123,24 @@ class Deita(Step):
     def reads_columns(self) -> list[str]:
         return [self.score]
 
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        return embedding_features(batch, view)
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
-        if self.score not in ds.column_names:
-            scored = [c for c in ds.column_names if c.endswith("_score")]
-            hint = f" (score columns here: {', '.join(scored)})" if scored else \
-                " (run a scoring step such as ifd or judge before deita)"
-            raise ValueError(f"deita: no column {self.score!r}{hint}")
-        try:
-            values = np.asarray(ds[self.score], dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"deita: column {self.score!r} is not numeric ({exc})") from exc
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        """Score order, then novelty against the rows taken: ``ds`` holds the live rows'
+        score column (an earlier step's, or the input's), the embeddings are gathered here."""
+        values = score_values(ds, self.score, self.name)
+        n = len(values)
         k = resolve_keep(self.keep, n)
         valid = np.flatnonzero(~np.isnan(values))  # inf is a score (k-center's first pick)
         key = -values[valid] if self.descending else values[valid]
         order = valid[np.argsort(key, kind="stable")]
-        ds = ensure_text(ds, ctx.record_format, ctx.text_field, self.name)
-        emb = embed_dataset(ds, ctx, name="deita")
+        emb = features["embedding"]
         taken, nearest, similarity, examined = diverse_by_score(emb, order, k, self.threshold)
         kinds = np.full(n, BELOW_BUDGET, dtype=object)
         kinds[np.isnan(values)] = NO_SCORE
@@ -152,3 +154,17 @@ class Deita(Step):
                  "score": self.score}
         return Selection.from_mask(kinds == "", kinds, detail, scores=similarity.astype(np.float64),
                                    stats=stats)
+
+
+def score_values(ds: Dataset | pa.Table, column: str, step: str) -> np.ndarray:
+    """A numeric column of the live rows as float64 (a ``Dataset``'s, or the table the
+    runner hands a reduce: the ids and the score columns the step reads)."""
+    if column not in ds.column_names:
+        scored = [c for c in ds.column_names if c.endswith("_score")]
+        hint = f" (score columns here: {', '.join(scored)})" if scored else \
+            " (run a scoring step such as ifd or judge first)"
+        raise ValueError(f"{step}: no column {column!r}{hint}")
+    try:
+        return np.asarray(ds[column], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{step}: column {column!r} is not numeric ({exc})") from exc

@@ -35,16 +35,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
 
-from datadiet.pipeline.models.scoring import LMScorer
+from datadiet.pipeline.models.loading import causal_lm_config
+from datadiet.pipeline.models.scoring import LMScorer, choose_backend
 from datadiet.pipeline.records import iter_records, sft_format, turns, turns_key
 from datadiet.pipeline.score_cache import ScoreCache, cached_scores, model_identity
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 
 if TYPE_CHECKING:
@@ -197,7 +201,7 @@ def open_cache(cache: bool | str, identity: dict[str, Any], method: str,
 
 
 def cached_ifd_losses(
-    rows: Sequence[Sequence[tuple[str, str]]], scorer: LMScorer, ctx: StepContext,
+    rows: Sequence[Sequence[tuple[str, str]]], scorer: LMScorer, ctx: StepContext | None,
     max_length: int, cache: bool | str, label: str = "ifd", end_token: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`ifd_losses` of each row (a list of ``(prompt, response)`` pairs) through the cache.
@@ -205,7 +209,8 @@ def cached_ifd_losses(
     Keyed by the pairs' content, so any step that scores the same pairs (``ifd`` and
     ``relevance`` both score a row's own pairs) shares the entries. Returns the ``(n, 4)``
     losses and what the manifest should say (model, window, rows scored, cache hits).
-    ``end_token`` (see :func:`ifd_losses`) is part of the cache key.
+    ``end_token`` (see :func:`ifd_losses`) is part of the cache key. ``ctx=None`` (a map on
+    a worker): no progress bar, the work booked on the scorer's ledger.
     """
     if scorer.max_context:
         max_length = min(max_length, int(scorer.max_context))
@@ -215,8 +220,10 @@ def cached_ifd_losses(
     # a row costs its two passes: instruction + response, then the response again
     costs = np.asarray([min(sum(len(p) + 2 * len(r) for p, r in pairs) // 4 + 2,
                             2 * max_length) for pairs in rows])
+    ledger = ctx.ledger if ctx is not None else scorer.ledger
+    bar = ctx.progress(len(rows), label) if ctx is not None else tqdm(disable=True)
     try:
-        with ctx.ledger.stage(scorer.stage), ctx.progress(len(rows), label) as bar:
+        with (ledger.stage(scorer.stage) if ledger is not None else nullcontext()), bar:
             values, computed = cached_scores(
                 [turns_key(pairs) for pairs in rows],
                 lambda idx: ifd_losses(scorer, [rows[i] for i in idx], max_length, end_token),
@@ -230,6 +237,12 @@ def cached_ifd_losses(
              "cache_hits": len(rows) - computed,
              "truncated_rows": int((values[:, 3] > 0).sum())}
     return values, stats
+
+
+def lm_identity(model: str | None) -> dict[str, Any]:
+    """What :func:`scorer_identity` says of ``model``, from its files and config alone (no
+    weights loaded): the driver of a distributed run names the model its workers load."""
+    return {**model_identity(model), "backend": choose_backend(causal_lm_config(model))}
 
 
 @register_step
@@ -253,6 +266,7 @@ class IFD(Step):
     """
 
     name = "ifd"
+    maps_survivors = True  # a model reads every row it maps
     writes_score = True
     needs_instruction_data = True
 
@@ -282,17 +296,39 @@ class IFD(Step):
 
     def writes_paths(self) -> list[Path]:
         return cache_folders(self.cache)
-    def losses(self, ds: Dataset, ctx: StepContext) -> tuple[np.ndarray, dict[str, Any]]:
-        """Per-row :func:`ifd_losses` through the cache, plus what the manifest should say."""
-        rows = conversation_rows(ds, ctx, self.name)
-        return cached_ifd_losses(rows, row_scorer(self.model, ctx), ctx, self.max_length,
-                                 self.cache, label=self.name)
+    def prepare(self, ctx: StepContext) -> None:
+        """The model the maps load, named in the driver (the manifest's ``model``)."""
+        self._identity = lm_identity(self.model or ctx.scorer_model)
+
+    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
+        return view.turn_columns(columns, self.name)
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """Each row's :func:`ifd_losses` (through the score cache), whether this map scored
+        it (1) or found it cached (0), and the token window used."""
+        n = batch.num_rows
+        if n == 0:
+            return {"losses": np.empty((0, 4)), "scored": np.empty(0, np.int8),
+                    "window": np.empty(0, np.int64)}
+        rows = view.turns(batch, self.name)
+        with view.lm_scorer(self.model) as scorer:
+            losses, stats = cached_ifd_losses(rows, scorer, None, self.max_length, self.cache,
+                                              label=self.name)
+        scored = np.zeros(n, np.int8)
+        scored[: stats["rows_scored"]] = 1  # a count per batch, spread so that it sums
+        return {"losses": losses, "scored": scored,
+                "window": np.full(n, stats["max_length"], np.int64)}
 
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        losses = np.asarray(features["losses"], dtype=np.float64)
+        n = len(losses)
         if n == 0:
             return Selection.keep_all(0)
-        losses, stats = self.losses(ds, ctx)
         ifd = ifd_ratio(losses, self.ratio)
         kinds = np.full(n, "", dtype=object)
         kinds[np.isnan(ifd)] = EMPTY
@@ -304,6 +340,10 @@ class IFD(Step):
         kinds[ranked[k:]] = BELOW_BUDGET
         keep = kinds == ""
         finite = ifd[np.isfinite(ifd)]
+        scored = int(np.sum(features["scored"]))
+        stats = {"model": self._identity, "max_length": int(np.max(features["window"])),
+                 "rows_scored": scored, "cache_hits": n - scored,
+                 "truncated_rows": int((losses[:, 3] > 0).sum())}
         stats.update({
             "ratio": self.ratio,
             "k": int(k),

@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from datadiet.pipeline.records import turns_key
 from datadiet.pipeline.score_cache import cached_scores
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.ifd import (
     cache_folders,
-    conversation_rows,
+    lm_identity,
     open_cache,
-    row_scorer,
     scorer_identity,
     uses_chat_template,
     validate_scoring_options,
@@ -159,6 +159,7 @@ class Judge(Step):
     """
 
     name = "judge"
+    maps_survivors = True  # a model reads every row it maps
     writes_score = True
     needs_instruction_data = True
 
@@ -200,31 +201,55 @@ class Judge(Step):
 
     def writes_paths(self) -> list[Path]:
         return cache_folders(self.cache)
+    def prepare(self, ctx: StepContext) -> None:
+        """The model the maps load, named in the driver (the manifest's ``model``)."""
+        self._identity = lm_identity(self.model or ctx.scorer_model)
+
+    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
+        return view.turn_columns(columns, self.name)
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """Each row's expected rating and rating mass (through the score cache), whether
+        this map scored it, and whether the prompts went through the chat template."""
+        n = batch.num_rows
+        if n == 0:
+            return {"rating": np.empty((0, 2)), "scored": np.empty(0, np.int8),
+                    "chat": np.empty(0, np.int8)}
+        rows = [conversation[-1] for conversation in view.turns(batch, self.name)]
+        with view.lm_scorer(self.model) as scorer:
+            chat = uses_chat_template(self.chat, scorer)
+            recipe = hashlib.blake2b(f"{chat}\0{self.answer_prefix}\0{self.template}".encode(),
+                                     digest_size=8).hexdigest()
+            cache = open_cache(self.cache, scorer_identity(scorer), f"{JUDGE_METHOD}:{recipe}",
+                               self.max_length)
+            costs = np.asarray([min((len(p) + len(r)) // 4 + 64, self.max_length)
+                                for p, r in rows])
+            try:
+                with scorer.ledger.stage(scorer.stage):
+                    values, computed = cached_scores(
+                        [turns_key([pair]) for pair in rows],
+                        lambda idx: rating_scores(scorer, judge_prompts(
+                            scorer.tokenizer, [rows[i] for i in idx], self.template, chat,
+                            self.max_length, self.answer_prefix)),
+                        cache, width=2, costs=costs, chunk_cost=8 * scorer.tokens_per_batch,
+                    )
+            finally:
+                if cache is not None:
+                    cache.close()
+        scored = np.zeros(n, np.int8)
+        scored[:computed] = 1  # a count per batch, spread so that it sums
+        return {"rating": values, "scored": scored, "chat": np.full(n, int(chat), np.int8)}
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        values = np.asarray(features["rating"], dtype=np.float64)
+        n = len(values)
         if n == 0:
             return Selection.keep_all(0)
-        rows = [conversation[-1] for conversation in conversation_rows(ds, ctx, self.name)]
-        scorer = row_scorer(self.model, ctx)
-        chat = uses_chat_template(self.chat, scorer)
-        identity = scorer_identity(scorer)
-        recipe = hashlib.blake2b(f"{chat}\0{self.answer_prefix}\0{self.template}".encode(),
-                                 digest_size=8).hexdigest()
-        cache = open_cache(self.cache, identity, f"{JUDGE_METHOD}:{recipe}", self.max_length)
-        costs = np.asarray([min((len(p) + len(r)) // 4 + 64, self.max_length) for p, r in rows])
-        try:
-            with ctx.ledger.stage(scorer.stage), ctx.progress(n, "judge") as bar:
-                values, computed = cached_scores(
-                    [turns_key([pair]) for pair in rows],
-                    lambda idx: rating_scores(scorer, judge_prompts(
-                        scorer.tokenizer, [rows[i] for i in idx], self.template, chat,
-                        self.max_length, self.answer_prefix)),
-                    cache, width=2, costs=costs, chunk_cost=8 * scorer.tokens_per_batch,
-                    on_progress=bar.update,
-                )
-        finally:
-            if cache is not None:
-                cache.close()
         score = values[:, 0]
         kinds = np.full(n, "", dtype=object)
         if self.min_score is not None:
@@ -234,7 +259,9 @@ class Judge(Step):
         ranked = eligible[np.argsort(-score[eligible], kind="stable")]
         kinds[ranked[k:]] = BELOW_BUDGET
         keep = kinds == ""
-        stats = {"model": identity, "chat_template": chat, "max_length": self.max_length,
+        computed = int(np.sum(features["scored"]))
+        stats = {"model": self._identity, "chat_template": bool(np.any(features["chat"])),
+                 "max_length": self.max_length,
                  "rows_scored": computed, "cache_hits": n - computed, "k": int(k),
                  "mean_score": float(score.mean()),
                  "mean_rating_mass": float(values[:, 1].mean())}

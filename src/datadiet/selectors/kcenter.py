@@ -98,6 +98,7 @@ class KCenterCoreset(Step):
     """
 
     name = "kcenter"
+    maps_survivors = True  # a model reads every row it maps
     writes_score = True
 
     def __init__(self, *, keep: float | int = 0.1, seed: int = 0) -> None:

@@ -150,6 +150,7 @@ class PerplexityFilter(Step):
     """
 
     name = "perplexity"
+    maps_survivors = True  # a model reads every row it maps
     writes_score = True
 
     def __init__(

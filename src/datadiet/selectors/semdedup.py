@@ -335,6 +335,7 @@ class SemanticDedup(Step):
     """
 
     name = "semantic_dedup"
+    maps_survivors = True  # a model reads every row it maps
     writes_score = True
 
     def __init__(

@@ -28,9 +28,11 @@ def maps_during_read(step: Step, index: int) -> bool:
     A row-local step (its decision for a row reads that row alone, like the quality rules)
     after another step decides the same on any subset of rows, so it waits for the survivors
     and spends nothing on rows already removed (the quality features are the dearest map);
-    every other step maps during the read, side by side with the reader.
+    every other step maps during the read, side by side with the reader, except a step
+    whose map is dear (``maps_survivors``: a model scores or embeds each row), which waits
+    for the survivors too.
     """
-    return not (step.row_local and index > 0)
+    return not ((step.row_local or step.maps_survivors) and index > 0)
 
 
 @dataclass(frozen=True)
