@@ -611,8 +611,9 @@ def curate_path(
 
     ``executor`` says where the maps and reduces run (:mod:`datadiet.pipeline.executors`):
     in this process by default, or e.g. a :class:`~datadiet.pipeline.executors.dask.
-    DaskExecutor` on a cluster. Every spec of map/reduce steps read from files streams; a spec
-    with a model step runs in this process on a ``Dataset`` (and refuses another executor).
+    DaskExecutor` on a cluster. Every spec of map/reduce steps read from files streams (all
+    steps but ``relevance`` and ``dsir``, which run in this process on a ``Dataset`` and refuse
+    another executor).
 
     ``fields`` says how to read records (see :func:`~datadiet.pipeline.io.load_corpus`); for
     fine-tuning records the output keeps the input's columns, not the rendered text.

@@ -7,10 +7,27 @@ streamable step has one shape, a **map** then a **reduce**:
   pure function of a batch of texts (an Arrow string array or a list of str) returning
   row-aligned NumPy arrays. The arrays of a row never depend on the batch it came in, so an
   executor may map any partition of the corpus anywhere, in any order, and concatenate.
+  A map that reads more than the text overrides :meth:`Step.record_features(batch, view)
+  <datadiet.pipeline.steps.Step.record_features>` instead and names the columns it reads in
+  :meth:`~datadiet.pipeline.steps.Step.map_columns` (a fine-tuning row's turns:
+  :meth:`RecordView.turns <datadiet.pipeline.steps.RecordView.turns>`); the executor ships
+  those columns only. What every map needs and no batch holds (an evaluation set's n-grams,
+  the name of the model the maps load) is loaded once, in the driver, by
+  :meth:`~datadiet.pipeline.steps.Step.prepare`, after the reader settled the record format and
+  before the first map (:meth:`Plan.begin <datadiet.pipeline.executors.plan.Plan.begin>`, which
+  also runs the runner's check of the spec against the input's columns).
+* a model step's map scores or embeds its batch with the process's one scorer or embedder
+  (``view.lm_scorer()``, ``view.embedder()``: :mod:`datadiet.pipeline.models.shared`), loaded
+  once per process, and books its tokens and FLOPs on the ledger its view carries; the executor
+  gives each map its own ledger and merges them into the run's, under the step
+  (:meth:`Ledger.absorb <datadiet.pipeline.ledger.Ledger.absorb>`). Such a step sets
+  ``maps_survivors``: it maps only the rows alive when its turn comes.
 * the reduce, :meth:`Step.select_from_features(names, ctx, features)
   <datadiet.pipeline.steps.Step.select_from_features>`, decides from the live rows' features
   (row-aligned, in input order) and returns a :class:`~datadiet.pipeline.selection.Selection`.
-  ``names`` is an Arrow table holding only the id column: a reduce may read ids, nothing else.
+  ``names`` is an Arrow table holding the id column and the score columns the step reads
+  (``reads_columns``, e.g. an earlier step's ``ifd_score``): a reduce may read those, nothing
+  else.
 
 What a step author may add, so that executors can do better than "gather every feature into
 one process":
@@ -45,8 +62,9 @@ Executors:
   removed rows, verified edges, per-row decisions.
 
 Both hand their result (the live rows after each step) to the one runner loop and the one
-writer in :mod:`datadiet.pipeline.curate`. Specs with a model step (perplexity, IFD,
-embeddings...) are not map/reduce steps yet: they run in-process on a ``datasets.Dataset``.
+writer in :mod:`datadiet.pipeline.curate`. Two steps are not map/reduce steps yet
+(``relevance`` and ``dsir``: each needs a second map after a global step): a spec with one runs
+in-process on a ``datasets.Dataset``.
 """
 
 from datadiet.pipeline.executors.local import LocalExecutor

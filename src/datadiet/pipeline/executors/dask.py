@@ -540,7 +540,9 @@ class DaskExecutor(Executor):
                                       for m, mask in zip(mapped, masks, strict=True)])
         if not results:
             return step.select_from_features(names, ctx, step.empty_features(view)), 0.0
-        features = {name: np.concatenate([r[0][name] for r in results]) for name in results[0][0]}
+        # a partition with no live row may give a model's map no width (no model loaded)
+        features = {name: np.concatenate([r[0][name] for r in results if len(r[0][name])]
+                                         or [results[0][0][name]]) for name in results[0][0]}
         return step.select_from_features(names, ctx, features), sum(r[1] for r in results)
 
     def _shuffle(self, splits: list[Future], reduce: Callable, *args: Any) -> list[Future]:
