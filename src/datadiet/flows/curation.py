@@ -239,7 +239,8 @@ def map_over_shards(params: CurateParams, spec: list, fingerprint: str,
     for i, entry in enumerate(spec):
         (name, step_params), = entry.items()
         step = build_step(name, step_params)
-        if not step.row_local and not step.splits_into_row_features():
+        # the shards hold the text alone: a map of records (turns, models) runs in the reduce
+        if not step.row_local and type(step).row_features is Step.row_features:
             continue
         kind = "decisions" if step.row_local else "features"
         step_dir = work / f"step-{i}-{stable_hash(entry)[:16]}"
