@@ -10,8 +10,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -32,15 +33,52 @@ SPILL_BYTES = 256 << 20
 SURVIVOR_BATCH = 8192
 
 
+class SpillFile:
+    """One feature's spilled rows: one append-only file per feature, mapped once when read.
+
+    Why one file and not one per batch: a reader batch is about 1 MB of text, so a 5M-document
+    corpus makes thousands of batches, and a memory map per batch and feature holds a file
+    descriptor each (Python's ``mmap`` keeps its own): past the process's limit the run died
+    with "Too many open files". Appending raw rows to one file keeps a single descriptor per
+    feature while writing and a single map while reading.
+    """
+
+    def __init__(self, path: Path, like: np.ndarray) -> None:
+        self.path = path
+        self.dtype = like.dtype
+        self.row_shape = like.shape[1:]
+        self.rows = 0
+        self.file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed by finish()
+
+    def append(self, array: np.ndarray) -> None:
+        assert self.file is not None, "append after the spill file was read"
+        np.ascontiguousarray(array, dtype=self.dtype).tofile(self.file)
+        self.rows += len(array)
+
+    def finish(self) -> np.ndarray:
+        """The rows written so far, memory-mapped (not resident until read)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.rows == 0:
+            return np.empty((0, *self.row_shape), self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r",
+                         shape=(self.rows, *self.row_shape))
+
+
 class FeatureMap:
     """One map/reduce step's per-row features, computed batch by batch as the corpus is read,
-    and its seconds, booked on the step."""
+    and its seconds, booked on the step.
+
+    Parts stay in memory until the step's features pass :data:`SPILL_BYTES`; later parts go to
+    one :class:`SpillFile` per feature (a part is then just its row count)."""
 
     def __init__(self, step: Step, index: int, ctx: StepContext) -> None:
         self.step = step
         self.index = index  # the step's place in the spec (names of its scratch files)
         self.ctx = ctx
-        self.parts: list[dict[str, np.ndarray]] = []
+        self.parts: list[dict[str, np.ndarray] | int] = []
+        self.spill: dict[str, SpillFile] = {}
         self.bytes = 0
         self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
 
@@ -55,15 +93,14 @@ class FeatureMap:
     def spilled(self) -> bool:
         return self.bytes > SPILL_BYTES
 
-    def _spill(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The part's arrays written to scratch and mapped back (not resident until read)."""
+    def _spill(self, part: dict[str, np.ndarray]) -> int:
+        """The part's arrays appended to the feature's scratch files; returns its rows."""
         folder = self.ctx.scratch("features")
-        mapped = {}
         for name, array in part.items():
-            path = folder / f"step{self.index}-part{len(self.parts)}-{name}.npy"
-            np.save(path, array)
-            mapped[name] = np.load(path, mmap_mode="r")
-        return mapped
+            if name not in self.spill:
+                self.spill[name] = SpillFile(folder / f"step{self.index}-{name}.spill", array)
+            self.spill[name].append(array)
+        return len(next(iter(part.values())))
 
     def _output(self, name: str, rows: int, like: np.ndarray) -> np.ndarray:
         if not self.spilled:
@@ -72,6 +109,20 @@ class FeatureMap:
         return np.lib.format.open_memmap(path, mode="w+", dtype=like.dtype,
                                          shape=(rows, *like.shape[1:]))
 
+    def _parts_in_order(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every part's arrays in row order, a spilled part as views of the mapped files."""
+        parts, self.parts = self.parts, []
+        spilled = {name: spill.finish() for name, spill in self.spill.items()}
+        offset = 0
+        parts.reverse()  # pop() from the end takes them in row order, dropping each when done
+        while parts:
+            part = parts.pop()
+            if isinstance(part, int):
+                yield {name: array[offset : offset + part] for name, array in spilled.items()}
+                offset += part
+            else:
+                yield part
+
     def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
         """Every feature array over the ``alive`` input rows (of ``n``), in row order.
 
@@ -79,25 +130,24 @@ class FeatureMap:
         memory holds the features about once, not twice; features past ``SPILL_BYTES`` are
         filled into memory-mapped scratch files instead.
         """
-        parts, self.parts = self.parts, []
-        if not parts:
+        if not self.parts:
             return self.step.row_features(pa.array([], pa.string()))
-        if len(parts) == 1 and len(alive) == n and not self.spilled:
-            return parts[0]
+        if len(self.parts) == 1 and len(alive) == n and not self.spilled:
+            return self.parts.pop()  # type: ignore[return-value]  # unspilled: a dict
         keep = np.zeros(n, bool)
         keep[alive] = True
-        out = {name: self._output(name, len(alive), array) for name, array in parts[0].items()}
+        out: dict[str, np.ndarray] = {}
         start = done = 0
-        parts.reverse()  # pop() from the end takes them in row order
-        while parts:
-            part = parts.pop()
+        for part in self._parts_in_order():
+            if not out:
+                out = {name: self._output(name, len(alive), array)
+                       for name, array in part.items()}
             rows = len(next(iter(part.values())))
             wanted = keep[start : start + rows]
             taken = int(np.count_nonzero(wanted))
             for name, array in part.items():
                 out[name][done : done + taken] = array if taken == rows else array[wanted]
             start, done = start + rows, done + taken
-            del part
         return out
 
 
