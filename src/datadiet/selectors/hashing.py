@@ -188,7 +188,7 @@ def _word_chars_below(size: int) -> np.ndarray:
 def is_word_char(cp: np.ndarray) -> np.ndarray:
     """``word_char_table()[cp]`` for an array of code points, without building the whole table
     when it does not exist yet: only as far as the largest code point (rounded up to a power of
-    two). Why: the uncompiled paths run on small inputs, where the 1.1-million-entry table
+    two). Why: the NumPy fallback may run on small inputs, where the 1.1-million-entry table
     would be a tenth of the run; Latin text needs its first few hundred entries."""
     if cp.size == 0:
         return np.zeros(0, bool)

@@ -585,7 +585,7 @@ def minhash_shard(
 
     A pure function of the texts and parameters, so shards computed on different workers and
     concatenated in row order give exactly the arrays one process computes for the whole corpus.
-    Compiled, it is one parallel pass per batch (UTF-8 bytes -> words -> shingles -> signature
+    In C, it is one parallel pass per batch (UTF-8 bytes -> words -> shingles -> signature
     -> band keys per text, texts across all cores' threads); its results equal
     :func:`minhash_signatures` + :func:`band_keys` bit for bit.
     """
