@@ -32,7 +32,7 @@ from datadiet.experiments.efficiency import (
 )
 from datadiet.experiments.finetuning import DEFAULT_SFT_SPEC, finetuning_stage
 from datadiet.experiments.progress import StageClock
-from datadiet.experiments.prompts import compare_strategies
+from datadiet.experiments.prompts import compare_strategies_on_files
 from datadiet.flows.common import (
     FlowParams,
     cached_task,
@@ -55,8 +55,6 @@ from datadiet.flows.report import publish
 from datadiet.flows.training import TrainBudget, train_and_measure
 from datadiet.pipeline.io import source_fingerprint
 from datadiet.pipeline.stages.training import TrainConfig
-from datadiet.prompting.demos import load_template
-from datadiet.prompting.icl import read_labelled
 
 SftSteps = Annotated[int, Field(ge=1)]
 DEFAULT_SFT_SPEC_YAML = yaml.safe_dump(DEFAULT_SFT_SPEC, sort_keys=False)
@@ -152,15 +150,8 @@ def _clock(params: EfficiencyParams) -> StageClock:
 def score_strategies(pool: str, pool_fingerprint: str, eval_set: str, eval_fingerprint: str,
                      settings: dict) -> dict:
     """Accuracy and prompt tokens of zero-shot, random, best and best-compressed prompts."""
-    s = settings
-    pool_rows = read_labelled(pool, label_field=s["label_field"])
-    test = read_labelled(eval_set, label_field=s["label_field"])
-    test = test.subset(range(min(s["limit"] or len(test), len(test))))  # as build_prompts
-    template = load_template(s["template"], sorted(set(pool_rows.labels)))
-    results = compare_strategies(pool_rows, test, template, task=Path(eval_set).name, k=s["k"],
-                                 compress_rate=s["compress_rate"], model=s["model"],
-                                 progress=get_run_logger().info)
-    return asdict(results)
+    return asdict(compare_strategies_on_files(pool, eval_set, **settings,
+                                              progress=get_run_logger().info))
 
 
 @cached_task(task_run_name=task_run_namer("fine-tune all vs selected vs random on {pool}"))
