@@ -189,7 +189,7 @@ def test_streamed_features_spill_to_scratch_with_the_same_result(
     import resource
 
     import datadiet.pipeline.executors.local as runner
-    import datadiet.pipeline.io as io
+    import datadiet.pipeline.io.reader as reader
     from datadiet.pipeline.curate import curate_path
 
     records = _t0_records(shared_data, 1500)
@@ -207,7 +207,7 @@ def test_streamed_features_spill_to_scratch_with_the_same_result(
 
     monkeypatch.setattr(runner, "SPILL_BYTES", 1)
     monkeypatch.setattr(runner, "SpillFile", RecordedSpill)
-    monkeypatch.setattr(io, "BLOCK_BYTES", 4096)  # ~2 rows a batch: ~800 batches
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 4096)  # ~2 rows a batch: ~800 batches
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
     try:
