@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.datadiet-installed
 # The C hashing kernels (exact dedup, MinHash, LSH), built beside their source; without a C
-# compiler the build says so and the numba/NumPy kernels run instead.
+# compiler the build says so and the NumPy fallback runs instead.
 NATIVE := src/datadiet/selectors/native/_hashkernels.so
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1

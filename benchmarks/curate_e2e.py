@@ -181,12 +181,12 @@ def step_throughput(texts: list[str], rounds: int) -> dict[str, dict[str, float]
     from datadiet.pipeline.steps import StepContext
     from datadiet.selectors import native
     from datadiet.selectors.exact import ExactDedup
-    from datadiet.selectors.hashing import KERNEL_MIN_ROWS
+    from datadiet.selectors.jit import KERNEL_MIN_ROWS
     from datadiet.selectors.minhash import MinHashDedup
     from datadiet.selectors.quality import QualityFilter
 
     ds = Dataset.from_dict({"id": [str(i) for i in range(len(texts))], "text": texts})
-    warm = ds.select(range(min(KERNEL_MIN_ROWS, len(texts))))  # big enough to load numba
+    warm = ds.select(range(min(KERNEL_MIN_ROWS, len(texts))))  # big enough to load quality's numba
     out: dict[str, dict[str, float]] = {}
     steps: dict[str, Callable[[], object]] = {
         "exact_dedup": ExactDedup,
@@ -210,7 +210,7 @@ def step_throughput(texts: list[str], rounds: int) -> dict[str, dict[str, float]
             "docs_per_cpu_s": round(len(texts) / cpu),
         }
     out["numba_threads"] = numba.get_num_threads()  # type: ignore[assignment] - quality's
-    # exact and MinHash run the C kernels when built (all cores), else numba
+    # exact and MinHash run the C kernels when built (all cores), else the NumPy fallback
     out["c_kernel_threads"] = native.threads() if native.available() else 0  # type: ignore[assignment]
     return out
 

@@ -21,7 +21,7 @@ All three pipelines use the same shingles (word 5-grams of ``datadiet.pipeline.t
 
 * datadiet: the ``minhash_dedup`` step with its defaults on a ``datasets.Dataset`` (the
   user-facing path: Arrow reads, memory-mapped signatures, verification of candidate pairs,
-  a Selection with ids). Uses numba when installed (it is, here).
+  a Selection with ids). Runs the C kernels (built by ``make install``).
 * datasketch: ``MinHash.bulk`` over shingle byte strings (its default hash and scheme), a
   ``MinHashLSH`` filled in an ``insertion_session`` and queried per document.
 * rensa: ``RMinHash.from_token_sets`` over shingle strings, ``RMinHashLSH.insert_many`` and
@@ -34,9 +34,9 @@ The end-to-end gap is in tokenising and shingling, which the other two pipelines
 in one compiled pass over the UTF-8 bytes without building any string.
 
 Timings are the best of ``--repeats`` interleaved rounds after one warm-up on a small slice
-(which pays one-time costs such as imports, lookup tables and loading numba's cached machine
-code, for every library alike). datadiet's kernels run on all cores (``numba_threads`` in the
-JSON; ``NUMBA_NUM_THREADS=1`` for a one-thread run); datasketch runs in one thread, rensa as its
+(which pays one-time costs such as imports and lookup tables, for every library alike).
+datadiet's C kernels run on all cores (``kernel_threads`` in the JSON; ``DATADIET_THREADS=1``
+for a one-thread run); datasketch runs in one thread, rensa as its
 batch calls do. The machine
 may be shared, so absolute numbers move; the ratios come from the same rounds, and CPU-time
 ratios (``*_cpu``) are reported beside the wall-time ones as the steadier figure.
@@ -61,7 +61,7 @@ import numpy as np
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import StepContext
 from datadiet.pipeline.text import words
-from datadiet.selectors.hashing import KERNEL_MIN_ROWS
+from datadiet.selectors import native
 from datadiet.selectors.minhash import (
     MinHashDedup,
     _s_curve_errors,
@@ -292,11 +292,10 @@ def _shingle_lists(texts: list[str], ngram: int) -> list[list[str]]:
     return out
 
 
-def _numba_threads() -> int:
-    """Threads datadiet's compiled kernels run on (all cores unless NUMBA_NUM_THREADS says)."""
-    import numba
-
-    return numba.get_num_threads()
+def _kernel_threads() -> int:
+    """Threads datadiet's C kernels run on (all cores unless DATADIET_THREADS says); 0 when
+    the library is not built and the NumPy fallback runs."""
+    return native.threads() if native.available() else 0
 
 
 def run_datadiet(ds, threshold: float, num_perm: int, ngram: int) -> Selection:
@@ -412,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{n_words / len(texts):.0f} words/doc, built in {setup_s:.1f}s", file=sys.stderr)
 
     cfg = (args.threshold, args.num_perm, args.ngram)
-    warm = texts[:KERNEL_MIN_ROWS]  # big enough that datadiet loads its compiled kernels
+    warm = texts[:2000]
     run_datadiet(ds.select(range(len(warm))), *cfg)
     run_datasketch(warm, *cfg)
     run_rensa(warm, *cfg)
@@ -481,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict:
         "f1_datasketch": round(results["datasketch"]["f1"], 4),
         "f1_rensa": round(results["rensa"]["f1"], 4),
         "cpu_count": os.cpu_count(),
-        "numba_threads": _numba_threads(),
+        "kernel_threads": _kernel_threads(),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     print(f"\nvs datasketch: {out['vs_datasketch']}x   vs rensa: {out['vs_rensa']}x   "

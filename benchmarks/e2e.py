@@ -15,9 +15,11 @@ Parts:
   corpus), seeds and FLOP budget — eval loss on WikiText-2 test
   (:mod:`datadiet.experiments.comparison`);
 * fine-tuning — the planted instruction pool (:mod:`datadiet.experiments.sft_pool`: T0 rows,
-  GSM8K worked answers, 30 % planted problems); the default fine-tuning spec (response rules,
-  then MinHash dedup) vs a random subset of the same size vs all rows, plus the longest
-  responses and Superfiltering scored by the base itself (a small scorer) at the same size;
+  GSM8K worked answers, 30 % planted problems; ``--sft-mix`` other shares); the default
+  fine-tuning spec (response rules, then MinHash dedup) vs a random subset of the same size vs
+  all rows, plus the longest responses and Superfiltering scored by the base itself (a small
+  scorer) at the same size, and the ``oracle`` (every planted row removed by the ground truth:
+  the ceiling of any selection on this pool and trainee);
   the same base (the pre-training part's full-data model, or with ``--parts sft`` alone a small
   base pre-trained on the same raw corpus), budget and seeds; eval loss on clean held-out
   responses; data efficiency, selection FLOPs and the break-even table
@@ -36,6 +38,7 @@ printed is a JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -104,6 +107,8 @@ def measure_finetuning(out: Path, args: argparse.Namespace, seeds: list[int],
             True, tokenizer=tokenizer, max_steps=args.sft_base_steps, eval_every=50,
             num_threads=args.threads))
     mix = PoolMix.quick() if args.quick else PoolMix()
+    if args.sft_mix:  # other shares of planted problems (a noisier pool, say)
+        mix = dataclasses.replace(mix, **json.loads(args.sft_mix))
     pool = build_sft_pool(out / "pool", DATA, mix)
     steps = math.ceil(args.sft_epochs * mix.rows / 16)  # batch 16, one pair per block
     tune = small_train_config(args.quick, max_steps=steps, eval_every=max(1, steps // 25),
@@ -138,6 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sft-spec", default=None,
                         help="YAML spec for the selected arm (default: DEFAULT_SFT_SPEC); the "
                         "text {base} is replaced by the base model's folder")
+    parser.add_argument("--sft-mix", default=None,
+                        help='JSON of PoolMix fields for the pool, e.g. \'{"off_topic": 0.1}\' '
+                        "(default: the PoolMix defaults, 30%% planted)")
     parser.add_argument("--sft-base-steps", type=int, default=300,
                         help="pre-training steps of the base when the pretrain part is skipped")
     parser.add_argument("--parts", default="pretrain,sft,prompts",

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The compiled kernels on every input, however small: a fresh process would take the NumPy
-# path below hashing.KERNEL_MIN_ROWS texts, and the tests compare the kernels against it
+# path below jit.KERNEL_MIN_ROWS texts, and the tests compare the kernels against it
 # (DATADIET_NUMBA=0). Tests of the size rule itself unset this.
 os.environ.setdefault("DATADIET_NUMBA", "1")
 

@@ -106,6 +106,10 @@ def test_stage_fine_tunes_every_arm_from_one_base(stage: tuple[Path, dict]) -> N
     assert reports["all"]["data"]["train_blocks"] == TINY_POOL.rows
     planted = summary["planted"]
     assert planted["selected"]["precision"] > 2 * planted["random"]["expected_random_precision"]
+    # the ceiling: exactly the planted rows gone (near copies, never their originals)
+    counts = TINY_POOL.counts()
+    assert table["oracle"]["rows"] == counts["clean"] + counts["long_good"]
+    assert planted["oracle"]["precision"] == planted["oracle"]["recall"] == 1.0
     assert summary["break_even"]["selected"]["params_epochs"] in (0.0, None)
     assert summary["smollm2_scoring"]["flops"] > 0
 
@@ -115,7 +119,7 @@ def test_report_shows_the_fine_tuning_part(stage: tuple[Path, dict], tmp_path: P
     report = SavingsReport(context=RunContext(command="pytest", seeds=[0]), finetuning=summary)
     text = write_savings_report(tmp_path, report).read_text()
     assert "## Fine-tuning: selected vs random vs all instruction data" in text
-    assert "| selected |" in text and "| random |" in text
+    assert "| selected |" in text and "| random |" in text and "| oracle |" in text
     assert "### Planted problems removed" in text and "| restated |" in text
     assert "### Break-even" in text and "epochs, 70B trainee" in text
     assert (tmp_path / "finetuning_loss_vs_flops.png").stat().st_size > 10_000

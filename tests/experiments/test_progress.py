@@ -40,7 +40,8 @@ def test_unknown_stage_and_empty_plan_are_errors() -> None:
 
 
 def test_plan_and_formatting() -> None:
-    plan = dict(plan_efficiency(rows=500, train_runs=2, train_tokens_per_run=50_000, prompts=0))
+    plan = dict(plan_efficiency(corpus_bytes=500_000, train_runs=2, train_tokens_per_run=50_000,
+                                prompts=0))
     assert list(plan) == ["curate", "train", "report"] and plan["train"] == 20.0
     assert "prompts" in dict(plan_efficiency(500, 2, 50_000, prompts=4))
     assert format_seconds(3725) == "1:02:05" and format_seconds(59.6) == "1:00"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -179,8 +180,16 @@ def test_streamed_features_spill_to_scratch_with_the_same_result(
         tmp_path: Path, shared_data: Path, monkeypatch) -> None:
     """Past ``SPILL_BYTES`` a step's features go to memory-mapped scratch files (a big corpus
     must not need its signatures in RAM); the result is the same, and the scratch folder is
-    gone afterwards."""
+    gone afterwards.
+
+    One file per feature however many batches spilled: with a file (and a memory map, which
+    holds a descriptor) per batch, 5M documents ran out of file descriptors. The reader's
+    blocks are made tiny here, so hundreds of batches spill under a descriptor limit a
+    file-per-batch spill would pass."""
+    import resource
+
     import datadiet.pipeline.executors.local as runner
+    import datadiet.pipeline.io.reader as reader
     from datadiet.pipeline.curate import curate_path
 
     records = _t0_records(shared_data, 1500)
@@ -189,17 +198,27 @@ def test_streamed_features_spill_to_scratch_with_the_same_result(
     src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     steps = [{"exact_dedup": {}}, {"minhash_dedup": {"threshold": 0.8}}]
     in_ram = curate_path(src, steps, tmp_path / "ram", show_progress=False)
-    seen_spills: list[Path] = []
-    save = np.save
+    spill_files: list[runner.SpillFile] = []
 
-    def recording_save(path, array):  # noqa: ANN001, ANN202 - np.save's own signature
-        seen_spills.append(Path(path))
-        return save(path, array)
+    class RecordedSpill(runner.SpillFile):
+        def __init__(self, path: Path, like: np.ndarray) -> None:
+            super().__init__(path, like)
+            spill_files.append(self)
 
     monkeypatch.setattr(runner, "SPILL_BYTES", 1)
-    monkeypatch.setattr(np, "save", recording_save)
-    spilled = curate_path(src, steps, tmp_path / "disk", show_progress=False)
-    assert seen_spills and not any(p.exists() for p in seen_spills)
+    monkeypatch.setattr(runner, "SpillFile", RecordedSpill)
+    monkeypatch.setattr(reader, "BLOCK_BYTES", 4096)  # ~2 rows a batch: ~800 batches
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 64, hard))
+    try:
+        spilled = curate_path(src, steps, tmp_path / "disk", show_progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    # exact_dedup's keys, MinHash's signatures, band keys and validity: one file each
+    assert 3 <= len(spill_files) <= 5
+    assert len({f.path for f in spill_files}) == len(spill_files)
+    assert all(f.rows == len(records) for f in spill_files)
+    assert not any(f.path.exists() for f in spill_files)  # the scratch folder went
     assert spilled.manifest.output["rows"] == in_ram.manifest.output["rows"] < len(records)
     assert spilled.removed.equals(in_ram.removed)
     for name in in_ram.manifest.output["shards"]:

@@ -127,6 +127,47 @@ def test_reduces_return_only_small_results_to_the_driver(
     assert 0 < sum(gathered) <= 16 * 2 * removed + 1024 < signature_bytes / 5
 
 
+def test_small_bucket_shares_and_partitions_keep_the_same_rows(
+        corpus: Path, dask_executor: DaskExecutor, tmp_path: Path, monkeypatch) -> None:
+    """Workers with little memory get small MinHash bucket owners (each band's keys split by
+    hash range over many shares, dealt over the workers) and partitions cut by text bytes,
+    with at most a few partitions per worker waiting for their maps: the rows kept are the
+    same, and the driver never ran far ahead of the workers."""
+    import datadiet.pipeline.executors.dask as dask_executors
+
+    shares: list[tuple[int, int]] = []  # (rows, bands) and the shares they got
+    original = dask_executors._bucket_shares
+
+    def recording(rows: int, bands: int, workers: int, share_keys: int) -> int:
+        shares.append(((rows, bands), original(rows, bands, workers, share_keys)))
+        return shares[-1][1]
+
+    waits: list[int] = []
+    original_wait = dask_executors.wait
+
+    def recording_wait(futures, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        waits.append(len(futures))
+        return original_wait(futures, **kwargs)
+
+    monkeypatch.setattr(dask_executors, "SHARE_KEYS", (512, 512))
+    monkeypatch.setattr(dask_executors, "MIN_PARTITION_BYTES", 64 << 10)
+    monkeypatch.setattr(dask_executors, "MAX_PARTITION_BYTES", 64 << 10)
+    monkeypatch.setattr(dask_executors, "_bucket_shares", recording)
+    monkeypatch.setattr(dask_executors, "wait", recording_wait)
+    # no partition may wait for its maps while the next is read: the driver waits each time
+    monkeypatch.setattr(dask_executors, "PARTITIONS_IN_FLIGHT", 0)
+    steps = SPECS["readme"]
+    local = curate_path(corpus, steps, tmp_path / "local", show_progress=False)
+    on_dask = curate_path(corpus, steps, tmp_path / "dask", show_progress=False,
+                          executor=dask_executor)
+    [((rows, bands), got)] = shares
+    assert rows == on_dask.manifest.steps[1].rows_in  # MinHash's live rows
+    assert got == bands * -(-rows // 512) > 4 * bands  # each band over several key ranges
+    # two read-time maps (exact, MinHash) pending at most: the partition just scattered
+    assert len(waits) >= 3 and max(waits) <= 2
+    _assert_same_run(local, on_dask, tmp_path / "local", tmp_path / "dask")
+
+
 def _nbytes(value: object) -> int:
     if isinstance(value, np.ndarray):
         return value.nbytes

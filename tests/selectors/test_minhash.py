@@ -3,8 +3,8 @@
 What must hold: planted copies (exact, re-cased, a word changed, a word inserted, truncated) are
 removed with a reason naming the row they were folded into; distinct paragraphs survive; the
 result does not depend on input order (same partition into clusters) and running the step on
-its own output removes nothing; the fast paths (numba, vectorised tokeniser) agree bit for bit
-with the obviously-correct ones built on ``datadiet.pipeline.text.words``.
+its own output removes nothing; the C kernels and the NumPy fallback agree bit for bit with the
+obviously-correct reference built on ``datadiet.pipeline.text.words``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from datadiet.experiments.corpus import gutenberg_paragraphs
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.pipeline.text import words
 from datadiet.selectors import minhash as mh
+from datadiet.selectors import native
 from datadiet.selectors.minhash import (
     MinHashDedup,
     band_keys,
+    band_keys_reference,
     candidate_pairs_from_keys,
+    candidate_pairs_reference,
     connected_components,
     estimated_jaccard,
     lsh_candidate_pairs,
@@ -38,6 +41,7 @@ from datadiet.selectors.minhash import (
     shingle_hashes,
     shingle_hashes_reference,
     signatures_from_hashes,
+    signatures_reference,
 )
 
 HYPO = settings(
@@ -207,14 +211,15 @@ def test_on_disk_path_gives_the_same_result_and_cleans_up(
 
 
 def test_numpy_fallback_gives_the_same_selection(
-    paragraphs: list[str], monkeypatch: pytest.MonkeyPatch
+    paragraphs: list[str], request: pytest.FixtureRequest
 ) -> None:
     rng = random.Random(1)
     texts = paragraphs[:40] + [v for p in paragraphs[:5] for v in edits(p, rng).values()]
     ds = dataset(texts)
     fast = MinHashDedup().select(ds, ctx())
-    monkeypatch.setenv("DATADIET_NUMBA", "0")
+    request.getfixturevalue("without_c")
     slow = MinHashDedup().select(ds, ctx())
+    assert (~fast.keep).sum() >= 5
     assert np.array_equal(fast.keep, slow.keep)
     assert fast.reason_detail.tolist() == slow.reason_detail.tolist()
 
@@ -299,9 +304,9 @@ TRICKY = [
 
 def test_tokeniser_matches_words_on_tricky_text() -> None:
     ref = shingle_hashes_reference(TRICKY, ngram=3)
-    for got in (shingle_hashes(TRICKY, ngram=3), mh._shingle_hashes_numpy(TRICKY, 3, 42)):
-        assert np.array_equal(got[0], ref[0])
-        assert np.array_equal(got[1], ref[1])
+    got = shingle_hashes(TRICKY, ngram=3)
+    assert np.array_equal(got[0], ref[0])
+    assert np.array_equal(got[1], ref[1])
 
 
 @settings(max_examples=150, deadline=None)
@@ -311,18 +316,19 @@ def test_tokeniser_matches_words_on_tricky_text() -> None:
 )
 def test_property_tokeniser_matches_words(texts: list[str], ngram: int) -> None:
     ref = shingle_hashes_reference(texts, ngram=ngram)
-    for got in (shingle_hashes(texts, ngram=ngram), mh._shingle_hashes_numpy(texts, ngram, 42)):
-        assert np.array_equal(got[0], ref[0])
-        assert np.array_equal(got[1], ref[1])
+    got = shingle_hashes(texts, ngram=ngram)
+    assert np.array_equal(got[0], ref[0])
+    assert np.array_equal(got[1], ref[1])
 
 
-def test_signatures_numpy_equals_compiled(paragraphs: list[str]) -> None:
+def test_signatures_c_and_numpy_equal_the_reference(paragraphs: list[str]) -> None:
     texts = paragraphs[:60] + ["", "tiny", "x" * 20000 + " long tail"]
     h, off = shingle_hashes(texts)
-    fast = signatures_from_hashes(h, off, num_perm=96, seed=3)
-    slow = mh._signatures_numpy(h, off, 96, 3)
+    fast = signatures_from_hashes(h, off, num_perm=96, seed=3)  # C, where built
+    numpy = mh._signatures_numpy(h, off, 96, 3)
+    slow = signatures_reference(h, off, 96, 3)
     assert fast.dtype == np.uint32 and fast.shape == (len(texts), 96)
-    assert np.array_equal(fast, slow)
+    assert np.array_equal(fast, slow) and np.array_equal(numpy, slow)
     assert (fast[len(texts) - 3] == 0xFFFFFFFF).all()  # empty text: the empty set's signature
 
 
@@ -396,32 +402,33 @@ def test_lsh_pairs_star_and_all_give_same_components(paragraphs: list[str]) -> N
     st.booleans(),
     st.integers(2, 6),
 )
-def test_property_bucket_pairs_compiled_equals_numpy(
+def test_property_bucket_pairs_c_and_numpy_equal_the_reference(
     rows: list[list[int]], all_pairs: bool, max_bucket: int
 ) -> None:
-    """Hash-table grouping (numba) and sort grouping (NumPy) give the same candidate pairs."""
+    """Hash-table grouping (C), sort grouping (NumPy) and the dict of lists (reference) give
+    the same candidate pairs."""
     keys = np.array(rows, np.uint64).reshape(-1, 3)
     valid = np.array([sum(r) != 1 for r in rows], bool)
+    want = sorted(candidate_pairs_reference(keys, valid, all_pairs=all_pairs,
+                                            max_bucket=max_bucket))
     fast = candidate_pairs_from_keys(keys, valid, all_pairs=all_pairs, max_bucket=max_bucket)
-    previous = os.environ.get("DATADIET_NUMBA")
-    os.environ["DATADIET_NUMBA"] = "0"
+    previous = os.environ.get("DATADIET_NATIVE")
+    os.environ["DATADIET_NATIVE"] = "0"
+    native._library.cache_clear()
     try:
         slow = candidate_pairs_from_keys(keys, valid, all_pairs=all_pairs, max_bucket=max_bucket)
     finally:
         if previous is None:
-            del os.environ["DATADIET_NUMBA"]
+            del os.environ["DATADIET_NATIVE"]
         else:
-            os.environ["DATADIET_NUMBA"] = previous
-    assert fast.tolist() == slow.tolist()
+            os.environ["DATADIET_NATIVE"] = previous
+        native._library.cache_clear()
+    assert fast.tolist() == slow.tolist() == [list(p) for p in want]
 
 
-def test_band_keys_compiled_equals_numpy(
-    paragraphs: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_band_keys_equal_the_reference(paragraphs: list[str]) -> None:
     sig = minhash_signatures(paragraphs[:50])
-    fast = band_keys(sig, 16, 8, seed=5)
-    monkeypatch.setenv("DATADIET_NUMBA", "0")
-    assert np.array_equal(fast, band_keys(sig, 16, 8, seed=5))
+    assert np.array_equal(band_keys(sig, 16, 8, seed=5), band_keys_reference(sig, 16, 8, seed=5))
 
 
 def reference_components(n: int, pairs: list[tuple[int, int]]) -> list[int]:
@@ -468,7 +475,7 @@ def test_optimal_bands_rows_agrees_with_datasketch(threshold: float) -> None:
 
 
 def test_shard_function_equals_the_separate_pieces(
-    paragraphs: list[str], monkeypatch: pytest.MonkeyPatch
+    paragraphs: list[str], request: pytest.FixtureRequest
 ) -> None:
     """The fused parallel kernel computes exactly signatures + band keys + has-words."""
     texts = [*paragraphs[:60], "", "!!", "one", "İstanbul ΣΑΣ straße " * 3, "x" * 5000]
@@ -477,7 +484,7 @@ def test_shard_function_equals_the_separate_pieces(
     assert np.array_equal(shard.signatures, sig)
     assert np.array_equal(shard.band_keys, band_keys(sig, 16, 8, seed=7))
     assert shard.has_words.tolist() == [bool(words(t)) for t in texts]
-    monkeypatch.setenv("DATADIET_NUMBA", "0")
+    request.getfixturevalue("without_c")
     slow = minhash_shard(texts, bands=16, rows=8, num_perm=128, ngram=5, seed=7)
     assert all(np.array_equal(x, y) for x, y in zip(shard, slow, strict=True))
 

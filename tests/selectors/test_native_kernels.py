@@ -1,9 +1,14 @@
-"""The C hashing kernels give the bits the numba kernels and the NumPy programs give.
+"""The C hashing kernels (production) give the bits of the Python reference, and so does the
+NumPy fallback that runs where the library is not built.
 
-Each C function is a twin of a numba kernel (``hashkernels.c`` says which); these tests run
-both on real text (T0 prompts) plus the characters each kernel treats specially (case folds
-that change length, context-dependent lower-casing, combining marks, CJK, emoji), and compare
-every output array. A kernel that drifted from its twin by one bit fails here.
+The reference is the plain definition: :func:`datadiet.pipeline.text.normalize` for exact dedup,
+:func:`~datadiet.selectors.minhash.minhash_shard_reference` (shingles of ``words()``, a minimum
+per permutation, band keys in Python integers) and
+:func:`~datadiet.selectors.minhash.minhash_clusters_reference` (a dict of buckets, a loop of
+slot comparisons, a union-find) for MinHash. These tests run C and reference on real text (T0
+prompts) plus the characters each kernel treats specially (case folds that change length,
+context-dependent lower-casing, combining marks, CJK, emoji), and compare every output array.
+A kernel that drifted from the reference by one bit fails here.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import pyarrow as pa
 import pytest
 import xxhash
 
+from datadiet.pipeline.text import normalize
 from datadiet.selectors import exact, hashing, minhash, native, unicode_tables
 from tests.conftest import SHARED_DATA
 
@@ -39,6 +45,20 @@ ODD_TEXTS = [
 ]
 
 
+# Beyond the T0 rows: what the tokeniser treats specially (dotted capital I, sigma, ligatures,
+# lone surrogates kept by the layout, words longer than the 64 character multipliers).
+TRICKY = ["İstanbul İSTANBUL", "ΣΑΣ ΟΔΟΣ σας", "Straße STRASSE ǅemal", "naïve café_x 123 ×y ½",
+          "tab\tsep\nnew line\r\nwin", "Ⅻ roman Ⅰ numerals", "K Kelvin sign, Å angstrom",
+          "lone \ud800surrogate\udfff here", "x" * 70 + " " + "y" * 130]
+
+
+def reference_digests(texts: list[str]) -> np.ndarray:
+    """Exact dedup by its definition: XXH3-128 of ``normalize(t)`` as UTF-8."""
+    return np.frombuffer(b"".join(
+        xxhash.xxh3_128_digest(normalize(t).encode("utf-8", "surrogatepass")) for t in texts),
+        np.uint64).reshape(-1, 2)
+
+
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     path = sorted((SHARED_DATA / "sft" / "t0_train").glob("*.jsonl"))[0]
@@ -53,70 +73,85 @@ def texts() -> list[str]:
 
 
 def test_the_library_is_built_and_loads() -> None:
-    """``make install`` builds it; a test run without it would silently test numba twice."""
+    """``make install`` builds it; a test run without it would silently test the fallback twice."""
     assert native.available(), f"{native.LIBRARY} missing: run python -m datadiet.selectors.native build"
 
 
-def test_normalize_matches_the_numba_kernel(texts: list[str]) -> None:
+def test_normalize_kernel_equals_normalize(texts: list[str]) -> None:
+    """Mode 0 (NFKC + fold in C) and mode 1 (already folded) write ``normalize(t)``; mode 2
+    and the folds C cannot write in place come back as -1, for Python."""
     buf, offsets = hashing.utf8_layout(pa.array(texts))
     tables = exact._normalize_tables()
-    for mode_value in (0, 1):
-        mode = np.full(len(texts), mode_value, np.uint8)
-        mode[::7] = 2  # texts left to Python
-        c_out, c_len = native.normalize(buf, offsets, mode, *tables)
-        nb_out, nb_len = exact._nb_normalize(buf, offsets, mode, *tables)
-        assert np.array_equal(c_len, nb_len)
-        assert (c_len == -1).sum() >= len(texts) // 7
-        for i in np.flatnonzero(c_len >= 0):
-            lo = offsets[i]
-            assert c_out[lo : lo + c_len[i]].tobytes() == nb_out[lo : lo + nb_len[i]].tobytes()
+    mode = np.zeros(len(texts), np.uint8)
+    mode[::7] = 2  # texts left to Python
+    out, lengths = native.normalize(buf, offsets, mode, *tables, with_nfkc=True)
+    assert (lengths[::7] == -1).all() and (lengths >= 0).sum() > len(texts) // 2
+    for i in np.flatnonzero(lengths >= 0):
+        got = out[offsets[i] : offsets[i] + lengths[i]].tobytes()
+        assert got == normalize(texts[i]).encode("utf-8"), texts[i]
+    folded = [exact._nfkc(t).casefold() for t in texts]
+    buf, offsets = hashing.utf8_layout(folded)
+    out, lengths = native.normalize(buf, offsets, np.ones(len(texts), np.uint8), *tables)
+    assert (lengths >= 0).all()
+    for i, text in enumerate(texts):
+        got = out[offsets[i] : offsets[i] + lengths[i]].tobytes()
+        assert got == normalize(text).encode("utf-8"), text
 
 
-def test_exact_hashes_equal_on_every_path(texts: list[str], monkeypatch) -> None:
-    """The digests the C path gives are those of :func:`datadiet.pipeline.text.normalize`."""
+def test_exact_hashes_equal_on_every_path(texts: list[str], request: pytest.FixtureRequest) -> None:
+    """The digests of C and of the fallback are those of :func:`normalize`, byte for byte."""
     with_c = exact.text_hashes(pa.array(texts), True)
-    monkeypatch.setenv("DATADIET_NATIVE", "0")
-    native._library.cache_clear()
-    monkeypatch.setenv("DATADIET_NUMBA", "0")
-    try:
-        plain = exact.text_hashes(texts, True)
-    finally:
-        monkeypatch.undo()
-        native._library.cache_clear()
-    assert np.array_equal(with_c, plain)
+    request.getfixturevalue("without_c")
+    fallback = exact.text_hashes(texts, True)
+    reference = reference_digests(texts)
+    assert np.array_equal(with_c, reference)
+    assert np.array_equal(fallback, reference)
     assert len(np.unique(with_c, axis=0)) < len(texts)  # the copies hash alike
 
 
-def test_minhash_shard_matches_the_numba_kernel_and_numpy(texts: list[str]) -> None:
-    buf, offsets = hashing.utf8_layout(pa.array(texts))
-    pos, salt = minhash._shingle_constants(42, 5)
-    a, b = minhash._perm_constants(42, 128)
-    constants = (hashing.word_char_table(), hashing.lower_table(), minhash._ascii_word_table(),
-                 minhash._CHAR_MULT, 5, pos, salt, a, b, minhash._band_constants(42, 16, 8),
-                 minhash._U64(minhash._BAND_TAG))
-    c_sig, c_keys, c_counts = native.minhash_shard(buf, offsets, *constants)
-    nb_sig, nb_keys, nb_counts = minhash._nb_shard(buf, offsets, *constants)
-    assert np.array_equal(c_sig, nb_sig)
-    assert np.array_equal(c_keys, nb_keys)
-    assert np.array_equal(c_counts, nb_counts)
-    # and the public function (C inside) equals the NumPy program built on words()
-    shard = minhash.minhash_shard(texts[:300] + ODD_TEXTS, bands=16, rows=8)
-    hashes, hash_offsets = minhash.shingle_hashes_reference(texts[:300] + ODD_TEXTS, ngram=5)
-    reference = minhash._signatures_numpy(hashes, hash_offsets, 128, 42)
-    assert np.array_equal(shard.signatures, reference)
+def test_minhash_shard_equals_the_reference(texts: list[str], request: pytest.FixtureRequest) -> None:
+    """The C shard (shingles -> signature -> band keys in one pass) and the NumPy fallback
+    both give the reference's arrays, on real text and odd Unicode."""
+    sample = texts[:300] + ODD_TEXTS + TRICKY
+    want = minhash.minhash_shard_reference(sample, bands=16, rows=8)
+    with_c = minhash.minhash_shard(sample, bands=16, rows=8)  # lone surrogates: not Arrow
+    request.getfixturevalue("without_c")
+    fallback = minhash.minhash_shard(sample, bands=16, rows=8)
+    for got in (with_c, fallback):
+        assert np.array_equal(got.signatures, want.signatures)
+        assert np.array_equal(got.band_keys, want.band_keys)
+        assert np.array_equal(got.has_words, want.has_words)
+    assert not want.has_words.all() and want.has_words.sum() > 300
 
 
-def test_lsh_pairs_and_agreement_match_the_numba_kernels(texts: list[str]) -> None:
+@pytest.mark.parametrize("verify", [True, False])
+def test_minhash_reduce_equals_the_reference(texts: list[str], verify: bool,
+                                             request: pytest.FixtureRequest) -> None:
+    """LSH buckets, pair agreement and the fused C reduce (buckets, verification and
+    union-find, no pair array) give the reference's pairs, labels and counts; so do the NumPy
+    pieces of the fallback."""
     shard = minhash.minhash_shard(pa.array(texts), bands=16, rows=8)
-    rows = np.flatnonzero(shard.has_words)
+    want = minhash.minhash_clusters_reference(shard.signatures, shard.band_keys,
+                                              shard.has_words, threshold=0.8, verify=verify)
+    assert want.merged_pairs >= 400
     n = len(texts)
-    for all_pairs in (False, True):
-        c_codes = np.sort(native.bucket_pairs(shard.band_keys, rows, all_pairs, 256, n))
-        nb_codes = np.sort(minhash._nb_bucket_pairs(shard.band_keys, rows, all_pairs, 256, n))
-        assert np.array_equal(c_codes, nb_codes) and len(c_codes) >= 400
-    pairs = np.stack([c_codes // n, c_codes % n], axis=1)
-    assert np.array_equal(native.pair_jaccard(shard.signatures, pairs),
-                          minhash._nb_pair_jaccard(shard.signatures, pairs))
+    pairs = sorted(minhash.candidate_pairs_reference(shard.band_keys, shard.has_words,
+                                                     all_pairs=verify))
+    codes = np.sort(native.bucket_pairs(shard.band_keys, np.flatnonzero(shard.has_words),
+                                        verify, minhash.MAX_BUCKET, n))
+    assert [tuple(divmod(int(c), n)) for c in codes] == pairs
+    pair_array = np.array(pairs, np.int64)
+    agreement = [(shard.signatures[i] == shard.signatures[j]).mean() for i, j in pairs]
+    assert np.array_equal(native.pair_jaccard(shard.signatures, pair_array), agreement)
+    with_c = minhash.minhash_clusters(shard.signatures, shard.band_keys, shard.has_words,
+                                      threshold=0.8, verify=verify)
+    request.getfixturevalue("without_c")
+    fallback = minhash.minhash_clusters(shard.signatures, shard.band_keys, shard.has_words,
+                                        threshold=0.8, verify=verify)
+    for got in (with_c, fallback):
+        assert np.array_equal(got.labels, want.labels)
+        assert (got.candidate_pairs, got.merged_pairs) == (want.candidate_pairs,
+                                                           want.merged_pairs)
 
 
 def test_non_ascii_and_needle_scans_match(texts: list[str]) -> None:
@@ -156,24 +191,6 @@ def test_build_replaces_the_library_atomically(tmp_path, monkeypatch) -> None:
     assert not list(native.LIBRARY.parent.glob("._*"))
 
 
-@pytest.mark.parametrize("verify", [True, False])
-def test_fused_cluster_equals_pairs_then_components(texts: list[str], verify: bool) -> None:
-    """The one-pass C reduce (buckets, verification and union-find, no pair array) gives the
-    labels and pair counts of the three-stage reduce it replaces."""
-    shard = minhash.minhash_shard(pa.array(texts), bands=16, rows=8)
-    labels, candidates, merged = native.minhash_cluster(
-        shard.band_keys, np.flatnonzero(shard.has_words), shard.signatures, 0.8, verify)
-    pairs = minhash._unique_pairs(
-        np.stack(np.divmod(minhash._nb_bucket_pairs(
-            shard.band_keys, np.flatnonzero(shard.has_words), verify, 256, len(texts)),
-            len(texts)), axis=1), len(texts))
-    assert candidates == len(pairs)
-    if verify:
-        pairs = pairs[minhash._nb_pair_jaccard(shard.signatures, pairs) >= 0.8]
-    assert merged == len(pairs) and merged >= 400
-    assert np.array_equal(labels, minhash.connected_components(len(texts), pairs))
-
-
 def test_kernel_nfkc_equals_unicodedata_for_every_code_point() -> None:
     """Every code point alone and between a letter and a combining accent (where composition
     and reordering happen) normalises in the C kernel exactly as in ``normalize()``: the NFKC
@@ -181,14 +198,10 @@ def test_kernel_nfkc_equals_unicodedata_for_every_code_point() -> None:
     assert native.nfkc_tables() is not None, "the NFKC classes were not built with the library"
     for name, fresh in unicode_tables.build_character_tables().items():  # the saved tables are current
         assert np.array_equal(native.unicode_table(name), fresh), name
-    from datadiet.pipeline.text import normalize
-
     chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp < 0xE000]
     for texts in (chars, [f"a{c}\u0301{c}b" for c in chars]):
         got = exact.text_hashes(pa.array(texts), True)
-        want = np.frombuffer(b"".join(
-            xxhash.xxh3_128_digest(normalize(t).encode("utf-8")) for t in texts),
-            np.uint64).reshape(-1, 2)
+        want = reference_digests(texts)
         wrong = np.flatnonzero((got != want).any(axis=1))
         assert len(wrong) == 0, [hex(ord(texts[i][0 if len(texts[i]) == 1 else 1]))
                                  for i in wrong[:10]]

@@ -53,6 +53,7 @@ __all__ = [
     "break_even",
     "finetuning_comparison",
     "finetuning_stage",
+    "oracle_selection",
     "pretrain_base",
     "removal_precision",
     "sft_train_config",
@@ -76,7 +77,8 @@ class FinetuneSettings:
     ``methods`` adds arms beside ``selected`` and ``random`` (benchmarks compare several
     selectors on one pool): name → a function of ``k`` that returns the spec, ``k`` being the
     rows ``selected`` kept, so a ranking method gets the same budget. ``random`` always draws
-    ``k`` rows.
+    ``k`` rows. With the pool's ground truth, an ``oracle`` arm (the planted rows removed) is the
+    ceiling of any selection (``oracle=False`` leaves it out).
     """
 
     train: TrainConfig
@@ -84,6 +86,8 @@ class FinetuneSettings:
     data_seed: int = 0
     methods: dict[str, Callable[[int], list[dict[str, dict]]]] = field(default_factory=dict)
     response_only: bool = True
+    #: with a ground truth, also train the ``oracle`` arm (:func:`oracle_selection`)
+    oracle: bool = True
 
 
 def pretrain_base(out: str | os.PathLike, corpus: Any, config: TrainConfig) -> Path:
@@ -139,6 +143,21 @@ def _select(name: str, spec: list[dict[str, dict]], pool: Path, out: Path) -> di
                        "removed": ", ".join(f"{k}={v}" for k, v in s.removed.items()) or "-",
                        "flops": s.flops, "seconds": round(s.seconds, 2)}
                       for s in manifest.steps]}
+
+
+def oracle_selection(truth: dict[str, Any]) -> dict[str, Any]:
+    """The ``oracle`` arm: every planted row removed by the ground truth, nothing else (a near
+    copy goes, its original stays).
+
+    Why an arm that no user can run: it is the ceiling of any selection on this pool and
+    trainee. When even the oracle does not reach the all-data run's loss sooner, the trainee
+    still gains from any tokens (it learns the responses' words, not yet their fit to the
+    instruction), and no selector can pay on it — the measurement, not the selector, is then
+    what limits the figure.
+    """
+    kept = {row_id for row_id, kind in truth["kinds"].items() if kind not in PLANTED_KINDS}
+    return {"spec": "ground truth: planted rows removed", "out": None, "manifest": None,
+            "kept": kept, "flops": 0.0, "scored_tokens": 0, "seconds": 0.0, "steps": []}
 
 
 def _tokens_to_target(report: dict, target: float) -> float | None:
@@ -218,6 +237,8 @@ def finetuning_comparison(
     for name, method_spec in settings.methods.items():
         say(f"fine-tuning data: selecting with {name}")
         selections[name] = _select(name, method_spec(k), pool, out / "selections")
+    if known is not None and settings.oracle:
+        selections["oracle"] = oracle_selection(known)
     tokenizer = load_tokenizer(base_model)
     config = settings.train.model_copy(update={
         "init_from": str(base_model), "tokenizer": None,

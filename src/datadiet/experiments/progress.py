@@ -80,16 +80,21 @@ class StageClock:
             self.on_fraction(1.0)
 
 
-def plan_efficiency(rows: int, train_runs: int, train_tokens_per_run: int, prompts: int,
-                    tokens_per_second: float = 5000.0,
+#: A source whose size is unknown (a hub dataset) is planned as this many bytes.
+UNKNOWN_CORPUS_BYTES = 1 << 20
+
+
+def plan_efficiency(corpus_bytes: int | None, train_runs: int, train_tokens_per_run: int,
+                    prompts: int, tokens_per_second: float = 5000.0,
                     sft_tokens: int = 0) -> list[tuple[str, float]]:
     """The stages of the efficiency chain with first-guess seconds (the pace corrects them).
 
-    The guesses are rough on purpose — curation per row, training per token of a small model
-    on CPU, prompts per compressed prompt — since only their proportions matter once the first
-    stage has run.
+    The guesses are rough on purpose — curation per byte on disk (known without reading the
+    corpus), training per token of a small model on CPU, prompts per compressed prompt — since
+    only their proportions matter once the first stage has run.
     """
-    plan = [("curate", 10.0 + 0.02 * rows),
+    size = UNKNOWN_CORPUS_BYTES if corpus_bytes is None else corpus_bytes
+    plan = [("curate", 10.0 + 2e-5 * size),
             ("train", train_runs * train_tokens_per_run / tokens_per_second)]
     if sft_tokens:
         plan.append(("fine-tune", 5.0 + sft_tokens / tokens_per_second))

@@ -13,6 +13,7 @@ raised step by step, and the notes say where it ended.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,10 @@ import numpy as np
 from datadiet.experiments.report import PromptResults
 from datadiet.pipeline.models.embedding import Embedder
 from datadiet.prompting.compression import BudgetError
-from datadiet.prompting.demos import DemoSelector, PromptTemplate
-from datadiet.prompting.icl import ICLEvaluator, LabelledData
+from datadiet.prompting.demos import DemoSelector, PromptTemplate, load_template
+from datadiet.prompting.icl import ICLEvaluator, LabelledData, read_labelled
 
-__all__ = ["BEST_ORDER", "BEST_STRATEGY", "compare_strategies"]
+__all__ = ["BEST_ORDER", "BEST_STRATEGY", "compare_strategies", "compare_strategies_on_files"]
 
 #: When the asked rate cannot hold the protected text (each demonstration's answer, the query),
 #: the rate rises by this step, up to this cap, and the report says so.
@@ -105,3 +106,18 @@ def compare_strategies(
                  "accuracy points; a drop smaller than that cannot be seen.")
     return PromptResults(task=task, model=model or "SmolLM2-135M-Instruct", rows=rows, best=best,
                          compressed=compressed, notes=notes)
+
+
+def compare_strategies_on_files(pool: str | Path, eval_set: str | Path, *, template: str,
+                                label_field: str = "label", limit: int | None = None, k: int = 8,
+                                compress_rate: float = 0.25, model: str | None = None,
+                                progress: Callable[[str], None] | None = None) -> PromptResults:
+    """:func:`compare_strategies` on a labelled pool and evaluation set given as files: the
+    first ``limit`` queries (all without it), the template by name or file (its label words
+    from the pool's labels), the task named after the evaluation file."""
+    pool_rows = read_labelled(pool, label_field=label_field)
+    test = read_labelled(eval_set, label_field=label_field)
+    test = test.subset(range(min(limit or len(test), len(test))))
+    prompt = load_template(template, sorted(set(pool_rows.labels)))
+    return compare_strategies(pool_rows, test, prompt, task=Path(eval_set).name, k=k,
+                              compress_rate=compress_rate, model=model, progress=progress)

@@ -343,7 +343,7 @@ def _finetuning_section(part: dict[str, Any], root: Path, ctx: RunContext) -> st
         "### Selections\n\n" + markdown_table([
             {"arm": name, "steps": " → ".join(s["step"] for s in sel["steps"]),
              "rows kept": sel["rows_out"], "FLOPs": sel["flops"], "seconds": sel["seconds"],
-             "manifest": _link(sel["manifest"], root)}
+             "manifest": _link(sel["manifest"], root) if sel["manifest"] else "-"}
             for name, sel in part.get("selections", {}).items()]) if part.get("selections") else "",
     ] if s)
 

@@ -7,6 +7,10 @@ whole chain in one table: rows, tokens and FLOPs before and after, followed by t
 report the library writes to ``out/report.md`` (:mod:`datadiet.experiments.report`: claims
 against targets, the loss-vs-FLOPs plot with the target line, honest notes). A progress display
 (stage lines in the log, a progress artifact in the UI) says which stage runs and the time left.
+
+Thin on purpose: the plan, the report and the before/after table are library calls
+(:mod:`datadiet.experiments.efficiency`), whose counts come from what the stages left on disk
+(the curation manifest, the runs' reports), never from re-reading the corpus.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 from pydantic import Field, field_validator, model_validator
 
-from datadiet.experiments.comparison import summarize_pretraining
+from datadiet.experiments.efficiency import (
+    efficiency_plan,
+    efficiency_summary,
+    write_efficiency_report,
+)
 from datadiet.experiments.finetuning import DEFAULT_SFT_SPEC, finetuning_stage
-from datadiet.experiments.progress import StageClock, plan_efficiency
-from datadiet.experiments.prompts import compare_strategies
-from datadiet.experiments.report import PromptResults, SavingsReport, write_savings_report
+from datadiet.experiments.progress import StageClock
+from datadiet.experiments.prompts import compare_strategies_on_files
 from datadiet.flows.common import (
     FlowParams,
     cached_task,
@@ -44,14 +51,10 @@ from datadiet.flows.curation import (
     normalised_spec,
 )
 from datadiet.flows.prompts import Demos, Limit, PromptParams, Rate, build_prompts
-from datadiet.flows.report import before_after_rows, markdown_table, publish
+from datadiet.flows.report import publish
 from datadiet.flows.training import TrainBudget, train_and_measure
 from datadiet.pipeline.io import source_fingerprint
-from datadiet.pipeline.report import RunContext, inline_images
-from datadiet.pipeline.savings import load_run_report
 from datadiet.pipeline.stages.training import TrainConfig
-from datadiet.prompting.demos import load_template
-from datadiet.prompting.icl import read_labelled
 
 SftSteps = Annotated[int, Field(ge=1)]
 DEFAULT_SFT_SPEC_YAML = yaml.safe_dump(DEFAULT_SFT_SPEC, sort_keys=False)
@@ -132,16 +135,10 @@ class EfficiencyParams(FlowParams):
 
 def _clock(params: EfficiencyParams) -> StageClock:
     """The progress display: stage lines in the log, a progress artifact in the UI."""
-    rows = 1000  # a folder or hub source: a guess; the pace corrects it after the first stage
-    if Path(params.source).is_file():
-        with open(params.source, "rb") as f:
-            rows = sum(1 for _ in f)
-    config = params.train_budget.config(params.source, params.eval_data)
-    tokens = config.steps_for(1) * config.batch_size * config.grad_accum * config.seq_len
-    sft_runs = 0 if params.sft_pool is None else 3 + (params.sft_base is None) * config.max_steps \
-        / max(params.sft_steps, 1)  # the base's pre-training, in fine-tuning runs
-    plan = plan_efficiency(rows, 2, tokens, (params.prompt_limit or 20) if params.pool else 0,
-                           sft_tokens=int(sft_runs * tokens * params.sft_steps / config.max_steps))
+    plan = efficiency_plan(params.source, params.train_budget.config(params.source, params.eval_data),
+                           prompts=(params.prompt_limit or 20) if params.pool else 0,
+                           fine_tune_steps=params.sft_steps if params.sft_pool else None,
+                           pretrain_base=params.sft_base is None)
     progress = create_progress_artifact(
         0.0, key=f"{series_key('efficiency', params.source)}-progress",
         description="Stages of the efficiency chain done")
@@ -153,15 +150,8 @@ def _clock(params: EfficiencyParams) -> StageClock:
 def score_strategies(pool: str, pool_fingerprint: str, eval_set: str, eval_fingerprint: str,
                      settings: dict) -> dict:
     """Accuracy and prompt tokens of zero-shot, random, best and best-compressed prompts."""
-    s = settings
-    pool_rows = read_labelled(pool, label_field=s["label_field"])
-    test = read_labelled(eval_set, label_field=s["label_field"])
-    test = test.subset(range(min(s["limit"] or len(test), len(test))))  # as build_prompts
-    template = load_template(s["template"], sorted(set(pool_rows.labels)))
-    results = compare_strategies(pool_rows, test, template, task=Path(eval_set).name, k=s["k"],
-                                 compress_rate=s["compress_rate"], model=s["model"],
-                                 progress=get_run_logger().info)
-    return asdict(results)
+    return asdict(compare_strategies_on_files(pool, eval_set, **settings,
+                                              progress=get_run_logger().info))
 
 
 @cached_task(task_run_name=task_run_namer("fine-tune all vs selected vs random on {pool}"))
@@ -172,27 +162,6 @@ def finetune(pool: str, pool_fingerprint: str, eval_pairs: str, eval_fingerprint
                             steps=settings["steps"], base=settings["base"],
                             base_corpus=settings["source"], truth=settings["truth"],
                             progress=get_run_logger().info)
-
-
-def write_report(params: EfficiencyParams, curated: dict, trained: dict,
-                 strategies: dict | None, finetuned: dict | None = None) -> Path:
-    """``out/report.md`` and its plots, written by the library from the subflows' files."""
-    runs = trained["runs"]
-    summary = summarize_pretraining(params.source, curated["out"],
-                                    [load_run_report(runs["baseline"]["report"])],
-                                    [load_run_report(runs["candidate"]["report"])])
-    report = SavingsReport(
-        context=RunContext(command=f"efficiency flow run {flow_run.name or '-'} "
-                           f"(source {params.source})", seeds=summary["seeds"],
-                           data=f"{params.source}; eval {params.eval_data}"),
-        pretraining=summary, finetuning=finetuned)
-    if finetuned is None:
-        report.missing["sft"] = "no instruction pool given (flow parameter `sft_pool`)"
-    if strategies:
-        report.prompts = PromptResults(**strategies)
-    else:
-        report.missing["prompts"] = "no demonstration pool given"
-    return write_savings_report(params.out, report)
 
 
 @flow(name="datadiet-efficiency", flow_run_name=flow_run_namer("efficiency of {source} → {out}/"),
@@ -286,33 +255,12 @@ def efficiency(
             settings=prompt_params.model_dump(include={"k", "compress_rate", "model", "limit",
                                                        "template", "label_field"}))
     clock.start("report")
-    report_path = write_report(params, curated, trained, strategies, finetuned)
-    comparison = trained["comparison"]
-    runs = trained["runs"]
-    measures = {
-        "corpus rows": (curated["rows_in"], curated["rows_out"]),
-        "corpus tokens": (curated["tokens_in"], curated["tokens_out"]),
-        "training FLOPs (same budget)": (runs["baseline"]["train_flops"],
-                                         runs["candidate"]["train_flops"]),
-        f"training FLOPs to eval loss {comparison['target_eval_loss']:.4g}": (
-            comparison["baseline_flops"], comparison["candidate_flops"]),
-    }
-    if finetuned:
-        selected = finetuned["selections"]["selected"]
-        measures["instruction rows"] = (finetuned["pool_rows"], selected["rows_out"])
-    if prompts:
-        measures["prompt tokens"] = (prompts["tokens_before"], prompts["tokens_after"])
-    table = before_after_rows(measures)
-    saved = comparison["flops_saved_x"]
-    sections = [
-        f"Corpus `{params.source}` → curated `{curated['out']}`; training runs in "
-        f"`{trained['out']}`" + (f"; prompts in `{prompts['prompts']}`." if prompts else "."),
-        (f"Curated data reached the target eval loss with **{saved:.2f}x fewer training FLOPs**."
-         if saved else "One run never reached the target eval loss: no FLOPs ratio."),
-        "## Before and after\n\n" + markdown_table(table),
-        "Each stage's own report (plots included) is on its subflow run.",
-        inline_images(report_path.read_text(encoding="utf-8"), report_path.parent),
-    ]
+    report_path = write_efficiency_report(
+        params.out, params.source, params.eval_data, curated["out"], trained["runs"],
+        command=f"efficiency flow run {flow_run.name or '-'} (source {params.source})",
+        strategies=strategies, finetuned=finetuned)
+    table, sections = efficiency_summary(params.source, curated, trained, report_path,
+                                         finetuned=finetuned, prompts=prompts)
     publish(series_key("efficiency", params.source), "Efficiency report: curation, training, prompts", sections,
             table, "The chain's savings: before (full / uncompressed) and after")
     clock.finish()

@@ -28,17 +28,11 @@ from datadiet.pipeline.text import normalize as normalize_text
 from datadiet.selectors import native
 from datadiet.selectors.common import row_ids
 from datadiet.selectors.hashing import (
-    CASEFOLD_NEEDS_PYTHON,
     KERNEL_BATCH,
     Texts,
     as_str_list,
     casefold_table,
-    jit,
-    nb_decode,
-    nb_encode,
     non_ascii_texts,
-    numba_enabled,
-    prange,
     text_getter,
     utf8_layout,
     word_char_table,
@@ -119,7 +113,7 @@ NormalizedPart = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 def _normalized_parts(texts: Texts) -> list[NormalizedPart]:
-    """``normalize(t)`` of every text as UTF-8, in one or two parts: the texts a compiled
+    """``normalize(t)`` of every text as UTF-8, in one or two parts: the texts the C
     kernel normalised, and the few Python had to (kept apart: joining them into one buffer
     would copy the whole batch again).
 
@@ -129,21 +123,24 @@ def _normalized_parts(texts: Texts) -> list[NormalizedPart]:
     ``unicodedata`` at install) so is NFKC for all but combining characters. Python normalises
     the texts the kernel gives back: those with a character whose NFKC depends on its
     neighbours, or a fold it cannot write in place (``ß`` -> ``ss``). Without those classes
-    (numba kernel), Python first asks ``unicodedata.is_normalized`` of every non-ASCII text.
+    (a table file from another Unicode version), Python first asks
+    ``unicodedata.is_normalized`` of every non-ASCII text. Without the C library the fallback is
+    :func:`~datadiet.pipeline.text.normalize` itself, per text (see
+    :mod:`datadiet.selectors.hashing`).
     """
-    kernel = native.normalize if native.available() else _nb_normalize
-    if kernel is _nb_normalize and not numba_enabled(len(texts)):
+    if not native.available():  # the fallback (no C library): normalize() itself, per text
         encoded = [normalize_text(t).encode("utf-8", "surrogatepass") for t in as_str_list(texts)]
         lengths = np.fromiter(map(len, encoded), np.int64, len(encoded))
         starts = np.zeros(len(encoded), np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         return [(np.arange(len(encoded)), np.frombuffer(b"".join(encoded), np.uint8), starts,
                  lengths)]
+    kernel = native.normalize
     buf, offsets = utf8_layout(texts)
     text = text_getter(texts, buf, offsets)
     mode = np.zeros(len(offsets) - 1, np.uint8)  # 0: the kernel folds, 2: Python first
-    if kernel is native.normalize and native.nfkc_tables() is not None:
-        out, lengths = native.normalize(buf, offsets, mode, *_normalize_tables(), with_nfkc=True)
+    if native.nfkc_tables() is not None:
+        out, lengths = kernel(buf, offsets, mode, *_normalize_tables(), with_nfkc=True)
     else:
         for i in non_ascii_texts(buf, offsets).tolist():
             if not unicodedata.is_normalized("NFKC", text(i)):
@@ -171,60 +168,6 @@ def _normalize_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         [ord(chr(b).casefold()) if word[b] else 0 for b in range(128)], dtype=np.uint8
     )
     return casefold_table(), word, ascii_word
-
-
-@jit(parallel=True)
-def _nb_normalize(buf, starts, mode, fold, word, ascii_word):  # noqa: ANN001, ANN202
-    """``normalize`` of every text of a UTF-8 batch, written over a buffer of the same size.
-
-    ``mode[d]``: 0 case-folds text ``d``, 1 takes it as already folded, 2 leaves it to Python.
-    A normalised text is never longer than its source (punctuation runs shrink to one space,
-    folds the kernel writes are never longer), so text ``d`` writes inside its own input span
-    and documents run in parallel. A text meeting a fold it cannot write, or in mode 2, gets
-    length -1.
-    """
-    n = starts.size - 1
-    out = np.empty(buf.size, np.uint8)
-    lengths = np.empty(n, np.int64)
-    for d in prange(n):
-        i = starts[d]
-        end = starts[d + 1]
-        begin = i
-        o = i
-        gap = False
-        ok = mode[d] != 2
-        while ok and i < end:
-            b0 = buf[i]
-            if b0 < 0x80:
-                c = ascii_word[b0]
-                i += 1
-                if c != 0:
-                    if gap and o > begin:
-                        out[o] = 32
-                        o += 1
-                    gap = False
-                    out[o] = c
-                    o += 1
-                else:
-                    gap = True
-                continue
-            cp, i = nb_decode(buf, i)
-            if mode[d] == 0 and cp < fold.size:
-                folded = fold[cp]
-                if folded == CASEFOLD_NEEDS_PYTHON:
-                    ok = False
-                    break
-                cp = np.int64(folded)
-            if word[cp]:
-                if gap and o > begin:
-                    out[o] = 32
-                    o += 1
-                gap = False
-                o = nb_encode(out, o, cp)
-            else:
-                gap = True
-        lengths[d] = o - begin if ok else -1
-    return out, lengths
 
 
 def first_occurrence(hashes: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Near-duplicate removal with MinHash + LSH, as array programs (compiled with numba if present).
+"""Near-duplicate removal with MinHash + LSH: C kernels, NumPy array programs where the C library
+is not built, and a Python reference the tests hold both to.
 
 Why near-dedup at all: web-scale corpora repeat the same page with a changed date, a
 boilerplate footer, a truncated tail. Training on those copies spends tokens on text the model
@@ -26,7 +27,7 @@ Speed comes from never looping in Python per shingle or per permutation:
 * Tokenising is a batch-level twin of :func:`datadiet.pipeline.text.words` — the same
   definition of a word (maximal runs of Python's ``\\w`` in ``text.lower()``), proven equal to
   it by property tests against :func:`shingle_hashes_reference`, which is built on ``words()``.
-  A batch becomes one flat array (code points for NumPy, UTF-8 bytes for the compiled kernel);
+  A batch becomes one flat array (code points for NumPy, UTF-8 bytes for the C kernel);
   word characters come from a lookup table of ``\\w``. A word's hash is a random multilinear
   hash of its code points; an n-gram's hash mixes its ``n`` word hashes with per-position
   multipliers. No shingle string is ever built.
@@ -37,7 +38,12 @@ Speed comes from never looping in Python per shingle or per permutation:
   every operation a single SIMD lane with no division (datasketch's ``affine32`` scheme makes
   the same choice). In NumPy, a block of shingles times all permutations is one broadcast
   ``(num_perm, block)`` multiply-add and per-document minima one ``np.minimum.reduceat``; the
-  compiled kernel is the same loop fused, vectorised by LLVM over the permutations.
+  C kernel is the same loop fused, vectorised by the compiler over the permutations.
+
+Which implementation runs: the C kernels (:mod:`datadiet.selectors.native`) wherever the library
+is built; the NumPy programs below where it is not (a plain ``pip install``, no C compiler,
+``DATADIET_NATIVE=0``); see :mod:`datadiet.selectors.hashing` for why that is the one fallback.
+:func:`minhash_shard_reference` and its helpers are the reference of both, for the tests.
 """
 
 from __future__ import annotations
@@ -62,12 +68,7 @@ from datadiet.selectors.hashing import (
     as_str_list,
     fmix64,
     is_word_char,
-    jit,
     lower_table,
-    nb_decode,
-    nb_fmix64,
-    numba_enabled,
-    prange,
     text_getter,
     texts_containing,
     utf8_layout,
@@ -91,8 +92,13 @@ __all__ = [
     "minhash_signatures",
     "optimal_bands_rows",
     "shingle_hashes",
+    "band_keys_reference",
+    "candidate_pairs_reference",
+    "minhash_clusters_reference",
+    "minhash_shard_reference",
     "shingle_hashes_reference",
     "signatures_from_hashes",
+    "signatures_reference",
 ]
 
 _U64 = np.uint64
@@ -162,287 +168,10 @@ def _band_constants(seed: int, bands: int, rows: int) -> np.ndarray:
     return rng.integers(0, 1 << 63, (bands, rows), dtype=np.uint64) * _U64(2) + _U64(1)
 
 
-# ----------------------------------------------------------------------------------------------
-# compiled kernels (numba), bit-for-bit equal to the NumPy programs below them
-# ----------------------------------------------------------------------------------------------
-#
-# Why both: the NumPy programs reach ~10k docs/s per core, bounded by memory traffic of the
-# (num_perm x shingles) temporaries; one fused loop per shingle, which LLVM vectorises over the
-# permutations, is 6-10x faster. numba is optional: without it (or with DATADIET_NUMBA=0) the
-# NumPy programs run and produce the same signatures, which the tests check. The per-text
-# pieces (:func:`_nb_text_shingles`, :func:`_nb_min_into`, :func:`_nb_band_key_row`) are shared by
-# the sequential kernels behind the public functions and the fused parallel kernel behind
-# :func:`minhash_shard`, so both compute the same thing by construction.
-
-
-@jit()
-def _nb_text_shingles(buf, i, end, table, lower, ascii_word, mult, ngram, pos, salt, word_h, out, cnt):  # noqa: ANN001, ANN202, E501
-    """Decode UTF-8, lower-case, split words, hash words and n-grams of one text: one pass.
-
-    The text is ``buf[i:end]``; its shingle hashes go to ``out[cnt:]`` and the new ``cnt`` is
-    returned. Texts that need ``str.lower``'s context rules arrive already lower-cased (see
-    :func:`_utf8_batch`), and lower-casing them again with the per-code-point table is a no-op.
-    ``ascii_word[b]`` is the lower-cased byte if it is a word character, else 0. The
-    per-character update is branch-free (masks instead of ifs): word boundaries are
-    data-dependent and would otherwise mispredict twice a word.
-    """
-    tag = np.uint64(_LEN_TAG)
-    one = np.uint64(1)
-    low6 = np.uint64(63)
-    nw = 0
-    h = np.uint64(0)
-    j = np.uint64(0)
-    while i < end:
-        b0 = buf[i]
-        if b0 < 0x80:
-            c = np.uint64(ascii_word[b0])
-            i += 1
-        else:
-            cp, i = nb_decode(buf, i)
-            if cp < lower.size:
-                cp = np.int64(lower[cp])
-            c = np.uint64(cp) if table[cp] else np.uint64(0)
-        is_word = np.uint64(c != 0)
-        mask = np.uint64(0) - is_word
-        word_h[nw] = h + j * tag  # kept only if this character ends a word
-        nw += np.int64((j != 0) & (is_word == 0))
-        h = (h + c * mult[j & low6]) & mask
-        j = (j + one) & mask
-    if j != 0:
-        word_h[nw] = h + j * tag
-        nw += 1
-    for k in range(nw):
-        word_h[k] = nb_fmix64(word_h[k])
-    m = nw - ngram + 1 if nw >= ngram else min(nw, 1)
-    for s in range(m):
-        acc = salt
-        for k in range(min(ngram, nw - s)):
-            acc += word_h[s + k] * pos[k]
-        out[cnt] = np.uint32(nb_fmix64(acc) >> np.uint64(32))
-        cnt += 1
-    return cnt
-
-
-@jit()
-def _nb_shingles(buf, doc_start, table, lower, ascii_word, mult, ngram, pos, salt):  # noqa: ANN001, ANN202
-    """:func:`_nb_text_shingles` over a batch, as one flat array plus offsets."""
-    n = doc_start.size - 1
-    out = np.empty(buf.size + n, np.uint32)
-    offsets = np.zeros(n + 1, np.int64)
-    longest = 0
-    for d in range(n):
-        longest = max(longest, doc_start[d + 1] - doc_start[d])
-    word_h = np.empty(longest + 2, np.uint64)
-    cnt = 0
-    for d in range(n):
-        cnt = _nb_text_shingles(
-            buf, doc_start[d], doc_start[d + 1], table, lower, ascii_word, mult, ngram, pos,
-            salt, word_h, out, cnt,
-        )
-        offsets[d + 1] = cnt
-    return out[:cnt].copy(), offsets
-
-
-@jit()
-def _nb_min_into(hashes, lo, hi, a, b, row):  # noqa: ANN001, ANN202
-    """Fold shingles ``hashes[lo:hi]`` into the signature ``row``: per shingle, all
-    permutations as one vectorisable loop, minimum in place."""
-    num_perm = a.size
-    for s in range(lo, hi):
-        x = hashes[s]
-        for k in range(num_perm):
-            v = np.uint32(a[k] * x + b[k])
-            if v < row[k]:
-                row[k] = v
-
-
-@jit()
-def _nb_band_key_row(sig_row, mult, band_tag, out_row):  # noqa: ANN001, ANN202
-    """One text's band keys: per band, a random linear hash of its ``rows`` slots."""
-    bands, rows = mult.shape
-    for bnd in range(bands):
-        acc = np.uint64(bnd) * band_tag
-        for r in range(rows):
-            acc += np.uint64(sig_row[bnd * rows + r]) * mult[bnd, r]
-        out_row[bnd] = acc
-
-
-@jit()
-def _nb_minhash(hashes, offsets, a, b):  # noqa: ANN001, ANN202
-    n = offsets.size - 1
-    out = np.full((n, a.size), np.uint32(0xFFFFFFFF), np.uint32)
-    for d in range(n):
-        _nb_min_into(hashes, offsets[d], offsets[d + 1], a, b, out[d])
-    return out
-
-
-@jit()
-def _nb_band_keys(sig, mult, band_tag):  # noqa: ANN001, ANN202
-    n = sig.shape[0]
-    out = np.empty((n, mult.shape[0]), np.uint64)
-    for i in range(n):
-        _nb_band_key_row(sig[i], mult, band_tag, out[i])
-    return out
-
-
-@jit(parallel=True)
-def _nb_shard(buf, doc_start, table, lower, ascii_word, mult, ngram, pos, salt, a, b, band_mult, band_tag):  # noqa: ANN001, ANN202, E501
-    """Shingles, signature and band keys of every text of a batch, texts in parallel.
-
-    Texts are split into chunks of 64; each chunk (one thread at a time) has its own scratch
-    buffers, so no shingle array of the whole batch is ever materialised.
-    """
-    n = doc_start.size - 1
-    sigs = np.full((n, a.size), np.uint32(0xFFFFFFFF), np.uint32)
-    keys = np.empty((n, band_mult.shape[0]), np.uint64)
-    counts = np.empty(n, np.int64)
-    chunk = 64
-    for c in prange((n + chunk - 1) // chunk):
-        lo = c * chunk
-        hi = min(n, lo + chunk)
-        longest = 0
-        for d in range(lo, hi):
-            longest = max(longest, doc_start[d + 1] - doc_start[d])
-        word_h = np.empty(longest + 2, np.uint64)
-        shingles = np.empty(longest + 1, np.uint32)
-        for d in range(lo, hi):
-            cnt = _nb_text_shingles(
-                buf, doc_start[d], doc_start[d + 1], table, lower, ascii_word, mult, ngram, pos,
-                salt, word_h, shingles, 0,
-            )
-            counts[d] = cnt
-            _nb_min_into(shingles, 0, cnt, a, b, sigs[d])
-            _nb_band_key_row(sigs[d], band_mult, band_tag, keys[d])
-    return sigs, keys, counts
-
-
-@jit(parallel=True)
-def _nb_pair_jaccard(sig, pairs):  # noqa: ANN001, ANN202
-    m = pairs.shape[0]
-    num_perm = sig.shape[1]
-    out = np.empty(m, np.float64)
-    for p in prange(m):
-        i = pairs[p, 0]
-        j = pairs[p, 1]
-        same = 0
-        for k in range(num_perm):
-            same += sig[i, k] == sig[j, k]
-        out[p] = same / num_perm
-    return out
-
-
-@jit()
-def _nb_insert_code(table, code):  # noqa: ANN001, ANN202
-    """Insert ``code`` into an open-addressing set (slots hold code + 1; 0 is empty); True if new."""
-    mask = np.uint64(table.size - 1)
-    stored = np.uint64(code) + np.uint64(1)
-    slot = nb_fmix64(stored) & mask
-    while True:
-        held = table[slot]
-        if held == 0:
-            table[slot] = stored
-            return True
-        if held == stored:
-            return False
-        slot = (slot + np.uint64(1)) & mask
-
-
-@jit()
-def _nb_bucket_pairs(keys, rows_idx, all_pairs, max_bucket, n_total):  # noqa: ANN001, ANN202
-    """Per band, group rows by key in an open-addressing hash table (O(n), no sort), then emit
-    each bucket's pairs: all of them up to ``max_bucket`` members, else a star.
-
-    Bands repeat the same pairs many times over (near copies collide in most bands), so every
-    pair, coded as ``i * n_total + j`` (``i < j``), goes through a hash set and only its first
-    sighting is kept: the set grows with the distinct pairs, not with the emitted ones.
-    """
-    n = rows_idx.size
-    cap = 16
-    while cap < 2 * n:
-        cap *= 2
-    mask = cap - 1
-    slot_key = np.empty(cap, np.uint64)
-    head = np.empty(cap, np.int64)
-    tail = np.empty(cap, np.int64)
-    size = np.empty(cap, np.int64)
-    nxt = np.empty(n, np.int64)
-    used = np.empty(n, np.int64)
-    seen_cap = 16
-    while seen_cap < 4 * n:
-        seen_cap *= 2
-    seen = np.zeros(seen_cap, np.uint64)
-    out = np.empty(max(n, 16), np.int64)
-    m = 0
-    for band in range(keys.shape[1]):
-        head[:] = -1
-        n_used = 0
-        for t in range(n):
-            k = keys[rows_idx[t], band]
-            slot = np.int64((k ^ (k >> np.uint64(31))) & np.uint64(mask))
-            while head[slot] != -1 and slot_key[slot] != k:
-                slot = (slot + 1) & mask
-            nxt[t] = -1
-            if head[slot] == -1:
-                slot_key[slot] = k
-                head[slot] = t
-                tail[slot] = t
-                size[slot] = 1
-                used[n_used] = slot
-                n_used += 1
-            else:
-                nxt[tail[slot]] = t
-                tail[slot] = t
-                size[slot] += 1
-        for u in range(n_used):
-            slot = used[u]
-            if size[slot] < 2:
-                continue
-            a = head[slot]
-            while a != -1:
-                b = nxt[a]
-                while b != -1:
-                    code = rows_idx[a] * n_total + rows_idx[b]
-                    if _nb_insert_code(seen, code):
-                        if m == out.size:
-                            grown = np.empty(2 * out.size, np.int64)
-                            grown[:m] = out[:m]
-                            out = grown
-                        out[m] = code
-                        m += 1
-                        if 2 * m > seen.size:  # keep the set at most half full
-                            bigger = np.zeros(2 * seen.size, np.uint64)
-                            for q in range(m):
-                                _nb_insert_code(bigger, out[q])
-                            seen = bigger
-                    b = nxt[b]
-                if not (all_pairs and size[slot] <= max_bucket):
-                    break  # a star: only the first member pairs with the others
-                a = nxt[a]
-    return out[:m]
-
-
 # ``str.lower`` has exactly two rules no per-code-point table can express: U+0130 lower-cases to
 # two code points and capital sigma depends on its context (final sigma). Texts containing them
 # go through ``str.lower`` before the kernel (which lower-cases everything else by a table).
 _LOWER_IN_PYTHON = "\u0130\u03a3"
-
-
-def _utf8_batch(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A batch as one UTF-8 byte array plus text offsets, for the compiled tokeniser.
-
-    Texts are encoded as they are (for ASCII, ``str.isascii`` is O(1) and encoding a memcpy)
-    and lower-cased inside the kernel by a per-code-point table; only texts with a character
-    of ``_LOWER_IN_PYTHON`` go through ``str.lower`` first.
-    """
-    parts = [
-        (t.lower() if not t.isascii() and any(c in t for c in _LOWER_IN_PYTHON) else t).encode(
-            "utf-8", "surrogatepass"
-        )
-        for t in texts
-    ]
-    doc_start = np.zeros(len(parts) + 1, np.int64)
-    np.cumsum(np.fromiter(map(len, parts), np.int64, len(parts)), out=doc_start[1:])
-    return np.frombuffer(b"".join(parts), dtype=np.uint8), doc_start
 
 
 def _codepoints(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -544,57 +273,12 @@ def shingle_hashes(
     """Hash the word n-gram shingles of a batch of texts.
 
     Returns ``(hashes, offsets)``: ``hashes[offsets[i]:offsets[i+1]]`` are text ``i``'s shingle
-    hashes (``uint32``). Texts without words have no shingles. Uses the compiled kernel when
-    numba is available and the NumPy array program otherwise; both give identical hashes.
+    hashes (``uint32``). Texts without words have no shingles. The NumPy array program: the
+    C kernel fuses this step into :func:`minhash_shard` and has no standalone twin.
     """
     if ngram < 1:
         raise ValueError(f"ngram must be >= 1, got {ngram}")
-    texts = as_str_list(texts)
-    if not numba_enabled(len(texts)):
-        return _shingle_hashes_numpy(texts, ngram, seed)
-    buf, doc_start = _utf8_batch(texts)
-    pos, salt = _shingle_constants(seed, ngram)
-    return _nb_shingles(
-        buf,
-        doc_start,
-        word_char_table(),
-        lower_table(),
-        _ascii_word_table(),
-        _CHAR_MULT,
-        ngram,
-        pos,
-        salt,
-    )
-
-
-def shingle_hashes_reference(
-    texts: Sequence[str], ngram: int = 5, seed: int = 42
-) -> tuple[np.ndarray, np.ndarray]:
-    """The slow, obviously-correct twin of :func:`shingle_hashes`, built on ``words()``.
-
-    It exists so the tests can prove that the vectorised tokeniser agrees with the package's one
-    definition of a word; it is not used on the hot path.
-    """
-    pos, salt = _shingle_constants(seed, ngram)
-    out: list[int] = []
-    offsets = [0]
-    mult = [int(m) for m in _CHAR_MULT]
-    for text in texts:
-        hs = []
-        for w in words(text):
-            h = 0
-            for j, ch in enumerate(w):
-                h = (h + ord(ch) * mult[j % 64]) & _MASK64
-            h = (h + len(w) * _LEN_TAG) & _MASK64
-            hs.append(int(fmix64(np.array([h], _U64))[0]))
-        starts = range(len(hs) - ngram + 1) if len(hs) >= ngram else range(min(len(hs), 1))
-        for s in starts:
-            acc = int(salt)
-            for k, h in enumerate(hs[s : s + ngram]):
-                acc = (acc + h * int(pos[k])) & _MASK64
-            out.append(int(fmix64(np.array([acc], _U64))[0]) >> 32)
-        offsets.append(len(out))
-    return np.array(out, np.uint32), np.array(offsets, np.int64)
+    return _shingle_hashes_numpy(as_str_list(texts), ngram, seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -607,21 +291,20 @@ def signatures_from_hashes(
 ) -> np.ndarray:
     """MinHash signatures ``(n, num_perm) uint32`` from flat shingle hashes and offsets.
 
-    Texts without shingles get the all-``0xFFFFFFFF`` signature (the empty set's). Uses the
-    compiled kernel when numba is available, else the NumPy program; results are identical.
+    Texts without shingles get the all-``0xFFFFFFFF`` signature (the empty set's). The C
+    kernel where built, else the NumPy program; results are identical.
     """
     hashes = np.asarray(hashes, np.uint32)
     offsets = np.asarray(offsets, np.int64)
-    if numba_enabled(len(offsets) - 1):
-        a, b = _perm_constants(seed, num_perm)
-        return _nb_minhash(hashes, offsets, a, b)
+    if native.available():
+        return native.signatures(hashes, offsets, *_perm_constants(seed, num_perm))
     return _signatures_numpy(hashes, offsets, num_perm, seed)
 
 
 def _signatures_numpy(
     hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int
 ) -> np.ndarray:
-    """The NumPy signature program (used without numba).
+    """The NumPy signature program.
 
     Work is done in blocks of ``_BLOCK`` shingles that may cut through texts; per-block minima
     are taken over segments (a text's part inside one block) and a second ``reduceat`` folds
@@ -677,8 +360,6 @@ def estimated_jaccard(signatures: np.ndarray, pairs: np.ndarray, chunk: int = 65
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     if native.available():
         return native.pair_jaccard(signatures, pairs)
-    if numba_enabled(len(signatures)):
-        return _nb_pair_jaccard(np.asarray(signatures, np.uint32), pairs)
     est = np.empty(len(pairs), np.float64)
     for s in range(0, len(pairs), chunk):
         p = pairs[s : s + chunk]
@@ -739,8 +420,6 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int, seed: int = 42) -> 
     if bands * rows > num_perm:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
     mult = _band_constants(seed, bands, rows)
-    if numba_enabled(n):
-        return _nb_band_keys(np.asarray(signatures, np.uint32), mult, _U64(_BAND_TAG))
     sig = np.asarray(signatures[:, : bands * rows]).reshape(n, bands, rows).astype(_U64)
     with np.errstate(over="ignore"):
         sig *= mult
@@ -758,8 +437,7 @@ def candidate_pairs_from_keys(
 ) -> np.ndarray:
     """Candidate pairs ``(m, 2)`` (``i < j``, unique) of rows sharing a bucket in any band.
 
-    Grouping is a hash table per band in the compiled path and a stable argsort per band in
-    NumPy; both give the same pairs. By default each bucket yields a star — every member
+    Grouping is a hash table per band in C and a stable argsort per band in NumPy; both give the same pairs. By default each bucket yields a star — every member
     paired with the bucket's first (smallest) row — which gives the same connected components
     as all pairs at linear cost. ``all_pairs=True`` (needed when pairs are verified, since
     verification may cut a star's edges) yields every pair of buckets up to ``max_bucket``
@@ -770,9 +448,8 @@ def candidate_pairs_from_keys(
     rows_idx = np.arange(n, dtype=np.int64) if valid is None else np.flatnonzero(valid)
     if len(rows_idx) < 2:
         return np.empty((0, 2), np.int64)
-    if native.available() or numba_enabled(n):
-        pair_codes = native.bucket_pairs if native.available() else _nb_bucket_pairs
-        codes = pair_codes(keys, rows_idx, all_pairs, max_bucket, n)
+    if native.available():
+        codes = native.bucket_pairs(keys, rows_idx, all_pairs, max_bucket, n)
         codes.sort()
         return np.stack([codes // n, codes % n], axis=1)
     found: list[np.ndarray] = []
@@ -908,16 +585,15 @@ def minhash_shard(
 
     A pure function of the texts and parameters, so shards computed on different workers and
     concatenated in row order give exactly the arrays one process computes for the whole corpus.
-    Compiled, it is one parallel pass per batch (UTF-8 bytes -> words -> shingles -> signature
-    -> band keys per text, texts across all numba threads); its results equal
+    In C, it is one parallel pass per batch (UTF-8 bytes -> words -> shingles -> signature
+    -> band keys per text, texts across all cores' threads); its results equal
     :func:`minhash_signatures` + :func:`band_keys` bit for bit.
     """
     if ngram < 1 or num_perm < 1:
         raise ValueError("ngram and num_perm must be positive")
     if bands * rows > num_perm:
         raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
-    kernel = native.minhash_shard if native.available() else _nb_shard
-    if kernel is _nb_shard and not numba_enabled(len(texts)):
+    if not native.available():  # the fallback: the NumPy programs, piece by piece
         hashes, offsets = shingle_hashes(texts, ngram=ngram, seed=seed)
         sig = signatures_from_hashes(hashes, offsets, num_perm, seed)
         return MinHashShard(sig, band_keys(sig, bands, rows, seed=seed), np.diff(offsets) > 0)
@@ -926,12 +602,12 @@ def minhash_shard(
     a, b = _perm_constants(seed, num_perm)
     constants = (word_char_table(), lower_table(), _ascii_word_table(), _CHAR_MULT, ngram, pos,
                  salt, a, b, _band_constants(seed, bands, rows), _U64(_BAND_TAG))
-    sigs, keys, counts = kernel(buf, offsets, *constants)
+    sigs, keys, counts = native.minhash_shard(buf, offsets, *constants)
     special = texts_containing(buf, offsets, _LOWER_IN_PYTHON)
     if len(special):
         text = text_getter(texts, buf, offsets)
         lowered = utf8_layout([text(i).lower() for i in special.tolist()])
-        sigs[special], keys[special], counts[special] = kernel(*lowered, *constants)
+        sigs[special], keys[special], counts[special] = native.minhash_shard(*lowered, *constants)
     return MinHashShard(sigs, keys, counts > 0)
 
 
@@ -960,6 +636,113 @@ def minhash_clusters(
     if verify and len(pairs):
         pairs = pairs[estimated_jaccard(signatures, pairs) >= threshold]
     return MinHashClusters(connected_components(n, pairs), n_candidates, len(pairs))
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference: plain Python on ``words()``, for the tests (never on the hot path)
+# ----------------------------------------------------------------------------------------------
+
+
+def shingle_hashes_reference(
+    texts: Sequence[str], ngram: int = 5, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slow, obviously-correct twin of :func:`shingle_hashes`, built on ``words()``.
+
+    It exists so the tests can prove that the vectorised tokeniser agrees with the package's one
+    definition of a word; it is not used on the hot path.
+    """
+    pos, salt = _shingle_constants(seed, ngram)
+    out: list[int] = []
+    offsets = [0]
+    mult = [int(m) for m in _CHAR_MULT]
+    for text in texts:
+        hs = []
+        for w in words(text):
+            h = 0
+            for j, ch in enumerate(w):
+                h = (h + ord(ch) * mult[j % 64]) & _MASK64
+            h = (h + len(w) * _LEN_TAG) & _MASK64
+            hs.append(int(fmix64(np.array([h], _U64))[0]))
+        starts = range(len(hs) - ngram + 1) if len(hs) >= ngram else range(min(len(hs), 1))
+        for s in starts:
+            acc = int(salt)
+            for k, h in enumerate(hs[s : s + ngram]):
+                acc = (acc + h * int(pos[k])) & _MASK64
+            out.append(int(fmix64(np.array([acc], _U64))[0]) >> 32)
+        offsets.append(len(out))
+    return np.array(out, np.uint32), np.array(offsets, np.int64)
+
+
+def signatures_reference(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128,
+                         seed: int = 42) -> np.ndarray:
+    """The plain twin of :func:`signatures_from_hashes`: per text, per permutation, the minimum
+    of ``a * x + b mod 2**32`` over its shingle hashes (``0xFFFFFFFF`` for no shingles)."""
+    a, b = (v.astype(np.uint64) for v in _perm_constants(seed, num_perm))
+    out = np.full((len(offsets) - 1, num_perm), _MAX32, np.uint32)
+    for d in range(len(offsets) - 1):
+        for x in hashes[offsets[d] : offsets[d + 1]].astype(np.uint64):
+            out[d] = np.minimum(out[d], ((a * x + b) & _U64(0xFFFFFFFF)).astype(np.uint32))
+    return out
+
+
+def band_keys_reference(signatures: np.ndarray, bands: int, rows: int, seed: int = 42
+                        ) -> np.ndarray:
+    """The plain twin of :func:`band_keys`, in Python integers modulo ``2**64``."""
+    mult = _band_constants(seed, bands, rows).tolist()
+    keys = [[(band * _BAND_TAG + sum(int(sig[band * rows + r]) * mult[band][r]
+                                     for r in range(rows))) & _MASK64 for band in range(bands)]
+            for sig in signatures.tolist()]
+    return np.array(keys, np.uint64).reshape(len(signatures), bands)
+
+
+def minhash_shard_reference(texts: Sequence[str], *, bands: int, rows: int, num_perm: int = 128,
+                            ngram: int = 5, seed: int = 42) -> MinHashShard:
+    """The plain twin of :func:`minhash_shard`: shingles of ``words()``, then signatures and
+    band keys one text at a time."""
+    hashes, offsets = shingle_hashes_reference(texts, ngram=ngram, seed=seed)
+    sig = signatures_reference(hashes, offsets, num_perm, seed)
+    return MinHashShard(sig, band_keys_reference(sig, bands, rows, seed), np.diff(offsets) > 0)
+
+
+def candidate_pairs_reference(keys: np.ndarray, valid: np.ndarray, *, all_pairs: bool,
+                              max_bucket: int = MAX_BUCKET) -> set[tuple[int, int]]:
+    """The plain twin of :func:`candidate_pairs_from_keys`: per band, a dict from key to its
+    rows in order; a bucket gives all its pairs (``all_pairs`` and at most ``max_bucket``
+    members) or a star (its first row with each other one)."""
+    pairs: set[tuple[int, int]] = set()
+    rows_idx = np.flatnonzero(valid).tolist()
+    for band in range(keys.shape[1]):
+        buckets: dict[int, list[int]] = {}
+        for row in rows_idx:
+            buckets.setdefault(int(keys[row, band]), []).append(row)
+        for members in buckets.values():
+            if all_pairs and len(members) <= max_bucket:
+                pairs.update((i, j) for k, i in enumerate(members) for j in members[k + 1 :])
+            else:
+                pairs.update((members[0], j) for j in members[1:])
+    return pairs
+
+
+def minhash_clusters_reference(signatures: np.ndarray, band_keys: np.ndarray,
+                               has_words: np.ndarray, *, threshold: float,
+                               verify: bool = True) -> MinHashClusters:
+    """The plain twin of :func:`minhash_clusters`: candidate pairs, each verified by counting
+    equal slots, joined by a union-find whose root is always the smaller row."""
+    candidates = candidate_pairs_reference(band_keys, has_words, all_pairs=verify)
+    merged = sorted(p for p in candidates
+                    if not verify or (signatures[p[0]] == signatures[p[1]]).mean() >= threshold)
+    parent = list(range(len(has_words)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in merged:
+        ri, rj = root(i), root(j)
+        parent[max(ri, rj)] = min(ri, rj)
+    labels = np.array([root(i) for i in range(len(has_words))], np.int64)
+    return MinHashClusters(labels, len(candidates), len(merged))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -55,12 +55,7 @@ from datadiet.selectors.hashing import (
     KERNEL_BATCH,
     Texts,
     as_str_list,
-    jit,
     lower_table,
-    nb_decode,
-    nb_fmix64,
-    numba_enabled,
-    prange,
     regex_char_table,
     space_table,
     text_getter,
@@ -68,6 +63,7 @@ from datadiet.selectors.hashing import (
     utf8_layout,
     word_char_table,
 )
+from datadiet.selectors.jit import jit, nb_decode, nb_fmix64, numba_enabled, prange
 
 if TYPE_CHECKING:
     import pyarrow as pa

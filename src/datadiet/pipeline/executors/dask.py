@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from distributed import Client, Future, LocalCluster
+from distributed import Client, Future, LocalCluster, wait
 
 from datadiet.pipeline.executors.plan import Executor, Plan, PlannedStep
 from datadiet.pipeline.io import StreamedCorpus, UserError, arrow_bools, stream_corpus
@@ -61,6 +61,15 @@ from datadiet.pipeline.steps import (
 )
 
 Features = dict[str, np.ndarray]
+
+#: Text bytes per partition, at most and at least (see :meth:`DaskExecutor.partition_bytes`).
+MAX_PARTITION_BYTES = 64 << 20
+MIN_PARTITION_BYTES = 1 << 20
+#: Partitions per worker whose read-time maps may be pending while the driver reads on.
+PARTITIONS_IN_FLIGHT = 2
+#: Bounds of the (band, key, row) triplets one MinHash bucket owner takes (18 bytes each, and
+#: its candidate pairs beside them): see :meth:`DaskExecutor.share_keys`.
+SHARE_KEYS = (1 << 16, 1 << 21)
 
 
 @dataclass
@@ -424,9 +433,38 @@ class DaskExecutor(Executor):
         """The workers, each owning a share of the keys of a distributed reduce."""
         return sorted(self.client.scheduler_info()["workers"])
 
+    def worker_memory(self) -> int:
+        """The smallest worker's memory limit in bytes (0: none set)."""
+        limits = [w.get("memory_limit") or 0
+                  for w in self.client.scheduler_info()["workers"].values()]
+        return min((limit for limit in limits if limit), default=0)
+
+    def partition_bytes(self) -> int:
+        """Text bytes per partition: a sixteenth of the smallest worker's memory limit (at most
+        :data:`MAX_PARTITION_BYTES`), so a map's working memory (shingles, hashes: a few times
+        its text) fits beside what the worker holds. Scattered texts cannot be recomputed: a
+        worker its nanny kills for memory loses them and the run with them."""
+        memory = self.worker_memory()
+        if not memory:
+            return MAX_PARTITION_BYTES
+        return max(MIN_PARTITION_BYTES, min(MAX_PARTITION_BYTES, memory // 16))
+
+    def share_keys(self) -> int:
+        """(band, key, row) triplets one MinHash bucket owner takes at most: one per KiB of
+        the smallest worker's memory limit, within :data:`SHARE_KEYS` bounds. A bucket owner's
+        candidate pairs are built in one pass, and near-copy clusters (templated rows) give
+        many pairs per key: about 150 bytes a key were measured at the peak on T0."""
+        memory = self.worker_memory()
+        low, high = SHARE_KEYS
+        return high if not memory else max(low, min(high, memory // 1024))
+
     def read(self, source: str | os.PathLike, plan: Plan, work: Path, options: dict[str, Any],
              ctx: StepContext) -> StreamedCorpus:
-        """Read on the driver; scatter each partition's texts and map it on its worker."""
+        """Read on the driver; scatter each partition's texts and map it on its worker.
+
+        At most :data:`PARTITIONS_IN_FLIGHT` partitions per worker wait for their maps: the
+        driver reads faster than the workers map, and without this bound every worker would
+        hold the whole read's texts at once."""
         self.close()
         self.plan = plan
         workers = self.owners
@@ -436,10 +474,12 @@ class DaskExecutor(Executor):
         self.deferred_left = len(plan.steps) - len(read_maps)
         self.mapped = {p.index: [] for p in read_maps}
         pending: list[pa.RecordBatch] = []
-        rows = 0
+        rows = text_bytes = 0
+        max_bytes = self.partition_bytes()
+        in_flight: list[Future] = []
 
         def flush() -> None:
-            nonlocal pending, rows
+            nonlocal pending, rows, text_bytes, in_flight
             # Fresh arrays: a reader batch may be a slice of a bigger buffer, which pickling
             # would send whole.
             records = pa.RecordBatch.from_arrays(
@@ -451,15 +491,21 @@ class DaskExecutor(Executor):
             for planned in read_maps:
                 self.mapped[planned.index].append(
                     self.client.submit(_map, planned.step, future, plan.view, pure=False))
-            pending, rows = [], 0
+            in_flight = [f for f in in_flight if not f.done()]
+            in_flight += [self.mapped[p.index][-1] for p in read_maps]
+            while len(in_flight) > PARTITIONS_IN_FLIGHT * len(workers) * max(1, len(read_maps)):
+                wait(in_flight, return_when="FIRST_COMPLETED")
+                in_flight = [f for f in in_flight if not f.done()]
+            pending, rows, text_bytes = [], 0, 0
 
         with ctx.progress(None, "read + scatter to Dask workers") as bar:
 
             def on_batch(batch: pa.RecordBatch) -> None:
-                nonlocal rows
+                nonlocal rows, text_bytes
                 pending.append(batch)
                 rows += batch.num_rows
-                if rows >= self.partition_rows:
+                text_bytes += sum(batch.column(c).nbytes for c in columns)  # what ships
+                if rows >= self.partition_rows or text_bytes >= max_bytes:
                     flush()
                 bar.update(batch.num_rows)
 
@@ -545,13 +591,16 @@ class DaskExecutor(Executor):
                                          or [results[0][0][name]]) for name in results[0][0]}
         return step.select_from_features(names, ctx, features), sum(r[1] for r in results)
 
-    def _shuffle(self, splits: list[Future], reduce: Callable, *args: Any) -> list[Future]:
-        """Piece ``r`` of every split to a task on owner ``r``: the all-to-all exchange."""
+    def _shuffle(self, splits: list[Future], reduce: Callable, *args: Any,
+                 shares: int | None = None) -> list[Future]:
+        """Piece ``r`` of every split to task ``r``: the all-to-all exchange. There is one
+        task per worker, or ``shares`` tasks dealt over the workers round robin (smaller
+        tasks, when one worker's share would not fit its memory)."""
         owners = self.owners
         return [self.client.submit(
             reduce, *args, *[self.client.submit(_piece, s, r, pure=False) for s in splits],
-            workers=[owner], allow_other_workers=True, pure=False)
-            for r, owner in enumerate(owners)]
+            workers=[owners[r % len(owners)]], allow_other_workers=True, pure=False)
+            for r in range(shares or len(owners))]
 
     def _groups(self, step: Step, shape: DuplicateGroups, mapped: list[Future], masks: list,
                 bounds: np.ndarray, names: pa.Table, ctx: StepContext) -> tuple[Selection, float]:
@@ -568,11 +617,12 @@ class DaskExecutor(Executor):
 
     def _near(self, step: Step, shape: NearDuplicates, mapped: list[Future], masks: list,
               bounds: np.ndarray, names: pa.Table, ctx: StepContext) -> tuple[Selection, float]:
-        owners = len(self.owners)
+        bands = self.client.submit(_columns, mapped[0], shape.band_keys, pure=False).result()
+        owners = _bucket_shares(len(names), bands, len(self.owners), self.share_keys())
         parts = range(len(mapped))
         splits = [self.client.submit(_split_bands, mapped[k], masks[k], int(bounds[k]), shape,
                                      owners, pure=False) for k in parts]
-        buckets = self._shuffle(splits, _bucket_pairs, shape, bounds)
+        buckets = self._shuffle(splits, _bucket_pairs, shape, bounds, shares=owners)
         attached = [self.client.submit(
             _attach, mapped[k], masks[k], int(bounds[k]), shape, bounds,
             *[self.client.submit(_piece_of_list, b, k, pure=False) for b in buckets],
@@ -594,6 +644,22 @@ class DaskExecutor(Executor):
         """Drop the run's futures: the workers free the partitions and features."""
         self.mapped = {}
         self.partitions = []
+
+
+def _columns(mapped: Mapped, name: str) -> int:
+    """Columns of a feature (a MinHash step's bands)."""
+    return int(mapped.features[name].shape[1])
+
+
+def _bucket_shares(rows: int, bands: int, workers: int, share_keys: int) -> int:
+    """Bucket owners of a MinHash reduce: one per worker, or more when a worker's share of the
+    (band, key, row) triplets would pass ``share_keys``: then each band's keys are split by
+    hash range over several shares, dealt over the workers (a share's pairs are built in one
+    pass, so its size bounds the task's working memory, whatever the corpus's size)."""
+    if rows * bands <= share_keys * workers:
+        return workers
+    per_band = -(-rows // share_keys)  # key ranges per band
+    return max(workers, bands * per_band)
 
 
 def _piece_of_list(pieces: list, index: int) -> Any:

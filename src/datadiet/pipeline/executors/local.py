@@ -10,8 +10,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -34,17 +35,54 @@ SPILL_BYTES = 256 << 20
 SURVIVOR_BATCH = 8192
 
 
+class SpillFile:
+    """One feature's spilled rows: one append-only file per feature, mapped once when read.
+
+    Why one file and not one per batch: a reader batch is about 1 MB of text, so a 5M-document
+    corpus makes thousands of batches, and a memory map per batch and feature holds a file
+    descriptor each (Python's ``mmap`` keeps its own): past the process's limit the run died
+    with "Too many open files". Appending raw rows to one file keeps a single descriptor per
+    feature while writing and a single map while reading.
+    """
+
+    def __init__(self, path: Path, like: np.ndarray) -> None:
+        self.path = path
+        self.dtype = like.dtype
+        self.row_shape = like.shape[1:]
+        self.rows = 0
+        self.file: BinaryIO | None = open(path, "wb")  # noqa: SIM115 - closed by finish()
+
+    def append(self, array: np.ndarray) -> None:
+        assert self.file is not None, "append after the spill file was read"
+        np.ascontiguousarray(array, dtype=self.dtype).tofile(self.file)
+        self.rows += len(array)
+
+    def finish(self) -> np.ndarray:
+        """The rows written so far, memory-mapped (not resident until read)."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        if self.rows == 0:
+            return np.empty((0, *self.row_shape), self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r",
+                         shape=(self.rows, *self.row_shape))
+
+
 class FeatureMap:
     """One map/reduce step's per-row features, computed batch by batch as the corpus is read,
-    and its seconds, booked on the step."""
+    and its seconds, booked on the step.
+
+    Parts stay in memory until the step's features pass :data:`SPILL_BYTES`; later parts go to
+    one :class:`SpillFile` per feature (a part is then just its row count)."""
 
     def __init__(self, step: Step, index: int, ctx: StepContext, plan: Plan) -> None:
         self.step = step
         self.plan = plan  # its view (how to read records) is set before the first batch
         self.index = index  # the step's place in the spec (names of its scratch files)
         self.ctx = ctx
-        self.parts: list[dict[str, np.ndarray]] = []
+        self.parts: list[dict[str, np.ndarray] | int] = []
         self.part_rows: list[int] = []  # rows of each part (a map may give no array at all)
+        self.spill: dict[str, SpillFile] = {}
         self.bytes = 0
         self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
         self.ledger = Ledger()  # the maps' model work (this thread's), merged at the reduce
@@ -54,7 +92,8 @@ class FeatureMap:
         assert self.plan.view is not None
         part = self.step.record_features(batch, self.plan.view.booking_on(self.ledger))
         self.bytes += sum(array.nbytes for array in part.values())
-        self.parts.append(self._spill(part) if self.bytes > SPILL_BYTES else part)
+        self.parts.append(self._spill(part, batch.num_rows) if self.bytes > SPILL_BYTES
+                          else part)
         self.part_rows.append(batch.num_rows)
         # loading a model is booked on its own stage, not on the step's maps
         self.seconds += time.perf_counter() - start - (self.ledger.loading_seconds() - loading)
@@ -63,15 +102,14 @@ class FeatureMap:
     def spilled(self) -> bool:
         return self.bytes > SPILL_BYTES
 
-    def _spill(self, part: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The part's arrays written to scratch and mapped back (not resident until read)."""
+    def _spill(self, part: dict[str, np.ndarray], rows: int) -> int:
+        """The part's arrays appended to the feature's scratch files; returns its rows."""
         folder = self.ctx.scratch("features")
-        mapped = {}
         for name, array in part.items():
-            path = folder / f"step{self.index}-part{len(self.parts)}-{name}.npy"
-            np.save(path, array)
-            mapped[name] = np.load(path, mmap_mode="r")
-        return mapped
+            if name not in self.spill:
+                self.spill[name] = SpillFile(folder / f"step{self.index}-{name}.spill", array)
+            self.spill[name].append(array)
+        return rows
 
     def _output(self, name: str, rows: int, like: np.ndarray) -> np.ndarray:
         if not self.spilled:
@@ -80,6 +118,23 @@ class FeatureMap:
         return np.lib.format.open_memmap(path, mode="w+", dtype=like.dtype,
                                          shape=(rows, *like.shape[1:]))
 
+    def _parts_in_order(self) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Every part's rows and arrays in row order, a spilled part as views of the mapped
+        files."""
+        parts, self.parts = self.parts, []
+        part_rows, self.part_rows = self.part_rows, []
+        spilled = {name: spill.finish() for name, spill in self.spill.items()}
+        offset = 0
+        parts.reverse()  # pop() from the end takes them in row order, dropping each when done
+        for rows in part_rows:
+            part = parts.pop()
+            if isinstance(part, int):
+                yield rows, {name: array[offset : offset + part]
+                             for name, array in spilled.items()}
+                offset += part
+            else:
+                yield rows, part
+
     def features(self, alive: np.ndarray, n: int) -> dict[str, np.ndarray]:
         """Every feature array over the ``alive`` input rows (of ``n``), in row order.
 
@@ -87,26 +142,25 @@ class FeatureMap:
         memory holds the features about once, not twice; features past ``SPILL_BYTES`` are
         filled into memory-mapped scratch files instead.
         """
-        parts, self.parts = self.parts, []
-        part_rows, self.part_rows = self.part_rows, []
-        if not parts:
+        if not self.parts:
             assert self.plan.view is not None
             return self.step.empty_features(self.plan.view)
-        if len(parts) == 1 and len(alive) == n and not self.spilled:
-            return parts[0]
+        if len(self.parts) == 1 and len(alive) == n and not self.spilled:
+            self.part_rows.clear()
+            return self.parts.pop()  # type: ignore[return-value]  # unspilled: a dict
         keep = np.zeros(n, bool)
         keep[alive] = True
-        out = {name: self._output(name, len(alive), array) for name, array in parts[0].items()}
+        out: dict[str, np.ndarray] = {}
         start = done = 0
-        parts.reverse()  # pop() from the end takes them in row order
-        for rows in part_rows:
-            part = parts.pop()
+        for rows, part in self._parts_in_order():
+            if not out:
+                out = {name: self._output(name, len(alive), array)
+                       for name, array in part.items()}
             wanted = keep[start : start + rows]
             taken = int(np.count_nonzero(wanted))
             for name, array in part.items():
                 out[name][done : done + taken] = array if taken == rows else array[wanted]
             start, done = start + rows, done + taken
-            del part
         return out
 
 

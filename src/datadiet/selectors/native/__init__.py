@@ -1,16 +1,18 @@
 """The hashing kernels as a small C library, loaded with ctypes: no compiler at run time, no
 LLVM in the process, every core through plain threads.
 
-Why this exists beside the numba kernels: ``datadiet curate`` on a file is a short process, and
-numba's import and first cached-kernel load (about 0.5 CPU-seconds and 130 MiB of LLVM) cost
-as much as deduplicating a few hundred thousand documents. The C twins of the exact-dedup,
-MinHash and LSH kernels (``hashkernels.c``) load in a millisecond, and ctypes releases the GIL
-during each call, so a batch split into document ranges runs on all cores from a thread pool.
+These are the production hashing kernels (exact-dedup normalisation, the MinHash shard, LSH
+buckets, pair agreement, the fused MinHash reduce). ``datadiet curate`` on a file is a short
+process: the library (``hashkernels.c``) loads in a millisecond (a JIT such as numba would first
+cost about 0.5 CPU-seconds and 130 MiB of LLVM), and ctypes releases the GIL during each call,
+so a batch split into document ranges runs on all cores from a thread pool.
 
-The library is built once, at install time (``make install`` runs ``python -m
-datadiet.selectors.native build``; any C compiler will do). Without it — no compiler, a wheel,
-``DATADIET_NATIVE=0`` — the callers use numba, then NumPy; every path gives the same bits, and
-``tests/selectors/test_native_kernels.py`` holds them to that.
+The library is built once, at install time: ``make install`` runs ``python -m
+datadiet.selectors.native build`` (any C compiler will do). A plain ``pip install datadiet``
+does not compile it (setuptools ships ``hashkernels.c`` as package data); run that command once
+after it. Without the library — not built, no compiler, ``DATADIET_NATIVE=0`` — the callers run
+the NumPy fallback (see :mod:`datadiet.selectors.hashing`); both give the bits of the Python
+reference, and ``tests/selectors/test_native_kernels.py`` holds them to that.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from datadiet.pipeline.atomic import atomic_path
 from datadiet.selectors.unicode_tables import build_character_tables
 
 __all__ = ["LIBRARY", "available", "bucket_pairs", "build", "docs_with", "minhash_cluster",
-           "minhash_shard", "normalize", "pair_jaccard", "threads"]
+           "minhash_shard", "normalize", "pair_jaccard", "signatures", "threads"]
 
 SOURCE = Path(__file__).with_name("hashkernels.c")
 LIBRARY = Path(__file__).with_name("_hashkernels.so")
@@ -43,7 +45,7 @@ LIBRARY = Path(__file__).with_name("_hashkernels.so")
 UNICODE_TABLES = Path(__file__).with_name("_unicode_tables.npz")
 #: Bumped whenever a table's definition changes, so a file built by older code is not used.
 TABLES_FORMAT = 1
-ABI_VERSION = 3
+ABI_VERSION = 4
 #: Most documents per piece of work handed to a thread; a batch is cut into at least four
 #: pieces per thread (of at least ``MIN_PIECE``), so threads finish together on skewed lengths
 #: while a call's overhead (microseconds) stays noise.
@@ -58,6 +60,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "dd_minhash_shard": (ctypes.c_int, [_P, _P, _I, _I, _P, _P, _I, _P, _P, _I, _P,
                                         ctypes.c_uint64, _P, _P, _I, _P, _I, _I,
                                         ctypes.c_uint64, _P, _P, _P]),
+    "dd_signatures": (None, [_P, _P, _I, _I, _P, _P, _I, _P]),
     "dd_pair_jaccard": (None, [_P, _I, _P, _I, _I, _P]),
     "dd_bucket_pairs": (_I, [_P, _I, _P, _I, ctypes.c_int, _I, _I,
                              ctypes.POINTER(ctypes.POINTER(ctypes.c_int64))]),
@@ -74,7 +77,7 @@ def build(compiler: str | None = None, quiet: bool = False) -> Path:
     ``RuntimeError`` naming the compiler's complaint."""
     cc = compiler or os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        raise RuntimeError("no C compiler (cc or gcc) on PATH; the numba/NumPy kernels run instead")
+        raise RuntimeError("no C compiler (cc or gcc) on PATH; the NumPy fallback runs instead")
     with atomic_path(LIBRARY) as tmp:
         done = subprocess.run([cc, "-O3", "-fPIC", "-shared", "-o", str(tmp), str(SOURCE)],
                               capture_output=True, text=True, check=False)
@@ -256,7 +259,7 @@ def _lib() -> ctypes.CDLL:
 def normalize(buf: np.ndarray, starts: np.ndarray, mode: np.ndarray, fold: np.ndarray,
               word: np.ndarray, ascii_word: np.ndarray, with_nfkc: bool = False
               ) -> tuple[np.ndarray, np.ndarray]:
-    """Twin of ``exact._nb_normalize``: the normalised bytes (in each text's own span) and
+    """``normalize()`` of a batch in C: the normalised bytes (in each text's own span) and
     lengths (-1 where Python must normalise). ``with_nfkc``: the kernel also does NFKC, by
     :func:`nfkc_tables` (which must exist), for the texts in mode 0."""
     lib = _lib()
@@ -280,7 +283,7 @@ def normalize(buf: np.ndarray, starts: np.ndarray, mode: np.ndarray, fold: np.nd
 
 def docs_with(buf: np.ndarray, offsets: np.ndarray, needles: np.ndarray,
               any_non_ascii: bool) -> np.ndarray:
-    """Twin of ``hashing._nb_docs_with``: which texts hold a non-ASCII byte or a needle."""
+    """Which texts hold a non-ASCII byte or a needle."""
     lib = _lib()
     buf, offsets, needles = _contiguous((buf, np.uint8), (offsets, np.int64), (needles, np.uint8))
     needles = needles.reshape(-1, 2)
@@ -296,7 +299,7 @@ def minhash_shard(buf: np.ndarray, offsets: np.ndarray, word: np.ndarray, lower:
                   ascii_word: np.ndarray, mult: np.ndarray, ngram: int, pos: np.ndarray,
                   salt: int, a: np.ndarray, b: np.ndarray, band_mult: np.ndarray,
                   band_tag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Twin of ``minhash._nb_shard``: signatures, band keys and shingle counts of a batch."""
+    """Signatures, band keys and shingle counts of a batch (``minhash_shard_reference``)."""
     lib = _lib()
     buf, offsets, word, lower, ascii_word, mult, pos, a, b, band_mult = _contiguous(
         (buf, np.uint8), (offsets, np.int64), (word, np.bool_), (lower, np.uint32),
@@ -323,8 +326,21 @@ def minhash_shard(buf: np.ndarray, offsets: np.ndarray, word: np.ndarray, lower:
     return sigs, keys, counts
 
 
+def signatures(hashes: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray
+               ) -> np.ndarray:
+    """MinHash signatures ``(n, len(a)) uint32`` of flat shingle hashes (``signatures_reference``)."""
+    lib = _lib()
+    hashes, offsets, a, b = _contiguous((hashes, np.uint32), (offsets, np.int64), (a, np.uint32),
+                                        (b, np.uint32))
+    n = len(offsets) - 1
+    sigs = np.full((n, len(a)), np.uint32(0xFFFFFFFF), np.uint32)
+    _over_ranges(n, lambda lo, hi: lib.dd_signatures(
+        _ptr(hashes), _ptr(offsets), lo, hi, _ptr(a), _ptr(b), len(a), _ptr(sigs)))
+    return sigs
+
+
 def pair_jaccard(signatures: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Twin of ``minhash._nb_pair_jaccard``: the fraction of equal slots of each pair."""
+    """The fraction of equal slots of each pair."""
     lib = _lib()
     sig = np.ascontiguousarray(signatures, np.uint32)
     pairs = np.ascontiguousarray(pairs, np.int64).reshape(-1, 2)
@@ -336,7 +352,7 @@ def pair_jaccard(signatures: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 def bucket_pairs(keys: np.ndarray, rows_idx: np.ndarray, all_pairs: bool, max_bucket: int,
                  n_total: int) -> np.ndarray:
-    """Twin of ``minhash._nb_bucket_pairs``: distinct pair codes ``i * n_total + j``."""
+    """``candidate_pairs_reference`` as distinct pair codes ``i * n_total + j``."""
     lib = _lib()
     keys = np.ascontiguousarray(keys, np.uint64)
     rows_idx = np.ascontiguousarray(rows_idx, np.int64)

@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
     try:
         build()
     except RuntimeError as exc:
-        print(f"datadiet: C kernels not built ({exc}); numba/NumPy kernels will run", file=sys.stderr)
+        print(f"datadiet: C kernels not built ({exc}); the NumPy fallback will run", file=sys.stderr)
         return 0  # optional: everything works without them, only slower
     return 0
 

@@ -1,14 +1,15 @@
 /* datadiet's hashing kernels in C: exact-dedup normalisation, MinHash shard signatures and
  * band keys, LSH bucket grouping, signature agreement of candidate pairs.
  *
- * Why C next to the numba kernels: a command-line curate of a few hundred thousand documents
- * spends as much on loading numba (LLVM, about 0.5 CPU-seconds and 130 MiB) as on the work.
- * A small shared library loaded through ctypes costs a millisecond and a few hundred KiB, and
- * ctypes releases the GIL for the call, so Python threads run it on every core.
+ * Why C: these are the production hashing kernels. A command-line curate is a short process;
+ * a small shared library loaded through ctypes costs a millisecond and a few hundred KiB (a JIT
+ * such as numba costs about 0.5 CPU-seconds and 130 MiB of LLVM first), and ctypes releases the
+ * GIL for the call, so Python threads run it on every core.
  *
- * Every function here is the line-for-line twin of a numba kernel in hashing.py, exact.py or
- * minhash.py and must give the same bits; tests/selectors/test_native_kernels.py compares them
- * on real text. Each works on a document range [lo, hi) so that the caller splits a batch
+ * Every function here must give the bits of the Python reference (pipeline/text.normalize for
+ * exact dedup; minhash_shard_reference, candidate_pairs_reference and
+ * minhash_clusters_reference in minhash.py), and the NumPy fallback gives the same;
+ * tests/selectors/test_native_kernels.py compares them on real text and odd Unicode. Each works on a document range [lo, hi) so that the caller splits a batch
  * across threads; nothing here allocates shared state.
  */
 #include <stdint.h>
@@ -98,7 +99,7 @@ static int64_t expansion_of(int64_t cp, const uint32_t *keys, int64_t n_keys) {
     return lo < n_keys && (int64_t)keys[lo] == cp ? lo : -1;
 }
 
-/* Twin of exact._nb_normalize for texts [lo, hi): text d is written inside its own input span
+/* normalize() (pipeline/text.py) of texts [lo, hi): text d is written inside its own input span
  * of out; lengths[d] = -1 where Python must normalise (mode 2, a fold the kernel cannot
  * write, or a character whose NFKC depends on its neighbours).
  *
@@ -155,7 +156,7 @@ void dd_normalize(const uint8_t *buf, const int64_t *starts, int64_t lo, int64_t
     }
 }
 
-/* Twin of hashing._nb_docs_with: found[d] = 1 where text d has a byte >= 0x80 (any_non_ascii)
+/* found[d] = 1 where text d has a byte >= 0x80 (any_non_ascii)
  * or one of the two-byte UTF-8 needles. */
 void dd_docs_with(const uint8_t *buf, const int64_t *offsets, int64_t lo, int64_t hi,
                   const uint8_t *needles, int64_t n_needles, int any_non_ascii, uint8_t *found) {
@@ -172,7 +173,7 @@ void dd_docs_with(const uint8_t *buf, const int64_t *offsets, int64_t lo, int64_
     }
 }
 
-/* Twin of minhash._nb_text_shingles: one text's word n-gram hashes into shingles[], returns
+/* One text's word n-gram hashes into shingles[], returns
  * how many. word_h needs room for one entry per byte of the text plus one. */
 static int64_t text_shingles(const uint8_t *buf, int64_t i, int64_t end, const uint8_t *word,
                              const uint32_t *lower, int64_t lower_size, const uint8_t *ascii_word,
@@ -210,7 +211,7 @@ static int64_t text_shingles(const uint8_t *buf, int64_t i, int64_t end, const u
     return m;
 }
 
-/* Twin of minhash._nb_min_into: fold shingles into a signature row, all permutations at once.
+/* Fold shingles into a signature row, all permutations at once.
  * The permutation loop is what the compiler vectorises; clones for AVX2 / AVX-512 are picked
  * at load time by the CPU, so one build runs everywhere at the speed of the machine. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -225,7 +226,7 @@ static void min_into(const uint32_t *restrict shingles, int64_t count, const uin
     }
 }
 
-/* Twin of minhash._nb_shard for texts [lo, hi): signature, band keys and shingle count of
+/* minhash_shard_reference for texts [lo, hi): signature, band keys and shingle count of
  * each. sigs must arrive filled with 0xFFFFFFFF. Returns 0, or -1 if scratch memory failed. */
 int dd_minhash_shard(const uint8_t *buf, const int64_t *doc_start, int64_t lo, int64_t hi,
                      const uint8_t *word, const uint32_t *lower, int64_t lower_size,
@@ -258,7 +259,16 @@ int dd_minhash_shard(const uint8_t *buf, const int64_t *doc_start, int64_t lo, i
     return 0;
 }
 
-/* Twin of minhash._nb_pair_jaccard for pairs [lo, hi). */
+/* signatures_reference for texts [lo, hi) of flat shingle hashes (text d's are
+ * hashes[offsets[d] : offsets[d + 1]]). sigs must arrive filled with 0xFFFFFFFF. */
+void dd_signatures(const uint32_t *hashes, const int64_t *offsets, int64_t lo, int64_t hi,
+                   const uint32_t *a, const uint32_t *b, int64_t num_perm, uint32_t *sigs) {
+    for (int64_t d = lo; d < hi; d++)
+        min_into(hashes + offsets[d], offsets[d + 1] - offsets[d], a, b, num_perm,
+                 sigs + d * num_perm);
+}
+
+/* The fraction of equal signature slots of pairs [lo, hi). */
 void dd_pair_jaccard(const uint32_t *sig, int64_t num_perm, const int64_t *pairs, int64_t lo,
                      int64_t hi, double *out) {
     for (int64_t p = lo; p < hi; p++) {
@@ -331,7 +341,7 @@ static int64_t group_band(const uint64_t *keys, int64_t n_bands, const int64_t *
     return n_used;
 }
 
-/* Twin of minhash._nb_bucket_pairs: per band, rows grouped by key in a hash table; each
+/* candidate_pairs_reference, fast: per band, rows grouped by key in a hash table; each
  * bucket emits its pairs (all of them up to max_bucket members, else a star), each distinct
  * pair once, coded i * n_total + j. Returns the number of codes, *out (malloc'ed, freed with
  * dd_free) holds them; -1 if memory failed. */
@@ -481,4 +491,4 @@ done:
 void dd_free(void *p) { free(p); }
 
 /* The ABI version the Python loader checks: bump it when a signature above changes. */
-int dd_abi_version(void) { return 3; }
+int dd_abi_version(void) { return 4; }
