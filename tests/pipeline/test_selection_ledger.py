@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from datadiet.pipeline import ledger as ledger_module
-from datadiet.pipeline.ledger import Ledger, ModelShape
+from datadiet.pipeline.ledger import MODEL_LOADING, Ledger, ModelShape
 from datadiet.pipeline.selection import Selection
 
 
@@ -135,3 +135,23 @@ def test_a_ledger_without_model_stages_never_imports_torch(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=tmp_path, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_absorb_books_a_map_ledger_under_the_open_step() -> None:
+    """What a map spent on a worker (its own ledger) lands under the step that ran it, model
+    loading stays top-level, and the totals count every token once."""
+    worker = Ledger()
+    with worker.stage(MODEL_LOADING, at_root=True) as loading:
+        loading.add(0, 0.0)
+    with worker.stage("lm-scoring"):
+        worker.add("lm-scoring", tokens=120, flops=5e9)
+    run = Ledger()
+    with run.stage("step:perplexity"):
+        run.absorb(worker)
+        run.absorb(worker)  # a second partition's map
+    stages = {s.name: s for s in run.stages.values()}
+    assert stages["step:perplexity/lm-scoring"].tokens == 240
+    assert stages["step:perplexity/lm-scoring"].flops == 1e10
+    assert "model-loading" in stages and "step:perplexity/model-loading" not in stages
+    assert run.total.tokens == 240
+    assert worker.loading_seconds() == stages["model-loading"].seconds / 2

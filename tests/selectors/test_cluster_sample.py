@@ -9,10 +9,11 @@ import pytest
 from datasets import Dataset
 
 from datadiet.pipeline.io import iter_jsonl
+from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.records import parse_fields, with_text
-from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
+from datadiet.pipeline.steps import STEP_REGISTRY, RecordView, StepContext
 from datadiet.selectors.cluster_sample import NOT_SAMPLED, ClusterSample, allocate
-from datadiet.selectors.semdedup import assign_clusters, embed_dataset, fit_kmeans
+from datadiet.selectors.semdedup import assign_clusters, embedding_features, fit_kmeans
 
 # a skewed mixture: many rows of one task, few of the others
 TASKS = {"common_gen_topic_to_sentence.jsonl": 90, "sciq_Direct_Question_Closed_Book_.jsonl": 10,
@@ -60,7 +61,9 @@ def test_score_picks_each_clusters_best(ds: Dataset) -> None:
     ctx = StepContext(show_progress=False)
     sel = ClusterSample(keep=0.25, n_clusters=3, strategy="proportional", score="rank").select(ds, ctx)
     assert sel.n_kept == 30
-    emb = embed_dataset(with_text(ds, parse_fields("prompt_completion")), ctx)
+    rendered = with_text(ds, parse_fields("prompt_completion"))
+    emb = embedding_features(rendered.select_columns(["text"]).with_format("arrow")[:],
+                              RecordView().booking_on(Ledger()))["embedding"]
     labels, _ = assign_clusters(emb, fit_kmeans(emb, 3, iters=20, seed=0))
     assert (labels[~sel.keep].astype(str) == sel.reason_detail[~sel.keep]).all()
     rank = np.asarray(ds["rank"])

@@ -15,10 +15,11 @@ from datasets import Dataset
 
 from datadiet.pipeline.curate import curate
 from datadiet.pipeline.io import iter_jsonl
+from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.records import parse_fields, with_text
-from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
+from datadiet.pipeline.steps import STEP_REGISTRY, RecordView, StepContext
 from datadiet.selectors.deita import BELOW_BUDGET, NO_SCORE, TOO_SIMILAR, Deita, diverse_by_score
-from datadiet.selectors.semdedup import embed_dataset
+from datadiet.selectors.semdedup import embedding_features
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,9 @@ def test_registered_and_validated() -> None:
 
 @pytest.mark.parametrize("block", [1, 7, 256])
 def test_walk_matches_the_definition(ds: Dataset, ctx: StepContext, block: int) -> None:
-    emb = embed_dataset(with_text(ds, parse_fields("prompt_completion")), ctx, name="deita-test")
+    rendered = with_text(ds, parse_fields("prompt_completion"))
+    emb = embedding_features(rendered.select_columns(["text"]).with_format("arrow")[:],
+                              RecordView().booking_on(Ledger()))["embedding"]
     order = np.argsort(-np.nan_to_num(np.asarray(ds["quality"]), nan=-1), kind="stable")
     for k, threshold in ((30, 0.9), (60, 0.7), (200, 0.8)):
         taken, nearest, sim, examined = diverse_by_score(emb, order, k, threshold, block=block)

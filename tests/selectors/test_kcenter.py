@@ -8,10 +8,11 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
+from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.steps import STEP_REGISTRY, RecordView, StepContext
 from datadiet.selectors.common import resolve_keep as resolve_count
 from datadiet.selectors.kcenter import KCenterCoreset, greedy_k_center
-from datadiet.selectors.semdedup import embed_dataset
+from datadiet.selectors.semdedup import embedding_features
 from tests.conftest import SHARED_DATA
 
 DATA = SHARED_DATA
@@ -40,7 +41,8 @@ def ctx() -> StepContext:
 
 @pytest.fixture(scope="module")
 def embeddings(sentences, ctx) -> np.ndarray:
-    return np.asarray(embed_dataset(sentences, ctx))
+    return np.asarray(embedding_features(sentences.select_columns(["text"]).with_format("arrow")[:],
+                              RecordView().booking_on(Ledger()))["embedding"])
 
 
 def test_registered() -> None:

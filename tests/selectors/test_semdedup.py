@@ -18,12 +18,13 @@ from datasets import Dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
+from datadiet.pipeline.ledger import Ledger
+from datadiet.pipeline.steps import STEP_REGISTRY, RecordView, StepContext
 from datadiet.selectors.semdedup import (
     SemanticDedup,
     assign_clusters,
     cluster_duplicates,
-    embed_dataset,
+    embedding_features,
     semdedup_embeddings,
 )
 from tests.conftest import SHARED_DATA
@@ -155,7 +156,8 @@ def test_scores_are_distance_to_nearest_neighbour(selection) -> None:
 @pytest.mark.slow
 def test_real_groups_keep_member_farthest_from_centroid(corpus, ctx, selection) -> None:
     ds, groups, _ = corpus
-    emb = embed_dataset(ds, ctx)
+    emb = embedding_features(ds.select_columns(["text"]).with_format("arrow")[:],
+                              RecordView().booking_on(Ledger()))["embedding"]
     result = semdedup_embeddings(emb, epsilon=EPSILON, seed=0)
     np.testing.assert_array_equal(result.keep, selection.keep)
     row = {doc_id: i for i, doc_id in enumerate(ds["id"])}
@@ -166,19 +168,20 @@ def test_real_groups_keep_member_farthest_from_centroid(corpus, ctx, selection) 
 
 
 @pytest.mark.slow
-def test_memmap_path_matches_in_memory(corpus, ctx, tmp_path) -> None:
+def test_memmap_embeddings_match_in_memory(corpus, tmp_path) -> None:
+    """A reduce over spilled (memory-mapped) embeddings decides as over resident ones."""
     ds, _, _ = corpus
     small = ds.select(range(40))
-    local = StepContext(show_progress=False, work_dir=tmp_path)
-    in_ram = embed_dataset(small, local)
-    on_disk = embed_dataset(small, local, name="mm", in_memory_bytes=0)
-    assert isinstance(on_disk, np.memmap)
-    assert (tmp_path / "mm" / "embeddings.npy").exists()
-    np.testing.assert_array_equal(np.asarray(on_disk), in_ram)
+    in_ram = embedding_features(small.select_columns(["text"]).with_format("arrow")[:],
+                              RecordView().booking_on(Ledger()))["embedding"]
+    np.save(tmp_path / "embeddings.npy", in_ram)
+    on_disk = np.load(tmp_path / "embeddings.npy", mmap_mode="r")
     a = semdedup_embeddings(in_ram, n_clusters=4, epsilon=0.3, seed=1)
-    b = semdedup_embeddings(on_disk, n_clusters=4, epsilon=0.3, seed=1, sample=20)
-    assert a.stats["clusters"] == b.stats["clusters"] == 4
-    assert np.all(a.rep[a.rep] == a.rep) and np.all(b.rep[b.rep] == b.rep)
+    b = semdedup_embeddings(on_disk, n_clusters=4, epsilon=0.3, seed=1)
+    np.testing.assert_array_equal(a.rep, b.rep)
+    c = semdedup_embeddings(on_disk, n_clusters=4, epsilon=0.3, seed=1, sample=20)
+    assert a.stats["clusters"] == c.stats["clusters"] == 4
+    assert np.all(a.rep[a.rep] == a.rep) and np.all(c.rep[c.rep] == c.rep)
 
 
 @pytest.mark.slow

@@ -135,12 +135,6 @@ class StepContext:
             self._cache["scorer"] = LMScorer(self.scorer_model, ledger=self.ledger)
         return self._cache["scorer"]
 
-    def embedder(self) -> Embedder:
-        """The run's shared :class:`~datadiet.pipeline.models.embedding.Embedder`."""
-        if "embedder" not in self._cache:
-            self._cache["embedder"] = Embedder(self.embedder_model, ledger=self.ledger)
-        return self._cache["embedder"]
-
 
 @dataclass(frozen=True)
 class RecordView:

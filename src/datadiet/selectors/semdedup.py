@@ -47,48 +47,10 @@ from datadiet.selectors.common import row_ids
 if TYPE_CHECKING:
     from datasets import Dataset
 
-#: Embedding matrices larger than this are written to an ``np.memmap`` under the run's scratch
-#: folder instead of RAM (384-dim float32 embeddings: about 350k documents per 512 MiB).
-IN_MEMORY_BYTES = 512 * 2**20
-
 _KEEP_RULES = ("farthest", "nearest")
 
 
 # -- embeddings -----------------------------------------------------------------------------
-
-
-def embed_dataset(
-    ds: Dataset,
-    ctx: StepContext,
-    name: str = "embeddings",
-    in_memory_bytes: int = IN_MEMORY_BYTES,
-) -> np.ndarray:
-    """Embed the text column of ``ds`` with the run's shared embedder, batch by batch.
-
-    Returns an ``(n, dim)`` float32 array of L2-normalised rows. When the matrix would exceed
-    ``in_memory_bytes`` it is a read-only ``np.memmap`` under ``ctx.scratch(name)``, so memory
-    stays bounded by one batch however large the corpus is (semantic dedup and k-center both
-    stream over it in blocks afterwards).
-    """
-    embedder = ctx.embedder()
-    n, dim = len(ds), int(embedder.dim)
-    path = None
-    if n * dim * 4 > in_memory_bytes:
-        path = ctx.scratch(name) / "embeddings.npy"
-        out: np.ndarray = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
-    else:
-        out = np.empty((n, dim), dtype=np.float32)
-    start = 0
-    with ctx.ledger.stage(getattr(embedder, "stage", "embedding")):
-        for batch in ctx.iter_texts(ds, desc=f"{name}: embedding"):
-            vecs = embedder.encode(["" if t is None else t for t in batch])
-            out[start : start + len(batch)] = vecs
-            start += len(batch)
-    if path is not None:
-        out.flush()  # type: ignore[attr-defined]
-        del out
-        out = np.load(path, mmap_mode="r")
-    return out
 
 
 def embedding_features(batch: pa.RecordBatch | pa.Table, view: RecordView) -> dict[str, Any]:
