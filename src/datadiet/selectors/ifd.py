@@ -245,8 +245,27 @@ def lm_identity(model: str | None) -> dict[str, Any]:
     return {**model_identity(model), "backend": choose_backend(causal_lm_config(model))}
 
 
+class TurnScoringStep(Step):
+    """What the LM steps that score a row's turns (``ifd``, ``judge``) share: their score
+    cache folder, the model named in the driver before any map, the turn columns each map
+    reads. Subclasses set ``model`` and ``cache``."""
+
+    model: str | None
+    cache: bool | str
+
+    def writes_paths(self) -> list[Path]:
+        return cache_folders(self.cache)
+
+    def prepare(self, ctx: StepContext) -> None:
+        """The model the maps load, named in the driver (the manifest's ``model``)."""
+        self._identity = lm_identity(self.model or ctx.scorer_model)
+
+    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
+        return view.turn_columns(columns, self.name)
+
+
 @register_step
-class IFD(Step):
+class IFD(TurnScoringStep):
     """Keep the rows whose instruction helps the model most to answer; see the module docstring.
 
     Args:
@@ -292,16 +311,6 @@ class IFD(Step):
         self.max_length = max_length
         self.model = model
         self.cache = cache
-
-
-    def writes_paths(self) -> list[Path]:
-        return cache_folders(self.cache)
-    def prepare(self, ctx: StepContext) -> None:
-        """The model the maps load, named in the driver (the manifest's ``model``)."""
-        self._identity = lm_identity(self.model or ctx.scorer_model)
-
-    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
-        return view.turn_columns(columns, self.name)
 
     def record_features(self, batch: pa.RecordBatch | pa.Table,
                         view: RecordView) -> dict[str, Any]:

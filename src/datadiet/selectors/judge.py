@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,11 +27,10 @@ import pyarrow as pa
 from datadiet.pipeline.records import turns_key
 from datadiet.pipeline.score_cache import cached_scores
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import RecordView, Step, StepContext, register_step
+from datadiet.pipeline.steps import RecordView, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.ifd import (
-    cache_folders,
-    lm_identity,
+    TurnScoringStep,
     open_cache,
     scorer_identity,
     uses_chat_template,
@@ -138,7 +136,7 @@ def rating_scores(scorer: Any, prompts: Sequence[Sequence[int]]) -> np.ndarray:
 
 
 @register_step
-class Judge(Step):
+class Judge(TurnScoringStep):
     """Keep the rows an LM judge rates highest (expected rating over "1".."6").
 
     Args:
@@ -197,16 +195,6 @@ class Judge(Step):
         self.max_length = max_length
         self.model = model
         self.cache = cache
-
-
-    def writes_paths(self) -> list[Path]:
-        return cache_folders(self.cache)
-    def prepare(self, ctx: StepContext) -> None:
-        """The model the maps load, named in the driver (the manifest's ``model``)."""
-        self._identity = lm_identity(self.model or ctx.scorer_model)
-
-    def map_columns(self, view: RecordView, columns: list[str]) -> list[str]:
-        return view.turn_columns(columns, self.name)
 
     def record_features(self, batch: pa.RecordBatch | pa.Table,
                         view: RecordView) -> dict[str, Any]:
