@@ -168,6 +168,21 @@ def test_small_bucket_shares_and_partitions_keep_the_same_rows(
     _assert_same_run(local, on_dask, tmp_path / "local", tmp_path / "dask")
 
 
+def _model_spec_on_both(source: Path, spec: list, tmp_path: Path, dask_executor: DaskExecutor,
+                        partition_rows: int) -> tuple:
+    """A model spec run on Dask (small partitions, the module's cluster) and in-process: every
+    step removed something, and both kept the same rows for the same reasons."""
+    executor = DaskExecutor(client=dask_executor.client, partition_rows=partition_rows)
+    on_dask = curate_path(source, spec, tmp_path / "dask", show_progress=False,
+                          executor=executor)
+    local = curate_path(source, spec, tmp_path / "local", show_progress=False)
+    assert all(step.rows_out < step.rows_in for step in local.manifest.steps)
+    assert np.array_equal(local.kept_rows, on_dask.kept_rows)
+    columns = ["id", "input_row", "step", "reason"]
+    assert local.removed.select(columns).equals(on_dask.removed.select(columns))
+    return local, on_dask
+
+
 def _nbytes(value: object) -> int:
     if isinstance(value, np.ndarray):
         return value.nbytes
@@ -305,14 +320,7 @@ def test_model_steps_keep_the_same_rows_on_dask(
     source.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     spec = [{"perplexity": {"keep": 0.9, "max_tokens": 64}}, {"semantic_dedup": {}},
             {"kcenter": {"keep": 0.7}}]
-    executor = DaskExecutor(client=dask_executor.client, partition_rows=12)
-    on_dask = curate_path(source, spec, tmp_path / "dask", show_progress=False,
-                          executor=executor)
-    local = curate_path(source, spec, tmp_path / "local", show_progress=False)
-    assert all(step.rows_out < step.rows_in for step in local.manifest.steps)
-    assert np.array_equal(local.kept_rows, on_dask.kept_rows)
-    columns = ["id", "input_row", "step", "reason"]
-    assert local.removed.select(columns).equals(on_dask.removed.select(columns))
+    local, on_dask = _model_spec_on_both(source, spec, tmp_path, dask_executor, 12)
     for column in ("perplexity_score", "semantic_dedup_score", "kcenter_score"):
         a = np.asarray(local.removed.column(column).to_numpy(zero_copy_only=False))
         b = np.asarray(on_dask.removed.column(column).to_numpy(zero_copy_only=False))
@@ -344,14 +352,7 @@ def test_fine_tuning_model_steps_keep_the_same_rows_on_dask(
     _t0_records(shared_data, 30, source)
     spec = [{"exact_dedup": {}}, {"ifd": {"keep": 0.8, "max_length": 96, "cache": False}},
             {"deita": {"keep": 0.5, "threshold": 0.95}}]
-    executor = DaskExecutor(client=dask_executor.client, partition_rows=16)
-    on_dask = curate_path(source, spec, tmp_path / "dask", show_progress=False,
-                          executor=executor)
-    local = curate_path(source, spec, tmp_path / "local", show_progress=False)
-    assert all(step.rows_out < step.rows_in for step in local.manifest.steps)
-    assert np.array_equal(local.kept_rows, on_dask.kept_rows)
-    columns = ["id", "input_row", "step", "reason"]
-    assert local.removed.select(columns).equals(on_dask.removed.select(columns))
+    local, on_dask = _model_spec_on_both(source, spec, tmp_path, dask_executor, 16)
     ifd_local, ifd_dask = local.manifest.steps[1], on_dask.manifest.steps[1]
     assert ifd_local.stats["rows_scored"] == ifd_dask.stats["rows_scored"] \
         == ifd_local.rows_in  # the survivors of the exact dedup, no more
