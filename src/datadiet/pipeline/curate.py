@@ -42,7 +42,7 @@ from datadiet.pipeline.io import (
     StreamedCorpus,
     arrow_floats,
     arrow_ints,
-    arrow_strings,
+    arrow_repeated,
     as_dataset,
     check_output_dir,
     corpus_from_records,
@@ -55,6 +55,7 @@ from datadiet.pipeline.io import (
     write_parquet_shards,
 )
 from datadiet.pipeline.manifest import Manifest, StepReport, jsonable
+from datadiet.pipeline.memory import release_unused_memory
 from datadiet.pipeline.records import RecordFormat, parse_fields, restore_messages, sft_format
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import (
@@ -432,8 +433,8 @@ class _StepBook:
             self.removed_batches.append(pa.table({
                 "id": self.ids.take(arrow_ints(rows)).cast(pa.string()),
                 "input_row": arrow_ints(rows),
-                "step": arrow_strings([step.name] * len(removed_idx)),
-                "reason": arrow_strings([selection.reason(int(i)) for i in removed_idx]),
+                "step": arrow_repeated(step.name, len(removed_idx)),
+                "reason": selection.reasons(removed_idx),
                 **{c: arrow_floats(v[rows]) for c, v in self.scores.items()},
             }))
         kept = selection.kept_indices
@@ -503,12 +504,14 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
         ctx.work_dir = work
         try:
             corpus = executor.read(source, plan, work, options, ctx)
+            release_unused_memory()  # the read's batches, freed but held by the allocators
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
                                 datadiet_version=__version__)
             book = _StepBook(pa.chunked_array([corpus.ids]), manifest, ctx)
             alive = np.arange(corpus.rows, dtype=np.int64)
             for planned in plan.steps:
                 alive = _reduce_step(executor, planned, corpus, alive, book, ctx)
+                release_unused_memory()  # its working arrays, before the next step's
             executor.close()
             removed = book.finish(len(alive))
             _write_streamed(corpus, alive, book, manifest, removed, ctx, out, overwrite,

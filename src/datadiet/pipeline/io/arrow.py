@@ -51,6 +51,13 @@ def arrow_strings(values: Sequence[str]) -> pa.Array:
         None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]).cast(pa.string())
 
 
+def arrow_repeated(text: str, n: int) -> pa.Array:
+    """``text`` ``n`` times as an Arrow string array (a one-word dictionary, expanded by Arrow:
+    no Python object per row)."""
+    indices = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(np.zeros(n, np.int32))])
+    return pa.DictionaryArray.from_arrays(indices, arrow_strings([text])).cast(pa.string())
+
+
 def numpy_ints(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """An Arrow integer array without nulls as NumPy (a view of its buffer when it can)."""
     if isinstance(array, pa.ChunkedArray):

@@ -350,12 +350,24 @@ def pair_jaccard(signatures: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Rows one LSH grouping takes: the kernel's bucket table holds row positions as int32.
+MAX_GROUPED_ROWS = 1 << 30
+
+
+def _grouped_rows(rows_idx: np.ndarray) -> np.ndarray:
+    if len(rows_idx) >= MAX_GROUPED_ROWS:
+        raise ValueError(f"{len(rows_idx):,} rows in one MinHash reduce: the in-process kernel "
+                         f"takes fewer than {MAX_GROUPED_ROWS:,}; run it on Dask "
+                         "(--executor dask), whose bucket owners each take a share")
+    return np.ascontiguousarray(rows_idx, np.int64)
+
+
 def bucket_pairs(keys: np.ndarray, rows_idx: np.ndarray, all_pairs: bool, max_bucket: int,
                  n_total: int) -> np.ndarray:
     """``candidate_pairs_reference`` as distinct pair codes ``i * n_total + j``."""
     lib = _lib()
     keys = np.ascontiguousarray(keys, np.uint64)
-    rows_idx = np.ascontiguousarray(rows_idx, np.int64)
+    rows_idx = _grouped_rows(rows_idx)
     out = ctypes.POINTER(ctypes.c_int64)()
     m = lib.dd_bucket_pairs(_ptr(keys), keys.shape[1], _ptr(rows_idx), len(rows_idx),
                             int(all_pairs), max_bucket, n_total, ctypes.byref(out))
@@ -376,7 +388,7 @@ def minhash_cluster(band_keys: np.ndarray, rows_idx: np.ndarray, signatures: np.
     from :func:`bucket_pairs`, ``estimated_jaccard`` and ``connected_components``."""
     lib = _lib()
     keys = np.ascontiguousarray(band_keys, np.uint64)
-    rows_idx = np.ascontiguousarray(rows_idx, np.int64)
+    rows_idx = _grouped_rows(rows_idx)
     sig = np.ascontiguousarray(signatures, np.uint32)
     n_total = keys.shape[0]
     labels = np.arange(n_total, dtype=np.int64)

@@ -291,24 +291,29 @@ static int insert_code(uint64_t *table, uint64_t cap, uint64_t code) {
 }
 
 /* One band's rows grouped by key: an open-addressing table of buckets, each a linked list of
- * row positions (t, an index into rows_idx) in increasing order. */
+ * row positions (t, an index into rows_idx) in increasing order.
+ *
+ * Memory is what bounds the in-process reduce at millions of rows, so positions are int32
+ * (the Python wrapper refuses 2**31 rows and more) and the table holds 1.5 slots per row at
+ * any size: 20 bytes a slot plus 8 a row, where int64 fields and a power-of-two table (up to
+ * 4 slots a row) took up to 136. A slot comes from the key by a multiply-shift (Lemire's
+ * fastrange), which needs no power of two. */
 typedef struct {
     uint64_t cap;
     uint64_t *slot_key;
-    int64_t *head, *tail, *size; /* per slot: first and last member, member count */
-    int64_t *nxt;                /* per member: the next one in its bucket, or -1 */
-    int64_t *used;               /* the slots in use, in first-seen order */
+    int32_t *head, *tail, *size; /* per slot: first and last member, member count */
+    int32_t *nxt;                /* per member: the next one in its bucket, or -1 */
+    int32_t *used;               /* the slots in use, in first-seen order */
 } Buckets;
 
 static int buckets_init(Buckets *b, int64_t n) {
-    b->cap = 16;
-    while (b->cap < (uint64_t)(2 * n)) b->cap *= 2;
+    b->cap = (uint64_t)n + (uint64_t)n / 2 + 16;
     b->slot_key = malloc(sizeof(uint64_t) * b->cap);
-    b->head = malloc(sizeof(int64_t) * b->cap);
-    b->tail = malloc(sizeof(int64_t) * b->cap);
-    b->size = malloc(sizeof(int64_t) * b->cap);
-    b->nxt = malloc(sizeof(int64_t) * (size_t)(n + 1));
-    b->used = malloc(sizeof(int64_t) * (size_t)(n + 1));
+    b->head = malloc(sizeof(int32_t) * b->cap);
+    b->tail = malloc(sizeof(int32_t) * b->cap);
+    b->size = malloc(sizeof(int32_t) * b->cap);
+    b->nxt = malloc(sizeof(int32_t) * (size_t)(n + 1));
+    b->used = malloc(sizeof(int32_t) * (size_t)(n + 1));
     return b->slot_key && b->head && b->tail && b->size && b->nxt && b->used ? 0 : -1;
 }
 
@@ -319,22 +324,22 @@ static void buckets_free(Buckets *b) {
 /* Group rows_idx's rows by their key in `band` (O(n), no sort); returns the slots in use. */
 static int64_t group_band(const uint64_t *keys, int64_t n_bands, const int64_t *rows_idx,
                           int64_t n, int64_t band, Buckets *b) {
-    uint64_t mask = b->cap - 1;
     for (uint64_t s = 0; s < b->cap; s++) b->head[s] = -1;
     int64_t n_used = 0;
     for (int64_t t = 0; t < n; t++) {
         uint64_t k = keys[rows_idx[t] * n_bands + band];
-        int64_t slot = (int64_t)((k ^ (k >> 31)) & mask);
-        while (b->head[slot] != -1 && b->slot_key[slot] != k) slot = (slot + 1) & (int64_t)mask;
+        uint64_t slot = (uint64_t)(((unsigned __int128)fmix64(k) * b->cap) >> 64);
+        while (b->head[slot] != -1 && b->slot_key[slot] != k)
+            slot = slot + 1 == b->cap ? 0 : slot + 1;
         b->nxt[t] = -1;
         if (b->head[slot] == -1) {
             b->slot_key[slot] = k;
-            b->head[slot] = b->tail[slot] = t;
+            b->head[slot] = b->tail[slot] = (int32_t)t;
             b->size[slot] = 1;
-            b->used[n_used++] = slot;
+            b->used[n_used++] = (int32_t)slot;
         } else {
-            b->nxt[b->tail[slot]] = t;
-            b->tail[slot] = t;
+            b->nxt[b->tail[slot]] = (int32_t)t;
+            b->tail[slot] = (int32_t)t;
             b->size[slot]++;
         }
     }
@@ -352,7 +357,7 @@ int64_t dd_bucket_pairs(const uint64_t *keys, int64_t n_bands, const int64_t *ro
     while (seen_cap < (uint64_t)(4 * n)) seen_cap *= 2;
     Buckets table;
     int table_ok = buckets_init(&table, n) == 0;
-    const int64_t *head = table.head, *size = table.size, *nxt = table.nxt, *used = table.used;
+    const int32_t *head = table.head, *size = table.size, *nxt = table.nxt, *used = table.used;
     uint64_t *seen = calloc(seen_cap, sizeof(uint64_t));
     int64_t out_cap = n > 16 ? n : 16, m = 0;
     int64_t *out = malloc(sizeof(int64_t) * (size_t)out_cap);
@@ -433,7 +438,7 @@ int dd_minhash_cluster(const uint64_t *keys, int64_t n_bands, const int64_t *row
                        int64_t *counts) {
     Buckets table;
     int table_ok = buckets_init(&table, n) == 0;
-    const int64_t *head = table.head, *size = table.size, *nxt = table.nxt, *used = table.used;
+    const int32_t *head = table.head, *size = table.size, *nxt = table.nxt, *used = table.used;
     uint8_t *met = malloc((size_t)(n + 1) * (size_t)n_bands); /* met[t * n_bands + band] */
     int64_t n_seen = 0, n_merged = 0;
     int result = -1;
