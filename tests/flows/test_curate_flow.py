@@ -1,18 +1,24 @@
 """The curate flow on a real Prefect server: same output as the library, cached reruns, artifacts,
 flat typed parameters that fail before any task, runs and log lines that say what happened, and
-a sharded run on two Dask workers."""
+the same output on a real loopback Dask cluster (the library's DaskExecutor), fine-tuning specs
+included, with nothing but the cache written under the flow's storage."""
 
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from datasets import load_dataset
+from distributed import Client, LocalCluster
 from pydantic import ValidationError
 
+from datadiet.cli import main as datadiet_cli
 from datadiet.flows import curate
-from datadiet.flows.curation import CurateParams, normalised_spec
+from datadiet.flows.curation import CurateParams, ScaleOut, normalised_spec
 from datadiet.pipeline.curate import curate_path
 from datadiet.pipeline.io import MANIFEST_FILE, REMOVED_FILE, read_removed
 from datadiet.pipeline.steps import build_step
@@ -121,6 +127,11 @@ def test_bad_parameters_fail_before_any_task(prefect_api: str, sample_corpus: Pa
         check(source=str(tmp_path / "missing.jsonl"), out=str(tmp_path / "o"))
     with pytest.raises(ValidationError, match="workers"):
         check(source=str(sample_corpus), out=str(tmp_path / "o"), workers=0)
+    with pytest.raises(ValidationError, match="(?s)worker_memory.*'lots' is not a size"):
+        check(source=str(sample_corpus), out=str(tmp_path / "o"), worker_memory="lots")
+    with pytest.raises(ValidationError, match="fields: unknown field 'question'"):
+        check(source=str(sample_corpus), out=str(tmp_path / "o"),
+              spec="fields: {question: q}\nsteps: [exact_dedup]\n")
     with pytest.raises(ValueError, match="unexpected keyword argument 'params'"):
         check(source=str(sample_corpus), out=str(tmp_path / "o"), params={"overwrite": True})
 
@@ -134,40 +145,133 @@ def test_bad_parameters_fail_before_any_task(prefect_api: str, sample_corpus: Pa
     assert not (tmp_path / "o").exists()
 
 
-def test_sharded_run_on_two_dask_workers_equals_the_single_process_run(
+# -- on Dask -------------------------------------------------------------------------------
+
+# A fine-tuning spec of model-free steps, as examples/sft.yaml reads GSM8K-style records:
+# before the one engine only text maps ran on the Dask workers.
+SFT_SPEC = """\
+fields: {prompt: question, completion: answer}
+steps:
+  - exact_dedup: {}
+  - response_rules: {}
+  - longest: {keep: 0.6}
+"""
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def dask_address() -> Iterator[str]:
+    """A running two-worker cluster on loopback, as a user's scheduler (started once here)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def kept_rows(out: Path) -> list[dict]:
+    """The kept rows as a user reads the folder: ``datasets.load_dataset`` through its card."""
+    return load_dataset(str(out), split="train").to_list()
+
+
+def cli_output(corpus: Path, spec: Path, out: Path) -> list[dict]:
+    """``datadiet curate`` in this process (the local executor)."""
+    assert datadiet_cli(["curate", str(corpus), "--spec", str(spec), "--out", str(out),
+                         "--quiet"]) == 0
+    return kept_rows(out)
+
+
+def only_the_cache(storage: Path) -> None:
+    """Under the flow's storage: task results, and no work folder, shards or features."""
+    assert not (storage / "work").exists()
+    assert [p for p in storage.rglob("*") if p.suffix in (".parquet", ".npz", ".arrow")] == []
+    assert {p.relative_to(storage).parts[0] for p in storage.iterdir()} == {"results"}
+
+
+def test_dask_runner_keeps_what_the_local_runner_and_the_cli_keep(
     prefect_api: str, sample_corpus: Path, tmp_path: Path
 ) -> None:
-    params = dict(source=str(sample_corpus), out=str(tmp_path / "sharded"), spec=SPEC,
-                  storage=str(tmp_path / "storage"), tokenizer="bytes", runner="dask", workers=2,
-                  shards=3)
-    state = curate(**params, return_state=True)
+    """No address: the flow starts a LocalCluster of `workers` processes on 127.0.0.1."""
+    storage = tmp_path / "storage"
+    params = dict(source=str(sample_corpus), spec=SPEC, storage=str(storage), tokenizer="bytes")
+    state = curate(**params, out=str(tmp_path / "dask"), runner="dask", workers=2, shards=3,
+                   return_state=True)
     assert state.is_completed(), state
-    assert state.result()["shards"] == 3
-    assert removed_and_kept(tmp_path / "sharded") == library_output(sample_corpus, tmp_path / "one")
+    local = curate(**params, out=str(tmp_path / "local"))
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    expected = cli_output(sample_corpus, tmp_path / "spec.yaml", tmp_path / "cli")
+    assert kept_rows(tmp_path / "dask") == kept_rows(tmp_path / "local") == expected
+    assert removed_and_kept(tmp_path / "dask") == removed_and_kept(tmp_path / "cli")
+    summary = state.result()
+    assert summary["rows_out"] == local["rows_out"] == len(expected) < summary["rows_in"]
+    assert summary["tokens_out"] == local["tokens_out"]
+    only_the_cache(storage)
 
+    # One flow run, its three named tasks (no subflow, no shard tasks), the progress at 100%.
     run_id = state.state_details.flow_run_id
-    states = task_run_states(run_id)
-    # 1 split + 3 shards x (exact hashes, quality decisions, MinHash signatures) + curate
-    # (the reduces) + 2 token counts
-    assert len(states) == 13 and all(s == "Completed" for s in states), states
-    work = tmp_path / "storage" / "work"
-    assert len(list(work.rglob("features-*.npz"))) == 6  # exact and MinHash, 3 shards each
-    assert len(list(work.rglob("decisions-*.parquet"))) == 3  # quality
-    # The progress is the parent run's, where the user looks, and it ends at 100%.
-    progress = artifacts_of(run_id)["curate-corpus-jsonl-progress"]
+    names = runs_named(run_id)
+    assert names["flows"] == ["curate corpus.jsonl → dask/"]
+    assert sorted(names["tasks"]) == ["count tokens of corpus.jsonl", "count tokens of dask",
+                                      "curate corpus.jsonl → dask/"], names
+    assert set(task_run_states(run_id)) == {"Completed"}
+    artifacts = artifacts_of(run_id)
+    progress = artifacts["curate-corpus-jsonl-progress"]
     assert progress["type"] == "progress" and float(progress["data"]) == 100.0
-    assert progress["flow_run_id"] == str(run_id)
-    names = runs_named(run_id)["tasks"]
-    assert "quality on shard-00001-of-00003.parquet" in names, names
-    # Readers fingerprint with `datasets`, whose dill disassembles functions with print():
-    # none of that bytecode reaches the run's log, the run logger's lines do.
+    assert "Ran on Dask, a local cluster of 2 workers" in artifacts["curate-corpus-jsonl-report"]["data"]
     logs = log_lines(run_id)
     assert any(line.startswith("kept ") for line in logs), logs
+    assert any("shards=3 is ignored" in line for line in logs), logs
+    # Readers fingerprint with `datasets`, whose dill disassembles functions with print():
+    # none of that bytecode reaches the run's log.
     assert not [line for line in logs if "LOAD_" in line or "RETURN_VALUE" in line], logs
 
-    # The shard tasks are keyed by fingerprints, not by where they ran: the same sharded run on
-    # the thread runner is served wholly from the cache.
-    again = curate(**{**params, "runner": "local"}, return_state=True)
-    assert again.result() == state.result()
-    rerun = task_run_states(again.state_details.flow_run_id)
-    assert len(rerun) == 13 and set(rerun) == {"Cached"}, rerun
+    # The cache is keyed by what is computed, not where: the same run in one process is
+    # served wholly from it.
+    again = curate(**params, out=str(tmp_path / "dask"), return_state=True)
+    assert again.result() == summary
+    assert set(task_run_states(again.state_details.flow_run_id)) == {"Cached"}
+
+
+def test_finetuning_spec_runs_through_the_flow_on_a_running_cluster(
+    prefect_api: str, dask_address: str, tmp_path: Path
+) -> None:
+    storage = tmp_path / "storage"
+    result = curate(source=str(EXAMPLES / "sft.jsonl"), out=str(tmp_path / "dask"), spec=SFT_SPEC,
+                    storage=str(storage), tokenizer="bytes", runner="dask",
+                    dask_address=dask_address)
+    (tmp_path / "sft.yaml").write_text(SFT_SPEC)
+    expected = cli_output(EXAMPLES / "sft.jsonl", tmp_path / "sft.yaml", tmp_path / "cli")
+    kept = kept_rows(tmp_path / "dask")
+    assert kept == expected and 0 < len(kept) < result["rows_in"]
+    assert set(kept[0]) >= {"question", "answer"}  # the input's columns, not a rendering
+    removed = read_removed(tmp_path / "dask" / REMOVED_FILE).to_pylist()
+    assert {row["step"] for row in removed} == {"exact_dedup", "response_rules", "longest"}
+    only_the_cache(storage)
+
+
+def test_workers_run_library_code_only(prefect_api: str, dask_address: str, sample_corpus: Path,
+                                       tmp_path: Path) -> None:
+    """The workers run the steps' maps and reduces, never a Prefect task: after a flow run on
+    them they have imported neither Prefect (so no Prefect API of their own), nor the flows,
+    nor torch (no step here needs a model)."""
+    curate(source=str(sample_corpus), out=str(tmp_path / "out"), spec=SPEC, tokenizer="bytes",
+           storage=str(tmp_path / "storage"), runner="dask", dask_address=dask_address)
+    # A lambda is shipped by value; a function of this module would make the workers import
+    # the module, and with it the flows.
+    watched = ("prefect", "torch", "transformers", "datadiet.flows")
+    imported_by_worker = lambda: sorted(  # noqa: E731
+        name for name in sys.modules if name.startswith(watched))
+    with Client(dask_address) as client:
+        imported = client.run(imported_by_worker)
+    assert len(imported) == 2 and all(mods == [] for mods in imported.values()), imported
+
+
+@pytest.mark.parametrize("runner", ["local", "dask"])
+def test_progress_moves_after_the_read_and_each_reduce(
+    runner: str, dask_address: str, sample_corpus: Path, tmp_path: Path
+) -> None:
+    seen: list[float] = []
+    scale = ScaleOut(runner=runner, address=dask_address if runner == "dask" else None)
+    with scale.executor(seen.append) as executor:
+        curate_path(sample_corpus, normalised_spec(SPEC), tmp_path / "out",
+                    show_progress=False, executor=executor)
+    assert len(seen) == 4  # the read, then three reduces
+    assert seen == sorted(seen) and 0 < seen[0] < seen[1] and seen[-1] == 1.0

@@ -200,10 +200,10 @@ def efficiency(
         eval_data: Held-out text both training runs are evaluated on.
         spec: Curation steps (YAML text or a spec file).
         budget: Model and budget of both training runs; empty = the defaults.
-        runner: Where curation's per-shard work runs: `local` or `dask`.
+        runner: Where curation runs: `local` (this process) or `dask` (a Dask cluster).
         dask_address: Dask scheduler address; empty = a local cluster of `workers` processes.
-        workers: Workers of the local Dask cluster (threads for the local runner).
-        shards: Shards to split the corpus into; 0 = one per worker with dask.
+        workers: Workers of the local Dask cluster (the local runner ignores it).
+        shards: Deprecated, ignored (see the curate flow).
         tokenizer: Tokenizer for the curation report's counts.
         overwrite: Replace earlier outputs under `out` when the inputs changed (unchanged
             inputs are served from the cache).

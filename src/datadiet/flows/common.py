@@ -8,7 +8,8 @@ those values, checked to be plain JSON so that a big object passed by mistake fa
 
 Results are persisted (Prefect's cache needs them) as JSON under a storage folder the user
 chooses per run (``storage`` parameter, else ``$DATADIET_FLOW_STORAGE``, else
-``~/.cache/datadiet/flows``), next to the work files of sharded runs.
+``~/.cache/datadiet/flows``). Nothing else is written there: a run's work files (the reader's
+scratch copy, spilled features) live in the library's scratch folder and go when the run ends.
 
 Parameters are flat, one typed parameter per setting, as Prefect's own flows take them: that is
 what the UI renders as a form and what ``prefect deployment run --param name=value`` sets. Each
@@ -53,9 +54,8 @@ class FlowParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    storage: str | None = Field(description="Folder for persisted task results (the cache) and "
-                                f"the work files of sharded runs; empty = ${STORAGE_ENV} or "
-                                "~/.cache/datadiet/flows.")
+    storage: str | None = Field(description="Folder for persisted task results (the cache); "
+                                f"empty = ${STORAGE_ENV} or ~/.cache/datadiet/flows.")
 
     def storage_path(self) -> Path:
         return Path(self.storage or default_storage()).expanduser().resolve()
@@ -136,6 +136,16 @@ def small_inputs_key(context: TaskRunContext, parameters: dict[str, Any]) -> str
                             f"{type(value).__name__}; pass paths and fingerprints between tasks")
     digest = stable_hash({"task": context.task.name, "version": __version__, "params": parameters})
     return f"datadiet-{context.task.name}-{digest[:32]}"
+
+
+def inputs_key_without(*names: str) -> Callable[[TaskRunContext, dict[str, Any]], str]:
+    """:func:`small_inputs_key` leaving out the parameters ``names``: those that say where or
+    how a task runs (an executor's settings, the run's progress artifact), not what it
+    computes. A result computed on a Dask cluster then serves a rerun in one process, and the
+    other way round, which holds because every executor gives the same output."""
+    def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+        return small_inputs_key(context, {k: v for k, v in parameters.items() if k not in names})
+    return key
 
 
 def retry_transient_io(task_: Task, task_run: TaskRun, state: State) -> bool:

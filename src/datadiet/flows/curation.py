@@ -1,15 +1,19 @@
 """The ``curate`` flow: a spec and a corpus in, the curated dataset and its manifest out.
 
-Single process, it is one cached task around :func:`datadiet.pipeline.curate.curate_path`. Scaled
-out, the per-shard work runs in parallel on a Dask cluster, ahead of the run, for every shard:
-steps whose decision for a row reads that row alone (``Step.row_local``: the quality rules) are
-decided there, and steps that split into a per-row map and a global reduce
-(``Step.row_features``: exact-dedup hashes, MinHash signatures and band keys) compute their
-features there. Then the library's own runner applies the spec in order: the decided steps
-answer from the shard decisions, the split steps run only their reduce (grouping hashes, LSH and
-union-find) on the rows still alive, other steps run whole. Because the runner, the order and
-the rows are the same, the kept ids and the reason of every removed row are exactly those of the
-single-process run — by construction, not by re-implementing any step here.
+The flow is one cached task around :func:`datadiet.pipeline.curate.curate_path`, the library's
+one engine, with the executor the parameters choose (:mod:`datadiet.pipeline.executors`):
+``runner="local"`` runs the plan in this process (the maps on a thread beside the reader),
+``runner="dask"`` on a Dask cluster through ``DaskExecutor``, exactly as ``datadiet curate
+--executor dask`` does: the maps on the workers, the dedup reduces distributed, the one writer
+in this process. The cluster is the one at ``dask_address``, or a ``LocalCluster`` of
+``workers`` processes on 127.0.0.1 started for the run and closed after it. Both executors give
+the same output, so the kept rows do not depend on the runner, and neither does the task's
+cache key.
+
+The workers run the library's own functions (the steps' maps and reduces), never a Prefect
+task: they import neither Prefect nor this module, start no Prefect API of their own, and
+import torch only when a step's map needs a model. The progress artifact moves after the read
+and after each step's reduce, from inside the task.
 
 Caching: the input is named by the fingerprint of its bytes, the spec by the hash of its
 normalised form (every parameter filled in), so an unchanged rerun runs no task at all.
@@ -17,25 +21,31 @@ normalised form (every parameter filled in), so an unchanged rerun runs no task 
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from dask.utils import parse_bytes
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from datadiet.flows.common import (
     FlowParams,
-    all_exist,
     cached_task,
     flow_run_namer,
+    inputs_key_without,
     run_checked,
     series_key,
-    stable_hash,
     stored,
     task_run_namer,
 )
@@ -46,23 +56,15 @@ from datadiet.flows.report import (
     markdown_table,
     publish,
 )
-from datadiet.flows.shards import (
-    PrecomputedFeatures,
-    PrecomputedStep,
-    decide_shard,
-    input_rows,
-    read_decisions,
-    read_features,
-    shard_features,
-    write_shards,
-)
 from datadiet.kernels.model import LlamaConfig
-from datadiet.pipeline.curate import curate_path, parse_spec, spec_of
-from datadiet.pipeline.io import MANIFEST_FILE, source_fingerprint
-from datadiet.pipeline.manifest import Manifest
+from datadiet.pipeline.curate import curate_path, load_spec_fields, parse_spec, read_spec, spec_of
+from datadiet.pipeline.executors import Executor, LocalExecutor, Plan, PlannedStep
+from datadiet.pipeline.executors.dask import DaskExecutor
+from datadiet.pipeline.io import MANIFEST_FILE, load_corpus, source_fingerprint
+from datadiet.pipeline.manifest import Manifest, jsonable
 from datadiet.pipeline.models.tokenizer import load_tokenizer
-from datadiet.pipeline.stages.training import load_text_dataset
-from datadiet.pipeline.steps import Step, build_step
+from datadiet.pipeline.records import parse_fields
+from datadiet.pipeline.steps import StepContext, build_step
 
 DEFAULT_SPEC = """\
 - exact_dedup: {}
@@ -78,40 +80,104 @@ Positive = Annotated[int, Field(ge=1)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
 
+def _memory_size(value: str) -> str:
+    """A Dask worker's memory limit: ``auto`` or a size Dask reads (``400MiB``, ``2GB``)."""
+    if value != "auto":
+        try:
+            parse_bytes(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a size like 400MiB or 2GB, nor auto") from None
+    return value
+
+
+WorkerMemory = Annotated[str, AfterValidator(_memory_size)]
+
+#: The run's progress artifact (percent): the curate task moves it from 0 to CURATED (the read
+#: takes READ_SHARE of that, each step's reduce an equal part of the rest), the token counts
+#: from there to 100.
+CURATED = 80.0
+READ_SHARE = 0.4
+
+
+class _ReportsProgress:
+    """An executor that tells ``on_progress`` the share of the plan done (0 to 1): after the
+    read, which runs the read-time maps, and after each step's reduce.
+
+    Mixed into the library's executors rather than wrapping them, so ``curate_path`` still
+    sees a ``LocalExecutor`` (the one a spec that cannot stream may use).
+    """
+
+    def __init__(self, on_progress: Callable[[float], None] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.on_progress = on_progress
+        self.steps_total = 1
+        self.steps_done = 0
+
+    def read(self, source: Any, plan: Plan, work: Path, options: dict[str, Any],
+             ctx: StepContext) -> Any:
+        corpus = super().read(source, plan, work, options, ctx)  # type: ignore[misc]
+        self.steps_total, self.steps_done = max(1, len(plan.steps)), 0
+        self._report()
+        return corpus
+
+    def reduce(self, planned: PlannedStep, alive: Any, names: Any, ctx: StepContext) -> Any:
+        result = super().reduce(planned, alive, names, ctx)  # type: ignore[misc]
+        self.steps_done += 1
+        self._report()
+        return result
+
+    def _report(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(READ_SHARE + (1 - READ_SHARE) * self.steps_done / self.steps_total)
+
+
+class _LocalWithProgress(_ReportsProgress, LocalExecutor):
+    """The in-process executor, reporting its progress."""
+
+
+class _DaskWithProgress(_ReportsProgress, DaskExecutor):
+    """The Dask executor, reporting its progress."""
+
+
 class ScaleOut(BaseModel):
-    """Where the per-shard work runs (the flow's ``runner``, ``dask_address``, ``workers`` and
-    ``shards`` parameters)."""
+    """Where the plan runs: the flow's ``runner``, ``dask_address``, ``workers`` and
+    ``worker_memory`` parameters, as the executor of ``curate_path``."""
 
     model_config = ConfigDict(extra="forbid")
 
     runner: RunnerKind = "local"
     address: str | None = None
     workers: Workers = 2
-    shards: Shards = 0
+    worker_memory: WorkerMemory = "auto"
 
-    def n_shards(self) -> int:
-        if self.shards:
-            return self.shards
-        return self.workers if self.runner == "dask" else 1
-
-    def task_runner(self) -> Any:
+    @contextmanager
+    def executor(self, on_progress: Callable[[float], None] | None = None) -> Iterator[Executor]:
+        """The executor for one run (a local cluster started here closes with it)."""
         if self.runner == "local":
-            return ThreadPoolTaskRunner(max_workers=self.workers)
-        from prefect_dask import DaskTaskRunner
+            yield _LocalWithProgress(on_progress)
+            return
+        with _DaskWithProgress(on_progress, address=self.address, workers=self.workers,
+                               memory_limit=self.worker_memory) as executor:
+            yield executor
 
+    def describe(self) -> str:
+        """Where the run ran, as the report says it."""
+        if self.runner == "local":
+            return "this process (local executor)"
         if self.address:
-            return DaskTaskRunner(address=self.address)
-        # Workers report task states to the flow's API. Without PREFECT_API_URL that is the
-        # flow process's temporary server, which each worker would otherwise replace with one of
-        # its own (recording nothing the user sees), so they are pointed at it.
-        from prefect.client.orchestration import get_client
+            return f"Dask at {self.address}"
+        return f"Dask, a local cluster of {self.workers} workers ({self.worker_memory} memory each)"
 
-        api_url = str(get_client(sync_client=True).api_url).rstrip("/")
-        return DaskTaskRunner(cluster_kwargs={
-            "n_workers": self.workers, "threads_per_worker": 1, "processes": True,
-            "host": "127.0.0.1", "dashboard_address": None, "env": {"PREFECT_API_URL": api_url},
-            "silence_logs": logging.ERROR,
-        })
+
+def _spec_data(spec: str) -> tuple[Any, str]:
+    """The parsed spec and what to call it in errors: a file's path, or ``spec`` for text."""
+    path = Path(spec).expanduser()
+    if "\n" not in spec and path.is_file():
+        return read_spec(path), str(path)
+    try:
+        return yaml.safe_load(spec), "spec"
+    except yaml.YAMLError as exc:
+        raise ValueError(f"spec: not valid YAML: {exc}") from exc
 
 
 def normalised_spec(spec: str) -> list[dict[str, dict[str, Any]]]:
@@ -120,12 +186,7 @@ def normalised_spec(spec: str) -> list[dict[str, dict[str, Any]]]:
     ``spec`` is a path to a YAML spec or a ``manifest.json`` (to repeat a run), or the YAML
     itself. Building every step here is what validates the whole spec before any task runs.
     """
-    path = Path(spec).expanduser()
-    source = str(path) if "\n" not in spec and path.is_file() else "spec"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8") if source != "spec" else spec)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{source}: not valid YAML: {exc}") from exc
+    data, source = _spec_data(spec)
     steps = []
     for i, (name, params) in enumerate(parse_spec(data, source), start=1):
         try:
@@ -133,6 +194,24 @@ def normalised_spec(spec: str) -> list[dict[str, dict[str, Any]]]:
         except ValueError as exc:
             raise ValueError(f"{source}: entry {i}: {exc}") from exc
     return spec_of(steps)
+
+
+def spec_fields(spec: str) -> str | dict[str, Any]:
+    """How the spec says to read records (its ``fields:`` entry, e.g. ``{prompt: question,
+    completion: answer}``), as ``curate_path`` takes it: ``"auto"`` when the spec says nothing.
+    A spec file or manifest is read by the library's own rule (a manifest repeats its run's
+    record format)."""
+    path = Path(spec).expanduser()
+    if "\n" not in spec and path.is_file():
+        found = load_spec_fields(path)
+        return "auto" if found is None else found.describe()
+    data, source = _spec_data(spec)
+    value = data.get("fields") if isinstance(data, dict) else None
+    try:
+        parse_fields(value)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    return "auto" if value is None else jsonable(value)
 
 
 class CurateParams(FlowParams):
@@ -151,6 +230,7 @@ class CurateParams(FlowParams):
     runner: RunnerKind
     dask_address: str | None
     workers: Workers
+    worker_memory: WorkerMemory
     shards: Shards
     tokenizer: str | None
     report_model: str
@@ -171,6 +251,7 @@ class CurateParams(FlowParams):
     @model_validator(mode="after")
     def _spec_builds(self) -> CurateParams:
         normalised_spec(self.spec)
+        spec_fields(self.spec)
         if Path(self.out).expanduser().resolve() == Path(self.source).expanduser().resolve():
             raise ValueError("out: the output must not replace its own input")
         return self
@@ -178,93 +259,46 @@ class CurateParams(FlowParams):
     @property
     def scale(self) -> ScaleOut:
         return ScaleOut(runner=self.runner, address=self.dask_address, workers=self.workers,
-                        shards=self.shards)
+                        worker_memory=self.worker_memory)
 
 
-@cached_task(task_run_name=task_run_namer("curate {source} → {out}/"))
-def curate_corpus(source: str, fingerprint: str, spec: list, out: str, text_field: str,
-                  id_field: str, keep_fields: list, on_error: str, overwrite: bool,
-                  rows_per_shard: int, sharded: dict) -> dict:
-    """The library's runner over the whole spec; ``sharded`` holds the per-shard results
-    (``shards``; ``decisions`` and ``features`` by spec index) that answer the sharded steps."""
-    decisions, features = sharded.get("decisions", {}), sharded.get("features", {})
-    row_of = input_rows(sharded["shards"], id_field) if features else {}
-    steps: list[Step] = []
-    for index, entry in enumerate(spec):
-        (name, params), = entry.items()
-        step = build_step(name, params)
-        if str(index) in decisions:
-            step = PrecomputedStep(step, read_decisions(decisions[str(index)]))
-        elif str(index) in features:
-            step = PrecomputedFeatures(step, read_features(features[str(index)]), row_of)
-        steps.append(step)
-    result = curate_path(source, steps, out, text_field=text_field, id_field=id_field,
-                         keep_fields=keep_fields, on_error=on_error, overwrite=overwrite,
-                         rows_per_shard=rows_per_shard, show_progress=False)
+# ``engine`` (where the plan runs) and ``progress_id`` (the run's progress artifact) are left
+# out of the cache key: every executor writes the same output, so a result computed on Dask
+# serves a rerun in one process, and the other way round.
+@cached_task(task_run_name=task_run_namer("curate {source} → {out}/"),
+             cache_key_fn=inputs_key_without("engine", "progress_id"))
+def curate_corpus(source: str, fingerprint: str, spec: list, fields: str | dict, out: str,
+                  text_field: str, id_field: str, keep_fields: list, on_error: str,
+                  overwrite: bool, rows_per_shard: int, engine: dict,
+                  progress_id: str | None = None) -> dict:
+    """The library's one engine over the whole spec, on the executor ``engine`` describes
+    (a :class:`ScaleOut`); the progress artifact ``progress_id`` moves as steps finish."""
+    def on_progress(done: float) -> None:
+        if progress_id:
+            update_progress_artifact(progress_id, progress=CURATED * done)
+
+    with ScaleOut(**engine).executor(on_progress) as executor:
+        result = curate_path(source, spec, out, text_field=text_field, id_field=id_field,
+                             keep_fields=keep_fields, on_error=on_error, overwrite=overwrite,
+                             rows_per_shard=rows_per_shard, show_progress=False, fields=fields,
+                             executor=executor)
     manifest_path = Path(out) / MANIFEST_FILE
     return {"out": str(out), "manifest": str(manifest_path), "rows_in": result.manifest.input["rows"],
-            "rows_out": len(result.dataset), "output_fingerprint": result.manifest.output["fingerprint"]}
+            "rows_out": result.rows_kept, "output_fingerprint": result.manifest.output["fingerprint"]}
 
 
 @cached_task(task_run_name=task_run_namer("count tokens of {data}"))
-def count_tokens(data: str, fingerprint: str, text_field: str, tokenizer: str | None) -> dict:
-    """Rows and tokens (each row plus one end-of-text token, as training packs them)."""
-    ds = load_text_dataset(data, text_field)
+def count_tokens(data: str, fingerprint: str, text_field: str, tokenizer: str | None,
+                 fields: str | dict = "auto") -> dict:
+    """Rows and tokens (each row plus one end-of-text token, as training packs them); records
+    are read as the spec's ``fields`` say (a fine-tuning row counts its rendered turns)."""
+    ds = load_corpus(data, text_field=text_field, fields=fields).dataset
     tok = load_tokenizer(tokenizer)
     tokens = 0
     for start in range(0, len(ds), 1000):
         texts = [t or "" for t in ds[start : start + 1000][text_field]]
         tokens += sum(len(ids) + 1 for ids in tok(texts, add_special_tokens=False)["input_ids"])
     return {"rows": len(ds), "tokens": tokens}
-
-
-@flow(name="datadiet-curate-shards", flow_run_name="map over shards", log_prints=False)
-def map_over_shards(params: CurateParams, spec: list, fingerprint: str,
-                    progress_id: str | None = None, progress_to: float = 100.0) -> dict:
-    """Split the corpus; on every shard, decide the row-local steps and compute the per-row
-    features of the map/reduce steps, in parallel.
-
-    Runs with the task runner the parameters choose (a subflow, so the parent's form can pick
-    it); the parent run's progress artifact (``progress_id``) moves from 0 to ``progress_to`` as
-    shard tasks finish.
-    """
-    n_shards = params.scale.n_shards()
-    work = params.storage_path() / "work" / fingerprint[:32] / f"{n_shards}-shards"
-    shards = run_checked(stored(write_shards, params), all_exist, source=params.source,
-                         fingerprint=fingerprint, text_field=params.text_field,
-                         id_field=params.id_field, on_error=params.on_error, n_shards=n_shards,
-                         folder=str(work))
-    decide, featurize = stored(decide_shard, params), stored(shard_features, params)
-    futures = {}
-    for i, entry in enumerate(spec):
-        (name, step_params), = entry.items()
-        step = build_step(name, step_params)
-        # the shards hold the text alone: a map of records (turns, models) runs in the reduce
-        if not step.row_local and type(step).row_features is Step.row_features:
-            continue
-        kind = "decisions" if step.row_local else "features"
-        step_dir = work / f"step-{i}-{stable_hash(entry)[:16]}"
-        for k, shard in enumerate(shards):
-            common = dict(step_name=name, step_params=step_params, shard_path=shard,
-                          fingerprint=f"{fingerprint}:{k}/{n_shards}", text_field=params.text_field)
-            if kind == "decisions":
-                task_, kwargs = decide, dict(common, id_field=params.id_field,
-                                             out_path=str(step_dir / f"decisions-{k:05d}.parquet"))
-            else:
-                task_, kwargs = featurize, dict(common, out_path=str(step_dir / f"features-{k:05d}.npz"))
-            futures[task_.submit(**kwargs)] = (kind, i, k, task_, kwargs)
-    get_run_logger().info("%d shards, %d shard tasks on the %s runner", len(shards),
-                          len(futures), params.runner)
-    results: dict = {"shards": shards, "decisions": {}, "features": {}}
-    for done, future in enumerate(as_completed(list(futures)), start=1):
-        kind, i, k, task_, kwargs = futures[future]
-        result = future.result()
-        if not Path(result["path"]).exists():  # a cache hit whose file was deleted since
-            result = task_.with_options(refresh_cache=True)(**kwargs)
-        results[kind].setdefault(str(i), [""] * len(shards))[k] = result["path"]
-        if progress_id:
-            update_progress_artifact(progress_id, progress=progress_to * done / len(futures))
-    return results
 
 
 # Why no log_prints: a print under it becomes a log line, and the `datasets` fingerprinting
@@ -286,6 +320,7 @@ def curate(
     runner: RunnerKind = "local",
     dask_address: str | None = None,
     workers: Workers = 2,
+    worker_memory: WorkerMemory = "auto",
     shards: Shards = 0,
     tokenizer: str | None = None,
     report_model: str = "smollm2-135m",
@@ -300,39 +335,40 @@ def curate(
         out: Output folder: the curated dataset (Parquet shards and a dataset card), with the
             manifest and the removed rows hidden in .datadiet/, written atomically.
         spec: The steps: YAML text like `- exact_dedup: {}`, or the path of a spec file or of a
-            manifest.json to repeat.
+            manifest.json to repeat. A spec's `fields:` says how to read fine-tuning records.
         text_field: The field holding each row's text.
         id_field: The field holding each row's id (a content hash where absent).
         keep_fields: Extra fields to carry into the output.
         on_error: Bad rows: `raise` stops with file:line, `skip` skips and counts them.
         overwrite: Replace an existing output folder.
         rows_per_shard: Rows per output Parquet file.
-        runner: Where per-shard work runs: `local` (threads in this process) or `dask`
-            (prefect-dask's DaskTaskRunner).
-        dask_address: Dask scheduler address (tcp://host:8786); empty = start a local cluster of
-            `workers` processes on this machine.
-        workers: Workers of the local Dask cluster (threads for the local runner).
-        shards: Shards to split the corpus into; 0 = one per worker with dask, none with local.
+        runner: Where the steps run: `local` (this process; the maps on a thread beside the
+            reader) or `dask` (a Dask cluster: the maps on its workers, the dedup reduces
+            distributed, as `datadiet curate --executor dask`). Same output either way.
+        dask_address: Dask scheduler address (tcp://host:8786); empty = start a local cluster
+            of `workers` processes on 127.0.0.1 for the run.
+        workers: Worker processes of that local Dask cluster (the local runner ignores it).
+        worker_memory: Memory limit per worker of that local cluster, e.g. `400MiB`; `auto`
+            shares out the machine's memory. Partitions are sized to it.
+        shards: Deprecated, ignored: the Dask runner sizes its partitions to the workers'
+            memory. Kept so that saved deployments that pass it still run.
         tokenizer: Tokenizer counting the report's tokens: a folder or id; empty = SmolLM2's;
             `bytes` = UTF-8 bytes.
         report_model: Model preset whose training FLOPs (one epoch) the report quotes.
         context: Context length for the FLOPs of the report.
-        storage: Folder for the task cache and the work files of sharded runs; empty =
-            $DATADIET_FLOW_STORAGE or ~/.cache/datadiet/flows.
+        storage: Folder for the task cache; empty = $DATADIET_FLOW_STORAGE or
+            ~/.cache/datadiet/flows.
     """
     params = CurateParams.of_call(curate.fn, locals())
     logger = get_run_logger()
+    if params.shards:
+        logger.warning("shards=%d is ignored: the Dask runner sizes its partitions to the "
+                       "workers' memory (the parameter will be removed)", params.shards)
     key = series_key("curate", params.source)
-    spec_entries = normalised_spec(params.spec)
+    spec_entries, fields = normalised_spec(params.spec), spec_fields(params.spec)
     fingerprint = source_fingerprint(params.source)
     progress = create_progress_artifact(0.0, key=f"{key}-progress", description=(
-        "Curation: shard tasks, then the spec's reduces, then the token counts"))
-    sharded: dict = {}
-    if params.scale.n_shards() > 1:
-        task_runner = params.scale.task_runner()
-        sharded = map_over_shards.with_options(task_runner=task_runner)(
-            params=params, spec=spec_entries, fingerprint=fingerprint,
-            progress_id=str(progress), progress_to=60.0)
+        "Curation: the read (with the steps' maps), each step's reduce, then the token counts"))
 
     def output_intact(result: dict) -> bool:
         manifest = Path(result["manifest"])
@@ -341,24 +377,26 @@ def curate(
 
     summary = run_checked(
         stored(curate_corpus, params), output_intact, source=params.source,
-        fingerprint=fingerprint, spec=spec_entries, out=str(params.out),
+        fingerprint=fingerprint, spec=spec_entries, fields=fields, out=str(params.out),
         text_field=params.text_field, id_field=params.id_field,
         keep_fields=list(params.keep_fields or []), on_error=params.on_error,
-        overwrite=params.overwrite, rows_per_shard=params.rows_per_shard, sharded=sharded)
+        overwrite=params.overwrite, rows_per_shard=params.rows_per_shard,
+        engine=params.scale.model_dump(), progress_id=str(progress))
     manifest = Manifest.load(summary["manifest"])
     logger.info("%s", kept_line(manifest, summary["rows_in"], summary["rows_out"]))
-    update_progress_artifact(progress, progress=80.0)
+    update_progress_artifact(progress, progress=CURATED)
     counter = stored(count_tokens, params)
     before = counter(data=params.source, fingerprint=fingerprint, text_field=params.text_field,
-                     tokenizer=params.tokenizer)
+                     tokenizer=params.tokenizer, fields=fields)
     after = counter(data=summary["out"], fingerprint=summary["output_fingerprint"],
-                    text_field=params.text_field, tokenizer=params.tokenizer)
+                    text_field=params.text_field, tokenizer=params.tokenizer, fields=fields)
     logger.info("tokens %s -> %s (%s)", f"{before['tokens']:,}", f"{after['tokens']:,}",
                 params.tokenizer or "SmolLM2 tokenizer")
     publish_curate_report(params, summary, before, after, key)
     update_progress_artifact(progress, progress=100.0)
+    # `shards`: the output's Parquet data files (before the one engine: the input's shards)
     return {**summary, "tokens_in": before["tokens"], "tokens_out": after["tokens"],
-            "shards": params.scale.n_shards()}
+            "shards": len(manifest.output.get("shards", []))}
 
 
 def kept_line(manifest: Manifest, rows_in: int, rows_out: int) -> str:
@@ -398,7 +436,7 @@ def publish_curate_report(params: CurateParams, summary: dict, before: dict, aft
         f"**Source** `{params.source}` → **output** `{summary['out']}`  \n"
         f"Kept **{after['rows']:,} of {before['rows']:,} rows ({kept:.1f}%)**, "
         f"{after['tokens']:,} of {before['tokens']:,} tokens. "
-        f"Shards: {params.scale.n_shards()} ({params.scale.runner}).",
+        f"Ran on {params.scale.describe()}.",
         "## Before and after\n\n" + markdown_table(table),
         "## Steps\n\n" + markdown_table(step_rows),
         image_section("Rows left after each step", plot),
@@ -408,5 +446,6 @@ def publish_curate_report(params: CurateParams, summary: dict, before: dict, aft
     return {"table": table}
 
 
-__all__ = ["CurateParams", "ScaleOut", "curate", "kept_line", "normalised_spec", "training_flops"]
+__all__ = ["CurateParams", "ScaleOut", "curate", "kept_line", "normalised_spec", "spec_fields",
+           "training_flops"]
 
