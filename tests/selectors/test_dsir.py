@@ -180,16 +180,17 @@ def test_min_tokens_marks_short_documents(sst2_dev) -> None:
     assert sel.stats["too_short"] == short.sum()
 
 
-def test_spilled_features_give_the_same_result(pool, sst2_dev) -> None:
+def test_scores_do_not_depend_on_how_the_rows_are_cut(pool, sst2_dev) -> None:
+    """The raw pool's distribution is fitted over every batch (the global pass) before any
+    row is weighed: 37-row batches give the scores of one batch, exactly."""
     ds, _ = pool
-    in_memory = DSIR(target=sst2_dev, keep=0.2).select(ds, CTX)
-    step = DSIR(target=sst2_dev, keep=0.2)
-    step._memory_budget = 0  # every batch goes to the scratch folder
-    ctx = StepContext(show_progress=False)
-    spilled = step.select(ds, ctx)
-    assert spilled.stats["feature_batches_spilled"] == 3
-    np.testing.assert_array_equal(in_memory.scores, spilled.scores)
-    assert not list(ctx.scratch("dsir").iterdir())  # scratch files are removed after use
+    whole = DSIR(target=sst2_dev, keep=0.2).select(ds, StepContext(show_progress=False,
+                                                                   batch_size=10_000))
+    cut = DSIR(target=sst2_dev, keep=0.2).select(ds, StepContext(show_progress=False,
+                                                                 batch_size=37))
+    np.testing.assert_array_equal(whole.scores, cut.scores)
+    np.testing.assert_array_equal(whole.keep, cut.keep)
+    assert whole.stats == cut.stats
 
 
 # -- features ----------------------------------------------------------------------------------
