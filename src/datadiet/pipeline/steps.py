@@ -2,9 +2,11 @@
 
 A step sees a ``datasets.Dataset`` and a :class:`StepContext` and returns a
 :class:`~datadiet.pipeline.selection.Selection` — it never mutates or filters the dataset itself.
-A step that splits into a per-row map and a global reduce (:meth:`Step.row_features`,
-:meth:`Step.select_from_features`) can also run without a ``Dataset``: ``datadiet curate`` on
-files streams such specs — maps on Arrow batches as they are read, reduces on the features.
+Every built-in step splits into a per-row map and a global reduce (:meth:`Step.row_features`
+or :meth:`Step.record_features`, :meth:`Step.select_from_features`; a map that needs the whole
+input first declares a :class:`GlobalPass`), so it also runs without a ``Dataset``:
+``datadiet curate`` on files streams every spec — maps on Arrow batches, reduces on the
+features — and ``select`` on a ``Dataset`` is the same map and reduce (:meth:`Step.select_by_map`).
 The runner (:func:`datadiet.pipeline.curate.curate`) applies selections in order, so every step is
 testable alone and composable in any order, and the manifest records each one.
 
