@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datadiet.selectors.dsir as dsir_module
-from datadiet.pipeline.io import DataError
+from datadiet.pipeline.io import DataError, SpecError
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.dsir import (
     DSIR,
@@ -329,3 +329,11 @@ def test_empty_target_and_bad_settings_are_clear_errors() -> None:
 def test_empty_pool() -> None:
     sel = DSIR(target=["a movie"], keep=0.5).select(Dataset.from_dict({"text": []}), CTX)
     assert sel.n_rows == 0 and sel.n_kept == 0
+
+
+def test_a_target_without_tokens_is_a_spec_error_naming_it(tmp_path: Path) -> None:
+    """Found when the step is prepared, before any row is mapped (exit 2 from the command)."""
+    target = tmp_path / "target.jsonl"
+    target.write_text('{"text": "!!! ..."}\n', encoding="utf-8")
+    with pytest.raises(SpecError, match=r"target\.jsonl: the target has no tokens"):
+        DSIR(target=str(target), keep=2).select(Dataset.from_dict({"text": ["a b c"]}), CTX)

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from datadiet.pipeline.io import is_dataset, load_corpus, no_such_path
+from datadiet.pipeline.io import SpecError, is_dataset, load_corpus, no_such_path
 from datadiet.pipeline.selection import Selection
 from datadiet.pipeline.steps import GlobalPass, RecordView, Step, StepContext, register_step
 from datadiet.pipeline.text import words
@@ -516,7 +516,9 @@ class DSIR(Step):
             _, _, buckets = hasher.features(texts[start : start + batch_size])
             counts += np.bincount(buckets, minlength=self.num_buckets)
         if counts.sum() == 0:
-            raise ValueError("DSIR target has no tokens: nothing to match the raw data against")
+            where = f"{self.target}: " if isinstance(self.target, str) else ""
+            raise SpecError(f"dsir: {where}the target has no tokens: nothing to match the raw "
+                            "data against")
         return counts, len(texts)
 
     # -- map / reduce: the target in the driver, the raw pool in a global pass ----------------

@@ -1,7 +1,7 @@
 """Executors: how a curation plan runs. The step decides *what*; the executor decides *where*.
 
 A spec compiles to a :class:`~datadiet.pipeline.executors.plan.Plan`: its steps in order. Every
-streamable step has one shape, a **map** then a **reduce**:
+step has one shape, a **map** then a **reduce**:
 
 * the map, :meth:`Step.row_features(texts) <datadiet.pipeline.steps.Step.row_features>`, is a
   pure function of a batch of texts (an Arrow string array or a list of str) returning
@@ -63,7 +63,7 @@ Executors:
 * :class:`~datadiet.pipeline.executors.local.LocalExecutor` — one process: maps on a second
   thread while the reader parses, features spill to memory-mapped scratch files past
   ``SPILL_BYTES``, reduces in the process. The default of ``curate_path`` and ``datadiet
-  curate`` for every streamable spec.
+  curate`` for every spec read from files.
 * :class:`~datadiet.pipeline.executors.dask.DaskExecutor` — a ``distributed`` cluster (a
   ``LocalCluster`` it starts, or a scheduler address): the reader scatters partitions to the
   workers as it reads, maps run there and their features stay there (spilled by Dask's worker
