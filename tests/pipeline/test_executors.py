@@ -25,7 +25,7 @@ from datadiet.pipeline.curate import (  # noqa: E402
     load_spec_fields,
 )
 from datadiet.pipeline.executors.dask import DaskExecutor  # noqa: E402
-from datadiet.pipeline.io import MANIFEST_FILE, SpecError, iter_jsonl  # noqa: E402
+from datadiet.pipeline.io import MANIFEST_FILE, iter_jsonl  # noqa: E402
 
 #: The pre-training specs of the README (and the variants that change the reduce's shape).
 SPECS = {
@@ -363,15 +363,6 @@ def test_fine_tuning_model_steps_keep_the_same_rows_on_dask(
                        rtol=1e-4, equal_nan=True)
 
 
-def test_a_step_without_a_map_is_refused_by_dask_with_a_clear_error(
-        corpus: Path, dask_executor: DaskExecutor, tmp_path: Path) -> None:
-    """``relevance`` is not a map/reduce step yet: the Dask executor says so before reading."""
-    with pytest.raises(SpecError, match="relevance run"):
-        curate_path(corpus, [{"exact_dedup": {}}, {"relevance": {}}], tmp_path / "out",
-                    show_progress=False, executor=dask_executor)
-    assert not (tmp_path / "out").exists()
-
-
 def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) -> None:
     """``datadiet curate --executor dask`` writes what the in-process command writes."""
     spec = tmp_path / "spec.yaml"
@@ -385,9 +376,18 @@ def test_the_command_runs_on_a_local_dask_cluster(corpus: Path, tmp_path: Path) 
         outs[executor] = json.loads((out / MANIFEST_FILE).read_text())
     assert outs["local"]["output"] == outs["dask"]["output"]
     assert outs["local"]["output"]["rows"] < outs["local"]["input"]["rows"]
-    spec.write_text(f"- exact_dedup: {{}}\n- dsir: {{target: [{corpus}]}}\n", encoding="utf-8")
-    refused = subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
-                              str(spec), "--out", str(tmp_path / "refused"), "--quiet",
-                              "--executor", "dask"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "dsir run(s) only in-process" in refused.stderr
-    assert not (tmp_path / "refused").exists()
+    # DSIR (a global pass: its raw-data distribution is fitted over every partition) runs on
+    # Dask too, and writes what the in-process command writes
+    target = tmp_path / "target.jsonl"
+    target.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(True)[:200]),
+                      encoding="utf-8")
+    spec.write_text(f"- exact_dedup: {{}}\n- dsir: {{target: {target}, keep: 0.2}}\n",
+                    encoding="utf-8")
+    for executor in ("local", "dask"):
+        out = tmp_path / f"dsir-{executor}"
+        subprocess.run([sys.executable, "-m", "datadiet", "curate", str(corpus), "--spec",
+                        str(spec), "--out", str(out), "--quiet", "--executor", executor,
+                        "--workers", "2"], check=True, capture_output=True)
+        outs[executor] = json.loads((out / MANIFEST_FILE).read_text())
+    assert outs["local"]["output"] == outs["dask"]["output"]
+    assert outs["local"]["steps"][1]["stats"] == outs["dask"]["steps"][1]["stats"]

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import datadiet.selectors.dsir as dsir_module
-from datadiet.pipeline.io import DataError
+from datadiet.pipeline.io import DataError, SpecError
 from datadiet.pipeline.steps import STEP_REGISTRY, StepContext
 from datadiet.selectors.dsir import (
     DSIR,
@@ -180,16 +180,17 @@ def test_min_tokens_marks_short_documents(sst2_dev) -> None:
     assert sel.stats["too_short"] == short.sum()
 
 
-def test_spilled_features_give_the_same_result(pool, sst2_dev) -> None:
+def test_scores_do_not_depend_on_how_the_rows_are_cut(pool, sst2_dev) -> None:
+    """The raw pool's distribution is fitted over every batch (the global pass) before any
+    row is weighed: 37-row batches give the scores of one batch, exactly."""
     ds, _ = pool
-    in_memory = DSIR(target=sst2_dev, keep=0.2).select(ds, CTX)
-    step = DSIR(target=sst2_dev, keep=0.2)
-    step._memory_budget = 0  # every batch goes to the scratch folder
-    ctx = StepContext(show_progress=False)
-    spilled = step.select(ds, ctx)
-    assert spilled.stats["feature_batches_spilled"] == 3
-    np.testing.assert_array_equal(in_memory.scores, spilled.scores)
-    assert not list(ctx.scratch("dsir").iterdir())  # scratch files are removed after use
+    whole = DSIR(target=sst2_dev, keep=0.2).select(ds, StepContext(show_progress=False,
+                                                                   batch_size=10_000))
+    cut = DSIR(target=sst2_dev, keep=0.2).select(ds, StepContext(show_progress=False,
+                                                                 batch_size=37))
+    np.testing.assert_array_equal(whole.scores, cut.scores)
+    np.testing.assert_array_equal(whole.keep, cut.keep)
+    assert whole.stats == cut.stats
 
 
 # -- features ----------------------------------------------------------------------------------
@@ -328,3 +329,11 @@ def test_empty_target_and_bad_settings_are_clear_errors() -> None:
 def test_empty_pool() -> None:
     sel = DSIR(target=["a movie"], keep=0.5).select(Dataset.from_dict({"text": []}), CTX)
     assert sel.n_rows == 0 and sel.n_kept == 0
+
+
+def test_a_target_without_tokens_is_a_spec_error_naming_it(tmp_path: Path) -> None:
+    """Found when the step is prepared, before any row is mapped (exit 2 from the command)."""
+    target = tmp_path / "target.jsonl"
+    target.write_text('{"text": "!!! ..."}\n', encoding="utf-8")
+    with pytest.raises(SpecError, match=r"target\.jsonl: the target has no tokens"):
+        DSIR(target=str(target), keep=2).select(Dataset.from_dict({"text": ["a b c"]}), CTX)

@@ -394,12 +394,6 @@ def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
             ctx.work_dir = None
 
 
-def streamable(built: Sequence[Step]) -> bool:
-    """Whether every step is a per-row map plus a reduce, so a run on files can stream (maps
-    while reading, no ``Dataset``; see :func:`_curate_streamed`)."""
-    return Plan.compile(built).streams
-
-
 class _StepBook:
     """What the runner writes down for each step, whichever rows it ran on: the manifest
     entry, every removed row with its input row, id and reason, and each score column."""
@@ -614,9 +608,9 @@ def curate_path(
 
     ``executor`` says where the maps and reduces run (:mod:`datadiet.pipeline.executors`):
     in this process by default, or e.g. a :class:`~datadiet.pipeline.executors.dask.
-    DaskExecutor` on a cluster. Every spec of map/reduce steps read from files streams (all
-    steps but ``relevance`` and ``dsir``, which run in this process on a ``Dataset`` and refuse
-    another executor).
+    DaskExecutor` on a cluster. Every spec read from files streams through it; a source that
+    is not files (a saved dataset, a hub id) is loaded as a ``Dataset`` and curated in this
+    process (:func:`curate`), with the same steps' maps and reduces.
 
     ``fields`` says how to read records (see :func:`~datadiet.pipeline.io.load_corpus`); for
     fine-tuning records the output keeps the input's columns, not the rendered text.
@@ -635,14 +629,16 @@ def curate_path(
                "on_error": on_error, "on_duplicate_id": on_duplicate_id, "fields": fields}
     ctx = ctx or StepContext(text_field=text_field, id_field=id_field, show_progress=show_progress)
     ctx.text_field, ctx.id_field = text_field, id_field
-    if streamable(built) and reads_as_files(source):
+    if reads_as_files(source):
+        if without_map := Plan.compile(built).without_map:
+            raise SpecError(f"step(s) {', '.join(without_map)} have no map/reduce split "
+                            "(record_features and select_from_features), which every step "
+                            "run on files needs")
         return _curate_streamed(source, built, out, ctx, options, overwrite, rows_per_shard,
                                 executor)
     if executor is not None and not isinstance(executor, LocalExecutor):
-        runs_whole = [s.name for s in built if not s.splits_into_row_features()]
-        raise SpecError(f"{type(executor).__name__} runs map/reduce steps on files; "
-                        + (f"{', '.join(runs_whole)} run(s) only in-process for now"
-                           if runs_whole else f"{source} is not a file or folder of files"))
+        raise SpecError(f"{type(executor).__name__} runs on files; {source} is not a file or "
+                        "folder of files")
     loaded: LoadedCorpus = load_corpus(source, **options)
     fmt = loaded.record_format
     ctx.record_format = fmt

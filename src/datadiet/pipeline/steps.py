@@ -2,9 +2,11 @@
 
 A step sees a ``datasets.Dataset`` and a :class:`StepContext` and returns a
 :class:`~datadiet.pipeline.selection.Selection` — it never mutates or filters the dataset itself.
-A step that splits into a per-row map and a global reduce (:meth:`Step.row_features`,
-:meth:`Step.select_from_features`) can also run without a ``Dataset``: ``datadiet curate`` on
-files streams such specs — maps on Arrow batches as they are read, reduces on the features.
+Every built-in step splits into a per-row map and a global reduce (:meth:`Step.row_features`
+or :meth:`Step.record_features`, :meth:`Step.select_from_features`; a map that needs the whole
+input first declares a :class:`GlobalPass`), so it also runs without a ``Dataset``:
+``datadiet curate`` on files streams every spec — maps on Arrow batches, reduces on the
+features — and ``select`` on a ``Dataset`` is the same map and reduce (:meth:`Step.select_by_map`).
 The runner (:func:`datadiet.pipeline.curate.curate`) applies selections in order, so every step is
 testable alone and composable in any order, and the manifest records each one.
 
@@ -151,6 +153,9 @@ class RecordView:
     #: where a map books its model work: the executor gives each map its own and merges
     #: them into the run's ledger, under the step (:meth:`Ledger.absorb`)
     ledger: Ledger | None = None
+    #: a :class:`GlobalPass` step's map: what the step's combine gave this piece of the rows
+    #: (``None`` for every other map)
+    combined: Any = None
 
     @classmethod
     def of(cls, ctx: StepContext) -> RecordView:
@@ -159,6 +164,11 @@ class RecordView:
     def booking_on(self, ledger: Ledger) -> RecordView:
         """This view, its maps booking on ``ledger``."""
         return dataclasses.replace(self, ledger=ledger)
+
+    def with_combined(self, combined: Any) -> RecordView:
+        """This view for the map of one piece of a :class:`GlobalPass` step: ``combined`` is
+        what the step's combine gave that piece."""
+        return dataclasses.replace(self, combined=combined)
 
     def lm_scorer(self, model: str | None = None) -> AbstractContextManager[LMScorer]:
         """The process's one scorer for ``model`` (``None``: the run's), loaded once per
@@ -233,6 +243,33 @@ class NearDuplicates:
     threshold: float | None  #: pairs below it are dropped; ``None``: no verification
     #: ``(n, pairs)`` -> each node's label, the smallest node of its component
     components: Callable[[int, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class GlobalPass:
+    """A map that needs something of the whole input first: "a first map, a global combine,
+    then the step's map reading the combine's small result, then the reduce".
+
+    DSIR weighs a row by its n-grams' log ratio of two distributions, and one of them is
+    fitted on the whole input; ``relevance`` scores a row's response under other rows'
+    instructions, chosen over the whole input. An executor runs such a step over the rows
+    alive at its turn, cut into pieces (a batch in-process, a partition on Dask):
+
+    1. ``summarize(batch, view)`` on every piece, where the piece is: a small, picklable
+       summary (DSIR: a bucket-count vector; relevance: the rows' instructions);
+    2. ``combine(summaries)`` once, in the driver, on the summaries in row order: one result
+       per piece, in the same order (DSIR: the same log-ratio vector for each; relevance: the
+       contrast instructions each piece's rows need, and no others);
+    3. the step's map, :meth:`Step.record_features`, on every piece, with the piece's result
+       in ``view.combined``: row-aligned features, as for any step;
+    4. the step's reduce, :meth:`Step.select_from_features`, as for any step.
+
+    Both functions are pure; the pieces of steps 1 and 3 are the same rows. Where the pieces
+    are cut does not change the answer, since ``combine`` sees every summary.
+    """
+
+    summarize: Callable[[pa.RecordBatch | pa.Table, RecordView], Any]
+    combine: Callable[[list[Any]], list[Any]]
 
 
 class Step(ABC):
@@ -325,7 +362,8 @@ class Step(ABC):
     def select_by_map(self, ds: Dataset, ctx: StepContext) -> Selection:
         """:meth:`select` as the map over ``ds``'s batches, then the reduce: what a step
         whose decision is its map plus its reduce uses, so that the Python API on a
-        ``Dataset`` and the executors on files decide alike."""
+        ``Dataset`` and the executors on files decide alike (a :class:`GlobalPass` step's
+        summaries and combine included)."""
         self.prepare(ctx)
         view = RecordView.of(ctx)
         if ctx.text_field not in ds.column_names:  # an instruction dataset, not rendered yet
@@ -333,13 +371,19 @@ class Step(ABC):
         wanted = self.map_columns(view, list(ds.column_names))
         # a map reading no column (a draw) still gets its batches' rows counted
         table = ds.select_columns(wanted or ds.column_names[:1]).with_format("arrow")
+        pieces = [table[start : start + ctx.batch_size]
+                  for start in range(0, len(ds), ctx.batch_size)]
         booked = Ledger()
         view = view.booking_on(booked)
+        views = [view] * len(pieces)
+        if (two_pass := self.global_pass()) is not None and pieces:
+            combined = two_pass.combine([two_pass.summarize(piece, view) for piece in pieces])
+            views = [view.with_combined(c) for c in combined]
         with ctx.progress(len(ds), self.name) as bar:
             parts = []
-            for start in range(0, len(ds), ctx.batch_size):
-                parts.append(self.record_features(table[start : start + ctx.batch_size], view))
-                bar.update(min(ctx.batch_size, len(ds) - start))
+            for piece, piece_view in zip(pieces, views, strict=True):
+                parts.append(self.record_features(piece, piece_view))
+                bar.update(piece.num_rows)
         ctx.ledger.absorb(booked)
         if not parts:
             features = self.empty_features(view)
@@ -357,6 +401,12 @@ class Step(ABC):
         The reduce may read ids from it (:func:`datadiet.selectors.common.row_ids`), nothing
         else."""
         raise NotImplementedError(f"step {self.name!r} has no per-row features")
+
+    def global_pass(self) -> GlobalPass | None:
+        """What this step's map needs of the whole input before it runs (see
+        :class:`GlobalPass`); ``None`` (the default): the map reads its batch alone. A step
+        with a global pass maps the rows alive at its turn, never during the read."""
+        return None
 
     def distributed_reduce(self) -> DuplicateGroups | NearDuplicates | None:
         """The shape of this step's reduce, when an executor may distribute it.

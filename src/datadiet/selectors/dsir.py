@@ -17,9 +17,11 @@ shows they predict downstream accuracy (KL reduction) about as well as neural fe
 importance weights rather than a classifier: the selected set matches the *distribution* of the
 target instead of collapsing onto its most typical documents (in ``sample`` mode).
 
-Map over shards, reduce small: :func:`hashed_ngram_counts` is a pure function of a shard's
-texts; the distributions are sums of per-shard bucket counts (``num_buckets`` integers each);
-the weights are again per shard; only the final top-k merges scores. Tokenising, hashing,
+Map over shards, reduce small (the engine's global pass, :class:`~datadiet.pipeline.steps.
+GlobalPass`): the target's counts are fitted once, in the driver; each shard's first pass
+sums its bucket counts (``num_buckets`` integers); the driver adds them up and fits the raw
+distribution; each shard's map re-hashes its rows and weighs them against the two; only the
+final top-k merges scores. Tokenising, hashing,
 counting and the weight dot products are all NumPy (see :class:`NgramHasher`): there is no
 Python-level work per token, only per distinct n-gram in ``sha256`` mode.
 
@@ -37,15 +39,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
-from datadiet.pipeline.io import is_dataset, load_corpus, no_such_path
+from datadiet.pipeline.io import SpecError, is_dataset, load_corpus, no_such_path
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import GlobalPass, RecordView, Step, StepContext, register_step
 from datadiet.pipeline.text import words
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.hashing import fmix64
@@ -74,9 +78,9 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 # Characters hashed per chunk (bounds the per-chunk NumPy arrays to ~40 bytes a character).
 _CHUNK_CHARS = 2_000_000
 
-# Features of the raw corpus kept in memory between the fit pass and the weighting pass; past
-# this many bytes they spill to the run's scratch folder instead of being re-hashed.
-_FEATURE_MEMORY_BUDGET = 512 * 2**20
+#: One hasher per (settings, thread): its sha256 caches outlive a batch, and a hasher is not
+#: shared between threads (the caches grow as it hashes).
+_HASHERS = threading.local()
 
 
 def _tokenizer(name: str) -> Callable[[str], list[str]]:
@@ -424,40 +428,6 @@ def load_target_texts(target: Any, *, text_field: str = "text") -> list[str]:
 # -- the step ---------------------------------------------------------------------------------
 
 
-class _FeatureStore:
-    """Per-batch feature arrays kept between the fit pass and the weighting pass.
-
-    Re-hashing is the expensive part of DSIR, so pass one keeps the bucket ids (2 bytes each
-    when ``num_buckets`` fits in uint16); past a memory budget they go to scratch files.
-    """
-
-    def __init__(self, num_buckets: int, ctx: StepContext, budget: int) -> None:
-        self.dtype = np.uint16 if num_buckets <= 2**16 else np.int32
-        self.ctx, self.budget = ctx, budget
-        self.bytes = 0
-        self.items: list[tuple[np.ndarray, np.ndarray | Path]] = []
-        self.spilled = 0
-
-    def append(self, n_features: np.ndarray, buckets: np.ndarray) -> None:
-        buckets = buckets.astype(self.dtype)
-        if self.bytes + buckets.nbytes > self.budget:
-            path = self.ctx.scratch("dsir") / f"features-{len(self.items)}.npy"
-            np.save(path, buckets)
-            self.items.append((n_features, path))
-            self.spilled += 1
-        else:
-            self.bytes += buckets.nbytes
-            self.items.append((n_features, buckets))
-
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for n_features, stored in self.items:
-            if isinstance(stored, Path):
-                yield n_features, np.load(stored)
-                stored.unlink()
-            else:
-                yield n_features, stored
-
-
 @register_step
 class DSIR(Step):
     """Keep the ``keep`` documents most like ``target`` by hashed-n-gram importance weight.
@@ -529,10 +499,14 @@ class DSIR(Step):
         self.min_tokens = min_tokens
         self.seed = seed
         self.target_field = target_field
-        self._memory_budget = _FEATURE_MEMORY_BUDGET
 
     def _hasher(self) -> NgramHasher:
-        return NgramHasher(self.num_buckets, self.ngrams, self.tokenizer, self.hash_fn)
+        """This thread's hasher for the step's settings (see :data:`_HASHERS`)."""
+        key = (self.num_buckets, self.ngrams, self.tokenizer, self.hash_fn)
+        hashers = _HASHERS.__dict__.setdefault("by_settings", {})
+        if key not in hashers:
+            hashers[key] = NgramHasher(*key)
+        return hashers[key]
 
     def fit_target(self, hasher: NgramHasher, batch_size: int = 10_000) -> tuple[np.ndarray, int]:
         """Bucket counts of the target sample, and its number of documents."""
@@ -542,39 +516,57 @@ class DSIR(Step):
             _, _, buckets = hasher.features(texts[start : start + batch_size])
             counts += np.bincount(buckets, minlength=self.num_buckets)
         if counts.sum() == 0:
-            raise ValueError("DSIR target has no tokens: nothing to match the raw data against")
+            where = f"{self.target}: " if isinstance(self.target, str) else ""
+            raise SpecError(f"dsir: {where}the target has no tokens: nothing to match the raw "
+                            "data against")
         return counts, len(texts)
 
-    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
-        hasher = self._hasher()
-        target_counts, n_target = self.fit_target(hasher, max(ctx.batch_size, 10_000))
+    # -- map / reduce: the target in the driver, the raw pool in a global pass ----------------
 
-        # Pass 1: hash the raw pool once, sum its bucket counts, keep the features.
-        raw_counts = np.zeros(self.num_buckets, np.int64)
-        n_tokens = np.zeros(n, np.int64)
-        store = _FeatureStore(self.num_buckets, ctx, self._memory_budget)
-        row = 0
-        for batch in ctx.iter_texts(ds, desc="dsir: hashing n-grams"):
-            toks, n_features, buckets = hasher.features(batch)
-            n_tokens[row : row + len(batch)] = toks
-            raw_counts += np.bincount(buckets, minlength=self.num_buckets)
-            store.append(n_features, buckets)
-            row += len(batch)
+    def prepare(self, ctx: StepContext) -> None:
+        """The target's bucket counts, fitted once in the driver (a few KB that travel with
+        the step to every map)."""
+        self._target_counts, self._target_docs = self.fit_target(self._hasher())
 
-        log_p_target = fit_ngram_distribution(target_counts, smoothing=self.smoothing)
-        log_p_raw = fit_ngram_distribution(raw_counts, smoothing=self.smoothing)
-        log_diff = log_p_target - log_p_raw
+    def global_pass(self) -> GlobalPass:
+        """The raw pool's distribution is fitted on the step's whole input: each piece sums
+        its bucket counts (``num_buckets`` integers), the combine adds them up and gives every
+        piece the same log ratio ``log p_target - log p_raw``; the map then re-hashes its rows
+        and weighs them (re-hashing costs what keeping every row's buckets between the passes
+        would save, without holding them)."""
+        return GlobalPass(self._bucket_counts, self._log_ratio)
 
-        # Pass 2: log importance weight of each document = sum of its buckets' log ratios.
-        scores = np.zeros(n, np.float64)
-        row = 0
-        for n_features, buckets in store:
-            m = len(n_features)
+    def _bucket_counts(self, batch: pa.RecordBatch | pa.Table, view: RecordView) -> np.ndarray:
+        _, _, buckets = self._hasher().features(view.texts(batch).to_pylist())
+        return np.bincount(buckets, minlength=self.num_buckets).astype(np.int64)
+
+    def _log_ratio(self, summaries: list[np.ndarray]) -> list[np.ndarray]:
+        raw_counts = np.sum(summaries, axis=0, dtype=np.int64)
+        log_ratio = (fit_ngram_distribution(self._target_counts, smoothing=self.smoothing)
+                     - fit_ngram_distribution(raw_counts, smoothing=self.smoothing))
+        return [log_ratio] * len(summaries)
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, np.ndarray]:
+        """Each row's log importance weight (the sum of its n-grams' log ratios, from
+        ``view.combined``), its tokens and its n-grams."""
+        n_tokens, n_features, buckets = self._hasher().features(view.texts(batch).to_pylist())
+        m = len(n_tokens)
+        scores = np.zeros(m, np.float64)
+        if len(buckets):
             doc = np.repeat(np.arange(m), n_features)
-            scores[row : row + m] = np.bincount(doc, weights=log_diff[buckets], minlength=m)
-            row += m
+            scores = np.bincount(doc, weights=view.combined[buckets], minlength=m)
+        return {"score": scores, "n_tokens": n_tokens.astype(np.int64),
+                "n_ngrams": n_features.astype(np.int64)}
 
+    def select(self, ds: Dataset, ctx: StepContext) -> Selection:
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        scores = np.asarray(features["score"], np.float64)
+        n_tokens = np.asarray(features["n_tokens"])
+        n = len(scores)
         eligible = n_tokens >= self.min_tokens
         k = min(resolve_keep(self.keep, n), int(eligible.sum()))
         seed = ctx.seed if self.seed is None else self.seed
@@ -590,14 +582,13 @@ class DSIR(Step):
         stats = {
             "k": k,
             "mode": self.mode,
-            "target_docs": n_target,
-            "target_ngrams": int(target_counts.sum()),
-            "raw_ngrams": int(raw_counts.sum()),
+            "target_docs": self._target_docs,
+            "target_ngrams": int(self._target_counts.sum()),
+            "raw_ngrams": int(np.sum(features["n_ngrams"])),
             "too_short": int((~eligible).sum()),
             "min_kept_score": float(scores[kept].min()) if k else None,
             "mean_score_kept": float(scores[kept].mean()) if k else None,
             "mean_score_all": float(scores.mean()) if n else None,
-            "feature_batches_spilled": store.spilled,
         }
         if self.mode == "sample":
             stats["seed"] = seed

@@ -35,8 +35,11 @@ ten clean rows stayed above +0.4. ``chat=False`` scores raw ``instruction + resp
 ``ifd`` does.
 
 The contrast instructions are drawn from the step's input by a seeded permutation (each row's
-``contrast`` successors in it, skipping rows with the very same instruction), so a run is
-reproducible. Each contrast pair ``(x'_k, y)`` is scored and cached exactly like an IFD pair,
+``contrast`` successors in it, skipping rows with the very same instruction text), so a run is
+reproducible. The draw is the engine's global pass (:class:`~datadiet.pipeline.steps.GlobalPass`):
+each row's instruction goes to the driver once, the partners are drawn there over the step's
+whole input, and each piece of rows (a batch, a Dask partition) gets just the instructions its
+rows are contrasted with — so the partners do not depend on where the rows were mapped. Each contrast pair ``(x'_k, y)`` is scored and cached exactly like an IFD pair,
 keyed by its content (and, in chat mode, the end-of-turn token) — so with ``chat=False`` a row's
 own pair is shared with the ``ifd`` step, and another seed or ``contrast`` simply scores (and
 caches) other pairs. A multi-turn row is scored on all its assistant turns, each turn's context
@@ -51,19 +54,17 @@ question is still relevant.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext, register_step
+from datadiet.pipeline.steps import GlobalPass, RecordView, StepContext, register_step
 from datadiet.selectors.common import resolve_keep, validate_keep
 from datadiet.selectors.ifd import (
-    cache_folders,
+    TurnScoringStep,
     cached_ifd_losses,
-    conversation_rows,
-    row_scorer,
     uses_chat_template,
     validate_scoring_options,
 )
@@ -124,7 +125,7 @@ def relevance_scores(own: np.ndarray, contrast: np.ndarray) -> np.ndarray:
 
 
 @register_step
-class Relevance(Step):
+class Relevance(TurnScoringStep):
     """Drop responses that are no more likely under their own instruction than under others'.
 
     See the module docstring.
@@ -150,6 +151,7 @@ class Relevance(Step):
     """
 
     name = "relevance"
+    maps_survivors = True  # a model reads every row it maps
     writes_score = True
     needs_instruction_data = True
 
@@ -184,34 +186,87 @@ class Relevance(Step):
         self.cache = cache
 
 
-    def writes_paths(self) -> list[Path]:
-        return cache_folders(self.cache)
+    # -- map / reduce: the contrast instructions come from a global pass ----------------------
+
+    def global_pass(self) -> GlobalPass:
+        """Each row's contrast instructions are drawn over the step's whole input: each piece
+        sends its rows' last instructions to the driver (each row's once), the combine draws
+        the partners (:func:`contrast_partners`) and gives each piece the distinct
+        instructions its rows are contrasted with, and no others."""
+        return GlobalPass(self._instructions, self._partner_instructions)
+
+    def _instructions(self, batch: pa.RecordBatch | pa.Table, view: RecordView) -> list[str]:
+        return [pairs[-1][0] for pairs in view.turns(batch, self.name)]
+
+    def _partner_instructions(self, summaries: list[list[str]]
+                              ) -> list[tuple[list[str], np.ndarray]]:
+        """Per piece: the distinct contrast instructions, and each row's ``(rows, K)`` indices
+        into them."""
+        instructions = [text for piece in summaries for text in piece]
+        partners = contrast_partners(instructions, self.contrast, self.seed)
+        out, start = [], 0
+        for piece in summaries:
+            rows = partners[start : start + len(piece)]
+            start += len(piece)
+            distinct, index = np.unique(rows, return_inverse=True)
+            out.append(([instructions[r] for r in distinct.tolist()],
+                        index.reshape(rows.shape).astype(np.int64)))
+        return out
+
+    def record_features(self, batch: pa.RecordBatch | pa.Table,
+                        view: RecordView) -> dict[str, Any]:
+        """Each row's IFD losses under its own instruction and under its ``K`` contrast
+        instructions (``view.combined``), through the score cache: ``losses`` ``(n, 1 + K,
+        4)``; its turns; how many of its pairs this map scored (the rest were cached); the
+        token window; whether the chat template was used."""
+        n = batch.num_rows
+        distinct, index = view.combined if view.combined is not None \
+            else ([], np.empty((n, 0), np.int64))
+        k = index.shape[1]
+        if n == 0:
+            return {"losses": np.empty((0, k + 1, 4)), "turns": np.empty(0, np.int64),
+                    "scored": np.empty(0, np.int64), "window": np.empty(0, np.int64),
+                    "chat": np.empty(0, bool)}
+        rows = view.turns(batch, self.name)
+        with view.lm_scorer(self.model) as scorer:
+            tok = scorer.tokenizer
+            chat = uses_chat_template(self.chat, scorer)
+            end_token = tok.eos_token_id if chat else None
+            if chat:
+                rows = [[(as_user_turn(tok, prompt), response) for prompt, response in pairs]
+                        for pairs in rows]
+                distinct = [as_user_turn(tok, text) for text in distinct]
+            # each row followed by its contrast pairs: they share the response-alone pass,
+            # which the scorer runs once per distinct sequence within a chunk of rows
+            grouped = [pairs if j == 0 else [(distinct[index[row, j - 1]], response)
+                                             for _, response in pairs]
+                       for row, pairs in enumerate(rows) for j in range(k + 1)]
+            losses, stats = cached_ifd_losses(grouped, scorer, None, self.max_length,
+                                              self.cache, label=self.name,
+                                              end_token=end_token)
+        # the pairs this map scored, spread over its rows so that they sum
+        scored = np.minimum(k + 1, np.maximum(0, stats["rows_scored"]
+                                              - (k + 1) * np.arange(n, dtype=np.int64)))
+        return {"losses": losses.reshape(n, k + 1, 4),
+                "turns": np.asarray([len(pairs) for pairs in rows], np.int64),
+                "scored": scored, "window": np.full(n, stats["max_length"], np.int64),
+                "chat": np.full(n, chat)}
+
     def select(self, ds: Dataset, ctx: StepContext) -> Selection:
-        n = len(ds)
+        return self.select_by_map(ds, ctx)
+
+    def select_from_features(self, ds: Dataset | pa.Table, ctx: StepContext,
+                             features: dict[str, Any]) -> Selection:
+        losses = np.asarray(features["losses"], dtype=np.float64)
+        n = len(losses)
         if n == 0:
             return Selection.keep_all(0)
-        rows = conversation_rows(ds, ctx, self.name)
-        scorer = row_scorer(self.model, ctx)
-        tok = scorer.tokenizer
-        chat = uses_chat_template(self.chat, scorer)
-        end_token = tok.eos_token_id if chat else None
-        if chat:
-            rows = [[(as_user_turn(tok, prompt), response) for prompt, response in pairs]
-                    for pairs in rows]
-        partners = contrast_partners([pairs[-1][0] for pairs in rows], self.contrast, self.seed)
-        k = partners.shape[1]
-        # each row followed by its contrast pairs: they share the response-alone pass, which the
-        # scorer runs once per distinct sequence within a chunk of rows, so they go together
-        grouped = [pairs if j == 0 else [(rows[partners[row, j - 1]][-1][0], response)
-                                         for _, response in pairs]
-                   for row, pairs in enumerate(rows) for j in range(k + 1)]
-        losses, stats = cached_ifd_losses(grouped, scorer, ctx, self.max_length,
-                                          self.cache, label=self.name, end_token=end_token)
-        losses = losses.reshape(n, k + 1, 4)
+        k = losses.shape[1] - 1
+        chat = bool(np.all(features["chat"]))
         own = losses[:, 0]
         score = relevance_scores(own, losses[:, 1:])
         # the end-of-turn token is scored once per turn; a response of nothing else is empty
-        content = own[:, 2] - (np.asarray([len(pairs) for pairs in rows]) if chat else 0)
+        content = own[:, 2] - (np.asarray(features["turns"]) if chat else 0)
         kinds = np.full(n, "", dtype=object)
         kinds[~(content > 0)] = EMPTY
         score[~(content > 0)] = np.nan
@@ -224,9 +279,14 @@ class Relevance(Step):
         kinds[ranked[budget:]] = BELOW_BUDGET
         keep = kinds == ""
         finite = score[np.isfinite(score)]
+        scored = int(np.sum(features["scored"]))
+        stats = {"model": self._identity, "max_length": int(np.max(features["window"])),
+                 "rows_scored": scored, "cache_hits": n * (k + 1) - scored,
+                 "truncated_rows": int((losses[:, :, 3] > 0).sum())}
         stats.update({
             "contrast": int(k), "chat_template": chat, "seed": self.seed,
-            "min_relevance": self.min_relevance, "k": int(budget), "off_topic": int((kinds == OFF_TOPIC).sum()),
+            "min_relevance": self.min_relevance, "k": int(budget),
+            "off_topic": int((kinds == OFF_TOPIC).sum()),
             "median_relevance": float(np.median(finite)) if len(finite) else None,
         })
         return Selection.from_mask(keep, kinds, scores=score, stats=stats)

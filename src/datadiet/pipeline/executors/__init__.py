@@ -1,7 +1,7 @@
 """Executors: how a curation plan runs. The step decides *what*; the executor decides *where*.
 
 A spec compiles to a :class:`~datadiet.pipeline.executors.plan.Plan`: its steps in order. Every
-streamable step has one shape, a **map** then a **reduce**:
+step has one shape, a **map** then a **reduce**:
 
 * the map, :meth:`Step.row_features(texts) <datadiet.pipeline.steps.Step.row_features>`, is a
   pure function of a batch of texts (an Arrow string array or a list of str) returning
@@ -22,6 +22,15 @@ streamable step has one shape, a **map** then a **reduce**:
   gives each map its own ledger and merges them into the run's, under the step
   (:meth:`Ledger.absorb <datadiet.pipeline.ledger.Ledger.absorb>`). Such a step sets
   ``maps_survivors``: it maps only the rows alive when its turn comes.
+* a map that needs something of the step's whole input first (DSIR's raw-data n-gram
+  distribution; ``relevance``'s contrast instructions, drawn over all rows) declares it with
+  :meth:`Step.global_pass() <datadiet.pipeline.steps.Step.global_pass>`, a
+  :class:`~datadiet.pipeline.steps.GlobalPass` ``(summarize, combine)``: over the rows alive at
+  the step's turn, cut into pieces (batches here, partitions on Dask), the executor runs
+  ``summarize(batch, view)`` on every piece where the piece is, ``combine(summaries)`` once in
+  the driver (one result per piece), then the step's map on the same pieces, each reading its
+  result in ``view.combined``. Summaries and results must be small (a bucket-count vector; a
+  piece's rows' instructions); such a step always maps at its turn.
 * the reduce, :meth:`Step.select_from_features(names, ctx, features)
   <datadiet.pipeline.steps.Step.select_from_features>`, decides from the live rows' features
   (row-aligned, in input order) and returns a :class:`~datadiet.pipeline.selection.Selection`.
@@ -54,7 +63,7 @@ Executors:
 * :class:`~datadiet.pipeline.executors.local.LocalExecutor` — one process: maps on a second
   thread while the reader parses, features spill to memory-mapped scratch files past
   ``SPILL_BYTES``, reduces in the process. The default of ``curate_path`` and ``datadiet
-  curate`` for every streamable spec.
+  curate`` for every spec read from files.
 * :class:`~datadiet.pipeline.executors.dask.DaskExecutor` — a ``distributed`` cluster (a
   ``LocalCluster`` it starts, or a scheduler address): the reader scatters partitions to the
   workers as it reads, maps run there and their features stay there (spilled by Dask's worker
@@ -62,9 +71,10 @@ Executors:
   removed rows, verified edges, per-row decisions.
 
 Both hand their result (the live rows after each step) to the one runner loop and the one
-writer in :mod:`datadiet.pipeline.curate`. Two steps are not map/reduce steps yet
-(``relevance`` and ``dsir``: each needs a second map after a global step): a spec with one runs
-in-process on a ``datasets.Dataset``.
+writer in :mod:`datadiet.pipeline.curate`. Every spec read from files runs on them (a step
+without a map is refused before the read); the Python API on a ``datasets.Dataset`` runs the
+same maps and reduces over its batches (:meth:`Step.select_by_map
+<datadiet.pipeline.steps.Step.select_by_map>`).
 """
 
 from datadiet.pipeline.executors.local import LocalExecutor

@@ -91,13 +91,28 @@ class _Partition:
 
 
 def _map(step: Step, batch: pa.RecordBatch, view: RecordView,
-         mask: np.ndarray | None = None) -> Mapped:
-    """A step's map over a partition's records (only the ``mask`` rows, when given)."""
+         mask: np.ndarray | None = None, combined: Any = None) -> Mapped:
+    """A step's map over a partition's records (only the ``mask`` rows, when given;
+    ``combined``: a global-pass step's combine result for this partition)."""
     start, ledger = time.perf_counter(), Ledger()
     if mask is not None:
         batch = batch.filter(arrow_bools(mask))
-    features = step.record_features(batch, view.booking_on(ledger))
+    view = view.booking_on(ledger)
+    if combined is not None:
+        view = view.with_combined(combined)
+    features = step.record_features(batch, view)
     return Mapped(features, time.perf_counter() - start - ledger.loading_seconds(), ledger)
+
+
+def _summarize(step: Step, batch: pa.RecordBatch, view: RecordView,
+               mask: np.ndarray) -> tuple[Any, Ledger | None]:
+    """The first pass of a global-pass step over a partition's live rows: its summary (and
+    the pass's ledger, when it booked anything)."""
+    two_pass = step.global_pass()
+    assert two_pass is not None
+    ledger = Ledger()
+    summary = two_pass.summarize(batch.filter(arrow_bools(mask)), view.booking_on(ledger))
+    return summary, ledger if ledger.stages else None
 
 
 def _ledger(mapped: Mapped) -> Ledger | None:
@@ -544,8 +559,9 @@ class DaskExecutor(Executor):
             mapped = self.mapped.pop(planned.index)
             masks_given: list[np.ndarray | None] = [None if m.all() else m for m in masks]
         else:
-            mapped = [self.client.submit(_map, step, p.text, view, m, pure=False)
-                      for p, m in zip(self.partitions, masks, strict=True)]
+            combined = self._global_pass(step, masks, view, ctx)
+            mapped = [self.client.submit(_map, step, p.text, view, m, c, pure=False)
+                      for p, m, c in zip(self.partitions, masks, combined, strict=True)]
             masks_given = [None] * len(masks)
             self.deferred_left -= 1
             if not self.deferred_left:
@@ -567,6 +583,32 @@ class DaskExecutor(Executor):
                 ctx.ledger.absorb(ledger)
         # A deferred map ran inside the step's ledger stage, which timed it already.
         return selection, seconds if planned.maps_during_read else 0.0
+
+    def _global_pass(self, step: Step, masks: list[np.ndarray], view: RecordView,
+                     ctx: StepContext) -> list[Any]:
+        """A global-pass step's first pass on the workers, its combine here: one result per
+        partition (``None`` for every partition of any other step). The summaries come back
+        to the driver (they are small by contract); each result goes to its partition's map
+        once (scattered, and sent once when the combine gives several partitions the same
+        object, as DSIR's one log-ratio vector)."""
+        two_pass = step.global_pass()
+        if two_pass is None:
+            return [None] * len(masks)
+        results = self.client.gather([
+            self.client.submit(_summarize, step, p.text, view, m, pure=False)
+            for p, m in zip(self.partitions, masks, strict=True)])
+        for _, ledger in results:
+            if ledger is not None:
+                ctx.ledger.absorb(ledger)
+        combined = two_pass.combine([summary for summary, _ in results])
+        if len(combined) != len(masks):
+            raise RuntimeError(f"step {step.name}: its combine gave {len(combined)} results "
+                               f"for {len(masks)} pieces")
+        scattered: dict[int, Future] = {}
+        for value in combined:
+            if id(value) not in scattered:
+                [scattered[id(value)]] = self.client.scatter([value], hash=False)
+        return [scattered[id(value)] for value in combined]
 
     def _row_local(self, step: Step, mapped: list[Future], masks: list, bounds: np.ndarray,
                    names: pa.Table, ctx: StepContext,

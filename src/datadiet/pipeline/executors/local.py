@@ -22,7 +22,7 @@ from datadiet.pipeline.io import StreamedCorpus, arrow_bools, stream_corpus
 from datadiet.pipeline.ledger import Ledger
 from datadiet.pipeline.records import RecordFormat
 from datadiet.pipeline.selection import Selection
-from datadiet.pipeline.steps import Step, StepContext
+from datadiet.pipeline.steps import GlobalPass, Step, StepContext
 
 #: A step's per-row features past this many bytes go to scratch files as they are computed,
 #: and the arrays its reduce reads are memory-mapped there (the page cache keeps what fits):
@@ -87,16 +87,29 @@ class FeatureMap:
         self.seconds = 0.0  # booked on the step's ledger stage by the runner, after the read
         self.ledger = Ledger()  # the maps' model work (this thread's), merged at the reduce
 
-    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+    def add(self, batch: pa.RecordBatch | pa.Table, combined: Any = None) -> None:
+        """Map one batch (``combined``: a :class:`~datadiet.pipeline.steps.GlobalPass`
+        step's result for it)."""
         start, loading = time.perf_counter(), self.ledger.loading_seconds()
         assert self.plan.view is not None
-        part = self.step.record_features(batch, self.plan.view.booking_on(self.ledger))
+        view = self.plan.view.booking_on(self.ledger)
+        if combined is not None:
+            view = view.with_combined(combined)
+        part = self.step.record_features(batch, view)
         self.bytes += sum(array.nbytes for array in part.values())
         self.parts.append(self._spill(part, batch.num_rows) if self.bytes > SPILL_BYTES
                           else part)
         self.part_rows.append(batch.num_rows)
         # loading a model is booked on its own stage, not on the step's maps
         self.seconds += time.perf_counter() - start - (self.ledger.loading_seconds() - loading)
+
+    def summarize(self, two_pass: GlobalPass, batch: pa.RecordBatch | pa.Table) -> Any:
+        """The first pass of a :class:`~datadiet.pipeline.steps.GlobalPass` step on a batch."""
+        start, loading = time.perf_counter(), self.ledger.loading_seconds()
+        assert self.plan.view is not None
+        summary = two_pass.summarize(batch, self.plan.view.booking_on(self.ledger))
+        self.seconds += time.perf_counter() - start - (self.ledger.loading_seconds() - loading)
+        return summary
 
     @property
     def spilled(self) -> bool:
@@ -260,24 +273,42 @@ class LocalExecutor(Executor):
 
     def _map_survivors(self, feature_map: FeatureMap, alive: np.ndarray,
                        ctx: StepContext) -> None:
-        """A deferred step's map over the rows still alive, read back from the scratch copy."""
+        """A deferred step's map over the rows still alive, read back from the scratch copy
+        (twice for a step with a global pass: its summaries, then, with the combine's result
+        for each piece, its map)."""
+        name = feature_map.step.name
+        two_pass = feature_map.step.global_pass()
+        combined: list[Any] | None = None
+        if two_pass is not None:
+            with ctx.progress(len(alive), f"{name} (first pass)") as bar:
+                summaries = []
+                for piece in self._survivors(alive):
+                    summaries.append(feature_map.summarize(two_pass, piece))
+                    bar.update(piece.num_rows)
+            combined = two_pass.combine(summaries) if summaries else []
+        with ctx.progress(len(alive), name) as bar:
+            for k, piece in enumerate(self._survivors(alive)):
+                feature_map.add(piece, None if combined is None else combined[k])
+                bar.update(piece.num_rows)
+
+    def _survivors(self, alive: np.ndarray) -> Iterator[pa.Table]:
+        """The ``alive`` rows, read back from the scratch copy in pieces of about
+        :data:`SURVIVOR_BATCH` rows (the same pieces every time)."""
         corpus = self.corpus
         assert corpus is not None
         keep = np.zeros(corpus.rows, bool)
         keep[alive] = True
         start = rows = 0
         gathered: list[pa.RecordBatch] = []
-        with ctx.progress(len(alive), feature_map.step.name) as bar:
-            for batch in corpus.batches():
-                mask = keep[start : start + batch.num_rows]
-                start += batch.num_rows
-                if mask.any():
-                    gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
-                    rows += gathered[-1].num_rows
-                if rows >= SURVIVOR_BATCH or (start == corpus.rows and rows):
-                    feature_map.add(pa.Table.from_batches(gathered))
-                    bar.update(rows)
-                    gathered, rows = [], 0
+        for batch in corpus.batches():
+            mask = keep[start : start + batch.num_rows]
+            start += batch.num_rows
+            if mask.any():
+                gathered.append(batch if mask.all() else batch.filter(arrow_bools(mask)))
+                rows += gathered[-1].num_rows
+            if rows >= SURVIVOR_BATCH or (start == corpus.rows and rows):
+                yield pa.Table.from_batches(gathered)
+                gathered, rows = [], 0
 
     def close(self) -> None:
         self.maps.clear()

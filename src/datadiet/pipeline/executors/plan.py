@@ -30,8 +30,12 @@ def maps_during_read(step: Step, index: int) -> bool:
     and spends nothing on rows already removed (the quality features are the dearest map);
     every other step maps during the read, side by side with the reader, except a step
     whose map is dear (``maps_survivors``: a model scores or embeds each row), which waits
-    for the survivors too.
+    for the survivors too, and a step whose map needs a global pass over its input first
+    (:meth:`~datadiet.pipeline.steps.Step.global_pass`), which maps at its turn wherever it
+    stands.
     """
+    if step.global_pass() is not None:
+        return False
     return not ((step.row_local or step.maps_survivors) and index > 0)
 
 
@@ -61,9 +65,10 @@ class Plan:
         return cls(tuple(PlannedStep(i, step) for i, step in enumerate(built)), check)
 
     @property
-    def streams(self) -> bool:
-        """Whether every step splits into a map and a reduce (no model step needs a Dataset)."""
-        return all(p.step.splits_into_row_features() for p in self.steps)
+    def without_map(self) -> list[str]:
+        """The steps that do not split into a map and a reduce (a plug-in step with only
+        ``select``): no executor runs them; every built-in step splits."""
+        return [p.step.name for p in self.steps if not p.step.splits_into_row_features()]
 
     @property
     def read_maps(self) -> list[PlannedStep]:
