@@ -1,13 +1,13 @@
 """Benchmark: the ``curate`` flow on two local Dask workers against the same flow in one process.
 
-Claim measured (no target set in advance): how much of a two-core machine the sharded flow
+Claim measured (no target set in advance): how much of a two-core machine the flow's Dask path
 uses. The spec is ``exact_dedup``, ``minhash_dedup`` (0.8), ``quality`` (Gopher/C4 rules), on T0
-prompts+completions from ``../shared/data/sft/t0_train``. The sharded run computes exact hashes
-and MinHash signatures/band keys and decides the quality rules shard by shard on the workers;
-the reduces (grouping hashes, LSH + union-find), applying the decisions and writing run in the
-flow's process. Both runs start from an empty cache; the Dask run's time
-includes starting its local cluster (the user pays it too). The outputs (kept ids, reasons) are
-compared and must be equal.
+prompts+completions from ``../shared/data/sft/t0_train``. Both runs are the flow's one curation
+task on the library's engine: ``runner="local"`` on the in-process executor, ``runner="dask"``
+on the Dask executor (a local cluster of two worker processes: maps on the workers, the dedup
+reduces distributed, the one writer in the flow's process). Both runs start from an empty
+cache; the Dask run's time includes starting its local cluster (the user pays it too). The
+outputs (kept ids, reasons) are compared and must be equal.
 
 Each mode runs ``--repeat`` times, interleaved; the fastest counts (a shared machine only ever
 adds time). Prefect uses its embedded API (the first, untimed warm-up run starts it).
