@@ -268,10 +268,10 @@ def test_workers_run_library_code_only(prefect_api: str, dask_address: str, samp
 def test_progress_moves_after_the_read_and_each_reduce(
     runner: str, dask_address: str, sample_corpus: Path, tmp_path: Path
 ) -> None:
-    seen: list[float] = []
+    seen: list[tuple[int, int]] = []
     scale = ScaleOut(runner=runner, address=dask_address if runner == "dask" else None)
-    with scale.executor(seen.append) as executor:
+    with scale.executor() as executor:
         curate_path(sample_corpus, normalised_spec(SPEC), tmp_path / "out",
-                    show_progress=False, executor=executor)
-    assert len(seen) == 4  # the read, then three reduces
-    assert seen == sorted(seen) and 0 < seen[0] < seen[1] and seen[-1] == 1.0
+                    show_progress=False, executor=executor,
+                    on_progress=lambda done, phases: seen.append((done, phases)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]  # the read, then three reduces

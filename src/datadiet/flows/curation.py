@@ -21,7 +21,7 @@ normalised form (every parameter filled in), so an unchanged rerun runs no task 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,13 +58,13 @@ from datadiet.flows.report import (
 )
 from datadiet.kernels.model import LlamaConfig
 from datadiet.pipeline.curate import curate_path, load_spec_fields, parse_spec, read_spec, spec_of
-from datadiet.pipeline.executors import Executor, LocalExecutor, Plan, PlannedStep
+from datadiet.pipeline.executors import Executor, LocalExecutor
 from datadiet.pipeline.executors.dask import DaskExecutor
 from datadiet.pipeline.io import MANIFEST_FILE, load_corpus, source_fingerprint
 from datadiet.pipeline.manifest import Manifest, jsonable
 from datadiet.pipeline.models.tokenizer import load_tokenizer
 from datadiet.pipeline.records import parse_fields
-from datadiet.pipeline.steps import StepContext, build_step
+from datadiet.pipeline.steps import build_step
 
 DEFAULT_SPEC = """\
 - exact_dedup: {}
@@ -99,46 +99,6 @@ CURATED = 80.0
 READ_SHARE = 0.4
 
 
-class _ReportsProgress:
-    """An executor that tells ``on_progress`` the share of the plan done (0 to 1): after the
-    read, which runs the read-time maps, and after each step's reduce.
-
-    Mixed into the library's executors rather than wrapping them, so ``curate_path`` still
-    sees a ``LocalExecutor`` (the one a spec that cannot stream may use).
-    """
-
-    def __init__(self, on_progress: Callable[[float], None] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.on_progress = on_progress
-        self.steps_total = 1
-        self.steps_done = 0
-
-    def read(self, source: Any, plan: Plan, work: Path, options: dict[str, Any],
-             ctx: StepContext) -> Any:
-        corpus = super().read(source, plan, work, options, ctx)  # type: ignore[misc]
-        self.steps_total, self.steps_done = max(1, len(plan.steps)), 0
-        self._report()
-        return corpus
-
-    def reduce(self, planned: PlannedStep, alive: Any, names: Any, ctx: StepContext) -> Any:
-        result = super().reduce(planned, alive, names, ctx)  # type: ignore[misc]
-        self.steps_done += 1
-        self._report()
-        return result
-
-    def _report(self) -> None:
-        if self.on_progress is not None:
-            self.on_progress(READ_SHARE + (1 - READ_SHARE) * self.steps_done / self.steps_total)
-
-
-class _LocalWithProgress(_ReportsProgress, LocalExecutor):
-    """The in-process executor, reporting its progress."""
-
-
-class _DaskWithProgress(_ReportsProgress, DaskExecutor):
-    """The Dask executor, reporting its progress."""
-
-
 class ScaleOut(BaseModel):
     """Where the plan runs: the flow's ``runner``, ``dask_address``, ``workers`` and
     ``worker_memory`` parameters, as the executor of ``curate_path``."""
@@ -151,13 +111,13 @@ class ScaleOut(BaseModel):
     worker_memory: WorkerMemory = "auto"
 
     @contextmanager
-    def executor(self, on_progress: Callable[[float], None] | None = None) -> Iterator[Executor]:
+    def executor(self) -> Iterator[Executor]:
         """The executor for one run (a local cluster started here closes with it)."""
         if self.runner == "local":
-            yield _LocalWithProgress(on_progress)
+            yield LocalExecutor()
             return
-        with _DaskWithProgress(on_progress, address=self.address, workers=self.workers,
-                               memory_limit=self.worker_memory) as executor:
+        with DaskExecutor(address=self.address, workers=self.workers,
+                          memory_limit=self.worker_memory) as executor:
             yield executor
 
     def describe(self) -> str:
@@ -273,15 +233,18 @@ def curate_corpus(source: str, fingerprint: str, spec: list, fields: str | dict,
                   progress_id: str | None = None) -> dict:
     """The library's one engine over the whole spec, on the executor ``engine`` describes
     (a :class:`ScaleOut`); the progress artifact ``progress_id`` moves as steps finish."""
-    def on_progress(done: float) -> None:
+    def on_progress(done: int, phases: int) -> None:
+        """The read takes READ_SHARE of the curation's part, each step's reduce an equal part
+        of the rest."""
         if progress_id:
-            update_progress_artifact(progress_id, progress=CURATED * done)
+            share = READ_SHARE + (1 - READ_SHARE) * (done - 1) / max(1, phases - 1)
+            update_progress_artifact(progress_id, progress=CURATED * share)
 
-    with ScaleOut(**engine).executor(on_progress) as executor:
+    with ScaleOut(**engine).executor() as executor:
         result = curate_path(source, spec, out, text_field=text_field, id_field=id_field,
                              keep_fields=keep_fields, on_error=on_error, overwrite=overwrite,
                              rows_per_shard=rows_per_shard, show_progress=False, fields=fields,
-                             executor=executor)
+                             executor=executor, on_progress=on_progress)
     manifest_path = Path(out) / MANIFEST_FILE
     return {"out": str(out), "manifest": str(manifest_path), "rows_in": result.manifest.input["rows"],
             "rows_out": result.rows_kept, "output_fingerprint": result.manifest.output["fingerprint"]}

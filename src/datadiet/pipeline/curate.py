@@ -13,7 +13,7 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,10 @@ from datadiet.pipeline.steps import (
     build_step,
     load_builtin_steps,
 )
+
+#: The runner's progress hook: called with (phases done, phases in all), where the phases are
+#: the read and then each step's reduce, so a scheduler's progress bar moves as the run does.
+Progress = Callable[[int, int], None]
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -380,16 +384,16 @@ def curate(
 
 
 def _curate(dataset: Dataset, built: list[Step], ctx: StepContext,
-            info: dict[str, Any]) -> CurateResult:
+            info: dict[str, Any], progress: Progress | None = None) -> CurateResult:
     """Run checked steps on a checked dataset, in a scratch folder that never outlives the run."""
     check_plan(built, dataset.column_names, ctx.record_format, ctx.text_field)
     manifest = Manifest(input=info, spec=spec_of(built), datadiet_version=__version__)
     if ctx.work_dir is not None:
-        return _run_steps(dataset, built, ctx, manifest)
+        return _run_steps(dataset, built, ctx, manifest, progress)
     with scratch_dir("datadiet-run-") as work:
         ctx.work_dir = work
         try:
-            return _run_steps(dataset, built, ctx, manifest)
+            return _run_steps(dataset, built, ctx, manifest, progress)
         finally:
             ctx.work_dir = None
 
@@ -457,12 +461,12 @@ class _StepBook:
 
 
 def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
-               manifest: Manifest) -> CurateResult:
+               manifest: Manifest, progress: Progress | None = None) -> CurateResult:
     n = len(dataset)
     ids = dataset.select_columns([ctx.id_field]).with_format("arrow")[:][ctx.id_field]
     book = _StepBook(ids, manifest, ctx)
     alive = np.arange(n, dtype=np.int64)  # input rows still kept, in input order
-    for step in built:
+    for index, step in enumerate(built):
         view = dataset if len(alive) == n else dataset.select(alive)
         before = ctx.ledger.total
         with ctx.ledger.stage(f"step:{step.name}") as rec:
@@ -473,6 +477,8 @@ def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
         if scores is not None:  # a zero-copy column of the one table, so later steps can read it
             dataset = dataset.add_column(column, scores)
         alive = book.record(step, selection, alive, rec, rec.seconds - seconds_before, before)
+        if progress is not None:
+            progress(2 + index, 1 + len(built))
     result_ds = dataset if len(alive) == n else dataset.select(alive)
     removed = book.finish(len(result_ds))
     return CurateResult(manifest, removed, given_dataset=result_ds)
@@ -480,7 +486,8 @@ def _run_steps(dataset: Dataset, built: list[Step], ctx: StepContext,
 
 def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os.PathLike,
                      ctx: StepContext, options: dict[str, Any], overwrite: bool,
-                     rows_per_shard: int, executor: Executor | None = None) -> CurateResult:
+                     rows_per_shard: int, executor: Executor | None = None,
+                     progress: Progress | None = None) -> CurateResult:
     """``curate_path`` for a plan whose steps are all a per-row map plus a reduce: the
     executor reads the corpus (running the read-time maps) and gives each step's Selection
     over the rows still alive; this loop books them, and the one writer writes the kept rows,
@@ -499,6 +506,9 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
         try:
             corpus = executor.read(source, plan, work, options, ctx)
             release_unused_memory()  # the read's batches, freed but held by the allocators
+            phases = 1 + len(plan.steps)
+            if progress is not None:
+                progress(1, phases)
             manifest = Manifest(input=_input_info(corpus, options), spec=spec_of(built),
                                 datadiet_version=__version__)
             book = _StepBook(pa.chunked_array([corpus.ids]), manifest, ctx)
@@ -506,6 +516,8 @@ def _curate_streamed(source: str | os.PathLike, built: list[Step], out: str | os
             for planned in plan.steps:
                 alive = _reduce_step(executor, planned, corpus, alive, book, ctx)
                 release_unused_memory()  # its working arrays, before the next step's
+                if progress is not None:
+                    progress(2 + planned.index, phases)
             executor.close()
             removed = book.finish(len(alive))
             _write_streamed(corpus, alive, book, manifest, removed, ctx, out, overwrite,
@@ -603,6 +615,7 @@ def curate_path(
     ctx: StepContext | None = None,
     fields: RecordFormat | str | dict | None = "auto",
     executor: Executor | None = None,
+    on_progress: Progress | None = None,
 ) -> CurateResult:
     """Read ``source``, curate, write ``out/`` (Parquet shards, manifest, removals) atomically.
 
@@ -611,6 +624,9 @@ def curate_path(
     DaskExecutor` on a cluster. Every spec read from files streams through it; a source that
     is not files (a saved dataset, a hub id) is loaded as a ``Dataset`` and curated in this
     process (:func:`curate`), with the same steps' maps and reduces.
+
+    ``on_progress(done, phases)`` hears of each phase as it ends: the read, then each step's
+    reduce (a flow's progress artifact; the terminal has its progress bars).
 
     ``fields`` says how to read records (see :func:`~datadiet.pipeline.io.load_corpus`); for
     fine-tuning records the output keeps the input's columns, not the rendered text.
@@ -635,14 +651,16 @@ def curate_path(
                             "(record_features and select_from_features), which every step "
                             "run on files needs")
         return _curate_streamed(source, built, out, ctx, options, overwrite, rows_per_shard,
-                                executor)
+                                executor, on_progress)
     if executor is not None and not isinstance(executor, LocalExecutor):
         raise SpecError(f"{type(executor).__name__} runs on files; {source} is not a file or "
                         "folder of files")
     loaded: LoadedCorpus = load_corpus(source, **options)
+    if on_progress is not None:
+        on_progress(1, 1 + len(built))
     fmt = loaded.record_format
     ctx.record_format = fmt
-    result = _curate(loaded.dataset, built, ctx, _input_info(loaded, options))
+    result = _curate(loaded.dataset, built, ctx, _input_info(loaded, options), on_progress)
     written = result.dataset
     if fmt is not None and not fmt.is_text:  # the text column is our rendering, not the input's
         written = written.remove_columns(text_field)
